@@ -1,0 +1,86 @@
+"""What every command receives: global options, lazily loaded config and vault, consoles."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+from .. import config as cfg
+from ..ops.workspace import Workspace
+
+
+def _console(stream) -> Console:
+    tty = stream.isatty()
+    return Console(file=stream, highlight=False, width=None if tty else 160, soft_wrap=not tty)
+
+
+@dataclass
+class Ctx:
+    config_arg: str | None = None
+    json: bool = False
+    verbosity: int = 0
+    _config: cfg.Config | None = None
+    _ws: Workspace | None = None
+    out: Console = field(default_factory=lambda: _console(sys.stdout))
+    err: Console = field(default_factory=lambda: _console(sys.stderr))
+
+    @property
+    def config_path(self) -> Path:
+        return cfg.locate(self.config_arg)
+
+    @property
+    def config(self) -> cfg.Config:
+        if self._config is None:
+            self._config = cfg.load(self.config_path)
+        return self._config
+
+    @property
+    def ws(self) -> Workspace:
+        if self._ws is None:
+            self._ws = Workspace.open(self.config)
+        return self._ws
+
+    def say(self, message: str) -> None:
+        """Narration: standard error, silenced by -q."""
+        if self.verbosity >= 0:
+            self.err.print(message)
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"[bold yellow]warning:[/] {message}")
+
+    def debug(self, message: str) -> None:
+        if self.verbosity > 0:
+            self.err.print(f"[dim]{message}[/]")
+
+    def emit_json(self, obj) -> None:
+        sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+        sys.stdout.flush()
+
+    @contextmanager
+    def progress(self, description: str, total: int | None):
+        """A rich progress bar on standard error; yields advance(n, total)."""
+        if self.verbosity < 0 or not self.err.is_terminal:
+            yield lambda n, t=None: None
+            return
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
+            console=self.err, transient=True,
+        ) as prog:
+            task = prog.add_task(description, total=total)
+
+            def advance(n: int, t: int | None = None) -> None:
+                if t is not None:
+                    prog.update(task, total=t)
+                prog.advance(task, n)
+
+            yield advance
+
+
+pass_ctx = click.make_pass_decorator(Ctx)

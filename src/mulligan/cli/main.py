@@ -1,0 +1,106 @@
+"""The `mulligan` command: parse, call one op, render. Errors map to exit codes here."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from ..errors import EXIT_ERROR, EXIT_USAGE, MulliganError
+from .context import Ctx
+
+# Each module defines click commands and register(group).
+COMMAND_MODULES = [
+    "setup_cmd",
+    "snapshot_cmd",
+    "restore_cmd",
+    "vault_cmd",
+]
+
+_GLOBAL_FLAGS = {"--json": ("json", True), "-v": ("verbosity", 1), "--verbose": ("verbosity", 1),
+                 "-q": ("verbosity", -1), "--quiet": ("verbosity", -1)}
+
+
+def split_globals(argv: list[str]) -> tuple[dict, list[str]]:
+    """Take the global options out of argv wherever they stand (before '--')."""
+    opts: dict = {"json": False, "verbosity": 0, "config_arg": None}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest.extend(argv[i:])
+            break
+        if a in _GLOBAL_FLAGS:
+            key, val = _GLOBAL_FLAGS[a]
+            opts[key] = (opts[key] + val) if key == "verbosity" else val
+        elif a == "-vv":
+            opts["verbosity"] += 2
+        elif a == "--config":
+            if i + 1 >= len(argv):
+                raise click.UsageError("--config needs a path")
+            opts["config_arg"] = argv[i + 1]
+            i += 1
+        elif a.startswith("--config="):
+            opts["config_arg"] = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return opts, rest
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="mulligan", prog_name="mulligan")
+@click.option("--config", "config_arg", metavar="PATH", help="Configuration file (else MULLIGAN_CONFIG, else ./mulligan.toml).")
+@click.option("--json", "json_", is_flag=True, help="Machine-readable JSON on standard output.")
+@click.option("-v", "--verbose", count=True, help="More narration on standard error.")
+@click.option("-q", "--quiet", is_flag=True, help="No narration, only the report.")
+@click.pass_context
+def cli(ctx: click.Context, config_arg, json_, verbose, quiet) -> None:
+    """Mulligan: a second chance for your production database.
+
+    Global options (--config, --json, -v, -q) may stand before or after the command.
+    Exit codes: 0 ok, 1 error, 2 usage, 3 refused by a guard, 4 integrity failure.
+    """
+    if ctx.obj is None:
+        ctx.obj = Ctx(config_arg=config_arg, json=json_, verbosity=-1 if quiet else verbose)
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"{__package__}.{_name}").register(cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        opts, rest = split_globals(argv)
+    except click.UsageError as exc:
+        sys.stderr.write(f"mulligan: {exc.message}\n")
+        return EXIT_USAGE
+    ctx_obj = Ctx(**opts)
+    try:
+        cli.main(args=rest, prog_name="mulligan", obj=ctx_obj, standalone_mode=False)
+        return 0
+    except MulliganError as exc:
+        if ctx_obj.json:
+            ctx_obj.emit_json(exc.to_json())
+        sys.stderr.write(f"mulligan: {exc.one_line()}\n")
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        sys.stderr.write("mulligan: aborted; nothing was changed\n")
+        return EXIT_ERROR
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("mulligan: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def run() -> None:
+    sys.exit(main())

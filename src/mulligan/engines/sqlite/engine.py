@@ -1,0 +1,167 @@
+"""The SQLite engine."""
+
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable
+
+import apsw
+
+from ...errors import DatabaseBusy, IntegrityError, NotADatabase, StorageError
+from ...model import Identity
+from ..base import Engine
+from . import identity as ident_mod
+from .reader import ConsistentReader, sniff
+
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
+def open_conn(path: str, busy_ms: int = 5000, readonly: bool = False) -> apsw.Connection:
+    flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE
+    try:
+        conn = apsw.Connection(path, flags=flags)
+    except apsw.CantOpenError:
+        raise NotADatabase(f"cannot open {path} as a SQLite database") from None
+    conn.set_busy_timeout(busy_ms)
+    return conn
+
+
+class SqliteEngine(Engine):
+    name = "sqlite"
+
+    def check(self, location: str) -> dict:
+        h = sniff(location)
+        return {"page_size": h.page_size, "page_count": h.page_count, "wal": h.wal_mode}
+
+    def read_identity(self, location: str) -> Identity | None:
+        sniff(location)
+        conn = open_conn(location)
+        try:
+            return ident_mod.read(conn)
+        except apsw.NotADBError:
+            raise NotADatabase(f"{location} is not a SQLite database") from None
+        except apsw.BusyError:
+            raise DatabaseBusy(f"{location} is locked by another process", hint="run the command again") from None
+        finally:
+            conn.close()
+
+    def write_identity(self, location: str, identity: Identity) -> None:
+        sniff(location)
+        conn = open_conn(location)
+        try:
+            ident_mod.write(conn, identity)
+        except apsw.NotADBError:
+            raise NotADatabase(f"{location} is not a SQLite database") from None
+        except apsw.ReadOnlyError:
+            raise StorageError(
+                f"{location} is read-only", unchanged="the database was not stamped", hint="run as a user that can write it"
+            ) from None
+        finally:
+            conn.close()
+
+    def consistent_state(self, location: str):
+        return ConsistentReader(location)
+
+    def check_integrity(self, location: str, full: bool = False) -> list[str]:
+        conn = open_conn(location)
+        try:
+            pragma = "integrity_check" if full else "quick_check"
+            rows = [r[0] for r in conn.execute(f"PRAGMA {pragma}")]
+        except (apsw.CorruptError, apsw.NotADBError) as exc:
+            return [f"SQLite cannot read the database: {exc}"]
+        finally:
+            conn.close()
+        return [] if rows == ["ok"] else rows
+
+    def write_new(
+        self,
+        location: str,
+        page_size: int,
+        page_count: int,
+        pages: Iterable[tuple[list[int], bytes]],
+        progress=None,
+        identity: Identity | None = None,
+        full_check: bool = False,
+    ) -> None:
+        """Write pages to a temporary file beside ``location``, fsync, check, stamp, rename."""
+        final = Path(location)
+        tmp = final.with_name(f".{final.name}.mulligan-{os.getpid()}-{os.urandom(3).hex()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.ftruncate(fd, page_count * page_size)
+                for pgnos, data in pages:
+                    for pgno in pgnos:
+                        _pwrite_all(fd, data, (pgno - 1) * page_size)
+                    if progress:
+                        progress(len(pgnos))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            problems = self.check_integrity(str(tmp), full=full_check)
+            if problems:
+                raise IntegrityError(
+                    f"the restored database fails {'integrity_check' if full_check else 'quick_check'}: {problems[0]}",
+                    unchanged=f"nothing was written at {location}",
+                    hint="run 'mulligan verify' and try an earlier restore point",
+                )
+            if identity is not None:
+                conn = open_conn(str(tmp))
+                try:
+                    ident_mod.write(conn, identity)
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    conn.close()
+            _fsync_path(tmp)
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                from ...errors import GuardRefused
+
+                raise GuardRefused(
+                    f"{location} appeared while the restore was running",
+                    unchanged=f"the file at {location} was not touched",
+                    hint="choose a new path",
+                ) from None
+            _fsync_path(final.parent)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise StorageError(
+                    f"the disk is full writing the restored database ({exc.strerror})",
+                    unchanged=f"nothing was left at {location}; the vault is unchanged",
+                    hint=f"free space on the disk holding {final.parent}, then run the restore again",
+                ) from None
+            raise StorageError(f"cannot write {location}: {exc.strerror}", unchanged=f"nothing was left at {location}") from None
+        finally:
+            for suffix in ("",) + SIDE_SUFFIXES:
+                try:
+                    os.unlink(str(tmp) + suffix)
+                except FileNotFoundError:
+                    pass
+
+    @contextmanager
+    def connection(self, location: str):
+        conn = open_conn(location)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _fsync_path(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,169 @@
+"""prune: retention of restore points, then removal of data nothing references.
+
+Never pruned: undo points, and points an open incident refers to. Data is
+removed only while no writer holds a live lease (see vault/locks.py), so a
+snapshot running at the same time never loses a chunk it deduplicated against.
+Packs are removed whole, when none of their chunks is referenced; a pack with a
+few live chunks stays (repacking is future work).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from ..errors import UsageError
+from ..model import Target
+from ..timeparse import from_iso, utc_now
+from ..vault import KIND_UNDO, Manifest, tree
+from ..vault.locks import Lease, live_leases
+from ..vault.packs import decode_index, encode_index, index_key, pack_key
+from .workspace import Workspace
+
+# Other record kinds (capture segments) add the chunk ids they reference here:
+# each is a function (workspace) -> set of 16-byte chunk ids.
+EXTRA_REFERENCES: list = []
+# Functions (workspace, target) -> set of snapshot ids that must be kept.
+EXTRA_PINS: list = []
+
+
+@dataclass
+class PruneResult:
+    target: str
+    kept: list[dict] = field(default_factory=list)
+    removed: list[dict] = field(default_factory=list)
+    packs_removed: int = 0
+    bytes_freed: int = 0
+    data_removal: str = "done"  # done | dry-run | deferred (a writer was running)
+    dry_run: bool = False
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _incident_pins(ws: Workspace, target: Target) -> set[str]:
+    pins: set[str] = set()
+    for key, _ in ws.vault.storage.list(f"incidents/{target.id}/"):
+        try:
+            rec = ws.vault.get_json(key)
+        except Exception:
+            continue
+        if rec.get("status", "open") == "open":
+            pins.update(x for x in rec.get("snapshot_refs", []) if x)
+    return pins
+
+
+def choose(manifests: list[Manifest], *, keep_within=None, keep_last=None, keep_hourly=None, keep_daily=None,
+           pins: set[str] = frozenset(), now=None) -> dict[str, str]:
+    """Map snapshot id -> reason kept. Manifests not in the map are removed."""
+    now = now or utc_now()
+    keep: dict[str, str] = {}
+    newest_first = sorted(manifests, key=lambda m: m.time, reverse=True)
+    for m in newest_first:
+        if m.kind == KIND_UNDO:
+            keep[m.id] = "undo point"
+        elif m.id in pins:
+            keep[m.id] = "open incident"
+    history = [m for m in newest_first if m.kind != KIND_UNDO]
+    if keep_within is not None:
+        for m in history:
+            if from_iso(m.time) >= now - keep_within:
+                keep.setdefault(m.id, "within window")
+    if keep_last:
+        for m in history[:keep_last]:
+            keep.setdefault(m.id, "last")
+    for n, fmt, label in ((keep_hourly, "%Y-%m-%dT%H", "hourly"), (keep_daily, "%Y-%m-%d", "daily")):
+        if not n:
+            continue
+        seen: set[str] = set()
+        for m in history:
+            bucket = from_iso(m.time).strftime(fmt)
+            if bucket not in seen:
+                seen.add(bucket)
+                keep.setdefault(m.id, label)
+                if len(seen) >= n:
+                    break
+    return keep
+
+
+def referenced_chunks(ws: Workspace) -> set[bytes]:
+    vault = ws.vault
+    refs: set[bytes] = set()
+    for m in vault.manifests():
+        refs.update(tree.node_ids(bytes.fromhex(m.root), m.depth, vault.load_chunk))
+        refs.update(vault.page_ids(m))
+    for extra in EXTRA_REFERENCES:
+        refs |= extra(ws)
+    return refs
+
+
+def prune(ws: Workspace, target: Target, *, keep_within: timedelta | None = None, keep_last: int | None = None,
+          keep_hourly: int | None = None, keep_daily: int | None = None, dry_run: bool = False) -> PruneResult:
+    if not any(x is not None for x in (keep_within, keep_last, keep_hourly, keep_daily)):
+        raise UsageError("prune needs at least one --keep-... rule",
+                         hint="for example --keep-within 7d --keep-daily 30; add --dry-run to see what would go")
+    vault, st = ws.vault, ws.vault.storage
+    manifests = vault.manifests(target.id)
+    pins = _incident_pins(ws, target)
+    for extra in EXTRA_PINS:
+        pins |= extra(ws, target)
+    keep = choose(manifests, keep_within=keep_within, keep_last=keep_last, keep_hourly=keep_hourly,
+                  keep_daily=keep_daily, pins=pins)
+    res = PruneResult(target=target.name, dry_run=dry_run)
+    for m in manifests:
+        row = {"id": m.id, "time": m.time, "kind": m.kind, "tag": m.tag}
+        if m.id in keep:
+            res.kept.append({**row, "reason": keep[m.id]})
+        else:
+            res.removed.append(row)
+    if dry_run:
+        res.data_removal = "dry-run"
+        return res
+    lease = Lease(st, "prune", f"prune {target.name}").acquire()
+    try:
+        for m in manifests:
+            if m.id not in keep:
+                vault.delete_manifest(m)
+        if live_leases(st, "writer"):
+            res.data_removal = "deferred"
+            return res
+        refs = referenced_chunks(ws)
+        _collect(ws, refs, res)
+    finally:
+        lease.release()
+    return res
+
+
+def _collect(ws: Workspace, refs: set[bytes], res: PruneResult) -> None:
+    st = ws.vault.storage
+    dead_packs: set[bytes] = set()
+    indexes = {}
+    for key, _ in st.list("index/"):
+        packs = decode_index(st.get(key), key)
+        indexes[key] = packs
+        for pack_id, entries in packs.items():
+            if not any(e[0] in refs for e in entries):
+                dead_packs.add(pack_id)
+    indexed = {p for packs in indexes.values() for p in packs}
+    for key, _ in st.list("packs/"):  # packs left by interrupted writes, never indexed
+        pid = bytes.fromhex(key.rsplit("/", 1)[-1])
+        if pid not in indexed:
+            dead_packs.add(pid)
+    if not dead_packs:
+        return
+    # New indexes first, then old indexes, then the packs: a crash leaves only garbage.
+    for key, packs in indexes.items():
+        if any(p in dead_packs for p in packs):
+            remaining = [(p, e) for p, e in packs.items() if p not in dead_packs]
+            if remaining:
+                import os
+
+                st.put(index_key(os.urandom(16)), encode_index(remaining))
+            st.delete(key)
+    for pid in dead_packs:
+        size = st.stat(pack_key(pid)) or 0
+        st.delete(pack_key(pid))
+        res.packs_removed += 1
+        res.bytes_freed += size
+    ws.vault._index = None
+    ws.vault._loaded_index_keys = set()

@@ -1,0 +1,99 @@
+"""restore --to PATH: write a restore point into a NEW database."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import GuardRefused, UsageError
+from ..model import ENVIRONMENTS, RESTORED_ENV, Identity, Target
+from ..timeparse import iso, utc_now
+from ..vault import Manifest
+from .workspace import Workspace
+
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+@dataclass
+class RestoreResult:
+    path: str
+    snapshot: Manifest
+    identity: Identity
+    check: str
+    bytes_written: int
+    warnings: list[str]
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path,
+            "snapshot": {"id": self.snapshot.id, "time": self.snapshot.time, "target": self.snapshot.target_name,
+                          "kind": self.snapshot.kind, "tag": self.snapshot.tag},
+            "identity": self.identity.to_json(),
+            "check": self.check,
+            "bytes_written": self.bytes_written,
+            "warnings": self.warnings,
+        }
+
+
+def check_new_path(path: str) -> None:
+    """A new database path must be empty and have no stale WAL, SHM or journal beside it."""
+    if os.path.isdir(path):
+        raise GuardRefused(f"{path} is a folder", unchanged="nothing was written", hint="give a file path for the new database")
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        raise GuardRefused(
+            f"{path} already exists and is not empty",
+            unchanged=f"{path} was not touched",
+            hint="restore to a new path; to replace a target's own database use --in-place",
+        )
+    stale = [path + s for s in SIDE_FILES if os.path.exists(path + s)]
+    if stale:
+        raise GuardRefused(
+            f"stale {', '.join(os.path.basename(s) for s in stale)} beside {path}: SQLite would replay it into the restored database",
+            unchanged="nothing was written",
+            hint="move those files away (they may belong to another database) or choose another path",
+        )
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"the folder {parent} does not exist", hint="create it first or choose another path")
+
+
+def restore_new(
+    ws: Workspace,
+    point: Manifest,
+    to: str,
+    *,
+    env: str | None = None,
+    full_check: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> RestoreResult:
+    to = os.path.abspath(to)
+    check_new_path(to)
+    if env is not None and env not in ENVIRONMENTS + (RESTORED_ENV,):
+        raise UsageError(f"unknown environment {env!r}", hint=f"choose one of: {', '.join(ENVIRONMENTS + (RESTORED_ENV,))}")
+    new_env = env or RESTORED_ENV
+    warnings = []
+    source_env = point.meta.get("env")
+    if source_env == "production" and new_env != "production":
+        warnings.append(
+            f"this copy holds production data of {point.target_name!r}: it carries personal data, treat it like production"
+        )
+    ident = Identity(
+        target_id="t-" + os.urandom(6).hex(),
+        name=f"{point.target_name}-restored-{point.id[:8]}",
+        env=new_env,
+        stamped_at=iso(utc_now()),
+        generation=1,
+        kind="restored",
+        source_target_id=point.target_id,
+        source_snapshot=point.id,
+    )
+    if os.path.exists(to):  # an empty file: replace it through the same no-clobber link
+        os.unlink(to)
+    engine = ws.engine(Target(name=point.target_name, path=to, env=new_env, id="", engine=point.engine))
+    total = point.page_count
+    cb = (lambda n: progress(n, total)) if progress else None
+    engine.write_new(to, point.page_size, point.page_count, ws.vault.iter_pages(point), progress=cb,
+                     identity=ident, full_check=full_check)
+    return RestoreResult(to, point, ident, "integrity_check" if full_check else "quick_check",
+                         os.path.getsize(to), warnings)

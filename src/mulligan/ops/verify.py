@@ -1,0 +1,146 @@
+"""verify: re-read every manifest, pack and chunk; optionally restore the latest point."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+from ..errors import IntegrityError, MulliganError
+from ..storage import ObjectMissing
+from ..vault import tree
+from ..vault.codec import ID_LEN
+from ..vault.packs import decode_index, decode_pack_trailer, pack_key
+from .workspace import Workspace
+
+# Other record kinds (audit log, capture segments) add checks here.
+EXTRA_CHECKS: list = []
+
+
+@dataclass
+class VerifyResult:
+    packs: int = 0
+    chunks: int = 0
+    manifests: int = 0
+    bytes_read: int = 0
+    problems: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    restore_test: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def problem(self, obj: str, what: str) -> None:
+        self.problems.append({"object": obj, "problem": what})
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "packs": self.packs, "chunks": self.chunks, "manifests": self.manifests,
+                "bytes_read": self.bytes_read, "problems": self.problems, "notes": self.notes,
+                "restore_test": self.restore_test}
+
+
+def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = False, progress=None) -> VerifyResult:
+    vault, st = ws.vault, ws.vault.storage
+    res = VerifyResult()
+    good: set[bytes] = set()
+    indexed: dict[bytes, tuple] = {}
+    for key, _ in st.list("index/"):
+        try:
+            for pack_id, entries in decode_index(st.get(key), key).items():
+                for e in entries:
+                    indexed[e[0]] = (pack_id,) + e[1:]
+        except MulliganError as exc:
+            res.problem(key, exc.message)
+    packs = list(st.list("packs/"))
+    indexed_packs = {v[0] for v in indexed.values()}
+    for key, sz in packs:
+        res.packs += 1
+        try:
+            body = st.get(key)
+            res.bytes_read += len(body)
+            entries = decode_pack_trailer(body, key)
+        except MulliganError as exc:
+            res.problem(key, exc.message)
+            continue
+        pack_id = bytes.fromhex(key.rsplit("/", 1)[-1])
+        if pack_id not in indexed_packs:
+            res.notes.append(f"{key} is not in any index (left by an interrupted write); prune removes it")
+        for cid, t, off, slen, ln in entries:
+            try:
+                vault.codec.unpack_blob(body[off:off + slen], cid, ln)
+                good.add(cid)
+                res.chunks += 1
+            except MulliganError as exc:
+                res.problem(key, exc.message)
+        if progress:
+            progress(1, len(packs))
+    for pack_id in indexed_packs:
+        if st.stat(pack_key(pack_id)) is None:
+            res.problem(pack_key(pack_id), "pack named by an index is missing")
+    target_id = ws.target(target_name).id if target_name else None
+    for m in _manifests(ws, target_id, res):
+        res.manifests += 1
+        try:
+            nodes = tree.node_ids(bytes.fromhex(m.root), m.depth, vault.load_chunk)
+            leaves = vault.page_ids(m)
+        except MulliganError as exc:
+            res.problem(m.key, f"restore point {m.id} cannot be read: {exc.message}")
+            continue
+        missing = [c for c in set(nodes) | set(leaves) if c not in good]
+        if missing:
+            res.problem(m.key, f"restore point {m.id} needs {len(missing)} chunks that are missing or damaged "
+                               f"(first: {missing[0].hex()})")
+    for check in EXTRA_CHECKS:
+        check(ws, res, target_id)
+    if restore_test:
+        res.restore_test = _restore_test(ws, target_name)
+        if not res.restore_test.get("ok"):
+            res.problem("restore-test", res.restore_test.get("error", "failed"))
+    return res
+
+
+def _manifests(ws: Workspace, target_id, res: VerifyResult):
+    from ..vault import Manifest
+
+    for key, _ in ws.vault.storage.list(f"snapshots/{target_id}/" if target_id else "snapshots/"):
+        try:
+            yield Manifest.decode(ws.vault.storage.get(key))
+        except (ValueError, TypeError, ObjectMissing):
+            res.problem(key, "manifest is damaged")
+
+
+def _restore_test(ws: Workspace, target_name: str | None) -> dict:
+    from .restore import restore_new
+
+    names = [target_name] if target_name else list(ws.config.targets)
+    out = {"ok": True, "points": []}
+    for name in names:
+        t = ws.target(name)
+        m = ws.vault.latest(t.id)
+        if m is None:
+            continue
+        with tempfile.TemporaryDirectory(prefix="mulligan-restore-test-") as d:
+            path = os.path.join(d, "restore-test.db")
+            try:
+                restore_new(ws, m, path, full_check=True)
+                out["points"].append({"target": name, "snapshot": m.id, "ok": True})
+            except MulliganError as exc:
+                out["ok"] = False
+                out["error"] = f"restore test of {name} ({m.id}) failed: {exc.message}"
+                out["points"].append({"target": name, "snapshot": m.id, "ok": False, "error": exc.message})
+    return out
+
+
+def raise_if_bad(res: VerifyResult) -> None:
+    if not res.ok:
+        first = res.problems[0]
+        raise IntegrityError(
+            f"{len(res.problems)} problem(s) in the vault; first: {first['object']}: {first['problem']}",
+            unchanged="verify changes nothing",
+            hint="the listed restore points cannot be trusted; restore from another point or a copy of the vault",
+            details=res.to_json(),
+        )
+
+
+_ = ID_LEN

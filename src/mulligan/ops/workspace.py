@@ -1,0 +1,26 @@
+"""What most use cases need: the configuration, the vault, and an engine per target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import Config
+from ..engines.base import Engine, engine_for
+from ..model import Target
+from ..vault import Vault
+
+
+@dataclass
+class Workspace:
+    config: Config
+    vault: Vault
+
+    def target(self, name: str) -> Target:
+        return self.config.target(name)
+
+    def engine(self, target: Target) -> Engine:
+        return engine_for(target.engine)
+
+    @classmethod
+    def open(cls, config: Config) -> "Workspace":
+        return cls(config, Vault.open(config.vault_url))

@@ -1,0 +1,67 @@
+"""The storage interface: immutable objects by key.
+
+Six methods, nothing else. Retries, fault injection and caching are wrappers
+around a backend, never inside the vault. Every backend passes the same
+conformance tests (tests/test_storage.py).
+
+Rules every backend keeps:
+- ``put`` is atomic: a reader sees the whole object or none of it.
+- ``put(..., overwrite=False)`` on an existing key raises :class:`ObjectExists`.
+- ``get`` of a missing key raises :class:`ObjectMissing`.
+- ``list`` yields ``(key, size)`` for keys under a prefix, in key order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, Iterator
+
+from ..errors import NotFound, StorageError
+
+
+class ObjectMissing(NotFound):
+    kind = "object-missing"
+
+
+class ObjectExists(StorageError):
+    kind = "object-exists"
+
+
+class Storage(ABC):
+    url: str = ""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def get_range(self, key: str, offset: int, length: int) -> bytes: ...
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def stat(self, key: str) -> int | None:
+        """Size of the object, or None when it does not exist."""
+
+
+_BACKENDS: dict[str, Callable[[str], Storage]] = {}
+
+
+def register(scheme: str, factory: Callable[[str], Storage]) -> None:
+    _BACKENDS[scheme] = factory
+
+
+def open_storage(url: str) -> Storage:
+    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    if scheme not in _BACKENDS:
+        raise StorageError(
+            f"no storage backend for {scheme!r} URLs",
+            hint=f"use one of: {', '.join(sorted(_BACKENDS))}",
+        )
+    return _BACKENDS[scheme](url)

@@ -1,0 +1,132 @@
+"""A vault in a local folder. Writes go to a temporary file, are fsynced, then
+linked into place, so a crash or a full disk never leaves half an object."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import StorageError
+from .base import ObjectExists, ObjectMissing, Storage, register
+
+_TMP = ".tmp"
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.url = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise StorageError(f"invalid object key {key!r}")
+        return self.root / key
+
+    def get(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {key} is missing from the vault at {self.root}") from None
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as fh:
+                fh.seek(offset)
+                return fh.read(length)
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {key} is missing from the vault at {self.root}") from None
+
+    def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
+        final = self._path(key)
+        tmpdir = self.root / _TMP
+        tmp = tmpdir / f"{os.getpid()}-{id(data):x}-{os.urandom(4).hex()}"
+        try:
+            tmpdir.mkdir(parents=True, exist_ok=True)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if overwrite:
+                os.replace(tmp, final)
+            else:
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    raise ObjectExists(f"object {key} already exists") from None
+                finally:
+                    _unlink_quiet(tmp)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            _unlink_quiet(tmp)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise StorageError(
+                    f"the disk holding the vault is full ({exc.strerror}) while writing {key}",
+                    unchanged="no restore point was recorded by this write; existing ones are intact",
+                    hint=f"free space on the disk holding {self.root}, then run the command again",
+                ) from None
+            raise StorageError(f"cannot write {key} in the vault at {self.root}: {exc.strerror}") from None
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        base = self.root
+        start = base / prefix if prefix else base
+        # prefix may end in a partial name: walk its folder and filter.
+        folder = start if prefix.endswith("/") or not prefix else start.parent
+        if not folder.exists():
+            return
+        out = []
+        for dirpath, dirnames, filenames in os.walk(folder):
+            if Path(dirpath) == base:
+                dirnames[:] = [d for d in dirnames if d != _TMP]
+            for fn in filenames:
+                full = Path(dirpath) / fn
+                key = full.relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    try:
+                        out.append((key, full.stat().st_size))
+                    except FileNotFoundError:
+                        continue
+        yield from sorted(out)
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def stat(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+
+def _unlink_quiet(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def _fsync_dir(p: Path) -> None:
+    try:
+        fd = os.open(p, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+register("file", lambda url: LocalStorage(url[len("file://"):] if url.startswith("file://") else url))

@@ -1,0 +1,90 @@
+"""Leases that keep prune from deleting data a running writer may still reference.
+
+Every writer (snapshot, capture) stores a lease ``locks/<id>`` before it loads
+the index, refreshes it while it runs, and deletes it at the end. Prune stores
+its own exclusive lease, then looks for live writer leases: if it finds one it
+removes no data this time. A writer that finds a live prune lease waits for it.
+Both write before they look, so at least one of them sees the other. A lease
+whose heartbeat is older than ``STALE_AFTER`` belongs to a crashed process and
+is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+
+from ..storage import Storage
+
+STALE_AFTER = 120.0
+HEARTBEAT = 30.0
+
+
+class Lease:
+    def __init__(self, storage: Storage, kind: str, purpose: str):
+        self.storage = storage
+        self.kind = kind  # "writer" | "prune"
+        self.purpose = purpose
+        self.id = f"{kind}-{os.urandom(6).hex()}"
+        self.key = f"locks/{self.id}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps(
+            {"kind": self.kind, "purpose": self.purpose, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+        ).encode()
+
+    def acquire(self) -> "Lease":
+        self.storage.put(self.key, self._body(), overwrite=True)
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            try:
+                self.storage.put(self.key, self._body(), overwrite=True)
+            except Exception:
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        try:
+            self.storage.delete(self.key)
+        except Exception:
+            pass
+
+    def __enter__(self) -> "Lease":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def live_leases(storage: Storage, kind: str, exclude: str | None = None) -> list[dict]:
+    out = []
+    now = time.time()
+    for key, _ in storage.list("locks/"):
+        if key == exclude:
+            continue
+        try:
+            body = json.loads(storage.get(key))
+        except Exception:
+            continue
+        if body.get("kind") == kind and now - body.get("heartbeat", 0) < STALE_AFTER:
+            body["key"] = key
+            out.append(body)
+    return out
+
+
+def writer_lease(storage: Storage, purpose: str, wait: float = 600.0) -> Lease:
+    """Take a writer lease, waiting while a prune removes data."""
+    lease = Lease(storage, "writer", purpose).acquire()
+    deadline = time.time() + wait
+    while live_leases(storage, "prune") and time.time() < deadline:
+        time.sleep(0.2)
+    return lease

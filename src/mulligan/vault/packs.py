@@ -1,0 +1,135 @@
+"""Pack files: many compressed chunks in one object, and their indexes.
+
+Pack object ``packs/<xx>/<pack_id>``::
+
+    blob blob blob ... | index-bytes | u32 len(index-bytes) | b"MPK1"
+
+Index object ``index/<index_id>`` (may cover several packs once merged)::
+
+    b"MIX1" then per pack: pack_id(16) u32 count, then count entries of
+    id(16) type(1) offset(u64) stored_len(u32) length(u32)
+
+Write order: a pack is stored, then its index, and only then may a manifest
+refer to its chunks. A pack without an index is garbage that prune removes; an
+index never names a pack that was not stored whole first.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..errors import IntegrityError
+from ..storage import Storage
+from .codec import ID_LEN
+
+T_PAGE = 0
+T_TREE = 1
+T_DATA = 2  # other engine data (WAL segments, row batches)
+
+_ENTRY = struct.Struct(f"<{ID_LEN}sBQII")
+_PACK_HDR = struct.Struct(f"<{ID_LEN}sI")
+PACK_MAGIC = b"MPK1"
+INDEX_MAGIC = b"MIX1"
+
+
+@dataclass(frozen=True)
+class Entry:
+    pack: bytes
+    type: int
+    offset: int
+    stored_len: int
+    length: int
+
+
+def pack_key(pack_id: bytes) -> str:
+    h = pack_id.hex()
+    return f"packs/{h[:2]}/{h}"
+
+
+def index_key(index_id: bytes) -> str:
+    return f"index/{index_id.hex()}"
+
+
+def encode_index(packs: Iterable[tuple[bytes, list[tuple[bytes, int, int, int, int]]]]) -> bytes:
+    out = [INDEX_MAGIC]
+    for pack_id, entries in packs:
+        out.append(_PACK_HDR.pack(pack_id, len(entries)))
+        out.extend(_ENTRY.pack(*e) for e in entries)
+    return b"".join(out)
+
+
+def decode_index(data: bytes, key: str = "index") -> dict[bytes, list[tuple[bytes, int, int, int, int]]]:
+    if not data.startswith(INDEX_MAGIC):
+        raise IntegrityError(f"{key} is not a Mulligan index object", hint="run 'mulligan verify'")
+    pos = len(INDEX_MAGIC)
+    out: dict[bytes, list] = {}
+    try:
+        while pos < len(data):
+            pack_id, count = _PACK_HDR.unpack_from(data, pos)
+            pos += _PACK_HDR.size
+            entries = [_ENTRY.unpack_from(data, pos + i * _ENTRY.size) for i in range(count)]
+            pos += count * _ENTRY.size
+            out[pack_id] = entries
+    except struct.error:
+        raise IntegrityError(f"{key} is truncated or damaged", hint="run 'mulligan verify'") from None
+    return out
+
+
+def decode_pack_trailer(data: bytes, key: str) -> list[tuple[bytes, int, int, int, int]]:
+    if len(data) < 8 or data[-4:] != PACK_MAGIC:
+        raise IntegrityError(f"pack {key} is truncated or damaged (no trailer)", hint="run 'mulligan verify'")
+    (n,) = struct.unpack_from("<I", data, len(data) - 8)
+    start = len(data) - 8 - n
+    if start < 0:
+        raise IntegrityError(f"pack {key} is truncated or damaged", hint="run 'mulligan verify'")
+    idx = decode_index(data[start : len(data) - 8], key)
+    return next(iter(idx.values()), [])
+
+
+class PackWriter:
+    """Accumulates new blobs; flushes a pack (then its index) at ``target_size``."""
+
+    def __init__(self, storage: Storage, target_size: int = 16 << 20):
+        self.storage = storage
+        self.target_size = target_size
+        self._blobs: list[bytes] = []
+        self._entries: list[tuple[bytes, int, int, int, int]] = []
+        self._size = 0
+        self._pending_ids: dict[bytes, int] = {}
+        self.written: dict[bytes, Entry] = {}
+        self.bytes_written = 0
+        self.objects_written = 0
+        self.index_keys: list[str] = []
+
+    def has(self, chunk_id: bytes) -> bool:
+        return chunk_id in self._pending_ids or chunk_id in self.written
+
+    def add(self, chunk_id: bytes, type_: int, blob: bytes, length: int) -> None:
+        if self.has(chunk_id):
+            return
+        self._pending_ids[chunk_id] = len(self._entries)
+        self._entries.append((chunk_id, type_, self._size, len(blob), length))
+        self._blobs.append(blob)
+        self._size += len(blob)
+        if self._size >= self.target_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._entries:
+            return
+        pack_id = os.urandom(ID_LEN)
+        trailer = encode_index([(pack_id, self._entries)])
+        body = b"".join(self._blobs) + trailer + struct.pack("<I", len(trailer)) + PACK_MAGIC
+        self.storage.put(pack_key(pack_id), body)
+        index_id = os.urandom(ID_LEN)
+        ikey = index_key(index_id)
+        self.storage.put(ikey, encode_index([(pack_id, self._entries)]))
+        self.index_keys.append(ikey)
+        for cid, t, off, slen, ln in self._entries:
+            self.written[cid] = Entry(pack_id, t, off, slen, ln)
+        self.bytes_written += len(body)
+        self.objects_written += 2
+        self._blobs, self._entries, self._size, self._pending_ids = [], [], 0, {}

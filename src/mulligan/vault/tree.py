@@ -1,0 +1,51 @@
+"""The list of a state's chunk ids, stored as a tree of small nodes.
+
+A flat list of every page's id is itself big (16 bytes a page). Cut into nodes
+of FANOUT ids and named by their content, unchanged stretches of the list are
+shared between snapshots like any other chunk: a snapshot's metadata cost
+follows what changed, not the size of the database.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .codec import ID_LEN
+
+FANOUT = 64
+_NODE = FANOUT * ID_LEN
+
+
+def build(ids: bytes, store: Callable[[bytes], bytes]) -> tuple[bytes, int]:
+    """Store the nodes of the tree over ``ids``; return (root id, depth)."""
+    level = ids
+    depth = 0
+    while True:
+        depth += 1
+        nodes = [level[i : i + _NODE] for i in range(0, len(level), _NODE)] or [b""]
+        parents = b"".join(store(n) for n in nodes)
+        if len(nodes) == 1:
+            return parents[:ID_LEN], depth
+        level = parents
+
+
+def expand(root: bytes, depth: int, load: Callable[[bytes], bytes]) -> bytes:
+    """Return the concatenated leaf ids under ``root``."""
+    level = [root]
+    for _ in range(depth):
+        level_bytes = b"".join(load(n) for n in level)
+        level = [level_bytes[i : i + ID_LEN] for i in range(0, len(level_bytes), ID_LEN)]
+    return b"".join(level)
+
+
+def node_ids(root: bytes, depth: int, load: Callable[[bytes], bytes]) -> list[bytes]:
+    """Every tree node id (not the leaves' chunk ids), for reachability checks."""
+    out = []
+    level = [root]
+    for d in range(depth):
+        out.extend(level)
+        if d == depth - 1:
+            break
+        level_bytes = b"".join(load(n) for n in level)
+        level = [level_bytes[i : i + ID_LEN] for i in range(0, len(level_bytes), ID_LEN)]
+    return out

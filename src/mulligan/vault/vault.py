@@ -1,0 +1,302 @@
+"""The content-addressed vault: chunks in packs, trees of chunk ids, manifests, refs.
+
+Ordering invariants (docs/design.md has the full list):
+1. packs are stored before their index, indexes before any manifest that uses them;
+2. a manifest is stored last, in one atomic put: its arrival makes the restore
+   point exist, so a crash leaves whole restore points or none;
+3. ``refs/<target>/latest`` is advisory (a shortcut for reading the newest
+   state without a listing); the manifests are the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+from ..errors import IntegrityError, NotFound, StorageError, UsageError
+from ..storage import ObjectMissing, Storage, open_storage
+from . import format as fmt
+from . import tree
+from .codec import ID_LEN, PlainCodec
+from .locks import writer_lease
+from .manifest import KIND_UNDO, Manifest, manifest_key, new_snapshot_id
+from .packs import T_PAGE, T_TREE, Entry, PackWriter, decode_index, pack_key
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class SaveStats:
+    new_chunks: int = 0
+    new_bytes: int = 0
+    new_objects: int = 0
+
+
+class Vault:
+    def __init__(self, storage: Storage, config: dict):
+        self.storage = storage
+        self.config = config
+        self.codec = PlainCodec(level=int(config.get("zstd_level", 1)))
+        self._index: dict[bytes, Entry] | None = None
+        self._loaded_index_keys: set[str] = set()
+
+    # ---- opening -------------------------------------------------------
+    @classmethod
+    def create(cls, url: str) -> "Vault":
+        storage = open_storage(url)
+        if storage.stat("config") is not None:
+            raise StorageError(
+                f"a vault already exists at {url}",
+                unchanged="the existing vault was left as it was",
+                hint="use it as it is (point mulligan.toml at it), or choose another --vault",
+            )
+        if any(True for _ in storage.list("snapshots/")):
+            raise StorageError(f"{url} holds vault objects but no config", hint="point --vault at an empty folder")
+        config = {
+            "format_version": fmt.FORMAT_VERSION,
+            "features": list(fmt.DEFAULT_FEATURES),
+            "vault_id": os.urandom(8).hex(),
+            "chunking": {"kind": "page", "id_len": ID_LEN, "tree_fanout": tree.FANOUT},
+            "encryption": "none",
+            "zstd_level": 1,
+        }
+        storage.put("config", fmt.encode(config))
+        return cls(storage, config)
+
+    @classmethod
+    def open(cls, url: str) -> "Vault":
+        storage = open_storage(url)
+        try:
+            raw = storage.get("config")
+        except ObjectMissing:
+            raise NotFound(
+                f"no vault at {url}",
+                hint="run 'mulligan init' to create one, or fix [vault] url in mulligan.toml",
+            ) from None
+        try:
+            config = json.loads(raw)
+        except ValueError:
+            raise IntegrityError(f"the vault config at {url} is damaged", hint="restore it from a copy of the vault") from None
+        fmt.check(config, url)
+        return cls(storage, config)
+
+    # ---- chunk index -----------------------------------------------------
+    def index(self) -> dict[bytes, Entry]:
+        if self._index is None:
+            self._index = {}
+        for key, _ in self.storage.list("index/"):
+            if key in self._loaded_index_keys:
+                continue
+            self._add_index(key, self.storage.get(key))
+        return self._index
+
+    def _add_index(self, key: str, data: bytes) -> None:
+        assert self._index is not None
+        for pack_id, entries in decode_index(data, key).items():
+            for cid, t, off, slen, ln in entries:
+                self._index[cid] = Entry(pack_id, t, off, slen, ln)
+        self._loaded_index_keys.add(key)
+
+    def _absorb(self, writer: PackWriter) -> None:
+        if self._index is None:
+            self._index = {}
+        self._index.update(writer.written)
+        self._loaded_index_keys.update(writer.index_keys)
+
+    # ---- reading chunks -----------------------------------------------------
+    def load_chunk(self, cid: bytes) -> bytes:
+        idx = self.index()
+        e = idx.get(cid)
+        if e is None:
+            raise IntegrityError(f"chunk {cid.hex()} is not in any pack of the vault", hint="run 'mulligan verify'")
+        blob = self.storage.get_range(pack_key(e.pack), e.offset, e.stored_len)
+        return self.codec.unpack_blob(blob, cid, e.length)
+
+    def iter_chunks(self, wanted: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """Yield (id, data) for each wanted chunk, reading each pack once, verified."""
+        idx = self.index()
+        by_pack: dict[bytes, list[Entry | bytes]] = defaultdict(list)
+        for cid in set(wanted):
+            e = idx.get(cid)
+            if e is None:
+                raise IntegrityError(f"chunk {cid.hex()} is not in any pack of the vault", hint="run 'mulligan verify'")
+            by_pack[e.pack].append(cid)
+        for pack_id, cids in by_pack.items():
+            entries = sorted(((idx[c], c) for c in cids), key=lambda x: x[0].offset)
+            key = pack_key(pack_id)
+            if len(entries) > 8:
+                lo = entries[0][0].offset
+                hi = max(e.offset + e.stored_len for e, _ in entries)
+                try:
+                    body = self.storage.get_range(key, lo, hi - lo)
+                except ObjectMissing:
+                    raise IntegrityError(f"pack {key} is missing from the vault", hint="run 'mulligan verify'") from None
+                for e, c in entries:
+                    blob = body[e.offset - lo : e.offset - lo + e.stored_len]
+                    yield c, self.codec.unpack_blob(blob, c, e.length)
+            else:
+                for e, c in entries:
+                    try:
+                        blob = self.storage.get_range(key, e.offset, e.stored_len)
+                    except ObjectMissing:
+                        raise IntegrityError(f"pack {key} is missing from the vault", hint="run 'mulligan verify'") from None
+                    yield c, self.codec.unpack_blob(blob, c, e.length)
+
+    # ---- writing states --------------------------------------------------
+    def save_pages(
+        self,
+        *,
+        target_id: str,
+        target_name: str,
+        page_size: int,
+        batches: Iterable[list[bytes]],
+        time: str,
+        kind: str = "snapshot",
+        tag: str | None = None,
+        meta: dict | None = None,
+        progress: Progress | None = None,
+        snapshot_id: str | None = None,
+    ) -> Manifest:
+        """Store a state given as page batches in page order; return its manifest."""
+        with writer_lease(self.storage, f"{kind} of {target_name}"):
+            idx = self.index()
+            writer = PackWriter(self.storage)
+            ids = bytearray()
+            stats = SaveStats()
+            page_count = 0
+            for batch in batches:
+                batch_ids = [self.codec.chunk_id(p) for p in batch]
+                ids += b"".join(batch_ids)
+                page_count += len(batch)
+                fresh: dict[bytes, bytes] = {}
+                for cid, p in zip(batch_ids, batch):
+                    if cid not in idx and not writer.has(cid) and cid not in fresh:
+                        fresh[cid] = p
+                if fresh:
+                    blobs = self.codec.pack_blobs(list(fresh.values()))
+                    for (cid, p), blob in zip(fresh.items(), blobs):
+                        writer.add(cid, T_PAGE, blob, len(p))
+                        stats.new_chunks += 1
+                        stats.new_bytes += len(blob)
+                if progress:
+                    progress(len(batch))
+
+            def store_node(node: bytes) -> bytes:
+                cid = self.codec.chunk_id(node)
+                if cid not in idx and not writer.has(cid):
+                    blob = self.codec.pack_blobs([node])[0]
+                    writer.add(cid, T_TREE, blob, len(node))
+                    stats.new_chunks += 1
+                    stats.new_bytes += len(blob)
+                return cid
+
+            root, depth = tree.build(bytes(ids), store_node)
+            writer.flush()
+            self._absorb(writer)
+            parent = self.latest(target_id)
+            m = Manifest(
+                id=snapshot_id or new_snapshot_id(),
+                target_id=target_id,
+                target_name=target_name,
+                time=time,
+                kind=kind,
+                tag=tag,
+                page_size=page_size,
+                page_count=page_count,
+                root=root.hex(),
+                depth=depth,
+                logical_size=page_count * page_size,
+                new_bytes=stats.new_bytes,
+                new_chunks=stats.new_chunks,
+                new_objects=writer.objects_written + 1,
+                parent=parent.id if parent else None,
+                meta=meta or {},
+            )
+            body = m.encode()
+            m.new_bytes += len(body)
+            self.storage.put(m.key, m.encode())
+            if kind != KIND_UNDO:
+                self.storage.put(f"refs/{target_id}/latest", m.id.encode(), overwrite=True)
+            return m
+
+    # ---- reading states ----------------------------------------------------
+    def page_ids(self, m: Manifest) -> list[bytes]:
+        flat = tree.expand(bytes.fromhex(m.root), m.depth, self.load_chunk)
+        ids = [flat[i : i + ID_LEN] for i in range(0, len(flat), ID_LEN)]
+        if len(ids) != m.page_count:
+            raise IntegrityError(
+                f"restore point {m.id} lists {len(ids)} pages but says it has {m.page_count}",
+                hint="run 'mulligan verify'",
+            )
+        return ids
+
+    def iter_pages(self, m: Manifest) -> Iterator[tuple[list[int], bytes]]:
+        """Yield (page numbers starting at 1, page bytes) for every distinct page, verified."""
+        where: dict[bytes, list[int]] = defaultdict(list)
+        for i, cid in enumerate(self.page_ids(m)):
+            where[cid].append(i + 1)
+        for cid, data in self.iter_chunks(where.keys()):
+            if len(data) != m.page_size:
+                raise IntegrityError(f"chunk {cid.hex()} has {len(data)} bytes, not a {m.page_size}-byte page")
+            yield where[cid], data
+
+    # ---- manifests -----------------------------------------------------------
+    def manifests(self, target_id: str | None = None) -> list[Manifest]:
+        prefix = f"snapshots/{target_id}/" if target_id else "snapshots/"
+        out = []
+        for key, _ in self.storage.list(prefix):
+            try:
+                out.append(Manifest.decode(self.storage.get(key)))
+            except (ValueError, TypeError):
+                raise IntegrityError(f"manifest {key} is damaged", hint="run 'mulligan verify'") from None
+        out.sort(key=lambda m: (m.time, m.id))
+        return out
+
+    def manifest(self, target_id: str, snapshot_id: str) -> Manifest:
+        try:
+            return Manifest.decode(self.storage.get(manifest_key(target_id, snapshot_id)))
+        except ObjectMissing:
+            raise NotFound(f"no restore point {snapshot_id}", hint="list them with 'mulligan snapshots NAME'") from None
+
+    def resolve(self, prefix: str) -> Manifest:
+        """A snapshot id or a unique prefix of one, across the whole vault."""
+        prefix = prefix.strip().lower()
+        if len(prefix) < 4:
+            raise UsageError(f"snapshot id prefix {prefix!r} is too short", hint="give at least 4 characters")
+        hits = [key for key, _ in self.storage.list("snapshots/") if key.rsplit("/", 1)[-1].startswith(prefix)]
+        if not hits:
+            raise NotFound(f"no restore point has an id starting with {prefix!r}", hint="list them with 'mulligan snapshots NAME'")
+        if len(hits) > 1:
+            raise UsageError(
+                f"the id prefix {prefix!r} matches {len(hits)} restore points",
+                hint="give more characters of the id",
+            )
+        return Manifest.decode(self.storage.get(hits[0]))
+
+    def latest(self, target_id: str) -> Manifest | None:
+        """Newest restore point of a target's own history (never an undo point)."""
+        try:
+            sid = self.storage.get(f"refs/{target_id}/latest").decode()
+            return self.manifest(target_id, sid)
+        except (ObjectMissing, NotFound):
+            pass
+        candidates = [m for m in self.manifests(target_id) if m.kind != KIND_UNDO]
+        return candidates[-1] if candidates else None
+
+    def delete_manifest(self, m: Manifest) -> None:
+        self.storage.delete(m.key)
+        try:
+            if self.storage.get(f"refs/{m.target_id}/latest").decode() == m.id:
+                self.storage.delete(f"refs/{m.target_id}/latest")
+        except ObjectMissing:
+            pass
+
+    # ---- small JSON records (targets, incidents, audit) ---------------------
+    def put_json(self, key: str, obj, *, overwrite: bool = True) -> None:
+        self.storage.put(key, json.dumps(obj, indent=1, sort_keys=True).encode(), overwrite=overwrite)
+
+    def get_json(self, key: str):
+        return json.loads(self.storage.get(key))
