@@ -26,6 +26,9 @@ class Ctx:
     config_arg: str | None = None
     json: bool = False
     verbosity: int = 0
+    audit: bool = True
+    audit_target: object = None
+    audit_detail: object = None
     _config: cfg.Config | None = None
     _ws: Workspace | None = None
     out: Console = field(default_factory=lambda: _console(sys.stdout))

@@ -7,8 +7,13 @@ import sys
 
 import click
 
-from ..errors import EXIT_ERROR, EXIT_USAGE, MulliganError
+from ..errors import EXIT_ERROR, EXIT_USAGE, GuardRefused, MulliganError
 from .context import Ctx
+
+# Commands that change state are written to the audit log with their outcome.
+# A command sets ctx.audit = False when a given run changes nothing (a plan, a dry run),
+# and ctx.audit_target to the Target it acted on.
+AUDITED = {"protect", "snapshot", "restore", "undo", "prune", "recover", "watch", "incident"}
 
 # Each module defines click commands and register(group).
 COMMAND_MODULES = [
@@ -79,15 +84,20 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"mulligan: {exc.message}\n")
         return EXIT_USAGE
     ctx_obj = Ctx(**opts)
+    command = next((a for a in rest if not a.startswith("-")), None)
     try:
         cli.main(args=rest, prog_name="mulligan", obj=ctx_obj, standalone_mode=False)
+        _audit(ctx_obj, command, "done", None, argv)
         return 0
     except MulliganError as exc:
+        _audit(ctx_obj, command, "refused" if isinstance(exc, GuardRefused) else "failed", exc.one_line(), argv)
         if ctx_obj.json:
             ctx_obj.emit_json(exc.to_json())
         sys.stderr.write(f"mulligan: {exc.one_line()}\n")
         return exc.exit_code
     except click.exceptions.Exit as exc:
+        if exc.exit_code:
+            _audit(ctx_obj, command, "failed", f"exit {exc.exit_code}", argv)
         return exc.exit_code
     except click.exceptions.Abort:
         sys.stderr.write("mulligan: aborted; nothing was changed\n")
@@ -100,6 +110,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def _audit(ctx: Ctx, command: str | None, outcome: str, detail, argv: list[str]) -> None:
+    if command not in AUDITED or not ctx.audit:
+        return
+    if ctx._ws is None:
+        try:
+            ctx.ws  # noqa: B018 - opens the vault if the configuration allows
+        except MulliganError:
+            return
+    from ..ops import audit
+
+    target = ctx.audit_target
+    if target is None:
+        names = [a for a in argv if not a.startswith("-")]
+        name = names[1] if len(names) > 1 else None
+        try:
+            target = ctx.config.targets.get(name) if name else None
+        except MulliganError:
+            target = None
+    try:
+        audit.record(ctx.ws.vault, command=command, outcome=outcome, target=target, detail=ctx.audit_detail or detail,
+                     argv=["mulligan", *argv])
+    except Exception as exc:  # the audit log must never hide the command's own result
+        sys.stderr.write(f"mulligan: warning: could not append to the audit log: {exc}\n")
 
 
 def run() -> None:
