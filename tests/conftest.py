@@ -1,0 +1,110 @@
+"""Shared fixtures: real SQLite files, a real vault in a temp folder, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import apsw
+import pytest
+
+from mulligan import config as cfg
+from mulligan.cli.main import main as cli_main
+from mulligan.ops import setup as setup_ops
+from mulligan.ops.workspace import Workspace
+
+MULLIGAN = [sys.executable, "-m", "mulligan"]
+
+
+def make_db(path: Path | str, rows: int = 100, wal: bool = True, payload: int = 50) -> str:
+    """A small app-like database: users and posts."""
+    conn = apsw.Connection(str(path))
+    if wal:
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS users(id INTEGER PRIMARY KEY AUTOINCREMENT, username TEXT UNIQUE, email TEXT);"
+        "CREATE TABLE IF NOT EXISTS posts(id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER REFERENCES users(id),"
+        " body TEXT, created_at TEXT);"
+    )
+    with conn:
+        for i in range(rows):
+            conn.execute("INSERT INTO users(username, email) VALUES (?, ?)", (f"user{i}-{os.urandom(3).hex()}", f"u{i}@example.com"))
+            conn.execute("INSERT INTO posts(user_id, body, created_at) VALUES (last_insert_rowid(), ?, datetime('now'))",
+                         ("post " + "x" * payload,))
+    conn.close()
+    return str(path)
+
+
+def dump(path: str) -> list:
+    """Every row of every user table, for comparing databases by content."""
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    out = []
+    tables = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_mulligan%' ORDER BY name")]
+    for t in tables:
+        out.append((t, conn.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall()))
+    conn.close()
+    return out
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self):
+        return json.loads(self.out)
+
+
+@dataclass
+class Env:
+    """A project folder with mulligan.toml and a vault."""
+
+    dir: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "mulligan.toml"
+
+    @property
+    def ws(self) -> Workspace:
+        return Workspace.open(cfg.load(self.config_path))
+
+    def run(self, *args: str, input: str | None = None, env: dict | None = None, timeout: float = 120) -> CliResult:
+        """Run the real command in a subprocess (exit codes, stdout/stderr separation)."""
+        e = dict(os.environ)
+        e.pop("MULLIGAN_CONFIG", None)
+        e.update(env or {})
+        p = subprocess.run(MULLIGAN + list(args), cwd=self.dir, capture_output=True, text=True, input=input,
+                           env=e, timeout=timeout)
+        return CliResult(p.returncode, p.stdout, p.stderr)
+
+    def call(self, *args: str) -> CliResult:
+        """Run the CLI in-process (fast); stdout/stderr captured by capsys-free redirection."""
+        import contextlib
+        import io
+
+        out, err = io.StringIO(), io.StringIO()
+        cwd = os.getcwd()
+        os.chdir(self.dir)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = cli_main(list(args))
+        finally:
+            os.chdir(cwd)
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    def protect(self, path: str, name: str = "app", env: str = "production"):
+        return setup_ops.protect(self.ws, path, name, env)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Env:
+    setup_ops.init(tmp_path / "mulligan.toml")
+    return Env(tmp_path)
