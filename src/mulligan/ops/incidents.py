@@ -98,3 +98,262 @@ def close(vault: Vault, inc: dict) -> dict:
     inc["status"] = "closed"
     inc["closed_at"] = iso(utc_now())
     return add_event(vault, inc, "incident closed", None, time=inc["closed_at"])
+
+
+# ---- facts recorded by the steps of the response ---------------------------------
+#
+# impact:   {computed_at, base, lost, users_affected, users: [{label, rows, tables: {t: n}}],
+#            tables: {table: rows}, rows_at_risk, ...whatever the impact op reports}
+# recovery: {planned_at, applied_at | null, applied, base, lost, undo_point,
+#            tables: {table: {inserts, updates, deletes, remapped, conflicts, ...}},
+#            rows_recovered, remapped, conflicts: [..] | int, ...}
+# alerts:   [{time, channel, ok, detail}]
+
+
+def record_alert(vault: Vault, inc: dict, *, channel: str, ok: bool, detail: str = "", time: str | None = None) -> dict:
+    now = time or iso(utc_now())
+    inc.setdefault("alerts", []).append({"time": now, "channel": channel, "ok": ok, "detail": detail})
+    event = f"alert sent to {channel}" if ok else f"alert to {channel} failed"
+    return add_event(vault, inc, event, detail, time=now)
+
+
+def record_impact(vault: Vault, inc: dict, impact: dict, *, base: str | None = None, lost: str | None = None) -> dict:
+    now = iso(utc_now())
+    rec = dict(impact)
+    rec.setdefault("computed_at", now)
+    rec.setdefault("base", base)
+    rec.setdefault("lost", lost)
+    if "users_affected" not in rec:
+        rec["users_affected"] = len(rec.get("users") or [])
+    inc["impact"] = rec
+    n = rec["users_affected"]
+    return add_event(vault, inc, "impact computed", f"{n} user{'s' if n != 1 else ''} potentially lost data",
+                     time=rec["computed_at"])
+
+
+def record_recovery(vault: Vault, inc: dict, result: dict, *, applied: bool) -> dict:
+    """Keep the plan (and, once applied, the outcome) of ``recover --incident``."""
+    now = iso(utc_now())
+    rec = dict(inc.get("recovery") or {})
+    rec.update(result)
+    rec["applied"] = bool(applied) or bool(rec.get("applied"))
+    rec.setdefault("planned_at", now)
+    if applied:
+        rec["applied_at"] = result.get("applied_at") or now
+    inc["recovery"] = rec
+    counts = recovery_counts(rec)
+    detail = f"{counts['rows']} lost rows, {counts['remapped']} with new ids, {counts['conflicts']} conflicts for review"
+    if applied:
+        if rec.get("undo_point"):
+            add_event(vault, inc, "undo point taken", f"restore point {rec['undo_point']} before the merge",
+                      time=rec.get("undo_point_time") or rec["applied_at"])
+        return add_event(vault, inc, "recovery applied", detail, time=rec["applied_at"])
+    return add_event(vault, inc, "recovery planned", detail, time=rec["planned_at"])
+
+
+def recovery_counts(rec: dict | None) -> dict:
+    """Rows written back, rows given new ids, conflicts, per table and in total."""
+    rec = rec or {}
+    tables = {}
+    for name, t in (rec.get("tables") or {}).items():
+        t = t or {}
+        rows = sum(int(t.get(k) or 0) for k in ("inserts", "updates", "deletes"))
+        tables[name] = {"rows": rows, "remapped": int(t.get("remapped") or 0),
+                        "conflicts": int(t.get("conflicts") or 0), "skipped": int(t.get("skipped") or 0)}
+    conflicts = rec.get("conflicts")
+    n_conf = len(conflicts) if isinstance(conflicts, list) else int(conflicts or 0)
+    if not n_conf:
+        n_conf = sum(t["conflicts"] for t in tables.values())
+    rows = rec.get("rows_recovered")
+    return {
+        "rows": int(rows) if rows is not None else sum(t["rows"] for t in tables.values()),
+        "remapped": int(rec.get("remapped") or sum(t["remapped"] for t in tables.values())),
+        "conflicts": n_conf,
+        "tables": tables,
+    }
+
+
+def recovery_states(inc: dict) -> tuple[str, str]:
+    """BASE and LOST for ``recover --incident``: the snapshot restored by mistake, the last good point."""
+    base = inc.get("base") or (inc.get("rolled_back_to") or {}).get("snapshot_id")
+    last_good = inc.get("last_good") or {}
+    lost = inc.get("lost") or last_good.get("point") or (f"@{last_good['time']}" if last_good.get("time") else None)
+    missing = [n for n, v in (("BASE (the state production was rolled back to)", base),
+                               ("LOST (the last good state)", lost)) if not v]
+    if missing:
+        raise UsageError(
+            f"incident {inc['id']} does not record {' or '.join(missing)}",
+            unchanged="nothing was planned or written",
+            hint="give them yourself with --base STATE --lost STATE",
+        )
+    return base, lost
+
+
+# ---- the timeline, assembled from facts ---------------------------------------------
+
+KINDS = ("good", "mistake", "detect", "alert", "assess", "recover", "note", "incident")
+# (fact, kind, words): how an event written in the record is recognised; first match wins.
+_FACTS = (
+    ("undo", "recover", ("undo point",)),
+    ("applied", "recover", ("recovery applied", "merge applied", "applied")),
+    ("planned", "recover", ("recovery planned", "plan")),
+    ("counters", "recover", ("counter",)),
+    ("impact", "assess", ("impact",)),
+    ("alert", "alert", ("alert", "summary sent", "notif")),
+    ("detected", "detect", ("detect",)),
+    ("change", "mistake", ("rolled back", "went back", "rollback", "replaced", "mistake")),
+    ("last_good", "good", ("last good", "last-known-good", "frozen", "froze")),
+    ("snapshot", "good", ("snapshot", "capture")),
+    ("note", "note", ("note",)),
+    ("opened", "incident", ("opened",)),
+    ("closed", "incident", ("closed",)),
+)
+_CHANGING = ("restore", "undo", "recover", "prune")
+
+
+def classify(event: str) -> tuple[str, str]:
+    """(fact, kind) of an event by its wording."""
+    low = (event or "").lower()
+    for fact, kind, words in _FACTS:
+        if any(w in low for w in words):
+            return fact, kind
+    return "other", "incident"
+
+
+def assemble_timeline(inc: dict, *, audit_entries: list[dict] | None = None, manifests: list | None = None) -> list[dict]:
+    """Every known fact about the incident as one ordered list of {time, event, detail, kind, source}.
+
+    Facts come from the record itself (what the watcher, the response commands and people
+    wrote), from the audit log (what Mulligan ran against the target around the change) and
+    from the vault (undo points taken while the incident was open).
+    """
+    events: list[dict] = []
+
+    def add(time, event, detail, fact, kind, source):
+        if time:
+            events.append({"time": time, "event": event, "detail": detail, "kind": kind, "fact": fact, "source": source})
+
+    rb = inc.get("rolled_back_to") or {}
+    if rb.get("time"):
+        add(rb["time"], "snapshot taken (the state production was later rolled back to)", rb.get("snapshot_id"),
+            "snapshot", "good", "vault")
+    lg = inc.get("last_good") or {}
+    add(lg.get("time"), "last good capture", lg.get("point"), "last_good", "good", "watcher")
+    change = change_time(inc)
+    ran = what_ran_it(inc, audit_entries)
+    if change:
+        add(change, "production rolled back" if inc.get("kind") == "rollback" else "the change",
+            ran["detail"], "change", "mistake", "watcher")
+    det = inc.get("detection") or {}
+    if det.get("detected_at"):
+        signals = ", ".join(det.get("signals") or [])
+        add(det["detected_at"], "rollback detected" if inc.get("kind") == "rollback" else "change detected",
+            signals or _text(det.get("detail")), "detected", "detect", "watcher")
+    for a in inc.get("alerts") or []:
+        ok = a.get("ok", True)
+        add(a.get("time"), f"alert {'sent to' if ok else 'to'} {a.get('channel', 'the team')}{'' if ok else ' failed'}",
+            a.get("detail"), "alert", "alert", "incident")
+    imp = inc.get("impact") or {}
+    if imp.get("computed_at"):
+        add(imp["computed_at"], "impact computed", f"{users_affected(inc)} users potentially lost data",
+            "impact", "assess", "incident")
+    rec = inc.get("recovery") or {}
+    if rec.get("planned_at"):
+        add(rec["planned_at"], "recovery planned", None, "planned", "recover", "incident")
+    if rec.get("applied_at"):
+        add(rec["applied_at"], "recovery applied", None, "applied", "recover", "incident")
+    for e in audit_entries or []:
+        if e.get("command") in _CHANGING and e.get("time") and e is not ran.get("entry") \
+                and e.get("time", "") >= (lg.get("time") or inc.get("opened_at", "")):
+            add(e["time"], f"mulligan {e['command']} ({e.get('outcome')})", _who(e), "audit", "recover", "audit")
+    for m in manifests or []:
+        if getattr(m, "kind", None) == "undo" and m.time >= inc.get("opened_at", ""):
+            add(m.time, "undo point taken", m.id, "undo", "recover", "vault")
+    for e in inc.get("timeline") or []:
+        fact, kind = classify(e.get("event", ""))
+        add(e.get("time"), e.get("event", ""), e.get("detail"), fact, e.get("kind") or kind, "record")
+    return _dedupe(events)
+
+
+def _text(detail) -> str | None:
+    if detail is None or isinstance(detail, str):
+        return detail
+    if isinstance(detail, dict):
+        return detail.get("summary") or detail.get("message") or ", ".join(f"{k}: {v}" for k, v in detail.items())
+    return str(detail)
+
+
+def _dedupe(events: list[dict]) -> list[dict]:
+    """A derived fact gives way to the record's own event for the same fact within two seconds."""
+    from ..timeparse import from_iso
+
+    records = [e for e in events if e["source"] == "record"]
+    out = list(records)
+    for e in (e for e in events if e["source"] != "record"):
+        t = from_iso(e["time"])
+        near = [o for o in out if o["fact"] == e["fact"] and abs((from_iso(o["time"]) - t).total_seconds()) < 2]
+        if any(o["source"] == "record" or o["event"] == e["event"] for o in near):
+            for o in near:
+                if o["source"] == "record" and not o.get("detail"):
+                    o["detail"] = e["detail"]
+            continue
+        out.append(e)
+    out.sort(key=lambda e: (e["time"], [k for k in KINDS].index(e["kind"]) if e["kind"] in KINDS else 99))
+    return out
+
+
+def change_time(inc: dict) -> str | None:
+    """When production changed: the watcher's reading of the rollback commit, else the detection time."""
+    det = inc.get("detection") or {}
+    for key in ("changed_at", "change_time", "rolled_back_at"):
+        if det.get(key):
+            return det[key]
+        if isinstance(det.get("detail"), dict) and det["detail"].get(key):
+            return det["detail"][key]
+    return inc.get("changed_at") or det.get("detected_at")
+
+
+def what_ran_it(inc: dict, audit_entries: list[dict] | None) -> dict:
+    """The Mulligan command that changed the target around the change, when the audit log knows one."""
+    change = change_time(inc)
+    lg = (inc.get("last_good") or {}).get("time")
+    if not change or audit_entries is None:
+        return {"known": False, "outside": None, "entry": None, "detail": None}
+    lo = lg or change
+    hits = [e for e in audit_entries if e.get("command") in ("restore", "undo", "recover")
+            and lo <= e.get("time", "") <= _plus(change, 5) and e.get("outcome") == "done"]
+    if hits:
+        e = hits[-1]
+        return {"known": True, "outside": False, "entry": e, "detail": f"by {_who(e)}"}
+    return {"known": False, "outside": True, "entry": None,
+            "detail": "no Mulligan command ran against the target then: the change was made outside Mulligan"}
+
+
+def _who(e: dict) -> str:
+    return f"`{e.get('argv') or e.get('command')}` ({e.get('user')}@{e.get('host')}, pid {e.get('pid')})"
+
+
+def _plus(t: str, seconds: float) -> str:
+    from datetime import timedelta
+
+    from ..timeparse import from_iso
+
+    return iso(from_iso(t) + timedelta(seconds=seconds))
+
+
+def users_affected(inc: dict) -> int | None:
+    imp = inc.get("impact")
+    if not imp:
+        return None
+    if imp.get("users_affected") is not None:
+        return int(imp["users_affected"])
+    return len(imp.get("users") or [])
+
+
+def timeline_for(vault: Vault, inc: dict) -> list[dict]:
+    """assemble_timeline with the audit log and the vault's restore points of the target."""
+    from .audit import read as read_audit
+
+    entries = [e for e in read_audit(vault).entries if (e.get("target") or {}).get("id") == inc.get("target_id")]
+    manifests = vault.manifests(inc["target_id"]) if inc.get("target_id") else []
+    return assemble_timeline(inc, audit_entries=entries, manifests=manifests)
