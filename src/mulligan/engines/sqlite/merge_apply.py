@@ -1,0 +1,250 @@
+"""Running a recovery merge against the live database, and writing it out as SQL.
+
+The apply takes the write lock (``BEGIN IMMEDIATE``), plans again from what
+CURRENT holds at that moment (the plan shown earlier may be stale: users kept
+writing), writes, raises the counters, then checks foreign keys and integrity
+and rolls everything back on any failure the merge caused. The lock is held
+only for the lookups of the keys LOST touched and the writes: LOST's changes
+were read before.
+
+Foreign-key enforcement is switched off before the transaction begins (the
+pragma is a no-op inside one), so no cascade fires while rows are replayed;
+triggers are off unless asked for (there is no pragma for that, it is a
+connection setting: ``SQLITE_DBCONFIG_ENABLE_TRIGGER``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import quote
+
+import apsw
+
+from ...errors import DatabaseBusy, IntegrityError
+from .merge import MergePlan, Write, plan_merge
+from .merge_diff import LostChanges
+from .merge_schema import q
+
+
+@dataclass
+class ApplyResult:
+    plan: MergePlan  # the plan as recomputed under the write lock, and applied
+    lock_seconds: float
+    check_seconds: float
+    triggers_enabled: bool
+    preexisting_fk_violations: list[dict] = field(default_factory=list)
+
+
+def open_current(path: str, *, readonly: bool, busy_ms: int = 5000) -> apsw.Connection:
+    if readonly:
+        conn = apsw.Connection(
+            "file:" + quote(str(path)) + "?mode=ro",
+            flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI,
+        )
+    else:
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+    conn.setbusytimeout(busy_ms)
+    return conn
+
+
+def plan_on_file(current_path: str, lost: LostChanges) -> MergePlan:
+    """Plan against CURRENT in one read transaction; nothing is written."""
+    conn = open_current(current_path, readonly=True)
+    try:
+        conn.execute("BEGIN")
+        try:
+            return plan_merge(conn, lost)
+        finally:
+            conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+def apply_on_file(
+    current_path: str,
+    lost: LostChanges,
+    *,
+    triggers: bool = False,
+    busy_ms: int = 5000,
+    accept: Callable[[MergePlan], None] | None = None,
+) -> ApplyResult:
+    """Plan again under the write lock and apply, in one transaction.
+
+    ``accept`` sees the recomputed plan before anything is written and may
+    raise to refuse it (the transaction is then rolled back).
+    """
+    conn = open_current(current_path, readonly=False, busy_ms=busy_ms)
+    try:
+        conn.execute("PRAGMA foreign_keys = OFF")  # before BEGIN: inside a transaction it is a no-op
+        conn.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 1 if triggers else 0)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except apsw.BusyError:
+            raise DatabaseBusy(
+                f"{current_path} stayed locked by another writer for {busy_ms / 1000:g} s",
+                unchanged="nothing was written",
+                hint="try again; the app's transactions are usually short",
+            ) from None
+        locked_at = time.perf_counter()
+        try:
+            plan = plan_merge(conn, lost)
+            if accept is not None:
+                accept(plan)
+            _write(conn, plan)
+            check_start = time.perf_counter()
+            preexisting = _check(conn, plan)
+            check_seconds = time.perf_counter() - check_start
+            conn.execute("COMMIT")
+        except BaseException:
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+            raise
+        lock_seconds = time.perf_counter() - locked_at
+        return ApplyResult(plan, lock_seconds, check_seconds, triggers, preexisting)
+    finally:
+        conn.close()
+
+
+def _write(conn: apsw.Connection, plan: MergePlan) -> None:
+    for table, op, columns, batch in _batches(plan):
+        pk = plan.pk[table]
+        where = " AND ".join(f"{q(c)} = ?" for c in pk)
+        if op == "delete":
+            conn.executemany(f"DELETE FROM main.{q(table)} WHERE {where}", [w.key for w in batch])
+        elif op == "insert":
+            sql = f"INSERT INTO main.{q(table)} ({', '.join(q(c) for c in columns)}) VALUES ({', '.join('?' * len(columns))})"
+            conn.executemany(sql, [tuple(w.values[c] for c in columns) for w in batch])
+        else:
+            sql = f"UPDATE main.{q(table)} SET {', '.join(f'{q(c)} = ?' for c in columns)} WHERE {where}"
+            conn.executemany(sql, [tuple(w.values[c] for c in columns) + w.key for w in batch])
+    for table, seq in plan.counters.items():
+        cur = conn.execute("UPDATE main.sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, table))
+        if conn.changes() == 0:
+            conn.execute("INSERT INTO main.sqlite_sequence(name, seq) VALUES (?, ?)", (table, seq))
+        del cur
+
+
+def _batches(plan: MergePlan):
+    """Consecutive writes of the same table, kind and column set, in plan order."""
+    batch: list[Write] = []
+    sig = None
+    for w in plan.writes:
+        s = (w.table, w.op, tuple(w.values))
+        if s != sig and batch:
+            yield sig[0], sig[1], sig[2], batch
+            batch = []
+        sig = s
+        batch.append(w)
+    if batch:
+        yield sig[0], sig[1], sig[2], batch
+
+
+def _check(conn: apsw.Connection, plan: MergePlan) -> list[dict]:
+    """foreign_key_check and integrity_check; raise on a failure the merge caused.
+
+    Violations that do not involve a row the merge wrote or a parent it
+    deleted were there before and are returned, not fatal.
+    """
+    written = {}
+    deleted = {}
+    for w in plan.writes:
+        (deleted if w.op == "delete" else written).setdefault(w.table, set()).add(w.key)
+    from .merge_schema import read_schema
+
+    schema = read_schema(conn, "main")
+    tables = set(written)
+    for parent in deleted:
+        tables |= {fk.child for fk in schema.children_of(parent)}
+    ours, theirs = [], []
+    for table in sorted(tables):
+        if table not in schema.tables:
+            continue
+        info = schema.tables[table]
+        fks = {}
+        for fkid, seq, parent, frm, *_ in conn.execute(f"PRAGMA main.foreign_key_list({q(table)})"):
+            fks.setdefault(fkid, []).append((seq, frm))
+        for child, rowid, parent, fkid in conn.execute(f"PRAGMA main.foreign_key_check({q(table)})").fetchall():
+            v = {"table": child, "rowid": rowid, "parent": parent}
+            if rowid is None or not info.pk:
+                ours.append(v)
+                continue
+            cols = [c for _, c in sorted(fks.get(fkid, []))]
+            sel = ", ".join(q(c) for c in info.pk + cols)
+            row = conn.execute(f"SELECT {sel} FROM main.{q(table)} WHERE rowid = ?", (rowid,)).fetchone()
+            key, ref = tuple(row[: len(info.pk)]), tuple(row[len(info.pk):])
+            v["key"], v["refers_to"] = list(key), list(ref)
+            if key in written.get(table, ()) or ref in deleted.get(parent, ()):
+                ours.append(v)
+            else:
+                theirs.append(v)
+    if ours:
+        raise IntegrityError(
+            f"the merge would leave {len(ours)} row(s) referring to rows that do not exist "
+            f"(first: {ours[0]})",
+            unchanged="the transaction was rolled back; CURRENT is as it was",
+            hint="run the plan without --apply and review its conflicts; report this as a bug if it persists",
+            details={"violations": ours[:50]},
+        )
+    problems = [r[0] for r in conn.execute("PRAGMA main.integrity_check")]
+    if problems != ["ok"]:
+        raise IntegrityError(
+            f"integrity_check failed after the merge: {problems[0]}",
+            unchanged="the transaction was rolled back; CURRENT is as it was",
+            hint="check the database with 'PRAGMA integrity_check' before trying again",
+            details={"problems": problems[:50]},
+        )
+    return theirs
+
+
+# -- the reviewable SQL script ---------------------------------------------
+
+
+def literal(v) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "NULL"
+        if math.isinf(v):
+            return "9e999" if v > 0 else "-9e999"
+        return repr(v)
+    if isinstance(v, bytes):
+        return "X'" + v.hex() + "'"
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def sql_script(plan: MergePlan, *, header: str = "") -> str:
+    out = []
+    for line in header.splitlines():
+        out.append(f"-- {line}".rstrip())
+    out.append("-- Foreign-key enforcement must be off before the transaction, so no cascade fires.")
+    out.append("-- Triggers cannot be switched off from SQL: the mulligan command runs with them off.")
+    out.append("PRAGMA foreign_keys = OFF;")
+    out.append("BEGIN IMMEDIATE;")
+    for w in plan.writes:
+        where = " AND ".join(f"{q(c)} = {literal(v)}" for c, v in zip(plan.pk[w.table], w.key))
+        if w.op == "delete":
+            out.append(f"DELETE FROM {q(w.table)} WHERE {where};")
+        elif w.op == "update":
+            sets = ", ".join(f"{q(c)} = {literal(v)}" for c, v in w.values.items())
+            out.append(f"UPDATE {q(w.table)} SET {sets} WHERE {where};")
+        else:
+            cols = ", ".join(q(c) for c in w.values)
+            vals = ", ".join(literal(v) for v in w.values.values())
+            out.append(f"INSERT INTO {q(w.table)} ({cols}) VALUES ({vals});")
+    for table, seq in plan.counters.items():
+        out.append(
+            f"INSERT INTO sqlite_sequence(name, seq) SELECT {literal(table)}, 0 "
+            f"WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = {literal(table)});"
+        )
+        out.append(f"UPDATE sqlite_sequence SET seq = max(seq, {seq}) WHERE name = {literal(table)};")
+    out.append("PRAGMA foreign_key_check;")
+    out.append("COMMIT;")
+    return "\n".join(out) + "\n"
