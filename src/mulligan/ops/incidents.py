@@ -137,12 +137,16 @@ def record_recovery(vault: Vault, inc: dict, result: dict, *, applied: bool) -> 
     rec = dict(inc.get("recovery") or {})
     rec.update(result)
     rec["applied"] = bool(applied) or bool(rec.get("applied"))
-    rec.setdefault("planned_at", now)
-    if applied:
+    if not applied:
+        rec["planned_at"] = result.get("planned_at") or now
+    else:
         rec["applied_at"] = result.get("applied_at") or now
     inc["recovery"] = rec
     counts = recovery_counts(rec)
-    detail = f"{counts['rows']} lost rows, {counts['remapped']} with new ids, {counts['conflicts']} conflicts for review"
+    detail = (f"{counts['rows']} lost row{'s' * (counts['rows'] != 1)} written back, {counts['remapped']} with new ids, "
+              f"{counts['conflicts']} conflict{'s' * (counts['conflicts'] != 1)} for review")
+    if not applied:
+        detail = detail.replace("written back", "to write back")
     if applied:
         if rec.get("undo_point"):
             add_event(vault, inc, "undo point taken", f"restore point {rec['undo_point']} before the merge",
@@ -209,6 +213,9 @@ _FACTS = (
     ("closed", "incident", ("closed",)),
 )
 _CHANGING = ("restore", "undo", "recover", "prune")
+# Facts that share a timestamp are told in the order they happen.
+_ORDER = ("snapshot", "last_good", "change", "detected", "counters", "opened", "alert", "impact", "planned",
+          "undo", "audit", "applied", "note", "other", "closed")
 
 
 def classify(event: str) -> tuple[str, str]:
@@ -298,7 +305,7 @@ def _dedupe(events: list[dict]) -> list[dict]:
                     o["detail"] = e["detail"]
             continue
         out.append(e)
-    out.sort(key=lambda e: (e["time"], [k for k in KINDS].index(e["kind"]) if e["kind"] in KINDS else 99))
+    out.sort(key=lambda e: (e["time"], _ORDER.index(e["fact"]) if e["fact"] in _ORDER else len(_ORDER)))
     return out
 
 

@@ -1,0 +1,141 @@
+"""The postmortem draft as one self-contained HTML file: inline CSS, an inline SVG
+timeline, no script, no external resource, so it opens offline in any browser."""
+
+from __future__ import annotations
+
+from html import escape
+
+from ..ops.postmortem import Postmortem
+from ..timeparse import from_iso
+
+COLORS = {
+    "good": "#2e7d32", "mistake": "#c62828", "detect": "#ef6c00", "alert": "#f9a825",
+    "assess": "#6a1b9a", "recover": "#1565c0", "note": "#546e7a", "incident": "#37474f",
+}
+LEGEND = (("good", "good state"), ("mistake", "the change"), ("detect", "detection"), ("alert", "alert"),
+          ("assess", "impact"), ("recover", "recovery"), ("note", "note / incident"))
+
+CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2327;max-width:1100px;margin:2em auto;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.meta{color:#555}.draft{background:#fff8e1;border-left:4px solid #f9a825;padding:.5em 1em}
+table{border-collapse:collapse;width:100%;margin:.6em 0}th,td{border:1px solid #ddd;padding:.35em .6em;text-align:left;vertical-align:top}
+th{background:#f5f5f5}td.num{text-align:right}.dot{display:inline-block;width:.8em;height:.8em;border-radius:50%;margin-right:.4em}
+.facts{display:flex;gap:1em;flex-wrap:wrap}.fact{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:10em}
+.fact b{display:block;font-size:1.6em}.pri-high{color:#c62828;font-weight:600}.pri-medium{color:#ef6c00}.pri-low{color:#555}
+svg{max-width:100%;height:auto;border:1px solid #eee;border-radius:6px;background:#fcfcfc}
+"""
+
+
+def _t(ts: str, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    return from_iso(ts).strftime(fmt)
+
+
+def _short(text: str, n: int = 38) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def timeline_svg(events: list[dict], facts: dict) -> str:
+    """Events at equal spacing in time order (the gaps span seconds to hours), coloured by kind,
+    with the data-loss window and the time users wrote into the rolled-back database shaded."""
+    if not events:
+        return ""
+    step, left, right, axis_y = 92, 60, 230, 200
+    width = left + right + step * max(1, len(events) - 1)
+    height = 280
+    xs = [left + i * step for i in range(len(events))]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+             'role="img" aria-label="Incident timeline">', "<title>Incident timeline (UTC)</title>"]
+
+    def index_of(pred) -> int | None:
+        return next((i for i, e in enumerate(events) if pred(e)), None)
+
+    start = index_of(lambda e: e.get("fact") == "snapshot" and e["kind"] == "good")
+    change = index_of(lambda e: e["kind"] == "mistake")
+    applied = index_of(lambda e: e.get("fact") == "applied")
+    if start is not None and change is not None and change > start:
+        parts.append(_band(xs[start], xs[change], axis_y, "#ffcdd2", "data-loss window"
+                           + (f" ({facts['window']['human']})" if facts.get("window") else "")))
+    if change is not None:
+        end = xs[applied] if applied is not None else xs[-1]
+        if end > xs[change]:
+            parts.append(_band(xs[change], end, axis_y, "#ffe0b2", "users write into the rolled-back database"))
+    parts.append(f'<line x1="{left - 20}" y1="{axis_y}" x2="{xs[-1] + 20}" y2="{axis_y}" stroke="#90a4ae" stroke-width="2"/>')
+    for x, e in zip(xs, events):
+        color = COLORS.get(e["kind"], COLORS["incident"])
+        label = escape(_short(e["event"]))
+        parts.append(f'<circle cx="{x}" cy="{axis_y}" r="7" fill="{color}" stroke="#fff" stroke-width="2">'
+                     f'<title>{escape(e["time"])} {escape(e["event"])}</title></circle>')
+        parts.append(f'<text x="{x + 4}" y="{axis_y - 14}" transform="rotate(-35 {x + 4} {axis_y - 14})" '
+                     f'font-size="12" fill="#1d2327">{label}</text>')
+        parts.append(f'<text x="{x}" y="{axis_y + 24}" text-anchor="middle" font-size="11" fill="#555">'
+                     f'{_t(e["time"], "%H:%M:%S")}</text>')
+    first, last = events[0]["time"], events[-1]["time"]
+    parts.append(f'<text x="{left - 20}" y="{height - 12}" font-size="11" fill="#555">{escape(_t(first))} UTC → '
+                 f'{escape(_t(last))} UTC · events evenly spaced in order</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _band(x1: int, x2: int, axis_y: int, fill: str, label: str) -> str:
+    return (f'<rect x="{x1}" y="{axis_y + 34}" width="{x2 - x1}" height="18" fill="{fill}" rx="3"/>'
+            f'<text x="{(x1 + x2) / 2}" y="{axis_y + 47}" text-anchor="middle" font-size="11" fill="#1d2327">'
+            f'{escape(label)}</text>')
+
+
+def _list(items: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{escape(x)}</li>" for x in items) + "</ul>"
+
+
+def _num(v) -> str:
+    return "–" if v is None else escape(str(v))
+
+
+def render(pm: Postmortem) -> str:
+    inc, f = pm.incident, pm.facts
+    h = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+         f"<title>{escape(pm.title)}</title><style>{CSS}</style></head><body>"]
+    h.append(f"<h1>{escape(pm.title)}</h1>")
+    h.append(f'<p class="meta">Incident <code>{escape(inc["id"])}</code> · target <code>{escape(str(inc.get("target_name")))}</code>'
+             f' · status <b>{escape(inc.get("status", "open"))}</b> · opened {escape(_t(inc["opened_at"]))} UTC</p>')
+    h.append('<p class="draft">Blameless draft written by Mulligan from recorded facts. Causes are conditions and '
+             "systems, not people. Edit freely before the review.</p>")
+    h.append("<h2>Summary</h2>" + f"<p>{escape(pm.summary)}</p>")
+    h.append('<div class="facts">')
+    for label, value in (("users potentially lost data", f["users_affected"]), ("rows lost", f["rows_lost"]),
+                         ("rows recovered", f["rows_recovered"]), ("conflicts for a person", f["conflicts"]),
+                         ("data-loss window", (f["window"] or {}).get("human"))):
+        h.append(f'<div class="fact"><b>{_num(value)}</b>{escape(label)}</div>')
+    h.append("</div>")
+    h.append("<h2>Impact</h2>" + _list(pm.impact))
+    if pm.impact_tables:
+        h.append("<table><tr><th>table</th><th>rows lost</th><th>rows recovered</th><th>new ids</th><th>conflicts</th></tr>")
+        for t in pm.impact_tables:
+            h.append(f"<tr><td>{escape(t['table'])}</td>" + "".join(
+                f'<td class="num">{_num(t[k])}</td>' for k in ("lost", "recovered", "remapped", "conflicts")) + "</tr>")
+        h.append("</table>")
+    h.append("<h2>Timeline (UTC)</h2>" + timeline_svg(pm.timeline, f))
+    h.append("<p>" + " ".join(f'<span><span class="dot" style="background:{COLORS[k]}"></span>{escape(v)}</span> '
+                              for k, v in LEGEND) + "</p>")
+    h.append("<table><tr><th>time (UTC)</th><th>event</th><th>detail</th></tr>")
+    for e in pm.timeline:
+        dot = f'<span class="dot" style="background:{COLORS.get(e["kind"], COLORS["incident"])}"></span>'
+        h.append(f"<tr><td>{escape(_t(e['time']))}</td><td>{dot}{escape(e['event'])}</td>"
+                 f"<td>{escape(str(e.get('detail') or ''))}</td></tr>")
+    h.append("</table>")
+    for title, items in (("Detection", pm.detection), ("Response and recovery", pm.response),
+                         ("What went well", pm.went_well), ("What went poorly", pm.went_poorly),
+                         ("Where we got lucky", pm.lucky), ("Contributing factors", pm.factors)):
+        h.append(f"<h2>{title}</h2>" + _list(items))
+    h.append("<h2>Action items</h2><table><tr><th>priority</th><th>action</th><th>because</th></tr>")
+    for a in pm.actions:
+        h.append(f'<tr><td class="pri-{escape(a["priority"])}">{escape(a["priority"])}</td>'
+                 f"<td>{escape(a['action'])}</td><td>{escape(a['why'])}</td></tr>")
+    h.append("</table>")
+    notes = inc.get("notes") or []
+    if notes:
+        h.append("<h2>Notes from the response</h2>" + _list(
+            [f"{_t(n['time'])} UTC, {n.get('author', '?')}: {n['text']}" for n in notes]))
+    h.append("</body></html>")
+    return "\n".join(h)
