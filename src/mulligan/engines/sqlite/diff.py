@@ -1,0 +1,385 @@
+"""Row-level difference between two SQLite files.
+
+Both files are attached read-only to one in-memory connection (``a`` is FROM,
+``b`` is TO) inside one read transaction, so each side is one consistent state.
+Rows are paired by the declared primary key with three joins that scan in key
+order (the planner is not allowed to wander through a secondary index);
+values are compared with ``IS NOT``, as SQLite's own sqldiff does. A table with
+no declared key is compared as a multiset of whole rows. Tables, and within a
+rowid table key ranges, whose pages are identical in both files are skipped
+without reading their rows (see :mod:`.pages`).
+
+Mulligan's own tables never take part.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+
+import apsw
+
+from ...errors import NotADatabase, NotFound
+from . import pages as pg
+from .identity import is_internal
+
+INSERT, UPDATE, DELETE = "insert", "update", "delete"
+
+
+def q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class TableSchema:
+    name: str
+    sql: str
+    columns: list[str]
+    types: list[str]
+    key: list[str]  # declared primary key in key order; [] when keyless
+    rowid: bool  # a rowid table (False for WITHOUT ROWID)
+    rootpage: int
+
+
+@dataclass
+class SchemaChange:
+    """One schema object that differs: added, removed or changed."""
+
+    kind: str  # added | removed | changed
+    type: str  # table | index | view | trigger
+    name: str
+    table: str
+    before: str | None = None
+    after: str | None = None
+    columns_added: list[str] = field(default_factory=list)
+    columns_removed: list[str] = field(default_factory=list)
+    key_changed: bool = False
+
+
+@dataclass
+class RowChange:
+    kind: str  # insert | update | delete
+    key: tuple  # key column values (a keyless table: the whole row)
+    before: tuple | None  # values of TableDiff.columns in FROM
+    after: tuple | None  # values of TableDiff.columns in TO
+    changed: tuple[str, ...] = ()  # updated columns
+    count: int = 1  # copies of this row (keyless tables)
+
+
+@dataclass
+class TableDiff:
+    name: str
+    columns: list[str]  # the columns compared: those both states have
+    key: list[str]  # [] when the table is compared as a multiset
+    status: str = "same"  # same | changed | added | removed
+    keyless: bool = False
+    schema_changed: bool = False
+    method: str = "full"  # skipped | ranges | full
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    rows: list[RowChange] = field(default_factory=list)
+    truncated: bool = False
+    rebuild: list[tuple] | None = None  # every TO row (all TO columns), for SQL output of a changed schema
+    to_columns: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> int:
+        return self.inserted + self.updated + self.deleted
+
+    def add(self, change: RowChange, limit: int | None) -> None:
+        n = change.count
+        if change.kind == INSERT:
+            self.inserted += n
+        elif change.kind == DELETE:
+            self.deleted += n
+        else:
+            self.updated += n
+        if limit is None or len(self.rows) < limit:
+            self.rows.append(change)
+        else:
+            self.truncated = True
+
+
+@dataclass
+class DatabaseDiff:
+    tables: list[TableDiff]
+    schema: list[SchemaChange]
+    pages_compared: bool = False
+    # every index, view and trigger of each state: (type, name, table, sql)
+    objects_from: list[tuple[str, str, str, str]] = field(default_factory=list)
+    objects_to: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    @property
+    def changed_tables(self) -> list[TableDiff]:
+        return [t for t in self.tables if t.changes or t.status != "same" or t.schema_changed]
+
+    def totals(self) -> dict[str, int]:
+        return {k: sum(getattr(t, k) for t in self.tables) for k in ("inserted", "updated", "deleted")}
+
+
+def read_schema(conn: apsw.Connection, db: str) -> tuple[dict[str, TableSchema], list[tuple[str, str, str, str]]]:
+    """User tables of one attached state, and its other objects (type, name, table, sql)."""
+    kinds = {r[1]: (r[2], r[4]) for r in conn.execute(f"PRAGMA {db}.table_list")}
+    tables: dict[str, TableSchema] = {}
+    others = []
+    for typ, name, tbl, root, sql in conn.execute(f"SELECT type, name, tbl_name, rootpage, sql FROM {db}.sqlite_schema"):
+        if is_internal(tbl) or is_internal(name) or (name.startswith("sqlite_") and name != "sqlite_sequence"):
+            continue
+        if typ != "table":
+            if sql:
+                others.append((typ, name, tbl, sql))
+            continue
+        kind, wr = kinds.get(name, ("table", 0))
+        if kind == "virtual":
+            others.append(("virtual table", name, tbl, sql))
+            continue
+        info = conn.execute(f"SELECT name, type, pk FROM pragma_table_info(?, ?)", (name, db)).fetchall()
+        key = [c for c, _, p in sorted((r for r in info if r[2]), key=lambda r: r[2])]
+        if name == "sqlite_sequence":
+            key = ["name"]
+        tables[name] = TableSchema(name, sql or "", [r[0] for r in info], [r[1] or "" for r in info], key, not wr, root or 0)
+    return tables, others
+
+
+class StatePair:
+    """Two SQLite files opened read-only side by side in one read transaction."""
+
+    def __init__(self, from_path: str, to_path: str, *, compare_pages: bool = True):
+        self.paths = (str(from_path), str(to_path))
+        self.compare_pages = compare_pages
+        self.images: list[pg.FileImage] = []
+        self.conn: apsw.Connection | None = None
+
+    def __enter__(self) -> "StatePair":
+        for p in self.paths:
+            if not os.path.isfile(p):
+                raise NotFound(f"no database file at {p}", hint="check the path, or give live, a snapshot id or @TIME")
+        try:
+            if self.compare_pages:
+                for p in self.paths:
+                    img = pg.FileImage.open(p)
+                    if img is None:
+                        break
+                    self.images.append(img)
+            self.conn = apsw.Connection(":memory:", flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI)
+            self.conn.set_busy_timeout(5000)
+            for alias, p in zip(("a", "b"), self.paths):
+                uri = "file:" + urllib.parse.quote(os.path.abspath(p)) + "?mode=ro"
+                self.conn.execute(f"ATTACH ? AS {alias}", (uri,))
+            self.conn.execute("BEGIN")
+            self.schema_a, self.others_a = read_schema(self.conn, "a")
+            self.schema_b, self.others_b = read_schema(self.conn, "b")
+        except apsw.NotADBError:
+            self.__exit__(None, None, None)
+            raise NotADatabase(f"{self.paths[0]} or {self.paths[1]} is not a SQLite database",
+                               unchanged="neither file was changed", hint="check both paths") from None
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.execute("ROLLBACK")
+            except apsw.Error:
+                pass
+            self.conn.close()
+            self.conn = None
+        for img in self.images:  # only after the connection let go of its locks
+            img.close()
+        self.images = []
+
+    def rows(self, db: str, table: str, columns: list[str]):
+        return self.conn.execute(f"SELECT {', '.join(q(c) for c in columns)} FROM {db}.{q(table)}")
+
+    # ---- page plans ------------------------------------------------------
+    def plans(self, names: list[str]) -> dict[str, pg.TablePlan]:
+        if len(self.images) != 2 or any(os.path.exists(p + "-wal") and os.path.getsize(p + "-wal") for p in self.paths):
+            return {}  # a WAL holding frames means the file's pages are not the state being read
+        a, b = self.images
+        try:
+            roots = [self._roots("a"), self._roots("b")]
+            rowid = {n: self.schema_a[n].rowid and self.schema_b[n].rowid and _rowid_name(self.schema_a[n]) is not None
+                     for n in names if n in self.schema_a and n in self.schema_b}
+            return pg.plan_tables(a, b, roots[0], roots[1], rowid, self._overflow_owners)
+        except pg.PageMapError:
+            return {}
+
+    def _roots(self, db: str) -> dict[str, int]:
+        out = {"sqlite_schema": 1}
+        for typ, name, root in self.conn.execute(f"SELECT type, name, rootpage FROM {db}.sqlite_schema WHERE rootpage > 0"):
+            out[name if typ == "table" else f"{typ} {name}"] = root
+        return out
+
+    def _overflow_owners(self, side: str, wanted: set[int]) -> dict[int, str]:
+        rows = self.conn.execute(f"SELECT pageno, name FROM dbstat(?)", (side,))
+        return {p: n for p, n in rows if p in wanted}
+
+
+def _rowid_name(t: TableSchema) -> str | None:
+    cols = {c.lower() for c in t.columns}
+    return next((n for n in ("_rowid_", "rowid", "oid") if n not in cols), None)
+
+
+def _keys_match(a: TableSchema, b: TableSchema, common: list[str]) -> bool:
+    return bool(a.key) and [k.lower() for k in a.key] == [k.lower() for k in b.key] and all(k in common for k in a.key)
+
+
+def compare_schema(pair: StatePair, names: set[str] | None) -> list[SchemaChange]:
+    out: list[SchemaChange] = []
+    for name in sorted(set(pair.schema_a) | set(pair.schema_b)):
+        if names is not None and name not in names:
+            continue
+        ta, tb = pair.schema_a.get(name), pair.schema_b.get(name)
+        if ta is None or tb is None:
+            out.append(SchemaChange("added" if ta is None else "removed", "table", name, name,
+                                    ta.sql if ta else None, tb.sql if tb else None))
+        elif ta.sql != tb.sql:
+            la, lb = [c.lower() for c in ta.columns], [c.lower() for c in tb.columns]
+            out.append(SchemaChange("changed", "table", name, name, ta.sql, tb.sql,
+                                    [c for c in tb.columns if c.lower() not in la],
+                                    [c for c in ta.columns if c.lower() not in lb], ta.key != tb.key))
+    oa = {(t, n): (tbl, sql) for t, n, tbl, sql in pair.others_a}
+    ob = {(t, n): (tbl, sql) for t, n, tbl, sql in pair.others_b}
+    for typ, name in sorted(set(oa) | set(ob)):
+        tbl = (oa.get((typ, name)) or ob.get((typ, name)))[0]
+        if names is not None and tbl not in names:
+            continue
+        before, after = oa.get((typ, name), (None, None))[1], ob.get((typ, name), (None, None))[1]
+        if before != after:
+            kind = "added" if before is None else "removed" if after is None else "changed"
+            out.append(SchemaChange(kind, typ, name, tbl, before, after))
+    return out
+
+
+def diff_pair(pair: StatePair, *, tables: list[str] | None = None, limit: int | None = None,
+              rebuild: bool = False) -> DatabaseDiff:
+    """Compare two attached states. ``limit`` caps the rows kept per table (counts are always whole)."""
+    names = sorted(set(pair.schema_a) | set(pair.schema_b))
+    if tables is not None:
+        missing = [t for t in tables if t not in names]
+        if missing:
+            raise NotFound(f"no table named {missing[0]!r} in either state",
+                           hint="tables in the two states: " + (", ".join(names) or "none"))
+        names = [n for n in names if n in tables]
+    schema = compare_schema(pair, set(names) if tables is not None else None)
+    plans = pair.plans(names)
+    result = DatabaseDiff([], schema, bool(plans), pair.others_a, pair.others_b)
+    for name in names:
+        result.tables.append(_diff_table(pair, name, plans.get(name), limit, rebuild))
+    return result
+
+
+def _diff_table(pair: StatePair, name: str, plan: pg.TablePlan | None, limit: int | None, rebuild: bool) -> TableDiff:
+    ta, tb = pair.schema_a.get(name), pair.schema_b.get(name)
+    if ta is None or tb is None:
+        t = tb or ta
+        td = TableDiff(name, t.columns, t.key, "added" if ta is None else "removed", keyless=not t.key)
+        kind, db = (INSERT, "b") if ta is None else (DELETE, "a")
+        order = f" ORDER BY {', '.join(q(k) for k in t.key)}" if t.key else ""
+        idx = [t.columns.index(k) for k in t.key]
+        for row in pair.conn.execute(f"SELECT {', '.join(q(c) for c in t.columns)} FROM {db}.{q(name)}{order}"):
+            key = tuple(row[i] for i in idx) if idx else row
+            td.add(RowChange(kind, key, row if kind == DELETE else None, row if kind == INSERT else None), limit)
+        return td
+    lb = {c.lower() for c in tb.columns}
+    common = [c for c in ta.columns if c.lower() in lb]
+    keyed = _keys_match(ta, tb, common)
+    td = TableDiff(name, common, ta.key if keyed else [], keyless=not keyed, schema_changed=ta.sql != tb.sql)
+    td.to_columns = tb.columns
+    if plan is not None and plan.mode == "skip" and not td.schema_changed:
+        td.method = "skipped"
+    elif keyed:
+        ranges = plan.ranges if plan is not None and plan.mode == "ranges" else None
+        td.method = "ranges" if ranges else "full"
+        _keyed(pair, td, ranges, limit)
+    else:
+        _multiset(pair, td, limit)
+    if td.changes or td.schema_changed:
+        td.status = "changed"
+    if rebuild and (td.schema_changed or (name == "sqlite_sequence" and td.changes)):
+        td.rebuild = pair.rows("b", name, tb.columns).fetchall()
+    return td
+
+
+def _keyed(pair: StatePair, td: TableDiff, ranges: list[tuple[int, int]] | None, limit: int | None) -> None:
+    conn, t = pair.conn, q(td.name)
+    key = td.key
+    vals = [c for c in td.columns if c not in key]
+    on = " AND ".join(f"y.{q(k)} = x.{q(k)}" for k in key)
+    order = ", ".join(f"x.{q(k)}" for k in key)
+    sel = ", ".join(f"x.{q(c)}" for c in key + vals)
+
+    def source(db: str) -> str:
+        if ranges is None:
+            return f"{db}.{t} AS x NOT INDEXED" if pair.schema_a[td.name].rowid is False or _int_key(pair, td) else f"{db}.{t} AS x"
+        rid = _rowid_name(pair.schema_a[td.name])
+        return f"temp._mg_ranges AS r CROSS JOIN {db}.{t} AS x ON x.{rid} BETWEEN r.lo AND r.hi"
+
+    if ranges is not None:
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS _mg_ranges(lo INTEGER, hi INTEGER)")
+        conn.execute("DELETE FROM temp._mg_ranges")
+        conn.executemany("INSERT INTO temp._mg_ranges VALUES (?, ?)", ranges)
+    nk = len(key)
+    for kind, src, other in ((DELETE, "a", "b"), (INSERT, "b", "a")):
+        sql = (f"SELECT {sel} FROM {source(src)} WHERE NOT EXISTS "
+               f"(SELECT 1 FROM {other}.{t} AS y WHERE {on}) ORDER BY {order}")
+        for row in conn.execute(sql):
+            full = _reorder(td.columns, key + vals, row)
+            td.add(RowChange(kind, row[:nk], full if kind == DELETE else None, full if kind == INSERT else None), limit)
+    if not vals:
+        return
+    pick = ", ".join(f"x.{q(v)}, y.{q(v)}, x.{q(v)} IS NOT y.{q(v)}" for v in vals)
+    differs = " OR ".join(f"x.{q(v)} IS NOT y.{q(v)}" for v in vals)
+    sql = (f"SELECT {', '.join(f'x.{q(k)}' for k in key)}, {pick} FROM {source('a')} "
+           f"CROSS JOIN b.{t} AS y ON {on} WHERE {differs} ORDER BY {order}")
+    for row in conn.execute(sql):
+        k = row[:nk]
+        before, after, changed = list(k), list(k), []
+        for i, v in enumerate(vals):
+            x, y, d = row[nk + 3 * i : nk + 3 * i + 3]
+            before.append(x)
+            after.append(y)
+            if d:
+                changed.append(v)
+        order_cols = key + vals
+        td.add(RowChange(UPDATE, k, _reorder(td.columns, order_cols, before), _reorder(td.columns, order_cols, after),
+                         tuple(changed)), limit)
+
+
+def _int_key(pair: StatePair, td: TableDiff) -> bool:
+    """The key is the rowid itself, so a plain table scan is already in key order."""
+    t = pair.schema_a[td.name]
+    if len(t.key) != 1 or not t.rowid:
+        return False
+    i = t.columns.index(t.key[0])
+    return t.types[i].upper() == "INTEGER"
+
+
+def _reorder(columns: list[str], got: list[str], row) -> tuple:
+    if columns == got:
+        return tuple(row)
+    pos = {c: i for i, c in enumerate(got)}
+    return tuple(row[pos[c]] for c in columns)
+
+
+def _multiset(pair: StatePair, td: TableDiff, limit: int | None) -> None:
+    cols = ", ".join(q(c) for c in td.columns)
+    t = q(td.name)
+    sql = (f"SELECT {cols}, sum(_mg_side) FROM (SELECT {cols}, 1 AS _mg_side FROM a.{t} UNION ALL "
+           f"SELECT {cols}, -1 AS _mg_side FROM b.{t}) GROUP BY {cols} HAVING sum(_mg_side) != 0 ORDER BY {cols}")
+    for row in pair.conn.execute(sql):
+        values, n = tuple(row[:-1]), row[-1]
+        if n > 0:
+            td.add(RowChange(DELETE, values, values, None, count=n), limit)
+        else:
+            td.add(RowChange(INSERT, values, None, values, count=-n), limit)
+
+
+def diff_files(from_path: str, to_path: str, *, tables: list[str] | None = None, limit: int | None = None,
+               rebuild: bool = False, compare_pages: bool = True) -> DatabaseDiff:
+    with StatePair(from_path, to_path, compare_pages=compare_pages) as pair:
+        return diff_pair(pair, tables=tables, limit=limit, rebuild=rebuild)

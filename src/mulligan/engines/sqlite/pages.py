@@ -1,0 +1,290 @@
+"""Page-level comparison of two SQLite files, so a diff costs what changed.
+
+Which pages differ is found by comparing the two files block by block (a
+memory comparison is cheaper than hashing both). Which b-tree owns each page is
+found by walking only the *interior* pages of every b-tree from its root (about
+1% of a table's pages); leaf pages are read only where they differ, and then
+only their first and last cell, for the rowid range they hold.
+
+Why skipping is exact. Call a leaf *common* when it is a leaf of the same table
+in both states with identical bytes. Its rows are in both states unchanged, and
+since keys are unique their keys occur nowhere else in either state. So the
+difference of the two tables equals the difference of their rows restricted to
+any key ranges that cover every non-common leaf of both states. A page that is
+identical but owned differently (a freed leaf keeps its old bytes) is not
+common, which is why ownership is taken from the b-tree walk and not guessed.
+
+Overflow pages hang off leaf cells and are not reachable from interior pages.
+Every differing page is therefore checked to be *accounted for* (a b-tree page,
+a freelist page, a pointer-map page, the lock-byte page); when one is not, the
+caller is asked who owns it (``dbstat`` knows) and that table is compared whole.
+
+POSIX-lock trap: the descriptors opened here must be opened before any SQLite
+connection to the same files and closed after the last one closes.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+BLOCK_PAGES = 256
+INTERIOR_TABLE, INTERIOR_INDEX, LEAF_TABLE, LEAF_INDEX = 0x05, 0x02, 0x0D, 0x0A
+LOCK_BYTE_OFFSET = 1073741824
+
+
+class PageMapError(Exception):
+    """The page structure is not what the walk expects; compare rows instead."""
+
+
+@dataclass
+class FileImage:
+    """A read-only descriptor on a database file and the facts of its header."""
+
+    path: str
+    fd: int
+    page_size: int
+    page_count: int
+    usable: int
+    header: bytes
+
+    @classmethod
+    def open(cls, path: str) -> "FileImage | None":
+        """None when the file's pages are not its state (a WAL or hot journal beside it)."""
+        for suffix in ("-wal", "-journal"):
+            try:
+                if os.path.getsize(path + suffix) > 0:
+                    return None
+            except OSError:
+                pass
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            header = os.pread(fd, 100, 0)
+            if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+                os.close(fd)
+                return None
+            ps = struct.unpack_from(">H", header, 16)[0]
+            ps = 65536 if ps == 1 else ps
+            size = os.fstat(fd).st_size
+            count = struct.unpack_from(">I", header, 28)[0]
+            valid = struct.unpack_from(">I", header, 24)[0] == struct.unpack_from(">I", header, 92)[0]
+            if not valid or count == 0:
+                count = size // ps
+            count = min(count, size // ps)
+            return cls(path, fd, ps, count, ps - header[20], header)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def page(self, n: int) -> bytes:
+        if not 1 <= n <= self.page_count:
+            raise PageMapError(f"page {n} is outside {self.path}")
+        return os.pread(self.fd, self.page_size, (n - 1) * self.page_size)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def differing_pages(a: FileImage, b: FileImage) -> set[int]:
+    """Page numbers whose bytes differ, including pages only one file has."""
+    if a.page_size != b.page_size:
+        raise PageMapError("the two files have different page sizes")
+    ps = a.page_size
+    common = min(a.page_count, b.page_count)
+    out = set(range(common + 1, max(a.page_count, b.page_count) + 1))
+    step = BLOCK_PAGES * ps
+    for start in range(0, common * ps, step):
+        n = min(step, common * ps - start)
+        x = os.pread(a.fd, n, start)
+        y = os.pread(b.fd, n, start)
+        if x == y:
+            continue
+        first = start // ps + 1
+        for i in range(0, n, ps):
+            if x[i : i + ps] != y[i : i + ps]:
+                out.add(first + i // ps)
+    return out
+
+
+@dataclass
+class Tree:
+    """The pages of one b-tree, found from its interior pages alone."""
+
+    interior: list[int] = field(default_factory=list)
+    leaves: list[int] = field(default_factory=list)
+
+    def pages(self) -> set[int]:
+        return set(self.interior) | set(self.leaves)
+
+
+def _header_offset(n: int) -> int:
+    return 100 if n == 1 else 0
+
+
+def walk(img: FileImage, root: int) -> Tree:
+    """Every page of the b-tree at ``root``, reading interior pages only.
+
+    All leaves of a SQLite b-tree are at the same depth, so one look at the
+    first page of a level says whether the whole level is leaves.
+    """
+    tree = Tree()
+    level = [root]
+    seen: set[int] = set()
+    while level:
+        h = _header_offset(level[0])
+        kind = img.page(level[0])[h]
+        if kind in (LEAF_TABLE, LEAF_INDEX):
+            tree.leaves = level
+            break
+        if kind not in (INTERIOR_TABLE, INTERIOR_INDEX):
+            raise PageMapError(f"page {level[0]} of {img.path} is not a b-tree page")
+        below: list[int] = []
+        for n in level:
+            if n in seen:
+                raise PageMapError(f"b-tree page {n} of {img.path} is reached twice")
+            seen.add(n)
+            page = img.page(n)
+            h = _header_offset(n)
+            if page[h] != kind:
+                raise PageMapError(f"the b-tree at page {root} of {img.path} is not balanced")
+            ncells = struct.unpack_from(">H", page, h + 3)[0]
+            cells = struct.unpack_from(f">{ncells}H", page, h + 12)
+            below.extend(int.from_bytes(page[o : o + 4], "big") for o in cells)
+            below.append(struct.unpack_from(">I", page, h + 8)[0])
+        tree.interior.extend(level)
+        level = below
+    if len(set(tree.leaves)) != len(tree.leaves) or set(tree.leaves) & seen:
+        raise PageMapError(f"the b-tree at page {root} of {img.path} reaches a page twice")
+    if any(not 1 <= n <= img.page_count for n in tree.leaves):
+        raise PageMapError(f"the b-tree at page {root} of {img.path} points outside the file")
+    return tree
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    v = 0
+    for k in range(8):
+        c = buf[i + k]
+        v = (v << 7) | (c & 0x7F)
+        if c < 0x80:
+            return v, i + k + 1
+    v = (v << 8) | buf[i + 8]
+    return v, i + 9
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def leaf_rowid_range(img: FileImage, n: int) -> tuple[int, int] | None:
+    """Smallest and largest rowid on a table leaf page (None when it is empty)."""
+    page = img.page(n)
+    h = _header_offset(n)
+    if page[h] != LEAF_TABLE:
+        raise PageMapError(f"page {n} of {img.path} is not a table leaf")
+    ncells = struct.unpack_from(">H", page, h + 3)[0]
+    if ncells == 0:
+        return None
+
+    def rowid(i: int) -> int:
+        off = struct.unpack_from(">H", page, h + 8 + 2 * i)[0]
+        _, j = _varint(page, off)
+        return _signed(_varint(page, j)[0])
+
+    return rowid(0), rowid(ncells - 1)
+
+
+def accounted_pages(img: FileImage, trees: list[Tree]) -> set[int]:
+    """Pages whose role is known without reading leaf cells: everything but overflow pages."""
+    out: set[int] = set()
+    for t in trees:
+        out |= t.pages()
+    trunk = struct.unpack_from(">I", img.header, 32)[0]
+    seen = 0
+    while trunk:
+        if trunk in out or seen > img.page_count:
+            raise PageMapError(f"the freelist of {img.path} is damaged")
+        seen += 1
+        out.add(trunk)
+        page = img.page(trunk)
+        nxt, count = struct.unpack_from(">II", page, 0)
+        out.update(struct.unpack_from(f">{count}I", page, 8))
+        trunk = nxt
+    if struct.unpack_from(">I", img.header, 52)[0]:  # auto-vacuum: pointer-map pages
+        step = img.usable // 5 + 1
+        out.update(range(2, img.page_count + 1, step))
+    out.add(LOCK_BYTE_OFFSET // img.page_size + 1)
+    return out
+
+
+@dataclass
+class TablePlan:
+    """How to compare one table: skip it, compare rows in rowid ranges, or compare it whole."""
+
+    mode: str  # "skip" | "ranges" | "full"
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    pages_differing: int = 0
+    pages_total: int = 0
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def plan_tables(
+    a: FileImage,
+    b: FileImage,
+    roots_a: dict[str, int],
+    roots_b: dict[str, int],
+    tables: dict[str, bool],
+    owners_of: Callable[[str, set[int]], dict[int, str]],
+    max_fraction: float = 0.5,
+) -> dict[str, TablePlan]:
+    """Plan every table in ``tables`` (name -> is a rowid table present in both states).
+
+    ``roots_*`` lists every b-tree (tables and indexes, sqlite_schema as page 1) of
+    each state; ``owners_of(side, pages)`` names the b-tree owning overflow pages.
+    """
+    differ = differing_pages(a, b)
+    trees_a = {name: walk(a, root) for name, root in roots_a.items()}
+    trees_b = {name: walk(b, root) for name, root in roots_b.items()}
+    whole: set[str] = set()
+    for side, img, trees in (("a", a, trees_a), ("b", b, trees_b)):
+        stray = {p for p in differ if p <= img.page_count} - accounted_pages(img, list(trees.values()))
+        if stray:
+            whole |= set(owners_of(side, stray).values())
+    plans: dict[str, TablePlan] = {}
+    for name, rowid_table in tables.items():
+        ta, tb = trees_a.get(name), trees_b.get(name)
+        if ta is None or tb is None or name in whole:
+            plans[name] = TablePlan("full")
+            continue
+        pa, pb = ta.pages(), tb.pages()
+        total = len(pa | pb)
+        if pa == pb and not (pa & differ):
+            plans[name] = TablePlan("skip", pages_total=total)
+            continue
+        la, lb = set(ta.leaves), set(tb.leaves)
+        loose = (la | lb) - {p for p in la & lb if p not in differ}
+        if not rowid_table or len(loose) > max_fraction * max(len(la), len(lb), 1):
+            plans[name] = TablePlan("full", pages_differing=len(loose), pages_total=total)
+            continue
+        ranges = []
+        for p in loose:
+            for img, leaves in ((a, la), (b, lb)):
+                if p in leaves:
+                    r = leaf_rowid_range(img, p)
+                    if r:
+                        ranges.append(r)
+        merged = _merge(ranges)
+        plans[name] = TablePlan("ranges" if merged else "skip", merged, len(loose), total)
+    return plans
