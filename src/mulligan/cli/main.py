@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "snapshot_cmd",
     "restore_cmd",
     "vault_cmd",
+    "incident_cmd",
 ]
 
 _GLOBAL_FLAGS = {"--json": ("json", True), "-v": ("verbosity", 1), "--verbose": ("verbosity", 1),
