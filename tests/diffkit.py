@@ -13,9 +13,15 @@ from mulligan.engines.sqlite.diff import DatabaseDiff
 
 def build(path: Path | str, script: str) -> str:
     conn = apsw.Connection(str(path))
-    conn.execute(script)
+    run(conn, script)
     conn.close()
     return str(path)
+
+
+def run(conn: apsw.Connection, script: str) -> None:
+    """Every statement of a script (apsw stops at a statement returning rows until it is read)."""
+    for _ in conn.execute(script):
+        pass
 
 
 def derive(src: str, dst: Path | str, script: str) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import apsw
 
-from ...errors import NotADatabase, NotFound
+from ...errors import IntegrityError, NotADatabase, NotFound
 from . import pages as pg
 from .identity import is_internal
 
@@ -214,9 +214,14 @@ class StatePair:
             out[name if typ == "table" else f"{typ} {name}"] = root
         return out
 
-    def _overflow_owners(self, side: str, wanted: set[int]) -> dict[int, str]:
-        rows = self.conn.execute(f"SELECT pageno, name FROM dbstat(?)", (side,))
-        return {p: n for p, n in rows if p in wanted}
+    def _overflow_owners(self, side: str, wanted: set[int]) -> dict[int, tuple[str, int | None]]:
+        """Owner table and leaf page of overflow pages (``dbstat`` walks every cell, in C)."""
+        pages, found = {}, {}
+        for name, path, pageno in self.conn.execute("SELECT name, path, pageno FROM dbstat(?)", (side,)):
+            pages[path] = pageno
+            if pageno in wanted:
+                found[pageno] = (name, path[: path.rindex("/") + 1] if "+" in path else None)
+        return {p: (name, pages.get(leaf) if leaf else None) for p, (name, leaf) in found.items()}
 
 
 def _rowid_name(t: TableSchema) -> str | None:
@@ -269,7 +274,11 @@ def diff_pair(pair: StatePair, *, tables: list[str] | None = None, limit: int | 
     plans = pair.plans(names)
     result = DatabaseDiff([], schema, bool(plans), pair.others_a, pair.others_b)
     for name in names:
-        result.tables.append(_diff_table(pair, name, plans.get(name), limit, rebuild))
+        try:
+            result.tables.append(_diff_table(pair, name, plans.get(name), limit, rebuild))
+        except UnicodeDecodeError:
+            raise IntegrityError(f"table {name} holds text that is not valid UTF-8", unchanged="neither state was changed",
+                                 hint="compare it with sqldiff, or fix the text (CAST it to BLOB)") from None
     return result
 
 

@@ -246,22 +246,32 @@ def plan_tables(
     roots_a: dict[str, int],
     roots_b: dict[str, int],
     tables: dict[str, bool],
-    owners_of: Callable[[str, set[int]], dict[int, str]],
+    owners_of: Callable[[str, set[int]], dict[int, tuple[str, int | None]]],
     max_fraction: float = 0.5,
 ) -> dict[str, TablePlan]:
     """Plan every table in ``tables`` (name -> is a rowid table present in both states).
 
     ``roots_*`` lists every b-tree (tables and indexes, sqlite_schema as page 1) of
-    each state; ``owners_of(side, pages)`` names the b-tree owning overflow pages.
+    each state; ``owners_of(side, pages)`` names the b-tree owning each overflow
+    page and the leaf page whose cell it hangs off (None when unknown).
     """
     differ = differing_pages(a, b)
     trees_a = {name: walk(a, root) for name, root in roots_a.items()}
     trees_b = {name: walk(b, root) for name, root in roots_b.items()}
     whole: set[str] = set()
+    hanging: dict[str, set[int]] = {}  # table -> leaves whose overflow chains differ
     for side, img, trees in (("a", a, trees_a), ("b", b, trees_b)):
         stray = {p for p in differ if p <= img.page_count} - accounted_pages(img, list(trees.values()))
-        if stray:
-            whole |= set(owners_of(side, stray).values())
+        if not stray:
+            continue
+        owners = owners_of(side, stray)
+        if set(owners) != stray:
+            raise PageMapError(f"pages of {img.path} belong to no b-tree")
+        for name, leaf in owners.values():
+            if leaf is None:
+                whole.add(name)
+            else:
+                hanging.setdefault(name, set()).add(leaf)
     plans: dict[str, TablePlan] = {}
     for name, rowid_table in tables.items():
         ta, tb = trees_a.get(name), trees_b.get(name)
@@ -270,11 +280,11 @@ def plan_tables(
             continue
         pa, pb = ta.pages(), tb.pages()
         total = len(pa | pb)
-        if pa == pb and not (pa & differ):
+        if pa == pb and not (pa & differ) and name not in hanging:
             plans[name] = TablePlan("skip", pages_total=total)
             continue
         la, lb = set(ta.leaves), set(tb.leaves)
-        loose = (la | lb) - {p for p in la & lb if p not in differ}
+        loose = (la | lb) - {p for p in la & lb if p not in differ} | hanging.get(name, set())
         if not rowid_table or len(loose) > max_fraction * max(len(la), len(lb), 1):
             plans[name] = TablePlan("full", pages_differing=len(loose), pages_total=total)
             continue

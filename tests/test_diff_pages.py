@@ -1,0 +1,113 @@
+"""Page-level skipping: identical pages are never read as rows, and skipping never hides a difference."""
+
+from __future__ import annotations
+
+import apsw
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from diffkit import build, derive, run
+from mulligan.engines.sqlite.diff import diff_files
+
+BIG = """CREATE TABLE big(id INTEGER PRIMARY KEY, body TEXT, blob BLOB);
+WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000)
+INSERT INTO big SELECT i, printf('row %d %s', i, hex(randomblob(20))), CASE WHEN i % 500 = 0 THEN randomblob(9000) END FROM c;"""
+
+
+def rows(d) -> set:
+    return {(t.name, r.kind, r.key, r.before, r.after, r.changed, r.count) for t in d.tables for r in t.rows}
+
+
+def same_with_and_without_pages(a: str, b: str):
+    fast, slow = diff_files(a, b), diff_files(a, b, compare_pages=False)
+    assert rows(fast) == rows(slow)
+    return fast
+
+
+def test_tables_whose_pages_are_identical_are_skipped_unread(tmp_path):
+    script = "".join(
+        f"CREATE TABLE t{i}(id INTEGER PRIMARY KEY, v);"
+        f"WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 3000) INSERT INTO t{i} SELECT n, n FROM c;"
+        for i in range(10))
+    a = build(tmp_path / "a.db", script)
+    b = derive(a, tmp_path / "b.db", "UPDATE t3 SET v = 'changed' WHERE id = 250")
+    d = same_with_and_without_pages(a, b)
+    methods = {t.name: t.method for t in d.tables}
+    assert d.pages_compared
+    assert methods.pop("t3") == "ranges"
+    assert set(methods.values()) == {"skipped"}
+    assert [(t.name, t.updated) for t in d.changed_tables] == [("t3", 1)]
+
+
+def test_only_the_key_ranges_of_differing_leaves_are_compared(tmp_path):
+    a = build(tmp_path / "a.db", BIG)
+    b = derive(a, tmp_path / "b.db", "UPDATE big SET body = 'x' WHERE id IN (10, 2000); DELETE FROM big WHERE id = 1500;"
+                                     "INSERT INTO big VALUES (5000, 'new', NULL)")
+    d = same_with_and_without_pages(a, b)
+    [t] = d.tables
+    assert t.method == "ranges"
+    assert (t.inserted, t.updated, t.deleted) == (1, 2, 1)
+
+
+def test_rows_on_freed_leaf_pages_are_still_reported_deleted(tmp_path):
+    a = build(tmp_path / "a.db", BIG)
+    b = derive(a, tmp_path / "b.db", "PRAGMA secure_delete = OFF; DELETE FROM big WHERE id BETWEEN 700 AND 1900")
+    d = same_with_and_without_pages(a, b)
+    assert d.tables[0].deleted == 1201
+
+
+def test_a_change_only_in_an_overflow_page_is_found(tmp_path):
+    a = build(tmp_path / "a.db", BIG)
+    b = derive(a, tmp_path / "b.db", "UPDATE big SET blob = CAST(substr(blob, 1, 8000) || x'00' || substr(blob, 8002) AS BLOB) WHERE id = 1000")
+    d = same_with_and_without_pages(a, b)
+    assert [(r.key, r.changed) for r in d.tables[0].rows] == [((1000,), ("blob",))]
+
+
+def test_a_write_ahead_log_with_frames_turns_page_comparison_off(tmp_path):
+    a = build(tmp_path / "a.db", BIG)
+    b = derive(a, tmp_path / "b.db", "")
+    conn = apsw.Connection(b)
+    run(conn, "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; UPDATE big SET body = 'in the wal' WHERE id = 7")
+    try:
+        d = diff_files(a, b)
+        assert not d.pages_compared
+        assert [(r.key, r.after[1]) for r in d.tables[0].rows] == [((7,), "in the wal")]
+    finally:
+        conn.close()
+
+
+def test_a_without_rowid_table_is_skipped_when_unchanged_and_compared_whole_otherwise(tmp_path):
+    a = build(tmp_path / "a.db", "CREATE TABLE w(k TEXT PRIMARY KEY, v) WITHOUT ROWID; CREATE TABLE s(k TEXT PRIMARY KEY, v) WITHOUT ROWID;"
+                                 "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 2000)"
+                                 " INSERT INTO w SELECT printf('k%05d', n), n FROM c;"
+                                 "INSERT INTO s VALUES ('only', 1)")
+    b = derive(a, tmp_path / "b.db", "UPDATE w SET v = -1 WHERE k = 'k01000'")
+    d = same_with_and_without_pages(a, b)
+    assert {t.name: t.method for t in d.tables} == {"s": "skipped", "w": "full"}
+
+
+ops = st.lists(st.tuples(st.sampled_from(["update", "delete", "insert", "grow", "delete-range"]),
+                         st.integers(1, 3200), st.integers(0, 400)), min_size=1, max_size=25)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=ops)
+def test_skipping_pages_never_changes_the_answer(tmp_path_factory, ops):
+    d = tmp_path_factory.mktemp("pages")
+    a = build(d / "a.db", BIG)
+    b = derive(a, d / "b.db", "")
+    conn = apsw.Connection(b)
+    with conn:
+        for op, i, n in ops:
+            if op == "update":
+                conn.execute("UPDATE big SET body = ? WHERE id = ?", (f"u{n}", i))
+            elif op == "delete":
+                conn.execute("DELETE FROM big WHERE id = ?", (i,))
+            elif op == "insert":
+                conn.execute("INSERT OR REPLACE INTO big VALUES (?, ?, NULL)", (i + n, "ins"))
+            elif op == "grow":
+                conn.execute("UPDATE big SET blob = randomblob(?) WHERE id = ?", (n * 30, i))
+            else:
+                conn.execute("DELETE FROM big WHERE id BETWEEN ? AND ?", (i, i + n))
+    conn.close()
+    same_with_and_without_pages(a, b)
