@@ -55,6 +55,11 @@ def now_at(plan, table, lost_key):
 
 @pytest.fixture
 def states(tmp_path):
+    return build_states(tmp_path)
+
+
+def build_states(tmp_path):
+    """(BASE, LOST, CURRENT, folder): the story above, as three files."""
     base = str(tmp_path / "base.db")
     write(base, SCHEMA)
     write(base, """

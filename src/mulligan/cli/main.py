@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "restore_cmd",
     "vault_cmd",
     "incident_cmd",
+    "recover_cmd",
 ]
 
 _GLOBAL_FLAGS = {"--json": ("json", True), "-v": ("verbosity", 1), "--verbose": ("verbosity", 1),

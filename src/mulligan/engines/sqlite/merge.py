@@ -117,6 +117,7 @@ class MergePlan:
     skipped_tables: dict[str, str]
     triggers: dict[str, list[str]]  # triggers on tables the merge writes to
     pk: dict[str, list[str]]  # key columns of every merged table
+    trigger_sql: dict[str, str] = field(default_factory=dict)  # every trigger of CURRENT: name -> SQL
     warnings: list[str] = field(default_factory=list)
 
 
@@ -597,6 +598,7 @@ class _Planner:
             skipped_tables=self.skipped_tables,
             triggers=triggers,
             pk={n: list(self.tables[n].pk) for n in order},
+            trigger_sql=dict(self.schema.trigger_sql),
         )
 
 

@@ -220,14 +220,24 @@ def literal(v) -> str:
     return "'" + str(v).replace("'", "''") + "'"
 
 
-def sql_script(plan: MergePlan, *, header: str = "") -> str:
+def sql_script(plan: MergePlan, *, header: str = "", triggers: bool = False) -> str:
+    """The plan as SQL, equivalent to the apply (run it with any SQLite client).
+
+    SQL cannot switch triggers off; unless ``triggers``, the script drops the
+    triggers of the tables it writes and creates them again before COMMIT
+    (schema changes are transactional in SQLite, so nobody sees them gone).
+    """
     out = []
     for line in header.splitlines():
         out.append(f"-- {line}".rstrip())
     out.append("-- Foreign-key enforcement must be off before the transaction, so no cascade fires.")
-    out.append("-- Triggers cannot be switched off from SQL: the mulligan command runs with them off.")
     out.append("PRAGMA foreign_keys = OFF;")
     out.append("BEGIN IMMEDIATE;")
+    silenced = [] if triggers else [n for t in sorted(plan.triggers) for n in plan.triggers[t]]
+    if silenced:
+        out.append("-- Triggers must not fire during replay: dropped here, created again below.")
+    for name in silenced:
+        out.append(f"DROP TRIGGER {q(name)};")
     for w in plan.writes:
         where = " AND ".join(f"{q(c)} = {literal(v)}" for c, v in zip(plan.pk[w.table], w.key))
         if w.op == "delete":
@@ -245,6 +255,9 @@ def sql_script(plan: MergePlan, *, header: str = "") -> str:
             f"WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = {literal(table)});"
         )
         out.append(f"UPDATE sqlite_sequence SET seq = max(seq, {seq}) WHERE name = {literal(table)};")
+    for name in silenced:
+        out.append(plan.trigger_sql[name].rstrip(";") + ";")
+    out.append("-- Must return no rows before COMMIT; otherwise ROLLBACK.")
     out.append("PRAGMA foreign_key_check;")
     out.append("COMMIT;")
     return "\n".join(out) + "\n"

@@ -60,6 +60,7 @@ class TableInfo:
 class Schema:
     tables: dict[str, TableInfo]
     triggers: dict[str, list[str]]  # table -> trigger names
+    trigger_sql: dict[str, str] = field(default_factory=dict)  # trigger name -> CREATE TRIGGER
 
     def children_of(self, parent: str) -> list[ForeignKey]:
         return [fk for t in self.tables.values() for fk in t.fks if fk.parent == parent]
@@ -103,9 +104,13 @@ def read_schema(conn: apsw.Connection, schema: str = "main") -> Schema:
         info.fks = _foreign_keys(conn, schema, info, tables)
         info.uniques = _uniques(conn, schema, info)
     triggers: dict[str, list[str]] = {}
-    for tname, tbl in conn.execute(f"SELECT name, tbl_name FROM {schema}.sqlite_master WHERE type='trigger' ORDER BY name"):
+    trigger_sql: dict[str, str] = {}
+    for tname, tbl, tsql in conn.execute(
+        f"SELECT name, tbl_name, sql FROM {schema}.sqlite_master WHERE type='trigger' ORDER BY name"
+    ):
         triggers.setdefault(tbl, []).append(tname)
-    return Schema(tables, triggers)
+        trigger_sql[tname] = tsql
+    return Schema(tables, triggers, trigger_sql)
 
 
 def _foreign_keys(conn, schema: str, info: TableInfo, tables: dict[str, TableInfo]) -> list[ForeignKey]:

@@ -1,0 +1,110 @@
+"""`mulligan recover` from the command line: plan by default, guarded apply, SQL script, JSON."""
+
+from __future__ import annotations
+
+import json
+
+import apsw
+import pytest
+
+from mulligan.ops import audit
+from test_recover_scenario import build_states
+from test_recover_support import Db, copy_db, file_digest
+
+
+@pytest.fixture
+def app(project, tmp_path):
+    (tmp_path / "states").mkdir()
+    base, lost, current, _ = build_states(tmp_path / "states")
+    project.protect(current, name="app", env="production")
+    return project, base, lost, current
+
+
+def test_the_plan_is_the_default_and_writes_nothing(app):
+    env, base, lost, current = app
+    before = file_digest(current)
+    res = env.run("recover", "app", "--base", base, "--lost", lost)
+    assert res.code == 0, res.err
+    assert "Recovery plan" in res.out and "unique" in res.out
+    assert "no Mulligan identity stamp" in res.err  # BASE and LOST are plain files: a warning, not a refusal
+    assert file_digest(current) == before
+
+
+def test_json_lists_every_lost_row_and_every_conflict(app):
+    env, base, lost, current = app
+    res = env.run("recover", "app", "--base", base, "--lost", lost, "--json")
+    assert res.code == 0, res.err
+    data = json.loads(res.out)
+    assert data["kind"] == "recovery-plan" and data["applied"] is False
+    assert {c["kind"] for c in data["conflicts"]} >= {"unique", "parent-conflict"}
+    assert {"lost": [5], "now": data["key_map"]["users"][0]["now"]} in data["key_map"]["users"]
+    erin = [r for r in data["rows"] if r["table"] == "users" and r["lost_key"] == [5]][0]
+    assert erin["status"] == "remapped" and erin["owner"]["label"] == "erin"
+
+
+def test_apply_on_production_without_the_name_is_refused_with_exit_3(app):
+    env, base, lost, current = app
+    before = file_digest(current)
+    res = env.run("recover", "app", "--base", base, "--lost", lost, "--apply")
+    assert res.code == 3, res.err
+    res = env.run("recover", "app", "--base", base, "--lost", lost, "--apply", "--yes")
+    assert res.code == 3, res.err
+    res = env.run("recover", "app", "--base", base, "--lost", lost, "--apply", "--confirm", "other")
+    assert res.code == 3, res.err
+    assert file_digest(current) == before
+
+
+def test_apply_with_the_name_takes_an_undo_point_writes_and_audits(app):
+    env, base, lost, current = app
+    res = env.run("recover", "app", "--base", base, "--lost", lost, "--apply", "--confirm", "app", "--json")
+    assert res.code == 0, res.err
+    data = json.loads(res.out)
+    assert data["kind"] == "recovery-result" and data["applied"] is True
+    assert data["undo_point"]
+    assert data["rows_recovered"] > 0
+    users = Db(current).tables["users"]
+    assert any(u["username"] == "erin" for u in users.values())
+    entries = [e for e in audit.read(env.ws.vault, "app").entries if e["command"] == "recover"]
+    assert [e["outcome"] for e in entries] == ["done"]
+    assert entries[0]["detail"]["undo_point"] == data["undo_point"]
+    undo = [m for m in env.ws.vault.manifests(env.ws.target("app").id) if m.id == data["undo_point"]]
+    assert undo and undo[0].kind == "undo"
+
+
+def test_a_refused_apply_is_in_the_audit_log_and_a_plan_is_not(app):
+    env, base, lost, current = app
+    env.run("recover", "app", "--base", base, "--lost", lost)
+    env.run("recover", "app", "--base", base, "--lost", lost, "--apply")
+    entries = [e for e in audit.read(env.ws.vault, "app").entries if e["command"] == "recover"]
+    assert [e["outcome"] for e in entries] == ["refused"]
+
+
+def test_the_sql_script_does_what_apply_does(app, tmp_path):
+    env, base, lost, current = app
+    script = tmp_path / "plan.sql"
+    rehearsal = copy_db(current, tmp_path / "rehearsal.db")
+    res = env.run("recover", "app", "--base", base, "--lost", lost, "--sql-out", str(script))
+    assert res.code == 0, res.err
+    conn = apsw.Connection(rehearsal)
+    conn.execute(script.read_text())
+    conn.close()
+    res = env.run("recover", "app", "--base", base, "--lost", lost, "--apply", "--confirm", "app")
+    assert res.code == 0, res.err
+    assert Db(rehearsal).tables == Db(current).tables
+    assert Db(rehearsal).seq == Db(current).seq
+
+
+def test_recover_can_rehearse_on_a_copy_given_as_current(app, tmp_path):
+    env, base, lost, current = app
+    copy = copy_db(current, tmp_path / "copy.db")
+    live = file_digest(current)
+    res = env.run("recover", "app", "--base", base, "--lost", lost, "--current", copy, "--apply", "--confirm", "app")
+    assert res.code == 0, res.err
+    assert file_digest(current) == live
+    assert any(u["username"] == "erin" for u in Db(copy).tables["users"].values())
+
+
+def test_recover_without_base_and_lost_is_a_usage_error(app):
+    env, *_ = app
+    res = env.run("recover", "app")
+    assert res.code == 2
