@@ -45,6 +45,8 @@ def take_snapshot(
             seen_at = iso(utc_now())
             total = state.page_count
             cb = (lambda n: progress(n, total)) if progress else None
+            meta = state.meta  # the reader adds to it while pages stream (e.g. writer_pause_ms)
+            meta.update({**stamp, "path": target.path, "env": target.env})
             try:
                 m = ws.vault.save_pages(
                     target_id=target.id,
@@ -54,7 +56,7 @@ def take_snapshot(
                     time=seen_at,
                     kind=kind,
                     tag=tag,
-                    meta={**state.meta, **stamp, "path": target.path, "env": target.env},
+                    meta=meta,
                     progress=cb,
                 )
             except StateMoved:

@@ -34,7 +34,7 @@ from typing import Iterator
 import apsw
 
 from ...errors import DatabaseBusy, IntegrityError, NotADatabase, NotFound
-from . import wal
+from . import wal, walindex
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BATCH = 512
@@ -112,6 +112,7 @@ class ConsistentReader:
         self.retries = retries
         self._db_fd: int | None = None
         self._wal_fd: int | None = None
+        self._shm_fd: int | None = None
         self._conn: apsw.Connection | None = None
         self._began = 0.0
 
@@ -119,6 +120,11 @@ class ConsistentReader:
     def __enter__(self) -> PageState:
         sniff(self.path)  # before any SQLite lock is held: opening/closing here is safe
         self._db_fd = os.open(self.path, os.O_RDONLY)
+        for suffix, attr in (("-wal", "_wal_fd"), ("-shm", "_shm_fd")):
+            try:
+                setattr(self, attr, os.open(self.path + suffix, os.O_RDONLY))
+            except FileNotFoundError:
+                pass
         try:
             return self._begin()
         except BaseException:
@@ -137,10 +143,10 @@ class ConsistentReader:
             self._conn.close()
             self._conn = None
         # Descriptors last: closing them earlier would drop the connection's locks.
-        for fd in (self._wal_fd, self._db_fd):
+        for fd in (self._wal_fd, self._shm_fd, self._db_fd):
             if fd is not None:
                 os.close(fd)
-        self._wal_fd = self._db_fd = None
+        self._wal_fd = self._shm_fd = self._db_fd = None
 
     def _begin(self) -> PageState:
         try:
@@ -164,12 +170,14 @@ class ConsistentReader:
             raise IntegrityError(f"{self.path} is damaged (SQLite reports corruption)", unchanged="nothing was written") from None
         self._began = time.monotonic()
         state = PageState(self.path, 0, 0, mode, _reader=self)
-        if mode == "wal":
-            wal_path = self.path + "-wal"
+        if mode == "wal" and self._wal_fd is None:
+            # The WAL appeared after our descriptors were opened (first write since open):
+            # opening one now is safe (closing it later, after the connection, is what matters).
             try:
-                self._wal_fd = os.open(wal_path, os.O_RDONLY)
+                self._wal_fd = os.open(self.path + "-wal", os.O_RDONLY)
+                self._shm_fd = self._shm_fd or os.open(self.path + "-shm", os.O_RDONLY)
             except FileNotFoundError:
-                self._wal_fd = None
+                pass
         self._plan(state)
         return state
 
@@ -178,7 +186,7 @@ class ConsistentReader:
         raw = os.pread(self._db_fd, 100, 0)
         size = os.fstat(self._db_fd).st_size
         hdr = parse_header(raw, size, self.path) if size else None
-        scan = wal.scan(self._wal_fd) if self._wal_fd is not None else wal.WalScan(None, [])
+        scan = self._scan_wal()
         if hdr is None and not scan.commits:
             raise NotADatabase(f"{self.path} is empty", unchanged="nothing was read or written")
         state.page_size = scan.header.page_size if scan.commits else hdr.page_size
@@ -195,7 +203,23 @@ class ConsistentReader:
             "wal_frame": scan.last_commit_frame,
             "wal_commits": len(scan.commits),
             "wal_checkpoint_seq": scan.header.checkpoint_seq if scan.header else None,
+            "wal_scan": getattr(self, "_scan_kind", None) if scan.header else None,
         }
+
+    def _scan_wal(self) -> wal.WalScan:
+        if self._wal_fd is None:
+            return wal.WalScan(None, [])
+        header = wal.read_header(self._wal_fd)
+        if header is None:
+            return wal.WalScan(None, [])
+        idx = walindex.read(self._shm_fd) if self._shm_fd is not None else None
+        if idx is not None and idx.salts == header.salts and idx.page_size == header.page_size:
+            commits = walindex.scan_headers(self._wal_fd, header, idx.mx_frame)
+            if commits and commits[-1].frame == idx.mx_frame:
+                self._scan_kind = "wal-index"
+                return wal.WalScan(header, commits, next_frame=idx.mx_frame + 1)
+        self._scan_kind = "checksum-chain"
+        return wal.scan(self._wal_fd)  # no usable wal-index: walk the checksum chain
 
     def _wal_restarted(self) -> bool:
         if self._wal_fd is None or self._scan.header is None:

@@ -1,0 +1,85 @@
+"""One conformance suite for every storage backend."""
+
+import threading
+
+import pytest
+
+from mulligan.storage import ObjectExists, ObjectMissing
+from mulligan.storage.local import LocalStorage
+from mulligan.storage.memory import MemoryStorage
+
+
+@pytest.fixture(params=["local", "memory"])
+def storage(request, tmp_path):
+    if request.param == "local":
+        return LocalStorage(tmp_path / "store")
+    return MemoryStorage()
+
+
+def test_put_then_get_returns_the_same_bytes(storage):
+    storage.put("a/b/c", b"hello")
+    assert storage.get("a/b/c") == b"hello"
+    assert storage.stat("a/b/c") == 5
+
+
+def test_get_of_a_missing_key_raises_object_missing(storage):
+    with pytest.raises(ObjectMissing):
+        storage.get("nope")
+    assert storage.stat("nope") is None
+
+
+def test_put_without_overwrite_refuses_an_existing_key_and_keeps_the_first(storage):
+    storage.put("k", b"one")
+    with pytest.raises(ObjectExists):
+        storage.put("k", b"two")
+    assert storage.get("k") == b"one"
+
+
+def test_put_with_overwrite_replaces(storage):
+    storage.put("k", b"one")
+    storage.put("k", b"two", overwrite=True)
+    assert storage.get("k") == b"two"
+
+
+def test_list_yields_keys_under_a_prefix_in_order(storage):
+    for k in ["x/2", "x/1", "y/1", "x/10"]:
+        storage.put(k, b".")
+    assert [k for k, _ in storage.list("x/")] == ["x/1", "x/10", "x/2"]
+    assert [k for k, _ in storage.list("x/1")] == ["x/1", "x/10"]
+    assert len(list(storage.list(""))) == 4
+
+
+def test_get_range_reads_part_of_an_object(storage):
+    storage.put("k", b"0123456789")
+    assert storage.get_range("k", 3, 4) == b"3456"
+
+
+def test_delete_removes_and_is_idempotent(storage):
+    storage.put("k", b"1")
+    storage.delete("k")
+    storage.delete("k")
+    assert storage.stat("k") is None
+
+
+def test_concurrent_put_if_absent_lets_exactly_one_writer_win(storage):
+    wins, losses = [], []
+
+    def put(i):
+        try:
+            storage.put("race", str(i).encode())
+            wins.append(i)
+        except ObjectExists:
+            losses.append(i)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(wins) == 1 and len(losses) == 7
+    assert storage.get("race") == str(wins[0]).encode()
+
+
+def test_local_storage_leaves_no_temporary_files_behind(tmp_path):
+    s = LocalStorage(tmp_path / "store")
+    s.put("a", b"x" * 10000)
+    assert list((tmp_path / "store" / ".tmp").iterdir()) == []
+    assert [k for k, _ in s.list("")] == ["a"]

@@ -1,0 +1,144 @@
+"""The vault: chunking, packs and tree manifests round-trip; dedup; format checks."""
+
+import json
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mulligan.errors import IntegrityError, UnsupportedFormat
+from mulligan.storage.memory import MemoryStorage
+from mulligan.vault import Vault, tree
+from mulligan.vault.packs import decode_index, decode_pack_trailer, encode_index
+
+PS = 512
+
+
+def new_vault():
+    name = os.urandom(6).hex()
+    return Vault.create(f"memory://{name}")
+
+
+def save(v, pages, tid="t-1"):
+    batches = [pages[i:i + 7] for i in range(0, len(pages), 7)]
+    return v.save_pages(target_id=tid, target_name="t", page_size=PS, batches=batches, time="2026-01-01T00:00:00.000Z")
+
+
+def read_back(v, m):
+    out = [None] * m.page_count
+    for pgnos, data in v.iter_pages(m):
+        for p in pgnos:
+            out[p - 1] = data
+    return out
+
+
+pages_strategy = st.lists(
+    st.one_of(st.binary(min_size=PS, max_size=PS), st.sampled_from([bytes(PS), b"\x01" * PS])),
+    min_size=0, max_size=300,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pages_strategy)
+def test_any_list_of_pages_round_trips_through_the_vault(pages):
+    v = new_vault()
+    m = save(v, pages)
+    assert m.page_count == len(pages)
+    assert read_back(v, m) == pages
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.binary(min_size=16, max_size=16), max_size=5000))
+def test_the_chunk_id_tree_expands_to_exactly_the_ids_it_was_built_from(ids):
+    nodes = {}
+
+    def store(node):
+        key = os.urandom(16)
+        nodes[key] = node
+        return key
+
+    root, depth = tree.build(b"".join(ids), store)
+    assert tree.expand(root, depth, nodes.__getitem__) == b"".join(ids)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.binary(min_size=16, max_size=16), st.integers(0, 2), st.integers(0, 2**40),
+                          st.integers(0, 2**31), st.integers(0, 2**31)), max_size=50))
+def test_pack_indexes_decode_to_what_was_encoded(entries):
+    pid = os.urandom(16)
+    assert decode_index(encode_index([(pid, entries)])) == {pid: entries}
+
+
+def test_a_second_snapshot_of_unchanged_pages_stores_no_new_chunks():
+    v = new_vault()
+    pages = [os.urandom(PS) for _ in range(500)]
+    first = save(v, pages)
+    second = save(v, pages)
+    assert first.new_chunks > 500
+    assert second.new_chunks == 0
+    assert read_back(v, second) == pages
+
+
+def test_changing_a_few_pages_stores_only_those_pages_and_a_few_tree_nodes():
+    v = new_vault()
+    pages = [os.urandom(PS) for _ in range(64 * 64 * 2)]
+    save(v, pages)
+    for i in (5, 3000, 7000):
+        pages[i] = os.urandom(PS)
+    m = save(v, pages)
+    # 3 pages, 3 leaf nodes, a few upper nodes: the manifest cost follows the change.
+    assert m.new_chunks <= 3 + 3 * 3
+    assert read_back(v, m) == pages
+
+
+def test_a_vault_of_an_unknown_format_version_is_refused(tmp_path):
+    v = Vault.create(str(tmp_path / "v"))
+    cfg = json.loads(v.storage.get("config"))
+    cfg["format_version"] = 99
+    v.storage.put("config", json.dumps(cfg).encode(), overwrite=True)
+    with pytest.raises(UnsupportedFormat) as e:
+        Vault.open(str(tmp_path / "v"))
+    assert e.value.exit_code == 4 and "version 99" in e.value.message
+
+
+def test_a_vault_using_an_unknown_feature_is_refused(tmp_path):
+    v = Vault.create(str(tmp_path / "v"))
+    cfg = json.loads(v.storage.get("config"))
+    cfg["features"].append("time-travel")
+    v.storage.put("config", json.dumps(cfg).encode(), overwrite=True)
+    with pytest.raises(UnsupportedFormat, match="time-travel"):
+        Vault.open(str(tmp_path / "v"))
+
+
+def test_creating_a_vault_where_one_exists_is_refused(tmp_path):
+    Vault.create(str(tmp_path / "v"))
+    with pytest.raises(Exception, match="already exists"):
+        Vault.create(str(tmp_path / "v"))
+
+
+def test_a_flipped_byte_in_a_pack_is_caught_on_read(tmp_path):
+    v = Vault.create(str(tmp_path / "v"))
+    pages = [os.urandom(PS) for _ in range(20)]
+    m = save(v, pages)
+    key = next(k for k, _ in v.storage.list("packs/"))
+    body = bytearray(v.storage.get(key))
+    body[100] ^= 0xFF
+    v.storage.put(key, bytes(body), overwrite=True)
+    v2 = Vault.open(str(tmp_path / "v"))
+    with pytest.raises(IntegrityError):
+        read_back(v2, m)
+
+
+def test_a_pack_carries_its_own_index_in_its_trailer(tmp_path):
+    v = Vault.create(str(tmp_path / "v"))
+    save(v, [os.urandom(PS) for _ in range(10)])
+    key = next(k for k, _ in v.storage.list("packs/"))
+    entries = decode_pack_trailer(v.storage.get(key), key)
+    assert len(entries) >= 10
+
+
+def test_memory_storage_is_shared_by_name():
+    a = MemoryStorage("shared-x")
+    a.put("k", b"v")
+    assert MemoryStorage("shared-x").get("k") == b"v"
