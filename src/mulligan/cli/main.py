@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "diff_cmd",
     "incident_cmd",
     "recover_cmd",
+    "guard_cmd",
 ]
 
 _GLOBAL_FLAGS = {"--json": ("json", True), "-v": ("verbosity", 1), "--verbose": ("verbosity", 1),
@@ -89,9 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     ctx_obj = Ctx(**opts)
     command = next((a for a in rest if not a.startswith("-")), None)
     try:
-        cli.main(args=rest, prog_name="mulligan", obj=ctx_obj, standalone_mode=False)
-        _audit(ctx_obj, command, "done", None, argv)
-        return 0
+        # Without standalone mode, click returns the code of ctx.exit(N) instead of raising.
+        rv = cli.main(args=rest, prog_name="mulligan", obj=ctx_obj, standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+        _audit(ctx_obj, command, "done" if code == 0 else "failed", None if code == 0 else f"exit {code}", argv)
+        return code
     except MulliganError as exc:
         _audit(ctx_obj, command, "refused" if isinstance(exc, GuardRefused) else "failed", exc.one_line(), argv)
         if ctx_obj.json:

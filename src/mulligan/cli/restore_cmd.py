@@ -1,13 +1,19 @@
-"""restore."""
+"""restore (--to a new database, or --in-place with guards), and the in-place flow undo shares."""
 
 from __future__ import annotations
 
-import click
+import sys
 
-from ..errors import UsageError
+import click
+from rich.markup import escape
+
+from ..errors import GuardRefused, UsageError
 from ..model import ENVIRONMENTS, RESTORED_ENV
+from ..ops import guards, inplace
 from ..ops.points import resolve_point
 from ..ops.restore import restore_new
+from ..report.tables import env_label
+from ..timeparse import human_age
 from .context import Ctx, pass_ctx
 
 
@@ -17,17 +23,36 @@ from .context import Ctx, pass_ctx
 @click.option("--at", "at", metavar="TIME", help="ISO 8601 or relative (-90m): the newest point at or before it.")
 @click.option("--latest", is_flag=True, help="The newest restore point of the target's own history.")
 @click.option("--to", "to", metavar="PATH", help="Write a NEW database at PATH.")
+@click.option("--in-place", "in_place", is_flag=True, help="Replace the target's own database (guarded; an undo point is taken first).")
+@click.option("--confirm", "confirm_name", metavar="NAME", help="With --in-place: the target's name, confirming without a prompt.")
+@click.option("--yes", is_flag=True, help="With --in-place: skip the prompt (never enough for production).")
+@click.option("--force-live", is_flag=True, help="With --in-place: replace even a database in live use.")
 @click.option("--env", "env", type=click.Choice(ENVIRONMENTS + (RESTORED_ENV,)), help="Environment stamped in the copy (default: restored).")
 @click.option("--check", "check", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
               help="quick_check or integrity_check on the restored database.")
 @click.option("--allow-cross-target", is_flag=True, help="Allow a restore point of another target.")
 @pass_ctx
-def restore(ctx: Ctx, name, snapshot_id, at, latest, to, env, check, allow_cross_target):
-    """Restore a point into a NEW database (--to PATH)."""
-    if not to:
+def restore(ctx: Ctx, name, snapshot_id, at, latest, to, in_place, confirm_name, yes, force_live, env, check,
+            allow_cross_target):
+    """Restore a point into a NEW database (--to PATH), or replace the target itself (--in-place)."""
+    if to and in_place:
+        raise UsageError("--to and --in-place exclude each other", hint="--to writes a new database; --in-place replaces the target")
+    if not to and not in_place:
         raise UsageError("restore needs --to PATH (a new database)", hint="replacing the target itself needs --in-place")
+    if not in_place and (confirm_name or yes or force_live):
+        raise UsageError("--confirm, --yes and --force-live go with --in-place")
     ws = ctx.ws
     target = ws.target(name)
+    ctx.audit_target = target
+    if in_place:
+        try:
+            point = resolve_point(ws.vault, target, snapshot=snapshot_id, at=at, latest=latest,
+                                  allow_cross_target=allow_cross_target)
+        except GuardRefused as exc:
+            ctx.audit_detail = {"reason": exc.one_line()}
+            raise
+        return run_inplace(ctx, target, point, action="restore", confirm_name=confirm_name, yes=yes,
+                           force_live=force_live, allow_cross_target=allow_cross_target)
     point = resolve_point(ws.vault, target, snapshot=snapshot_id, at=at, latest=latest,
                           allow_cross_target=allow_cross_target)
     with ctx.progress(f"restore {point.id}", point.page_count) as advance:
@@ -38,6 +63,89 @@ def restore(ctx: Ctx, name, snapshot_id, at, latest, to, env, check, allow_cross
         return ctx.emit_json(res.to_json())
     click.echo(f"restored {point.id} ({point.time}) of {point.target_name} to {res.path}; "
                f"{res.check} ok; stamped as {res.identity.env} copy {res.identity.target_id}")
+
+
+def run_inplace(ctx: Ctx, target, point, *, action: str, confirm_name, yes, force_live, allow_cross_target=False):
+    """Plan, confirm, apply; every refusal shows the plan (stderr, or in the JSON error) and is audited."""
+    ws = ctx.ws
+    plan = None
+    try:
+        with inplace.prepare(ws, target, point, action=action, force_live=force_live,
+                             allow_cross_target=allow_cross_target) as plan:
+            if not ctx.json:
+                render_plan(ctx, plan.to_json())
+            how = guards.confirm(
+                target, confirm_name=confirm_name, yes=yes, interactive=sys.stdin.isatty(),
+                ask_name=lambda: click.prompt(f"Type the target's name to replace {target.env} database {target.name!r}",
+                                              default="no", err=True),
+                ask_yes=lambda: click.confirm(f"Replace {target.env} database {target.name!r}?", default=False, err=True),
+            )
+            res = inplace.apply(ws, plan, confirmed_by=how)
+    except GuardRefused as exc:
+        if plan is not None:  # refused after the plan was shown: keep it as evidence
+            exc.details.setdefault("plan", plan.to_json())
+        elif "plan" in exc.details and not ctx.json:
+            render_plan(ctx, exc.details["plan"])
+        ctx.audit_detail = {"reason": exc.one_line(), **_audit_summary(exc.details.get("plan"))}
+        raise
+    ctx.audit_detail = {"point": point.id, "undo_point": res.undo_point.id, "generation": res.identity.generation,
+                        "confirmed_by": how, "warnings": res.plan.warnings}
+    if ctx.json:
+        return ctx.emit_json(res.to_json())
+    for w in res.plan.warnings:
+        ctx.warn(w)
+    verb = "put back" if action == "undo" else "restored"
+    click.echo(f"{verb} {point.id} ({point.time}) into {target.name} at {target.path} in place; "
+               f"generation {res.identity.generation}; undo point {res.undo_point.id} "
+               f"('mulligan undo {target.name}' puts it back)")
+
+
+def _audit_summary(plan_json: dict | None) -> dict:
+    if not plan_json:
+        return {}
+    return {"point": plan_json["point"]["id"], "refusals": plan_json["refusals"], "warnings": plan_json["warnings"],
+            "loss": plan_json["loss"].get("totals"), "live": plan_json["live_use"]["live"]}
+
+
+def render_plan(ctx: Ctx, plan: dict) -> None:
+    """The plan, on standard error (shown even with -q: it is what the user confirms)."""
+    t, p, lw, loss = plan["target"], plan["point"], plan["last_write"], plan["loss"]
+    ident = plan.get("identity") or {}
+    out = ctx.err
+    out.print(f"[bold]Plan: {escape(plan['action'])} in place[/]")
+    out.print(f"  target      [bold]{escape(t['name'])}[/]  {env_label(t['env'])}  "
+              f"(id {t['id']}, generation {ident.get('generation', '?')})")
+    out.print(f"  path        {escape(t['path'])} on host {escape(t['host'])}")
+    out.print(f"  last write  {human_age(lw['age_seconds'])} ago ({lw['time']}, {lw['file']})")
+    label = "undo point" if p["kind"] == "undo" else "restore point"
+    out.print(f"  restoring   {label} {p['id']} of {escape(p['target'])}, {p['time']} "
+              f"({human_age(p['age_seconds'])} old)")
+    out.print(f"  will lose   rows that differ between now and that point ({loss['method']}):")
+    if not loss["tables"]:
+        out.print("                (no table differs)")
+    for row in loss["tables"]:
+        if "lost" in row:
+            out.print(f"                {escape(row['table']):<20} {row['lost']} rows lost, {row['changed']} changed, "
+                      f"{row['returning']} back")
+        else:
+            out.print(f"                {escape(row['table']):<20} {row['rows_now']} rows now, {row['rows_then']} then")
+    out.print(f"              {plan['newer_restore_points']} newer restore point(s) since then (they stay in the vault)")
+    live = plan["live_use"]
+    others = [h for h in live["holders"] if not h["mulligan"]]
+    if not live["live"]:
+        out.print("  live use    none seen" + (f" ({len(live['holders'])} Mulligan process(es) ignored)" if live["holders"] else ""))
+    for h in others:
+        out.print(f"  live use    [bold red]pid {h['pid']}[/] ({escape(h['command'])}) has the {', '.join(h['files'])} open")
+    if live["recent_commit"]:
+        rc = live["recent_commit"]
+        out.print(f"  live use    [bold red]a commit {human_age(rc['age_seconds'])} ago[/] ({rc['file']} written at "
+                  f"{rc['last_write']}; differs from {escape(rc['known'])})")
+    for w in plan["warnings"]:
+        out.print(f"  [bold yellow]warning[/]     {escape(w)}")
+    for r in plan["refusals"]:
+        out.print(f"  [bold red]refused[/]     {escape(r)}")
+    if not plan["refusals"]:
+        out.print(f"  undo        an undo point is taken first; 'mulligan undo {escape(t['name'])}' puts it back")
 
 
 def register(cli: click.Group) -> None:

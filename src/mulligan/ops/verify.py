@@ -17,6 +17,17 @@ from .workspace import Workspace
 EXTRA_CHECKS: list = []
 
 
+def _audit_chain(ws: Workspace, res: "VerifyResult", target_id) -> None:
+    """The audit log is vault-wide: its hash chain is checked whatever the target."""
+    from .audit import PREFIX, read
+
+    for p in read(ws.vault).problems:
+        res.problem(PREFIX, f"audit log: {p}")
+
+
+EXTRA_CHECKS.append(_audit_chain)
+
+
 @dataclass
 class VerifyResult:
     packs: int = 0

@@ -1,0 +1,233 @@
+"""restore --in-place and undo: replace a target's own database, guarded, after an undo point.
+
+The order is fixed (docs/restoring-safely.md):
+
+1. ``prepare`` gathers the plan — who the target is, how fresh it is, the point
+   and what would be lost — and every guard's verdict (identity, cross-target,
+   live use). Any refusal raises :class:`GuardRefused` carrying the plan.
+2. The caller confirms (``guards.confirm``: the typed name for production).
+3. ``apply`` checks live use again (time passed at the prompt), takes the undo
+   point — only now, after every guard passed — and replaces the content
+   through SQLite (engines/sqlite/replace.py), then records the write as
+   Mulligan's own so that an ``undo`` right after it is not refused as live use.
+
+``undo`` is the same with the newest undo point as the point; since ``apply``
+takes an undo point of its own first, a second ``undo`` returns to the state
+before the first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from ..engines.sqlite import replace as sqlite_replace
+from ..errors import GuardRefused, NotFound
+from ..model import Identity, Target
+from ..timeparse import from_iso, iso, utc_now
+from ..vault import KIND_UNDO, Manifest
+from . import guards
+from .snapshot import take_snapshot
+from .workspace import Workspace
+
+UNDO_TAG = "undo"
+
+
+@dataclass
+class Plan:
+    """What an in-place change would do, and what each guard said about it."""
+
+    action: str  # restore | undo
+    target: Target
+    host: str
+    point: Manifest
+    identity: Identity | None
+    last_write: dict
+    live: guards.LiveUse
+    loss: dict
+    newer_points: int
+    warnings: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+    force_live: bool = False
+    scratch: str = ""
+
+    def to_json(self) -> dict:
+        p, t = self.point, self.target
+        age = (utc_now() - from_iso(p.time)).total_seconds()
+        return {
+            "action": self.action,
+            "target": {"name": t.name, "id": t.id, "env": t.env, "production": t.is_production, "path": t.path,
+                       "host": self.host},
+            "identity": self.identity.to_json() if self.identity else None,
+            "last_write": self.last_write,
+            "point": {"id": p.id, "time": p.time, "age_seconds": round(age, 3), "kind": p.kind, "tag": p.tag,
+                      "target": p.target_name, "target_id": p.target_id, "env": p.meta.get("env")},
+            "loss": self.loss,
+            "newer_restore_points": self.newer_points,
+            "live_use": self.live.to_json(),
+            "warnings": self.warnings,
+            "refusals": self.refusals,
+        }
+
+
+@dataclass
+class InplaceResult:
+    plan: Plan
+    undo_point: Manifest
+    identity: Identity
+    confirmed_by: str
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {
+            "action": self.plan.action,
+            "target": self.plan.target.name,
+            "path": self.plan.target.path,
+            "restored": {"id": self.plan.point.id, "time": self.plan.point.time, "kind": self.plan.point.kind},
+            "undo_point": {"id": self.undo_point.id, "time": self.undo_point.time},
+            "identity": self.identity.to_json(),
+            "confirmed_by": self.confirmed_by,
+            "seconds": round(self.seconds, 3),
+            "plan": self.plan.to_json(),
+        }
+
+
+def last_undo_point(ws: Workspace, target: Target) -> Manifest:
+    points = [m for m in ws.vault.manifests(target.id) if m.kind == KIND_UNDO]
+    if not points:
+        raise NotFound(f"target {target.name!r} has no undo point: nothing was replaced in place yet",
+                       unchanged=f"{target.path} was not changed")
+    return points[-1]
+
+
+@contextmanager
+def prepare(ws: Workspace, target: Target, point: Manifest, *, action: str = "restore", force_live: bool = False,
+            allow_cross_target: bool = False, window: float = guards.LIVE_WINDOW) -> Iterator[Plan]:
+    """Yield the plan with the point written to a scratch file beside the target; refuse with the plan as evidence."""
+    path = target.path
+    sqlite_replace.journal_mode_and_page_size(path)  # raises NotFound / NotADatabase first
+    live = guards.live_use(path, ws.vault, target.id, window)  # file-level facts before any connection of ours
+    wrote_at, wrote_what = sqlite_replace.last_write(path)
+    identity = ws.engine(target).read_identity(path)
+    scratch_dir = tempfile.mkdtemp(prefix=".mulligan-inplace-", dir=os.path.dirname(path))
+    try:
+        scratch = os.path.join(scratch_dir, "point.db")
+        ws.engine(target).write_new(scratch, point.page_size, point.page_count, ws.vault.iter_pages(point))
+        newer = sum(1 for m in ws.vault.manifests(target.id) if m.kind != KIND_UNDO and m.time > point.time)
+        plan = Plan(action, target, socket.gethostname(), point, identity,
+                    {"time": iso(wrote_at), "age_seconds": round(max(time.time() - wrote_at, 0.0), 3), "file": wrote_what},
+                    live, _loss(path, scratch), newer, force_live=force_live, scratch=scratch)
+        _judge(plan, allow_cross_target)
+        if plan.refusals:
+            more = f" (and {len(plan.refusals) - 1} more reason(s), listed in the plan)" if len(plan.refusals) > 1 else ""
+            raise GuardRefused(plan.refusals[0] + more, unchanged=f"{path} was not changed and no undo point was taken",
+                               hint=_hint(plan), details={"plan": plan.to_json()})
+        yield plan
+    finally:
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+
+
+def _judge(plan: Plan, allow_cross_target: bool) -> None:
+    t, p = plan.target, plan.point
+    plan.refusals.extend(guards.identity_problems(t, plan.identity))
+    if p.target_id != t.id:
+        if allow_cross_target:
+            plan.warnings.append(f"the restore point belongs to another target, {p.target_name!r} (--allow-cross-target)")
+        else:
+            plan.refusals.append(f"restore point {p.id} belongs to target {p.target_name!r}, not {t.name!r}")
+    if p.meta.get("env") == "production" and t.env != "production":
+        plan.warnings.append(f"production data of {p.target_name!r} goes into {t.env} database {t.name!r}: "
+                             "it carries personal data, treat the copy like production")
+    mode, page_size = sqlite_replace.journal_mode_and_page_size(t.path)
+    if mode == "wal" and page_size != p.page_size:
+        plan.refusals.append(f"the database uses {page_size}-byte pages in WAL mode and the point {p.page_size}-byte pages: "
+                             "SQLite cannot copy between them in place")
+    if plan.live.live:
+        if plan.force_live:
+            plan.warnings.append(f"in live use, replaced anyway (--force-live): {plan.live.evidence()}")
+        else:
+            plan.refusals.append(f"{t.path} is in live use: {plan.live.evidence()}")
+
+
+def _hint(plan: Plan) -> str:
+    hints = []
+    if plan.live.live and not plan.force_live:
+        hints.append("stop the application first, or pass --force-live if you are sure (its open connections will see the new content)")
+    if any("belongs to target" in r for r in plan.refusals):
+        hints.append("pick a restore point of this target ('mulligan snapshots NAME'), or pass --allow-cross-target")
+    if plan.identity is None or guards.identity_problems(plan.target, plan.identity):
+        hints.append("check which file is at that path: the configuration and the stamp inside the database must agree")
+    return "; ".join(hints) or "see the plan"
+
+
+def _loss(now_path: str, point_path: str) -> dict:
+    """Per table, the rows that differ between now and the point (the row diff; row counts without it)."""
+    sizes = {"size_now": os.path.getsize(now_path), "size_then": os.path.getsize(point_path)}
+    try:
+        from .diff import diff_states
+    except ImportError:
+        return {"method": "row counts", **sizes, "tables": _counts(now_path, point_path)}
+    d = diff_states(now_path, point_path, limit=0)
+    tables = [{"table": t.name, "lost": t.deleted, "changed": t.updated, "returning": t.inserted, "status": t.status}
+              for t in d.tables if t.changes or t.status != "same"]
+    totals = d.totals()
+    return {"method": "row diff", **sizes, "tables": tables,
+            "totals": {"lost": totals["deleted"], "changed": totals["updated"], "returning": totals["inserted"]},
+            "schema_changes": len(d.schema)}
+
+
+def _counts(now_path: str, point_path: str) -> list[dict]:
+    from ..engines.sqlite.engine import open_conn
+    from ..engines.sqlite.identity import is_internal
+
+    def counts(p: str) -> dict[str, int]:
+        conn = open_conn(p, readonly=True)
+        try:
+            names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+            return {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchall()[0][0] for n in names if not is_internal(n)}
+        finally:
+            conn.close()
+
+    now, then = counts(now_path), counts(point_path)
+    return [{"table": n, "rows_now": now.get(n), "rows_then": then.get(n)}
+            for n in sorted(set(now) | set(then)) if now.get(n) != then.get(n)]
+
+
+def apply(ws: Workspace, plan: Plan, *, confirmed_by: str, window: float = guards.LIVE_WINDOW) -> InplaceResult:
+    """Take the undo point, then replace the target's content with the plan's point."""
+    started = time.monotonic()
+    t = plan.target
+    if not plan.force_live:
+        live = guards.live_use(t.path, ws.vault, t.id, window)
+        if live.live:
+            raise GuardRefused(f"{t.path} came into live use while the plan was shown: {live.evidence()}",
+                               unchanged=f"{t.path} was not changed and no undo point was taken",
+                               hint="stop the application first, or pass --force-live", details={"plan": plan.to_json()})
+    problems = guards.identity_problems(t, ws.engine(t).read_identity(t.path))
+    if problems:
+        raise GuardRefused(problems[0], unchanged=f"{t.path} was not changed and no undo point was taken")
+    undo = _take_undo_point(ws, t)
+    replaced = sqlite_replace.replace_content(t.path, plan.scratch)
+    marker = sqlite_replace.commit_marker(t.path)  # before the digest read: a later commit must not pass as ours
+    guards.record_own_write(ws.vault, t, by=f"{plan.action} in place", marker=marker,
+                            digest=guards.state_digest(t.path, ws.vault.codec),
+                            detail={"point": plan.point.id, "undo_point": undo.id,
+                                    "generation": replaced.identity_after.generation})
+    return InplaceResult(plan, undo, replaced.identity_after, confirmed_by, time.monotonic() - started)
+
+
+def _take_undo_point(ws: Workspace, t: Target) -> Manifest:
+    """Snapshot the target as it is; make sure no commit slipped in while it was read."""
+    for _ in range(3):
+        before = sqlite_replace.commit_marker(t.path)
+        undo = take_snapshot(ws, t, tag=UNDO_TAG, kind=KIND_UNDO)
+        if sqlite_replace.commit_marker(t.path) == before or guards.state_digest(t.path, ws.vault.codec) == undo.root:
+            return undo
+    raise GuardRefused(f"{t.path} kept changing while the undo point was taken: it is in live use",
+                       unchanged=f"{t.path} was not changed", hint="stop the application first, then run the command again")
