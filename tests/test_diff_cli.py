@@ -1,0 +1,116 @@
+"""The diff command: files without configuration, vault states by id and time, formats, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import apsw
+
+from conftest import make_db
+from diffkit import build, derive, run
+from mulligan.ops.snapshot import take_snapshot
+
+MULLIGAN = [sys.executable, "-m", "mulligan"]
+
+
+def pair(tmp_path):
+    a = build(tmp_path / "a.db", "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, data BLOB);"
+                                 "INSERT INTO t VALUES (1, 'one', NULL), (2, 'two', x'00ff'), (3, 'three', NULL);"
+                                 "CREATE TABLE u(id INTEGER PRIMARY KEY); INSERT INTO u VALUES (1)")
+    b = derive(a, tmp_path / "b.db", "UPDATE t SET name = 'TWO' WHERE id = 2; DELETE FROM t WHERE id = 3;"
+                                     "INSERT INTO t VALUES (4, 'four', x'01'); DELETE FROM u")
+    return a, b
+
+
+def mulligan(*args, cwd):
+    env = {k: v for k, v in os.environ.items() if k != "MULLIGAN_CONFIG"}
+    p = subprocess.run(MULLIGAN + list(args), cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_two_files_are_compared_without_any_configuration_and_differences_exit_zero(tmp_path):
+    a, b = pair(tmp_path)
+    code, out, err = mulligan("diff", a, b, cwd=tmp_path)
+    assert code == 0, err
+    assert not (tmp_path / "mulligan.toml").exists()
+    assert "t" in out and "changed" in out
+    assert "name: 'two' → 'TWO'" in out
+    assert "+ id=4" in out and "- id=3" in out
+
+
+def test_the_json_flag_and_format_json_give_the_documented_shape(tmp_path):
+    a, b = pair(tmp_path)
+    code, out, _ = mulligan("diff", a, b, "--json", cwd=tmp_path)
+    assert code == 0
+    doc = json.loads(out)
+    assert json.loads(mulligan("diff", "--format", "json", a, b, cwd=tmp_path)[1]) == doc
+    assert doc["summary"]["inserted"] == 1 and doc["summary"]["deleted"] == 2 and doc["summary"]["updated"] == 1
+    t = next(t for t in doc["tables"] if t["name"] == "t")
+    assert t["key"] == ["id"] and t["status"] == "changed"
+    ins = next(r for r in t["rows"] if r["kind"] == "insert")
+    assert ins == {"kind": "insert", "key": {"id": 4}, "before": None, "after": {"id": 4, "name": "four", "data": {"blob": "01"}}}
+    upd = next(r for r in t["rows"] if r["kind"] == "update")
+    assert upd["changed"] == ["name"] and upd["before"]["name"] == "two" and upd["after"]["name"] == "TWO"
+
+
+def test_summary_gives_counts_only_and_table_narrows_the_comparison(tmp_path, capsys):
+    from mulligan.cli.main import main
+
+    a, b = pair(tmp_path)
+    assert main(["diff", a, b, "--summary", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert all("rows" not in t for t in doc["tables"])
+    assert main(["diff", a, b, "--table", "u", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [t["name"] for t in doc["tables"]] == ["u"]
+    assert main(["diff", a, b, "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert "'TWO'" not in out and "total" in out
+
+
+def test_format_sql_prints_a_script_that_turns_from_into_to(tmp_path):
+    a, b = pair(tmp_path)
+    code, out, _ = mulligan("diff", a, b, "--format", "sql", cwd=tmp_path)
+    assert code == 0 and out.startswith("-- mulligan diff")
+    conn = apsw.Connection(a)
+    run(conn, out)
+    conn.close()
+    assert mulligan("diff", a, b, "--json", cwd=tmp_path)[1].count('"kind"') == 2  # only the two state descriptions
+
+
+def test_a_wrong_number_of_arguments_is_a_usage_error(tmp_path):
+    a, _ = pair(tmp_path)
+    code, out, err = mulligan("diff", a, cwd=tmp_path)
+    assert code == 2 and out == "" and "FROM TO" in err
+
+
+def test_a_missing_file_is_reported_without_a_traceback(tmp_path):
+    a, _ = pair(tmp_path)
+    code, out, err = mulligan("diff", a, str(tmp_path / "nope.db"), cwd=tmp_path)
+    assert code != 0 and out == "" and "Traceback" not in err
+
+
+def test_a_snapshot_prefix_and_a_time_are_compared_with_the_live_database(project):
+    db = make_db(project.dir / "app.db", rows=20)
+    project.protect(db)
+    ws = project.ws
+    m = take_snapshot(ws, ws.target("app"))
+    conn = apsw.Connection(db)
+    run(conn, "DELETE FROM posts WHERE id <= 3; UPDATE users SET email = 'new@example.com' WHERE id = 5")
+    conn.close()
+    r = project.call("diff", "app", m.id[:8], "live", "--json")
+    assert r.code == 0, r.err
+    doc = r.json
+    assert doc["from"]["snapshot"] == m.id and doc["to"]["kind"] == "live"
+    counts = {t["name"]: (t["inserted"], t["updated"], t["deleted"]) for t in doc["tables"]}
+    assert counts == {"posts": (0, 0, 3), "users": (0, 1, 0)}
+    time.sleep(0.01)
+    r2 = project.call("diff", "app", "@" + time.strftime("%Y-%m-%dT%H:%M:%S.999Z", time.gmtime()), "live", "--summary", "--json")
+    assert r2.code == 0, r2.err
+    assert r2.json["summary"]["deleted"] == 3
+    r3 = project.call("diff", "app", "live", m.id)
+    assert r3.code == 0 and "posts" in r3.out
