@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import apsw
 
-from ...errors import DatabaseBusy, IntegrityError
+from ...errors import DatabaseBusy, IntegrityError, MulliganError
 from .merge import MergePlan, Write, plan_merge
 from .merge_diff import LostChanges
 from .merge_schema import q
@@ -93,7 +93,15 @@ def apply_on_file(
             plan = plan_merge(conn, lost)
             if accept is not None:
                 accept(plan)
-            _write(conn, plan)
+            try:
+                _write(conn, plan)
+            except apsw.Error as exc:
+                raise MulliganError(
+                    f"writing the merge into {current_path} failed: {exc}",
+                    unchanged="the transaction was rolled back; CURRENT is as it was",
+                    hint="run the plan without --apply, review it (--sql-out), and check CURRENT's schema "
+                    "against LOST's (a column CURRENT requires that LOST does not have?)",
+                ) from None
             check_start = time.perf_counter()
             preexisting = _check(conn, plan)
             check_seconds = time.perf_counter() - check_start
