@@ -181,7 +181,7 @@ def demo(ctx: Ctx, directory):
     The narration is this command's output, so it goes to standard output; with --json
     it goes to standard error and standard output carries the facts of the run.
     """
-    from ..demo.drill import run_drill
+    from ..demo.story import run_drill
 
     say = ctx.say if ctx.json else click.echo
     facts = run_drill(Path(directory), say=say)

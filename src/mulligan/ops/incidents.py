@@ -327,8 +327,14 @@ def what_ran_it(inc: dict, audit_entries: list[dict] | None) -> dict:
     if not change or audit_entries is None:
         return {"known": False, "outside": None, "entry": None, "detail": None}
     lo = lg or change
+    hi = _plus(change, 5)
+    if inc.get("opened_at") and inc.get("kind") == "rollback":
+        hi = min(hi, _plus(inc["opened_at"], 1))
+    # A command that changed the target and finished around the change; a response to this
+    # incident (recover --incident) is never its cause.
     hits = [e for e in audit_entries if e.get("command") in ("restore", "undo", "recover")
-            and lo <= e.get("time", "") <= _plus(change, 5) and e.get("outcome") == "done"]
+            and lo <= e.get("time", "") <= hi and e.get("outcome") == "done"
+            and "--incident" not in (e.get("argv") or "")]
     if hits:
         e = hits[-1]
         return {"known": True, "outside": False, "entry": e, "detail": f"by {_who(e)}"}

@@ -66,6 +66,8 @@ def gather(inc: dict, timeline: list[dict], audit_entries: list[dict] | None) ->
     per_table = []
     for name, t in counts["tables"].items():
         lost = t["rows"] + t["conflicts"] + t["skipped"]
+        if not lost:
+            continue
         per_table.append({"table": name, "lost": lost, "recovered": t["rows"], "remapped": t["remapped"],
                           "conflicts": t["conflicts"]})
     if not per_table:
@@ -254,9 +256,8 @@ def _factors(f: dict) -> list[str]:
     out = []
     if f["changed_outside_mulligan"]:
         out.append("The production database file could be overwritten directly (backup API, `sqlite3 .restore`, "
-                   "`cp`) by anyone with shell access; nothing in that path checks which database it is.")
-        out.append("Production and non-production copies are handled with the same tools and look alike at the "
-                   "shell prompt.")
+                   "`cp`) by anyone with shell access; nothing on that path reads the identity stamped inside the "
+                   "file, so a production database and a test copy look the same to it.")
     if f["guard_flags"]:
         out.append(f"The restore command accepted {', '.join(f['guard_flags'])} for production.")
     if f["users_affected"]:
