@@ -93,7 +93,7 @@ def diff_json(res, *, rows: bool = True) -> dict:
                    for s in d.schema],
         "tables": [{"name": t.name, "status": t.status, "keyless": t.keyless, "schema_changed": t.schema_changed,
                     "key": t.key, "columns": t.columns, "inserted": t.inserted, "updated": t.updated,
-                    "deleted": t.deleted, "method": t.method,
+                    "deleted": t.deleted, "method": t.method, "counters": t.counters,
                     **({"truncated": t.truncated, "rows": [_row_json(t, r) for r in t.rows]} if rows else {})}
                    for t in changed],
     }
@@ -102,6 +102,8 @@ def diff_json(res, *, rows: bool = True) -> dict:
 # ---- diff: text -----------------------------------------------------------------------
 def _notes(t) -> str:
     notes = []
+    if t.counters:
+        notes.append("AUTOINCREMENT counters, not in the total")
     if t.keyless:
         notes.append("no primary key: compared as a multiset of rows")
     if t.schema_changed:

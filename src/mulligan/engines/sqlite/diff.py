@@ -88,6 +88,11 @@ class TableDiff:
     def changes(self) -> int:
         return self.inserted + self.updated + self.deleted
 
+    @property
+    def counters(self) -> bool:
+        """SQLite's AUTOINCREMENT counters (sqlite_sequence): listed, but not counted in totals."""
+        return self.name == "sqlite_sequence"
+
     def add(self, change: RowChange, limit: int | None) -> None:
         n = change.count
         if change.kind == INSERT:
@@ -116,7 +121,7 @@ class DatabaseDiff:
         return [t for t in self.tables if t.changes or t.status != "same" or t.schema_changed]
 
     def totals(self) -> dict[str, int]:
-        return {k: sum(getattr(t, k) for t in self.tables) for k in ("inserted", "updated", "deleted")}
+        return {k: sum(getattr(t, k) for t in self.tables if not t.counters) for k in ("inserted", "updated", "deleted")}
 
 
 def read_schema(conn: apsw.Connection, db: str) -> tuple[dict[str, TableSchema], list[tuple[str, str, str, str]]]:
