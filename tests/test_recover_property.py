@@ -31,6 +31,7 @@ class Table:
         self.unique = False
         self.self_ref = False
         self.on_delete = "CASCADE"
+        self.without_rowid = False
 
     @property
     def pk(self) -> list[str]:
@@ -64,7 +65,8 @@ class Table:
             )
         if self.self_ref:
             cons.append(f"FOREIGN KEY (parent_id) REFERENCES {self.name}(id) ON DELETE CASCADE")
-        return f"CREATE TABLE {self.name}({', '.join(cols + cons)});"
+        tail = " WITHOUT ROWID" if self.without_rowid else ""
+        return f"CREATE TABLE {self.name}({', '.join(cols + cons)}){tail};"
 
 
 @st.composite
@@ -89,6 +91,7 @@ def schemas(draw):
                 t.fks.append((cols, parent, draw(st.booleans())))
             t.self_ref = t.kind in ("auto", "plain") and draw(st.booleans())
         t.unique = draw(st.booleans())
+        t.without_rowid = t.kind in ("natural", "link") and draw(st.booleans())
         t.on_delete = draw(st.sampled_from(["CASCADE", "SET NULL", "NO ACTION"]))
         if t.on_delete == "SET NULL" and any(not nullable for _, _, nullable in t.fks):
             t.on_delete = "CASCADE"
@@ -174,7 +177,7 @@ def _update(conn, t: Table, rnd) -> None:
                  [vals[c] for c in chosen] + list(k))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(tables=schemas(), seed=st.integers(0, 2**32 - 1), sizes=st.tuples(st.integers(0, 25), st.integers(0, 25), st.integers(0, 25)))
 def test_random_histories_merge_without_losing_or_breaking_anything(tmp_path_factory, tables, seed, sizes):
     tmp = tmp_path_factory.mktemp("prop")
