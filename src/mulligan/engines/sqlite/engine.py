@@ -42,9 +42,10 @@ class SqliteEngine(Engine):
         try:
             return ident_mod.read(conn)
         except apsw.NotADBError:
-            raise NotADatabase(f"{location} is not a SQLite database") from None
+            raise NotADatabase(f"{location} is not a SQLite database", unchanged="nothing was read or written") from None
         except apsw.BusyError:
-            raise DatabaseBusy(f"{location} is locked by another process", hint="run the command again") from None
+            raise DatabaseBusy(f"{location} stayed locked by another process", unchanged="nothing was read or written",
+                               hint="run the command again; if it keeps failing, look for a process holding a long transaction") from None
         finally:
             conn.close()
 

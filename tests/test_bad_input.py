@@ -1,0 +1,195 @@
+"""Bad input gets a one-line error, the documented exit code, and changes nothing."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import apsw
+import pytest
+
+from conftest import make_db
+
+
+def one_line(err: str) -> str:
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert lines, "expected an error message"
+    assert "Traceback" not in err
+    return lines[-1]
+
+
+def test_protecting_a_file_that_is_not_a_database_fails_with_one_line(project):
+    p = project.dir / "notes.txt"
+    p.write_text("hello, this is not a database\n" * 10)
+    r = project.run("protect", str(p), "--name", "x", "--env", "test")
+    assert r.code == 1
+    assert "not a SQLite database" in one_line(r.err)
+    assert p.read_text().startswith("hello")
+
+
+def test_protecting_a_missing_database_fails_with_one_line(project):
+    r = project.run("protect", "missing.db", "--name", "x", "--env", "test")
+    assert r.code == 1 and "no database at" in one_line(r.err)
+    assert not (project.dir / "missing.db").exists()
+
+
+def test_snapshot_of_a_database_replaced_by_garbage_fails_and_stores_nothing(project):
+    db = make_db(project.dir / "app.db")
+    project.protect(db)
+    with open(db, "r+b") as fh:
+        fh.write(b"garbage" * 20)
+    r = project.run("snapshot", "app")
+    assert r.code == 1 and "not a SQLite database" in one_line(r.err)
+    assert list(project.ws.vault.storage.list("snapshots/")) == []
+
+
+def test_a_database_locked_by_another_writer_fails_with_a_busy_message(project):
+    db = make_db(project.dir / "app.db", wal=False)
+    project.protect(db)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import apsw,sys,time; c=apsw.Connection(sys.argv[1]); c.execute('BEGIN EXCLUSIVE');"
+        "c.execute('UPDATE users SET email=email'); print('locked', flush=True); time.sleep(30)"), db],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        r = project.run("snapshot", "app")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.code == 1
+    assert "locked" in one_line(r.err) and "nothing was" in r.err
+
+
+def test_a_missing_vault_is_reported_with_the_way_out(project, tmp_path):
+    import shutil
+
+    shutil.rmtree(project.dir / ".mulligan")
+    r = project.run("targets")
+    assert r.code == 1 and "no vault at" in one_line(r.err) and "mulligan init" in r.err
+
+
+def test_a_vault_of_an_unknown_format_version_exits_4(project):
+    cfg_path = project.dir / ".mulligan" / "vault" / "config"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["format_version"] = 7
+    cfg_path.write_text(json.dumps(cfg))
+    r = project.run("targets")
+    assert r.code == 4 and "format version 7" in one_line(r.err)
+
+
+def test_no_configuration_is_an_error_that_names_init(project, tmp_path):
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    p = subprocess.run([sys.executable, "-m", "mulligan", "targets"], cwd=empty, capture_output=True, text=True)
+    assert p.returncode == 1 and "mulligan init" in p.stderr
+
+
+def test_a_damaged_pack_makes_verify_exit_4_and_restore_refuse(project):
+    db = make_db(project.dir / "app.db", rows=200)
+    project.protect(db)
+    assert project.call("snapshot", "app").code == 0
+    packs = sorted((project.dir / ".mulligan" / "vault" / "packs").rglob("*"))
+    pack = next(p for p in packs if p.is_file())
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 3] ^= 0x55
+    pack.write_bytes(bytes(data))
+    r = project.run("verify")
+    assert r.code == 4, r.out + r.err
+    assert "problem" in r.out
+    r = project.run("restore", "app", "--latest", "--to", "out.db")
+    assert r.code == 4 and "damaged" in one_line(r.err)
+    assert not (project.dir / "out.db").exists()
+    assert [p for p in project.dir.iterdir() if p.name.startswith(".out.db")] == []
+
+
+def test_a_missing_pack_makes_verify_exit_4(project):
+    db = make_db(project.dir / "app.db", rows=50)
+    project.protect(db)
+    project.call("snapshot", "app")
+    pack = next(p for p in (project.dir / ".mulligan" / "vault" / "packs").rglob("*") if p.is_file())
+    pack.unlink()
+    r = project.run("--json", "verify")
+    assert r.code == 4
+    assert any("missing" in p["problem"] for p in r.json["problems"])
+
+
+def test_restore_refuses_a_non_empty_path_and_leaves_it_byte_identical(project):
+    db = make_db(project.dir / "app.db")
+    project.protect(db)
+    project.call("snapshot", "app")
+    victim = project.dir / "victim.db"
+    victim.write_bytes(b"precious")
+    r = project.run("restore", "app", "--latest", "--to", str(victim))
+    assert r.code == 3 and victim.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
+def test_restore_refuses_a_stale_side_file_even_when_the_path_is_absent(project, suffix):
+    db = make_db(project.dir / "app.db")
+    project.protect(db)
+    project.call("snapshot", "app")
+    (project.dir / ("new.db" + suffix)).write_bytes(b"old wal of some other database")
+    r = project.run("restore", "app", "--latest", "--to", "new.db")
+    assert r.code == 3 and "stale" in one_line(r.err)
+    assert not (project.dir / "new.db").exists()
+
+
+def _tmpfs(path, size="2m"):
+    path.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill a disk here: {p.stderr.decode().strip()}")
+    return path
+
+
+def test_a_full_disk_during_restore_leaves_no_half_file(project, tmp_path):
+    db = make_db(project.dir / "app.db", rows=3000, payload=400)
+    project.protect(db)
+    project.call("snapshot", "app")
+    small = _tmpfs(tmp_path / "small", "512k")
+    try:
+        r = project.run("restore", "app", "--latest", "--to", str(small / "out.db"))
+        assert r.code == 1 and "disk is full" in one_line(r.err)
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)])
+
+
+def test_a_full_disk_during_snapshot_keeps_the_vault_consistent(tmp_path):
+    from conftest import Env
+
+    from mulligan.ops import setup as setup_ops
+
+    small = _tmpfs(tmp_path / "small", "1m")
+    try:
+        proj = tmp_path / "proj"
+        proj.mkdir()
+        setup_ops.init(proj / "mulligan.toml", str(small / "vault"))
+        env = Env(proj)
+        db = make_db(proj / "little.db", rows=20)
+        env.protect(db, name="little")
+        assert env.run("snapshot", "little").code == 0
+        big = str(proj / "big.db")
+        c = apsw.Connection(big)
+        c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB)")
+        with c:
+            c.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) "
+                      "INSERT INTO t(b) SELECT randomblob(1000) FROM n")
+        c.close()
+        env.protect(big, name="big")
+        r = env.run("snapshot", "big")
+        assert r.code == 1 and "disk holding the vault is full" in one_line(r.err)
+        v = env.run("--json", "verify")
+        assert v.code == 0, v.out
+        assert v.json["manifests"] == 1
+        assert env.run("restore", "little", "--latest", "--to", str(proj / "r.db")).code == 0
+    finally:
+        subprocess.run(["umount", str(small)])
+
+
+def test_unknown_options_are_usage_errors_with_exit_2(project):
+    r = project.run("snapshot", "--frobnicate")
+    assert r.code == 2
+    r = project.run("restore", "app", "--latest", "--at", "-1h", "--to", "x.db")
+    assert r.code in (1, 2)

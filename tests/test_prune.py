@@ -1,0 +1,78 @@
+"""Retention: what prune keeps, what it removes, and that it is safe next to a running snapshot."""
+
+from datetime import datetime, timedelta, timezone
+
+from conftest import make_db
+
+from mulligan.ops.prune import choose
+from mulligan.vault import Manifest
+from mulligan.vault.locks import Lease
+
+
+def m(i, hours_ago, kind="snapshot"):
+    t = datetime(2026, 11, 21, 12, tzinfo=timezone.utc) - timedelta(hours=hours_ago)
+    return Manifest(id=f"s{i}", target_id="t", target_name="t", time=t.strftime("%Y-%m-%dT%H:%M:%S.000Z"), kind=kind)
+
+
+NOW = datetime(2026, 11, 21, 12, tzinfo=timezone.utc)
+
+
+def test_keep_last_keeps_the_newest_points():
+    ms = [m(i, i) for i in range(5)]
+    assert set(choose(ms, keep_last=2, now=NOW)) == {"s0", "s1"}
+
+
+def test_keep_within_keeps_every_point_of_the_window():
+    ms = [m(i, i * 0.5) for i in range(10)]
+    assert set(choose(ms, keep_within=timedelta(hours=2), now=NOW)) == {"s0", "s1", "s2", "s3", "s4"}
+
+
+def test_keep_daily_keeps_the_newest_point_of_each_day():
+    ms = [m(i, i * 6) for i in range(12)]  # 3 days
+    kept = choose(ms, keep_daily=2, now=NOW)
+    assert set(kept) == {"s0", "s3"}  # s3 is 18:00 the day before
+
+
+def test_undo_points_and_incident_points_are_never_pruned():
+    ms = [m(0, 0), m(1, 50, kind="undo"), m(2, 100)]
+    kept = choose(ms, keep_last=1, pins={"s2"}, now=NOW)
+    assert kept == {"s0": "last", "s1": "undo point", "s2": "open incident"}
+
+
+def test_prune_without_rules_is_a_usage_error(project):
+    db = make_db(project.dir / "app.db")
+    project.protect(db)
+    assert project.run("prune", "app").code == 2
+
+
+def test_prune_removes_old_points_and_their_data_and_dry_run_changes_nothing(project):
+    import apsw
+
+    db = make_db(project.dir / "app.db", rows=500)
+    project.protect(db)
+    for _ in range(3):
+        c = apsw.Connection(db)
+        with c:
+            c.execute("UPDATE posts SET body = hex(randomblob(40))")
+        c.close()
+        assert project.run("snapshot", "app").code == 0
+    dry = project.run("--json", "prune", "app", "--keep-last", "1", "--dry-run").json
+    assert len(dry["removed"]) == 2
+    assert len(project.run("--json", "snapshots", "app").json["snapshots"]) == 3
+    res = project.run("--json", "prune", "app", "--keep-last", "1").json
+    assert len(res["removed"]) == 2 and res["data_removal"] == "done"
+    assert project.run("verify", "--restore-test").code == 0
+
+
+def test_prune_defers_data_removal_while_a_snapshot_is_running(project):
+    db = make_db(project.dir / "app.db")
+    project.protect(db)
+    project.run("snapshot", "app")
+    project.run("snapshot", "app")
+    lease = Lease(project.ws.vault.storage, "writer", "a snapshot in another process").acquire()
+    try:
+        res = project.run("--json", "prune", "app", "--keep-last", "1").json
+    finally:
+        lease.release()
+    assert res["data_removal"] == "deferred"
+    assert project.run("verify").code == 0
