@@ -108,3 +108,31 @@ def test_recover_without_base_and_lost_is_a_usage_error(app):
     env, *_ = app
     res = env.run("recover", "app")
     assert res.code == 2
+
+
+def test_apply_is_refused_when_the_file_at_the_targets_path_is_not_the_target(app, tmp_path):
+    env, base, lost, current = app
+    copy_db(base, current)  # someone put an unstamped file where the target should be
+    before = file_digest(current)
+    res = env.run("recover", "app", "--base", base, "--lost", lost, "--apply", "--confirm", "app")
+    assert res.code == 3, res.err
+    assert "identity stamp" in res.err
+    assert file_digest(current) == before
+
+
+def test_recover_with_an_incident_takes_its_states_and_records_the_outcome_in_it(app):
+    from mulligan.ops import incidents
+
+    env, base, lost, current = app
+    ws = env.ws
+    inc = incidents.open_incident(ws.vault, ws.target("app"), kind="manual", title="restored over prod",
+                                  base=base, lost=lost)
+    res = env.run("recover", "app", "--incident", inc["id"])
+    assert res.code == 0, res.err
+    planned = incidents.get(env.ws.vault, inc["id"])["recovery"]
+    assert planned["applied"] is False and planned["remapped"] > 0
+    res = env.run("recover", "app", "--incident", inc["id"], "--apply", "--confirm", "app")
+    assert res.code == 0, res.err
+    rec = incidents.get(env.ws.vault, inc["id"])["recovery"]
+    assert rec["applied"] is True and rec["undo_point"]
+    assert any(r["status"] == "remapped" and r["owner"] for r in rec["rows"])

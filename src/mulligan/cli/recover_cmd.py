@@ -75,9 +75,12 @@ def recover(ctx: Ctx, name, base, lost, incident_id, current, apply_, confirm_na
             take_undo_point=(lambda: _undo_point(ctx, ws, target)) if into_target else None,
         )
         result = apply_recovery(base_path, lost_path, current_path, options, hooks)
+        if into_target:
+            _record_own_write(ctx, ws, target, result.undo_point)
         data = rep.recovery_json(result)
-        ctx.audit_detail = {k: data[k] for k in ("undo_point", "rows_recovered", "remapped", "totals")}
-        ctx.audit_detail["conflicts"] = len(data["conflicts"])
+        ctx.audit_detail = {**(ctx.audit_detail or {}),
+                            **{k: data[k] for k in ("undo_point", "rows_recovered", "remapped", "totals")},
+                            "conflicts": len(data["conflicts"])}
         _finish(ctx, rep, result, result.plan, sql_out, limit)
         if inc is not None:
             incidents.record_recovery(ws.vault, inc, _for_incident(data, base, lost), applied=True)
@@ -104,41 +107,41 @@ def _for_incident(data: dict, base: str, lost: str) -> dict:
 
 
 def _undo_point(ctx: Ctx, ws, target) -> str:
+    from ..ops.inplace import UNDO_TAG
     from ..ops.snapshot import take_snapshot
     from ..vault import KIND_UNDO
 
     ctx.say("taking an undo point before writing")
-    return take_snapshot(ws, target, kind=KIND_UNDO, tag="before recover").id
+    return take_snapshot(ws, target, kind=KIND_UNDO, tag=UNDO_TAG).id
 
 
 def _confirm(ctx: Ctx, rep, target, plan, confirm_name, yes, limit) -> None:
-    """The guard of a write into a target: its identity, then its name typed (production) or a yes.
-
-    Kept to one call so the shared guards (ops/guards.py) can take its place.
-    """
-    from ..ops.snapshot import check_identity
+    """The guards of an in-place change, except live use (users writing on is expected here)."""
+    from ..ops import guards
 
     if plan.current == target.path:
-        check_identity(ctx.ws, target)
-    refuse = dict(unchanged="nothing was written", hint=f"run the plan first, then add --confirm {target.name}")
-    if confirm_name is not None:
-        if confirm_name != target.name:
-            raise GuardRefused(f"--confirm {confirm_name!r} does not match the target's name {target.name!r}", **refuse)
-        return
-    if yes and not target.is_production:
-        return
-    if not sys.stdin.isatty():
-        why = "production needs its name" if target.is_production else "a write into a target needs"
-        raise GuardRefused(f"recover --apply into {target.name} ({target.env}): {why} confirmed with --confirm NAME"
-                           + ("" if target.is_production else " or --yes"), **refuse)
-    rep.render_recovery_text(plan, ctx.err, limit=limit)
-    if target.is_production:
-        typed = click.prompt(f"Type the target's name ({target.name}, PRODUCTION) to write this merge into it",
-                             default="", show_default=False, err=True)
-        if typed.strip() != target.name:
-            raise GuardRefused("the name typed does not match the target's", **refuse)
-    elif not click.confirm(f"Write this merge into {target.name} ({target.env})?", default=False, err=True):
-        raise GuardRefused("not confirmed", **refuse)
+        problems = guards.identity_problems(target, ctx.ws.engine(target).read_identity(target.path))
+        if problems:
+            raise GuardRefused(problems[0], unchanged="nothing was written and no undo point was taken")
+    interactive = sys.stdin.isatty()
+    if interactive and confirm_name is None:
+        rep.render_recovery_text(plan, ctx.err, limit=limit)
+    ctx.audit_detail = {"confirmed_by": guards.confirm(
+        target, confirm_name=confirm_name, yes=yes, interactive=interactive,
+        ask_name=lambda: click.prompt(f"Type the target's name to merge into {target.env} database {target.name!r}",
+                                      default="no", err=True),
+        ask_yes=lambda: click.confirm(f"Merge into {target.env} database {target.name!r}?", default=False, err=True),
+    )}
+
+
+def _record_own_write(ctx: Ctx, ws, target, undo_point) -> None:
+    """The merge is Mulligan's own commit: it must never count as live use afterwards."""
+    from ..ops import guards
+
+    try:
+        guards.record_own_write(ws.vault, target, by="recover", detail={"undo_point": undo_point})
+    except Exception as exc:  # bookkeeping after the commit must not hide that the merge is done
+        ctx.warn(f"could not record the merge as Mulligan's own write: {exc}")
 
 
 def register(cli: click.Group) -> None:
