@@ -1,0 +1,118 @@
+"""The audit log: every guarded case leaves an entry; an edited or removed entry is detected."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import make_db
+from test_guards import holder
+from test_inplace import settle, write_rows
+
+
+@pytest.fixture
+def app(project):
+    db = make_db(project.dir / "app.db", rows=10)
+    project.protect(db, "app", "production")
+    assert project.call("snapshot", "app").code == 0
+    write_rows(db, 2)
+    settle(db)
+    project.db = db
+    return project
+
+
+def entries(project, *args):
+    r = project.run("--json", "audit", *args)
+    assert r.code == 0, r.err
+    return r.json["entries"]
+
+
+def audit_dir(project):
+    return project.dir / ".mulligan" / "vault" / "audit"
+
+
+def test_every_guarded_case_leaves_an_audit_entry(app):
+    other = make_db(app.dir / "other.db", rows=2)
+    app.protect(other, "other", "development")
+    assert app.call("snapshot", "other").code == 0
+    settle(other)
+    app_snap = entries(app)[1]["detail"]  # the snapshot entry: no detail
+    assert app_snap is None
+    snap_id = app.ws.vault.latest(app.ws.target("app").id).id
+
+    cases = [
+        (("restore", "app", "--latest", "--in-place"), 3),                       # no typed name, no terminal
+        (("restore", "app", "--latest", "--in-place", "--yes"), 3),              # --yes alone
+        (("restore", "app", "--latest", "--in-place", "--confirm", "ap"), 3),    # wrong name
+        (("restore", "other", "--snapshot", snap_id, "--in-place", "--yes"), 3),  # another target's snapshot
+        (("restore", "app", "--latest", "--in-place", "--confirm", "app"), 0),
+        (("undo", "app", "--confirm", "app"), 0),
+    ]
+    for args, code in cases:
+        r = app.run(*args, input="")
+        assert r.code == code, (args, r.err)
+    with holder(app.db):
+        assert app.run("restore", "app", "--latest", "--in-place", "--confirm", "app").code == 3
+    shutil.copy(app.db, other)
+    settle(other)
+    assert app.run("restore", "other", "--latest", "--in-place", "--yes").code == 3
+
+    log = [e for e in entries(app) if e["command"] in ("restore", "undo")]
+    assert [e["outcome"] for e in log] == ["refused"] * 4 + ["done", "done", "refused", "refused"]
+    reasons = [e["detail"]["reason"] for e in log if e["outcome"] == "refused"]
+    assert "needs its name typed" in reasons[0]
+    assert "--yes alone" in reasons[1]
+    assert "does not match" in reasons[2]
+    assert "belongs to target 'app'" in reasons[3]
+    assert "in live use" in reasons[4] and "pid" in reasons[4]
+    assert "says it is target 'app'" in reasons[5]
+    done = log[4]
+    assert done["target"]["name"] == "app" and done["target"]["env"] == "production"
+    assert done["detail"]["confirmed_by"] == "--confirm" and done["detail"]["undo_point"]
+    assert all(e["user"] and e["host"] and e["pid"] and e["argv"].startswith("mulligan ") for e in log)
+    # the plan's facts travel with the refusal
+    assert log[0]["detail"]["point"] == snap_id and log[0]["detail"]["refusals"] == []
+    assert log[6]["detail"]["live"] is True and log[6]["detail"]["refusals"]
+
+
+def test_audit_of_one_target_lists_only_its_entries(app):
+    make_db(app.dir / "b.db", rows=1)
+    app.protect(str(app.dir / "b.db"), "b", "test")
+    assert app.call("snapshot", "b").code == 0
+    names = {e["target"]["name"] for e in entries(app, "b")}
+    assert names == {"b"}
+    r = app.run("audit", "app")
+    assert r.code == 0 and "snapshot app" in r.out and "hash chain ok" in r.err
+
+
+def test_an_edited_audit_entry_is_detected_by_audit_and_by_verify(app):
+    assert app.run("restore", "app", "--latest", "--in-place", "--yes", input="").code == 3
+    refused = sorted(audit_dir(app).iterdir())[-1]
+    entry = json.loads(refused.read_text())
+    assert entry["outcome"] == "refused"
+    entry["outcome"] = "done"  # someone hides the near-miss
+    refused.write_text(json.dumps(entry, sort_keys=True))
+    r = app.run("audit")
+    assert r.code == 4
+    assert "edited after it was written" in r.err
+    assert app.run("--json", "audit").json["chain_ok"] is False
+    r = app.run("--json", "verify")
+    assert r.code == 4
+    assert any("audit log" in p["problem"] for p in r.json["problems"])
+
+
+def test_a_removed_audit_entry_breaks_the_chain(app):
+    assert app.call("snapshot", "app").code == 0
+    first = sorted(audit_dir(app).iterdir())[0]
+    first.unlink()
+    r = app.run("audit")
+    assert r.code == 4
+    assert "missing" in r.err
+
+
+def test_read_only_commands_leave_no_entry(app):
+    n = len(entries(app))
+    assert app.run("guard", app.db).code == 3
+    assert app.run("audit").code == 0
+    assert len(entries(app)) == n
