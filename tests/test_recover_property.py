@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mulligan.ops.recover import apply_recovery, plan_recovery
-from test_recover_support import check_invariants, connect, copy_db, file_digest
+from test_recover_support import Db, check_invariants, connect, copy_db, file_digest
 
 NAMES = [f"k{i}" for i in range(8)]
 UNIQUES = [f"u{i}" for i in range(6)]
@@ -199,3 +199,25 @@ def test_random_histories_merge_without_losing_or_breaking_anything(tmp_path_fac
 
     result = apply_recovery(base, lost, current)
     check_invariants(base, lost, before, current, result)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(tables=schemas(), seed=st.integers(0, 2**32 - 1), sizes=st.tuples(st.integers(0, 25), st.integers(0, 30)))
+def test_when_nobody_wrote_after_the_mistake_the_merge_gives_back_lost_exactly(tmp_path_factory, tables, seed, sizes):
+    tmp = tmp_path_factory.mktemp("prop-quiet")
+    rnd = random.Random(seed)
+    base = str(tmp / "base.db")
+    conn = connect(base)
+    conn.execute("".join(t.ddl() for t in tables))
+    conn.close()
+    random_ops(base, tables, rnd, sizes[0])
+    lost = copy_db(base, tmp / "lost.db")
+    current = copy_db(base, tmp / "current.db")
+    random_ops(lost, tables, rnd, sizes[1])
+
+    result = apply_recovery(base, lost, current)
+    assert result.plan.conflicts == []
+    assert result.plan.key_map == {}
+    after, want = Db(current), Db(lost)
+    assert after.tables == want.tables
+    assert all(after.seq.get(t, 0) >= s for t, s in want.seq.items())

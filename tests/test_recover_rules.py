@@ -226,3 +226,14 @@ def test_orphans_current_already_had_are_reported_not_fatal(tmp_path):
     assert len(res.preexisting_fk_violations) == 1
     assert any("foreign-key violation" in w for w in res.plan.warnings)
     assert (1,) in Db(current).tables["b"]
+
+
+def test_a_lost_update_pointing_at_a_remapped_lost_row_follows_its_new_key(tmp_path):
+    schema = ("CREATE TABLE users(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT);"
+              "CREATE TABLE posts(id INTEGER PRIMARY KEY AUTOINCREMENT, author_id REFERENCES users(id), title TEXT);")
+    plan, db = merged(tmp_path, schema,
+                      "INSERT INTO users(name) VALUES ('a'); INSERT INTO posts(author_id, title) VALUES (1, 'p');",
+                      lost_sql="INSERT INTO users(name) VALUES ('lost b'); UPDATE posts SET author_id = 2 WHERE id = 1",
+                      current_sql="INSERT INTO users(name) VALUES ('current b')")
+    assert plan.conflicts == []
+    assert db.tables["posts"][(1,)]["author_id"] == plan.key_map["users"][(2,)][0] == 3

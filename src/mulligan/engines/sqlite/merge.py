@@ -502,7 +502,7 @@ class _Planner:
                     continue
                 if all(_same(cur[c], mapped[c]) for c in unit):
                     continue
-                refusal = self._unit_refusal(name, unit, mapped)
+                refusal = self._unit_refusal(name, unit, lost_row)
                 if refusal is None and cur_changed:
                     refusal = (CELL, "changed differently in LOST and CURRENT; CURRENT's value stays")
                 if refusal is not None:
@@ -540,8 +540,8 @@ class _Planner:
             else:
                 self._outcome(name, "update", key, PRESENT, key, "CURRENT already has LOST's values")
 
-    def _unit_refusal(self, name: str, unit: tuple[str, ...], mapped: dict) -> tuple[str, str] | None:
-        row = {c: mapped[c] for c in unit}
+    def _unit_refusal(self, name: str, unit: tuple[str, ...], lost_row: dict) -> tuple[str, str] | None:
+        row = {c: lost_row[c] for c in unit}  # LOST's own values: _map_refs resolves them
         _, blocked, missing = self._map_refs(name, row)
         if blocked:
             return PARENT_CONFLICT, f"refers to a lost row that is not replayed: {'; '.join(blocked)}"
