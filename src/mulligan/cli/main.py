@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "snapshot_cmd",
     "restore_cmd",
     "vault_cmd",
+    "watch_cmd",
     "diff_cmd",
     "incident_cmd",
     "recover_cmd",

@@ -21,7 +21,9 @@ def resolve_point(
     if len(chosen) != 1:
         raise UsageError("choose exactly one of --snapshot ID, --at TIME or --latest")
     if snapshot:
-        m = vault.resolve(snapshot)
+        from .capture_store import is_commit_id, resolve_commit
+
+        m = resolve_commit(vault, snapshot) if is_commit_id(snapshot) else vault.resolve(snapshot)
         if target is not None and m.target_id != target.id and not allow_cross_target:
             raise GuardRefused(
                 f"restore point {m.id} belongs to target {m.target_name!r}, not {target.name!r}",
@@ -31,7 +33,9 @@ def resolve_point(
         return m
     assert target is not None
     if latest:
-        m = vault.latest(target.id)
+        from .capture_store import latest_point
+
+        m = latest_point(vault, target)
         if m is None:
             raise NotFound(f"target {target.name!r} has no restore point yet", hint=f"take one with 'mulligan snapshot {target.name}'")
         return m
@@ -40,7 +44,13 @@ def resolve_point(
 
 
 def point_at(vault: Vault, target: Target, when) -> Manifest:
-    """The newest restore point of the target's own history at or before ``when``."""
+    """The newest restore point of the target's own history at or before ``when``
+    (a captured commit when watch was running, else a snapshot)."""
+    from . import capture_store
+
+    hit = capture_store.point_at(vault, target, when)
+    if hit is not None:
+        return hit
     candidates = [m for m in vault.manifests(target.id) if m.kind != KIND_UNDO and from_iso(m.time) <= when]
     if not candidates:
         raise NotFound(

@@ -61,6 +61,10 @@ def resolve_state(spec: str, vault: Vault | None, target: Target | None) -> Stat
         from .points import point_at
 
         return StateRef("time", spec, manifest=point_at(vault, target, parse_time(spec[1:])))
+    from .capture_store import is_commit_id, resolve_commit
+
+    if is_commit_id(spec):
+        return StateRef("snapshot", spec, manifest=resolve_commit(vault, spec))
     return StateRef("snapshot", spec, manifest=vault.resolve(spec))
 
 

@@ -224,6 +224,9 @@ class Vault:
 
     # ---- reading states ----------------------------------------------------
     def page_ids(self, m: Manifest) -> list[bytes]:
+        resolved = getattr(m, "resolved_ids", None)  # a captured commit point (ops/capture_store.py)
+        if resolved is not None:
+            return list(resolved)
         flat = tree.expand(bytes.fromhex(m.root), m.depth, self.load_chunk)
         ids = [flat[i : i + ID_LEN] for i in range(0, len(flat), ID_LEN)]
         if len(ids) != m.page_count:

@@ -150,3 +150,90 @@ def page_map(commits: list[Commit]) -> dict[int, int]:
 
 def read_frame_page(fd: int, frame: int, page_size: int) -> bytes:
     return os.pread(fd, page_size, frame_offset(frame, page_size) + FRAME_HEADER)
+
+
+# ---- the wal-index header in -shm (sqlite.org/walformat.html#the_wal_index_file_format) ----
+#
+# The first 136 bytes of the -shm file: two copies of a 48-byte header that the
+# last writer stored after each commit, then the checkpoint information. Values
+# are in the machine's byte order. ``mx_frame`` is the last commit frame SQLite
+# itself validated (salts and checksum chain), so a reader that trusts it never
+# needs to recompute checksums: that is what keeps continuous capture cheap.
+
+_SHM_HDR = struct.Struct("=IIIBBHII2I2I2I")
+SHM_READ = 136
+
+
+@dataclass
+class IndexHeader:
+    change: int
+    page_size: int
+    mx_frame: int
+    n_page: int
+    salt1: int
+    salt2: int
+    n_backfill: int
+    read_marks: tuple
+
+    @property
+    def salts(self) -> tuple[int, int]:
+        return (self.salt1, self.salt2)
+
+
+def read_index_header(fd: int, tries: int = 8) -> IndexHeader | None:
+    """The wal-index header read through ``fd`` (an -shm descriptor kept open), or
+    None when it is not initialised or keeps changing under us."""
+    for _ in range(tries):
+        raw = os.pread(fd, SHM_READ, 0)
+        if len(raw) < SHM_READ:
+            return None
+        a, b = raw[:48], raw[48:96]
+        if a != b:
+            continue  # a writer is between the two copies: read again
+        (version, _unused, change, is_init, _big, szpage, mx, npage, _fc1, _fc2, s1, s2, c1, c2) = _SHM_HDR.unpack(a)
+        if not is_init or version != 3007000:
+            return None
+        if _checksum(a[:40], 0, 0, big_endian=(struct.pack("=I", 1) == b"\x00\x00\x00\x01")) != (c1, c2):
+            continue
+        s1, s2 = struct.unpack(">2I", a[32:40])  # copied byte for byte from the WAL header (big-endian)
+        info = struct.unpack("=6I", raw[96:120])
+        ps = 65536 if szpage == 1 else (szpage if szpage >= 512 else szpage << 16)
+        return IndexHeader(change, ps, mx, npage, s1, s2, info[0], info[1:])
+    return None
+
+
+@dataclass
+class Frames:
+    """Committed frames read past a position: one entry per commit."""
+
+    commits: list[tuple[int, int, dict[int, bytes]]]  # (commit frame, db size in pages, {pgno: page})
+    last_frame: int
+    bad: bool = False  # a frame's salts did not match: the WAL moved; read again
+
+
+def read_commits(fd: int, after: int, upto: int, page_size: int, salts: tuple[int, int],
+                 chunk_frames: int = 512) -> Frames:
+    """Read frames ``after+1 .. upto`` (``upto`` a commit frame SQLite validated) and
+    group them into commits; the latest version of a page inside one commit wins."""
+    fsize = FRAME_HEADER + page_size
+    out: list[tuple[int, int, dict[int, bytes]]] = []
+    pending: dict[int, bytes] = {}
+    frame = after + 1
+    last = after
+    while frame <= upto:
+        n = min(chunk_frames, upto - frame + 1)
+        raw = os.pread(fd, fsize * n, frame_offset(frame, page_size))
+        if len(raw) < fsize * n:
+            return Frames(out, last, bad=True)
+        for i in range(n):
+            base = i * fsize
+            pgno, size, s1, s2 = struct.unpack_from(">4I", raw, base)
+            if (s1, s2) != salts or pgno == 0:
+                return Frames(out, last, bad=True)
+            pending[pgno] = raw[base + FRAME_HEADER: base + fsize]
+            if size:
+                out.append((frame + i, size, pending))
+                pending = {}
+                last = frame + i
+        frame += n
+    return Frames(out, last)

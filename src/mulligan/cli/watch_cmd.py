@@ -1,0 +1,142 @@
+"""watch, status, incidents."""
+
+from __future__ import annotations
+
+import signal
+
+import click
+
+from ..errors import UsageError
+from ..ops import incidents as inc_mod
+from ..ops.alerts import Alerter, Log
+from ..ops.capture import CaptureOptions
+from ..ops.capture_watch import Watcher
+from ..ops.status import status as status_op
+from ..report.tables import env_label, table
+from ..timeparse import human_age, parse_duration
+from .context import Ctx, pass_ctx
+
+
+@click.command()
+@click.argument("names", nargs=-1)
+@click.option("--metrics-port", type=int, metavar="N", help="Serve Prometheus metrics on 127.0.0.1:N.")
+@click.option("--poll", "poll", metavar="DURATION", help="How often to look for new commits (default 100ms).")
+@click.option("--flush", "flush", metavar="DURATION", help="How often to store them (default 0.5s on a local vault, 5s on object stores).")
+@click.pass_context
+def watch(cctx: click.Context, names, metrics_port, poll, flush):
+    """Continuous capture, rollback detection and alerts (a foreground daemon).
+
+    Captures every committed transaction of each target (all targets when no NAME
+    is given), stamped with the time it was seen. SIGTERM or Ctrl-C stores what
+    was seen and exits. Logs go to standard error, one line per event.
+    """
+    ctx: Ctx = cctx.obj
+    ws = ctx.ws
+    targets = [ws.target(n) for n in names] if names else list(ws.config.targets.values())
+    if not targets:
+        raise UsageError("no target to watch", hint="register one with 'mulligan protect PATH --name NAME --env ENV'")
+    ctx.audit = False  # the watcher writes its own audit entries (start, incidents, counter raises)
+    section = ws.config.section("capture")
+    options = CaptureOptions.from_config(section, local_vault="://" not in ws.config.vault_url)
+    if poll:
+        options.poll_interval = _seconds(poll)
+    if flush:
+        options.flush_interval = _seconds(flush)
+    log = Log(verbosity=ctx.verbosity)
+    alerter = Alerter(ws.config.section("alerts"), log)
+    watcher = Watcher(ws, targets, options, alerter, log)
+
+    def on_signal(signum, _frame):
+        log("info", f"{signal.Signals(signum).name} received: storing what was seen, then exiting")
+        watcher.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if metrics_port is not None:
+        port = watcher.serve_metrics(metrics_port)
+        log("info", f"metrics on http://127.0.0.1:{port}/metrics")
+    from ..ops import audit
+
+    for t in targets:
+        try:
+            audit.record(ws.vault, command="watch", outcome="started", target=t, detail={"options": options.__dict__})
+        except Exception:
+            pass
+    watcher.run()
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return parse_duration(text).total_seconds()
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("--stale-after", metavar="DURATION", default="60s", show_default=True,
+              help="A capture older than this (or no running watch) is reported stale.")
+@click.pass_context
+def status(cctx: click.Context, name, stale_after):
+    """Health: last capture, lag, coverage, stale captures, open incidents."""
+    ctx: Ctx = cctx.obj
+    rows = status_op(ctx.ws, name, parse_duration(stale_after).total_seconds())
+    if ctx.json:
+        return ctx.emit_json({"targets": rows})
+    t = table("name", "env", "watch", "last capture", "age", "lag", "coverage", "gaps", "open incidents")
+    for r in rows:
+        cov = r["coverage"]
+        age = r["last_capture_age_seconds"]
+        t.add_row(r["name"], env_label(r["env"]),
+                  f"running (pid {r['watch']['pid']})" if r["watch"]["running"] else "[bold red]not running[/]",
+                  r["last_capture"] or "never", human_age(age) if age is not None else "-",
+                  f"{r['lag_seconds']:.2f} s" if r["lag_seconds"] is not None else "-",
+                  f"{cov['from'] or '-'} → {cov['to'] or '-'}", str(len(cov["gaps"])),
+                  ", ".join(i["id"] for i in r["open_incidents"]) or "0")
+    ctx.out.print(t)
+    for r in rows:
+        for p in r["problems"]:
+            ctx.warn(f"{r['name']}: {p}")
+
+
+def incident_row(i: dict) -> dict:
+    lg = i.get("last_good") or {}
+    rb = i.get("rolled_back_to") or None
+    return {
+        "id": i["id"], "target": i.get("target_name"), "target_id": i.get("target_id"), "kind": i.get("kind"),
+        "status": i.get("status"), "title": i.get("title"), "opened_at": i.get("opened_at"),
+        "closed_at": i.get("closed_at"),
+        "last_good": {"time": lg.get("time"), "point": lg.get("point")},
+        "last_good_time": lg.get("time"),
+        "rolled_back_to": rb,
+        "rolled_back_to_snapshot": rb.get("snapshot_id") if rb else None,
+        "counters": i.get("counters"),
+        "signals": (i.get("detection") or {}).get("signals", []),
+    }
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("--open", "only_open", is_flag=True, help="Only incidents still open.")
+@pass_ctx
+def incidents(ctx: Ctx, name, only_open):
+    """List incidents (rollbacks detected by watch, and manual ones)."""
+    ws = ctx.ws
+    tid = ws.target(name).id if name else None
+    rows = [incident_row(i) for i in inc_mod.list_incidents(ws.vault, tid)]
+    if only_open:
+        rows = [r for r in rows if r["status"] == "open"]
+    if ctx.json:
+        return ctx.emit_json({"incidents": rows})
+    t = table("id", "target", "kind", "status", "opened (UTC)", "last good", "rolled back to")
+    for r in rows:
+        rb = r["rolled_back_to"]
+        t.add_row(r["id"], r["target"] or "", r["kind"] or "", r["status"] or "", r["opened_at"] or "",
+                  r["last_good_time"] or "-",
+                  f"{rb['snapshot_id']} ({rb['time']})" if rb else "-")
+    ctx.out.print(t)
+
+
+def register(cli: click.Group) -> None:
+    for c in (watch, status, incidents):
+        cli.add_command(c)

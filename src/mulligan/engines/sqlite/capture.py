@@ -1,0 +1,379 @@
+"""Tailing a live SQLite database's WAL: every committed transaction, as it is seen.
+
+One :class:`Tailer` per database, for the life of ``watch``. It keeps:
+
+* two reader connections that take turns holding a read transaction, so at
+  every moment one is held: a WAL frame we have not read yet can then never be
+  overwritten (a WAL restart needs every reader off the read marks, and a
+  reader on mark 0 blocks the backfill a restart needs). Taking turns, instead
+  of holding one read for ever, lets an application's own FULL/RESTART/TRUNCATE
+  checkpoint finish within one poll instead of waiting its whole busy timeout;
+* a writer connection for our own short writes (sealing the WAL for our
+  checkpoint, the identity generation, counter raises), each recognisable by
+  the commit frame SQLite reports through the WAL hook;
+* a checkpoint connection (PASSIVE, never waits);
+* one descriptor each on the database, the ``-wal`` and the ``-shm`` file,
+  opened once and closed only after every connection: closing any descriptor of
+  a file this process holds POSIX locks on drops those locks.
+
+New commits are found from the wal-index header in ``-shm`` (``mxFrame``, the
+last commit frame SQLite validated), so no checksum is computed here: reading
+a poll's new frames is one ``pread``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import apsw
+
+from ...errors import DatabaseBusy, MulliganError, NotADatabase, NotFound
+from . import identity as ident_mod
+from . import wal
+from .reader import parse_header, sniff
+
+SHM_DMS_BYTE = 128  # a connection holds a shared lock on this byte of -shm while it has the database open
+
+
+class NotWal(MulliganError):
+    kind = "not-wal"
+
+
+@dataclass
+class Commit:
+    frame: int
+    db_pages: int
+    pages: dict[int, bytes]
+    seen: float
+    by: str = "app"  # app | mulligan:<why>
+
+
+@dataclass
+class Poll:
+    commits: list[Commit] = field(default_factory=list)
+    restarted: bool = False  # the WAL started over since the last poll
+    continuous: bool = True  # everything before the restart was captured and backfilled
+    header: wal.IndexHeader | None = None
+
+
+@dataclass
+class Observation:
+    """Facts about the state a reader sees: what rollback detection compares."""
+
+    target_id: str | None
+    generation: int | None
+    seq: dict[str, int]
+    maxrow: dict[str, int]
+    autoinc: set[str]
+    time: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"target_id": self.target_id, "generation": self.generation, "seq": self.seq,
+                "maxrow": self.maxrow, "autoinc": sorted(self.autoinc)}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> "Observation | None":
+        if not d:
+            return None
+        return cls(d.get("target_id"), d.get("generation"), dict(d.get("seq") or {}), dict(d.get("maxrow") or {}),
+                   set(d.get("autoinc") or []))
+
+
+def _ino(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_dev, st.st_ino)
+
+
+class Tailer:
+    def __init__(self, path: str, busy_ms: int = 50):
+        self.path = os.path.abspath(path)
+        self.busy_ms = busy_ms
+        self._readers: list[apsw.Connection] = []
+        self._active = 0
+        self._w: apsw.Connection | None = None
+        self._ck: apsw.Connection | None = None
+        self.db_fd: int | None = None
+        self.wal_fd: int | None = None
+        self.shm_fd: int | None = None
+        self.page_size = 0
+        self.salts: tuple[int, int] | None = None
+        self.frame = 0  # last WAL frame captured in this WAL generation
+        self.last: wal.IndexHeader | None = None
+        self.own: dict[tuple, str] = {}  # (salts, commit frame) -> why, for our own writes
+        self._own_frame = 0
+        self._schema: tuple[int, list[str], set[str]] | None = None
+        self.inodes: dict[str, tuple[int, int]] = {}
+
+    # ---- lifecycle ------------------------------------------------------------
+    def open(self) -> None:
+        info = sniff(self.path)  # no SQLite lock is held yet: plain open/close is safe here
+        if not info.wal_mode:
+            raise NotWal(f"{self.path} is not in WAL mode: continuous capture needs it",
+                         unchanged="nothing was captured",
+                         hint="switch the database to WAL (PRAGMA journal_mode=WAL) in the application; "
+                              "'mulligan snapshot' still works meanwhile")
+        try:
+            for _ in range(2):
+                c = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+                c.set_busy_timeout(2000)
+                c.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints are ours, on purpose
+                self._readers.append(c)
+            self._w = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+            self._w.set_busy_timeout(self.busy_ms)
+            self._w.set_wal_hook(self._wal_hook)
+            self._ck = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+            self._ck.execute("PRAGMA wal_autocheckpoint=0")
+            self._begin(self._readers[0])
+        except apsw.BusyError:
+            self.close()
+            raise DatabaseBusy(f"{self.path} stayed locked", hint="watch retries by itself") from None
+        except apsw.Error as exc:
+            self.close()
+            raise NotADatabase(f"cannot open {self.path} for capture: {exc}") from None
+        # The read transaction exists, so -wal and -shm exist. Open each once, for good.
+        self.db_fd = os.open(self.path, os.O_RDONLY)
+        self.wal_fd = os.open(self.path + "-wal", os.O_RDONLY)
+        self.shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
+        self.inodes = {s: _ino(os.fstat(fd)) for s, fd in (("", self.db_fd), ("-wal", self.wal_fd), ("-shm", self.shm_fd))}
+
+    def close(self) -> None:
+        for c in self._readers + [self._w, self._ck]:
+            if c is not None:
+                try:
+                    c.close()
+                except apsw.Error:
+                    pass
+        self._readers, self._w, self._ck = [], None, None
+        # Descriptors last: every connection is closed, no lock is left to drop.
+        for fd in (self.db_fd, self.wal_fd, self.shm_fd):
+            if fd is not None:
+                os.close(fd)
+        self.db_fd = self.wal_fd = self.shm_fd = None
+
+    def _begin(self, conn: apsw.Connection) -> None:
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+
+    @staticmethod
+    def _end(conn: apsw.Connection) -> None:
+        try:
+            conn.execute("COMMIT")
+        except apsw.Error:
+            pass
+
+    def _turn(self) -> None:
+        """Begin a read on the other reader, then end the current one: one is always held."""
+        nxt = 1 - self._active
+        self._begin(self._readers[nxt])
+        self._end(self._readers[self._active])
+        self._active = nxt
+
+    @property
+    def reader(self) -> apsw.Connection:
+        return self._readers[self._active]
+
+    # ---- reading ----------------------------------------------------------------
+    def header(self) -> wal.IndexHeader:
+        h = wal.read_index_header(self.shm_fd)
+        if h is None:
+            raise DatabaseBusy(f"the wal-index of {self.path} cannot be read consistently", hint="watch retries by itself")
+        return h
+
+    def full_state(self) -> tuple[int, list[bytes], wal.IndexHeader]:
+        """Every page of the state at the last commit, under the held read transaction.
+
+        Main file overlaid by the latest frame of each page up to mxFrame; if the
+        WAL restarted during the read (possible only while we hold read mark 0),
+        read again. Sets the capture position to that commit."""
+        for _ in range(10):
+            h = self.header()
+            ps = h.page_size
+            overlay: dict[int, bytes] = {}
+            count = 0
+            if h.mx_frame:
+                fr = wal.read_commits(self.wal_fd, 0, h.mx_frame, ps, h.salts)
+                if fr.bad:
+                    self._turn()
+                    continue
+                for _f, size, pages in fr.commits:
+                    overlay.update(pages)
+                    count = size
+            raw = os.pread(self.db_fd, 100, 0)
+            size_now = os.fstat(self.db_fd).st_size
+            if not count:
+                if not raw:
+                    raise NotADatabase(f"{self.path} is empty")
+                hdr = parse_header(raw, size_now, self.path)
+                ps, count = hdr.page_size, hdr.page_count
+            pages: list[bytes] = []
+            step = 1024
+            for start in range(1, count + 1, step):
+                n = min(step, count - start + 1)
+                blob = os.pread(self.db_fd, ps * n, (start - 1) * ps)
+                if len(blob) < ps * n:
+                    blob += bytes(ps * n - len(blob))
+                for i in range(n):
+                    pg = overlay.get(start + i)
+                    pages.append(pg if pg is not None else blob[i * ps:(i + 1) * ps])
+            h2 = self.header()
+            if h2.salts != h.salts or h2.mx_frame < h.mx_frame:
+                self._turn()
+                continue
+            self.page_size, self.salts, self.frame, self.last = ps, h.salts, h.mx_frame, h
+            return count, pages, h
+        raise DatabaseBusy(f"the WAL of {self.path} kept restarting during the read", hint="watch retries by itself")
+
+    def poll(self) -> Poll:
+        """Commits since the last poll, then move the held read forward past them."""
+        h = self.header()
+        res = Poll(header=h)
+        if h.salts != self.salts:
+            prev = self.last
+            res.restarted = True
+            # Normal only when every frame of the old WAL was both captured and backfilled.
+            res.continuous = prev is not None and self.frame == prev.mx_frame and prev.n_backfill >= prev.mx_frame \
+                and h.mx_frame >= 0
+            self.salts, self.frame = h.salts, 0
+        if h.mx_frame < self.frame:  # cannot happen without a restart; treat it as one
+            res.restarted, res.continuous = True, False
+            self.frame = 0
+        if h.mx_frame > self.frame:
+            fr = wal.read_commits(self.wal_fd, self.frame, h.mx_frame, self.page_size or h.page_size, h.salts)
+            now = time.time()
+            for f, size, pages in fr.commits:
+                res.commits.append(Commit(f, size, pages, now, self.own.pop((h.salts, f), "app")))
+            self.frame = fr.last_frame
+        self.last = h
+        self._turn()
+        return res
+
+    # ---- our own writes and checkpoints ---------------------------------------------
+    def _wal_hook(self, _conn, _db, nframes: int) -> int:
+        self._own_frame = nframes
+        return apsw.SQLITE_OK
+
+    @contextmanager
+    def sealed(self) -> Iterator[Poll]:
+        """Hold the write lock: no commit can happen; yields the commits up to now."""
+        assert self._w is not None
+        try:
+            self._w.execute("BEGIN IMMEDIATE")
+        except apsw.BusyError:
+            raise DatabaseBusy("the application holds the write lock", hint="tried again at the next poll") from None
+        try:
+            yield self.poll()
+        finally:
+            if self._w.in_transaction:
+                self._w.execute("ROLLBACK")
+
+    def checkpoint(self) -> dict:
+        """Seal, capture the tail (returned), PASSIVE checkpoint, release. The caller stores the tail."""
+        with self.sealed() as tail:
+            # The writer connection holds a read at the newest commit: backfill may reach it.
+            self._end(self.reader)
+            try:
+                busy, log, done = self._ck.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+            except apsw.BusyError:
+                busy, log, done = 1, -1, -1
+            # Take a read again before the write lock goes: fully backfilled means read mark 0,
+            # which lets the next writer restart the WAL but blocks any backfill past us.
+            self._begin(self.reader)
+            self.last = self.header()
+        return {"tail": tail, "busy": busy, "log": log, "checkpointed": done}
+
+    def write(self, why: str, fn: Callable[[apsw.Connection], object]):
+        """Our own short write transaction; its commit is tagged ``mulligan:<why>``.
+
+        Returns (commits captured before it, fn's result)."""
+        with self.sealed() as before:
+            self._own_frame = 0
+            result = fn(self._w)
+            self._w.execute("COMMIT")
+            if self._own_frame:
+                self.own[(self.salts_now(), self._own_frame)] = f"mulligan:{why}"
+        return before, result
+
+    def salts_now(self) -> tuple[int, int]:
+        return self.header().salts
+
+    def bump_generation(self) -> int | None:
+        return self.write("generation", ident_mod.bump_generation)
+
+    # ---- observing ------------------------------------------------------------------
+    def observe(self) -> Observation:
+        """Identity, generation and counters as the held read sees them."""
+        c = self.reader
+        ident = ident_mod.read(c)
+        schema_version = c.execute("PRAGMA schema_version").fetchone()[0]
+        if self._schema is None or self._schema[0] != schema_version:
+            tables, autoinc = [], set()
+            for name, sql in c.execute("SELECT name, sql FROM sqlite_master WHERE type='table'"):
+                if name.startswith("sqlite_") or ident_mod.is_internal(name) or not sql:
+                    continue
+                upper = sql.upper()
+                if "WITHOUT ROWID" in upper or upper.startswith("CREATE VIRTUAL"):
+                    continue
+                tables.append(name)
+                if "AUTOINCREMENT" in upper:
+                    autoinc.add(name)
+            self._schema = (schema_version, tables, autoinc)
+        _, tables, autoinc = self._schema
+        seq: dict[str, int] = {}
+        if c.execute("SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'").fetchall():
+            seq = {n: int(s) for n, s in c.execute("SELECT name, seq FROM sqlite_sequence") if s is not None}
+        maxrow = {}
+        for t in tables:
+            v = c.execute(f'SELECT max(rowid) FROM "{t}"').fetchone()[0]
+            maxrow[t] = int(v or 0)
+        return Observation(ident.target_id if ident else None, ident.generation if ident else None,
+                           seq, maxrow, set(autoinc), time.time())
+
+    # ---- what changed on disk --------------------------------------------------------
+    def replaced(self) -> list[str]:
+        """Which of the database, -wal, -shm paths now name another file than ours."""
+        out = []
+        for suffix, ino in self.inodes.items():
+            try:
+                if _ino(os.stat(self.path + suffix)) != ino:
+                    out.append(suffix or "db")
+            except FileNotFoundError:
+                out.append(suffix or "db")
+        return out
+
+    def others_attached(self) -> bool:
+        """Does another process hold the database open (its shared lock on -shm's DMS byte)?"""
+        lk = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, SHM_DMS_BYTE, 1, 0)
+        try:
+            got = fcntl.fcntl(self.shm_fd, fcntl.F_GETLK, lk)
+        except OSError:
+            return True
+        return struct.unpack("hhqqi", got)[0] != fcntl.F_UNLCK
+
+    def main_file_pages(self, pgnos: list[int]) -> dict[int, bytes]:
+        out = {}
+        for p in pgnos:
+            out[p] = os.pread(self.db_fd, self.page_size, (p - 1) * self.page_size)
+        return out
+
+    def db_stat(self) -> tuple[int, int]:
+        st = os.fstat(self.db_fd)
+        return (st.st_size, st.st_mtime_ns)
+
+
+def read_plain_pages(path: str) -> tuple[int, list[bytes]]:
+    """Pages of a database file read with plain I/O, WAL ignored (for a file we must not open with SQLite)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise NotFound(f"no database at {path}") from None
+    hdr = parse_header(raw[:100], len(raw), path)
+    ps = hdr.page_size
+    n = hdr.page_count
+    raw = raw[: n * ps].ljust(n * ps, b"\0")
+    return ps, [raw[i * ps:(i + 1) * ps] for i in range(n)]

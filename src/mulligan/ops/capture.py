@@ -1,0 +1,564 @@
+"""Continuous capture of one SQLite target (what ``watch`` runs per target).
+
+Every poll (~100 ms): new commits from the WAL, each stamped with the time it
+was seen, queued into the current segment; rollback signals checked. Every
+flush (<= 0.5 s on a local vault): the segment is stored. Checkpoints are ours:
+at a flush when the WAL is long, or once it has been idle for a second, the
+WAL is sealed (write lock held for a few ms), its tail captured, then
+checkpointed passively. A new base snapshot is made from the page map kept in
+memory (its pages are already stored: only tree nodes are new) every
+``base_interval``, at start, and whenever frames were missed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+
+from ..engines.sqlite.capture import Observation, Poll, Tailer, read_plain_pages
+from ..errors import DatabaseBusy, MulliganError
+from ..model import Target
+from ..timeparse import iso
+from ..vault.codec import ID_LEN
+from . import capture_store as cs
+from . import detect
+from . import incidents as inc_mod
+from .alerts import Alerter, Log
+from .workspace import Workspace
+
+
+@dataclass
+class CaptureOptions:
+    poll_interval: float = 0.1
+    flush_interval: float = 0.5
+    checkpoint_frames: int = 1000
+    idle_checkpoint: float = 1.0
+    base_interval: float = 600.0
+    generation_interval: float = 60.0
+    sample_interval: float = 1.0
+    sample_pages: int = 24
+    status_interval: float = 2.0
+
+    @classmethod
+    def from_config(cls, section: dict, local_vault: bool) -> "CaptureOptions":
+        from ..timeparse import parse_duration
+
+        o = cls()
+        if not local_vault:
+            o.flush_interval = 5.0
+        for name in ("poll_interval", "flush_interval", "idle_checkpoint", "base_interval", "generation_interval",
+                     "sample_interval", "status_interval"):
+            if name in section:
+                v = section[name]
+                setattr(o, name, float(v) if isinstance(v, (int, float)) else parse_duration(str(v)).total_seconds())
+        if "checkpoint_frames" in section:
+            o.checkpoint_frames = int(section["checkpoint_frames"])
+        return o
+
+
+@dataclass
+class CaptureStats:
+    started: float = field(default_factory=time.time)
+    commits: int = 0
+    bytes_stored: int = 0
+    objects_stored: int = 0
+    segments: int = 0
+    bases: int = 0
+    checkpoints: int = 0
+    last_commit: float | None = None
+    last_flush: float | None = None
+    last_ok: float | None = None
+    oldest_pending: float | None = None
+    error: str | None = None
+    incidents_opened: int = 0
+
+
+class TargetCapture:
+    def __init__(self, ws: Workspace, target: Target, options: CaptureOptions, alerter: Alerter, log: Log):
+        self.ws, self.vault, self.target = ws, ws.vault, target
+        self.o, self.alerter, self.log = options, alerter, log
+        self.tailer: Tailer | None = None
+        self.ids: list[bytes] = []
+        self.seg: cs.SegmentWriter | None = None
+        self.base = None
+        self.stats = CaptureStats()
+        self.obs: Observation | None = None  # at the last good point
+        self.last_point: tuple[str, float] | None = None  # (point id, seen time) of the last commit
+        self.suspects: list[tuple[str | None, float | None, str]] = []  # mass commits since the last clean check
+        self.wal_pages: dict[int, int] = {}
+        self.matcher = detect.SnapshotMatcher(self.vault)
+        self._t = {"flush": 0.0, "base": 0.0, "gen": 0.0, "sample": 0.0, "status": 0.0}
+        self._swapped: dict | None = None  # the path names another file; we keep capturing ours
+        self._stale_alerted = False
+        self._zero: bytes | None = None
+        self._rng = random.Random()
+
+    # ---- start / stop -------------------------------------------------------------------
+    def start(self) -> None:
+        t = Tailer(self.target.path)
+        t.open()
+        self.tailer = t
+        try:
+            count, pages, h = t.full_state()
+            prev = self._previous()
+            ids, nbytes = cs.store_pages(self.vault, pages)
+            self.stats.bytes_stored += nbytes
+            self.ids = ids
+            self.wal_pages = {}
+            obs = t.observe()
+            gap = None
+            if prev is not None and prev["ids"] != ids:
+                gap = {"from": iso(prev["time"]), "to": iso(time.time()),
+                       "reason": "the database changed while watch was not running"}
+            self.obs = prev["obs"] if prev is not None else None
+            self._new_base(gap=gap, reason="watch started", bump=False)
+            if prev is not None and gap is not None:
+                self._pre = {i + 1: old for i, old in enumerate(prev["ids"])}
+                self._pre_len = len(prev["ids"])
+                self._check(obs, mass=False, where="the database changed while watch was not running",
+                            lkg=(prev["point"], prev["time"]), discontinuity=True, final=True)
+            self._clean(obs)
+            self._bump_generation()
+            self.log("info", f"{self.target.name}: capturing {self.target.path} ({count} pages, base {self.base.id})")
+            self.stats.last_ok = time.time()
+        except BaseException:
+            t.close()
+            self.tailer = None
+            raise
+
+    def _previous(self) -> dict | None:
+        """The last captured state of this target (ids, time, point, observation), if any."""
+        bases = cs.capture_bases(self.vault, self.target.id)
+        if not bases:
+            return None
+        base = bases[-1]
+        lc = cs.last_commit(self.vault, base)
+        if lc is None:
+            return {"ids": self.vault.page_ids(base), "time": cs._ts(base), "point": base.id,
+                    "obs": Observation.from_json(base.meta.get("observation"))}
+        pid, t, seg = lc
+        _, seq, idx = pid.split(".")
+        cp = cs.materialize_commit(self.vault, base, int(seq), int(idx))
+        return {"ids": cp.resolved_ids, "time": t, "point": pid, "obs": Observation.from_json(seg.get("end", {}).get("observation"))}
+
+    def stop(self) -> None:
+        try:
+            if self.tailer is not None and self._swapped is None:
+                try:
+                    self._apply_poll(self.tailer.poll())
+                except MulliganError:
+                    pass
+            self.flush()
+            self.write_status(stopping=True)
+        finally:
+            if self.tailer is not None:
+                self.tailer.close()
+                self.tailer = None
+
+    # ---- one poll -------------------------------------------------------------------------
+    def step(self, now: float) -> None:
+        t = self.tailer
+        assert t is not None
+        if now - self._t["sample"] >= self.o.sample_interval:
+            self._t["sample"] = now
+            if self._check_files():
+                return
+        res = t.poll()
+        self._apply_poll(res)
+        if now - self._t["flush"] >= self.o.flush_interval:
+            self._maintain(now)
+        if now - self._t["status"] >= self.o.status_interval:
+            self._t["status"] = now
+            self.write_status()
+        self.stats.last_ok = time.time()
+
+    def _apply_poll(self, res: Poll) -> None:
+        if res.restarted:
+            self.wal_pages = {}
+            if not res.continuous:
+                self.reconcile("the WAL restarted without a checkpoint of ours, with frames not captured")
+                return
+            if self._main_mismatch():
+                self.reconcile("the WAL restarted over a main database file that is not the captured state")
+                return
+        if not res.commits:
+            return
+        mass = False
+        for c in res.commits:
+            before = self.last_point
+            point, ids = self.seg.add(c.seen, c.frame, c.db_pages, c.pages, c.by)
+            self._apply_ids(c.db_pages, ids)
+            for pgno in c.pages:
+                self.wal_pages[pgno] = c.frame
+            self.last_point = (point, c.seen)
+            self.stats.commits += 1
+            self.stats.last_commit = c.seen
+            if self.stats.oldest_pending is None:
+                self.stats.oldest_pending = c.seen
+            if c.by == "app" and len(c.pages) >= max(4, 0.5 * c.db_pages):
+                mass = True
+                self.suspects.append((before[0] if before else None, before[1] if before else None, point))
+        if all(c.by != "app" for c in res.commits):
+            self.obs = self.tailer.observe()
+            return
+        self._check(self.tailer.observe(), mass=mass, where="during capture")
+
+    def _apply_ids(self, n: int, ids: dict[int, bytes]) -> None:
+        pre = self._pre
+        for pgno in ids:
+            if pgno not in pre and pgno <= len(self.ids):
+                pre[pgno] = self.ids[pgno - 1]
+        if n < len(self.ids):
+            del self.ids[n:]
+        elif n > len(self.ids):
+            self.ids.extend([b""] * (n - len(self.ids)))
+        for pgno, cid in ids.items():
+            if pgno <= n:
+                self.ids[pgno - 1] = cid
+
+    # ---- rollback detection ----------------------------------------------------------------
+    def _check(self, obs: Observation, *, mass: bool, where: str, lkg: tuple | None = None,
+               discontinuity: bool = False, final: bool = False) -> None:
+        sig = detect.compare(self.obs, obs)
+        suspicious = mass or discontinuity or bool(self.suspects)
+        if sig.any and not suspicious and not final and not self._deferred:
+            # Signals but the commit that caused them may not be captured yet: look again next poll,
+            # so the last good point is exact.
+            self._deferred = True
+            return
+        rolled_to, score = None, 0.0
+        if suspicious or sig.strong:
+            m, score = self._match(obs)
+            lkg_score = self._lkg_score()
+            if m is not None and score >= detect.MATCH_MIN and score > lkg_score:
+                rolled_to = m
+        is_rollback = bool(sig.strong) or (suspicious and (bool(sig.weak) or rolled_to is not None))
+        if is_rollback and sig.generation_up and not any(x.startswith("the identity stamp") for x in sig.strong):
+            detect.record(self.vault, self.target, "in-place restore observed",
+                          {"signals": sig.strong + sig.weak, "where": where})
+            self.log("notice", f"{self.target.name}: an in-place restore by Mulligan was observed (generation "
+                               "advanced); recorded, not an alarm")
+            is_rollback = False
+        if is_rollback:
+            if lkg is None:
+                lkg = (self.suspects[0][0], self.suspects[0][1]) if self.suspects else self._clean_point
+            self._rollback(obs, sig.strong + sig.weak, lkg, rolled_to, score, where)
+        self._clean(obs)
+
+    def _clean(self, obs: Observation) -> None:
+        self.obs = obs
+        self._clean_point = self.last_point
+        self.suspects = []
+        self._deferred = False
+        self._pre = {}
+        self._pre_len = len(self.ids)
+
+    def _lkg_score(self) -> float:
+        """How much the state now matches the last good state (pages rewritten with new content differ)."""
+        n_new, n_old = len(self.ids), self._pre_len
+        common = min(n_new, n_old)
+        differ = sum(1 for p, old in self._pre.items() if p <= common and self.ids[p - 1] != old)
+        return (common - differ) / max(n_new, n_old, 1)
+
+    _clean_point: tuple | None = None
+    _deferred: bool = False
+    _pre: dict = {}
+    _pre_len: int = 0
+
+    def _match(self, obs: Observation):
+        try:
+            tids = [self.target.id, obs.target_id] if obs else [self.target.id]
+            exclude = self.base.id if self.base is not None and self.base.meta.get("reason") != "periodic" else None
+            return self.matcher.best(self.ids, tids, before=time.time(), exclude=exclude)
+        except MulliganError as exc:
+            self.log("warning", f"{self.target.name}: could not compare with older snapshots: {exc.message}")
+            return None, 0.0
+
+    def _rollback(self, obs: Observation, signals: list[str], lkg, rolled_to, score, where: str,
+                  raise_now: bool = True) -> dict:
+        now = time.time()
+        self.flush()  # the last good commit must be stored before the incident names it
+        chain_base = None
+        if lkg and lkg[0] and cs.is_commit_id(lkg[0]):
+            chain_base = lkg[0].split(".")[0]
+        elif lkg and lkg[0]:
+            chain_base = lkg[0]
+        rb = detect.Rollback(signals=signals, detected_at=now, last_good_point=lkg[0] if lkg else None,
+                             last_good_time=lkg[1] if lkg else None, rolled_back_to=rolled_to, match=score,
+                             chain_base=chain_base, detail=where)
+        inc = detect.open_rollback(self.vault, self.target, rb)
+        self.stats.incidents_opened += 1
+        raised, no_counter, detail = {}, [], {}
+        lost = self.obs
+        if lost is not None and raise_now:
+            plan, no_counter, detail = detect.counter_plan(lost, obs)
+            try:
+                if plan:
+                    before, raised = self.tailer.write("counters", lambda c: detect.apply_counters(c, plan))
+                    self._apply_poll_quiet(before)
+            except MulliganError as exc:
+                inc_mod.add_event(self.vault, inc, "counters not raised", exc.message)
+        inc["counters"] = {"raised": raised, "no_counter": no_counter, "no_counter_detail": detail,
+                           **({"deferred": "raised when the application reopens the file at the path"} if not raise_now else {})}
+        text = detect.describe(self.target, rb) + f". Incident {inc['id']}."
+        if raised:
+            text += " Counters raised: " + ", ".join(f"{t}→{v}" for t, v in raised.items()) + "."
+        if no_counter:
+            text += " No counter to raise (ids will be reused): " + ", ".join(no_counter) + "."
+        payload = {"incident": {k: inc.get(k) for k in ("id", "target_name", "kind", "opened_at", "last_good",
+                                                         "rolled_back_to", "counters")}}
+        inc.setdefault("alerts", []).append(self.alerter.alert("rollback", text, payload))
+        inc["timeline"].append({"time": iso(now), "event": "alert sent", "detail": text})
+        if raised:
+            inc["timeline"].append({"time": iso(time.time()), "event": "counters raised", "detail": raised})
+        inc_mod.save(self.vault, inc)
+        detect.record(self.vault, self.target, "counters raised" if raised else "rollback alert",
+                      {"incident": inc["id"], "raised": raised, "no_counter": no_counter})
+        return inc
+
+    def _apply_poll_quiet(self, res: Poll) -> None:
+        for c in res.commits:
+            point, ids = self.seg.add(c.seen, c.frame, c.db_pages, c.pages, c.by)
+            self._apply_ids(c.db_pages, ids)
+            for pgno in c.pages:
+                self.wal_pages[pgno] = c.frame
+            self.last_point = (point, c.seen)
+            self.stats.commits += 1
+            self.stats.last_commit = c.seen
+            if self.stats.oldest_pending is None:
+                self.stats.oldest_pending = c.seen
+
+    # ---- files under us --------------------------------------------------------------------
+    def _check_files(self) -> bool:
+        """Path replaced, -wal/-shm replaced, main file edited outside SQLite. True if handled."""
+        t = self.tailer
+        replaced = t.replaced()
+        if self._swapped is not None:
+            if not t.others_attached():
+                self._switch_to_path()
+                return True
+            return False
+        if "db" in replaced:
+            self._on_swap()
+            return False
+        if replaced:
+            self.reopen(f"{', '.join(replaced)} beside the database was replaced or removed")
+            return True
+        if self._main_mismatch():
+            self.reconcile("the main database file changed outside SQLite's WAL")
+            return True
+        return False
+
+    def _main_mismatch(self) -> bool:
+        t = self.tailer
+        h = t.last
+        nb = h.n_backfill if h is not None else 0
+        n = len(self.ids)
+        if not n:
+            return False
+        cands = [1] + [self._rng.randint(1, n) for _ in range(self.o.sample_pages)]
+        pgs = [p for p in dict.fromkeys(cands) if self.wal_pages.get(p, 0) <= nb]
+        if not pgs:
+            return False
+        for attempt in range(2):
+            pages = t.main_file_pages(pgs)
+            bad = [p for p, data in pages.items() if self.vault.codec.chunk_id(data) != self.ids[p - 1]]
+            if not bad:
+                return False
+            time.sleep(0.02)  # a checkpoint may be writing those pages: look again
+            h2 = t.header()
+            pgs = [p for p in bad if self.wal_pages.get(p, 0) <= h2.n_backfill]
+            if not pgs:
+                return False
+        return True
+
+    def _on_swap(self) -> None:
+        """Someone moved another file over the path while the app holds ours open."""
+        now = time.time()
+        self.log("error", f"{self.target.name}: {self.target.path} now names another file; "
+                          "still capturing what the application writes into the one it holds open")
+        try:
+            ps, pages = read_plain_pages(self.target.path)
+            ids = [self.vault.codec.chunk_id(p) for p in pages]
+        except MulliganError as exc:
+            ids, pages = [], []
+            self.log("warning", f"{self.target.name}: cannot read the file now at the path: {exc.message}")
+        m, score = self.matcher.best(ids, [self.target.id], before=now) if ids else (None, 0.0)
+        self.flush()
+        lkg = self.last_point or (self.base.id, cs._ts(self.base))
+        inc = self._rollback(self.obs or self.tailer.observe(), [
+            f"the file at {self.target.path} is no longer the file being captured (inode changed)"],
+            lkg, m if score >= detect.MATCH_MIN else None, score, "file moved over the path", raise_now=False)
+        self._swapped = {"incident": inc["id"], "at": now, "lost": self.obs}
+
+    def _switch_to_path(self) -> None:
+        """The application let go of the old file: capture the file now at the path."""
+        info = self._swapped
+        self.log("notice", f"{self.target.name}: no process holds the replaced file any more; "
+                           f"capturing the file now at {self.target.path}")
+        self.flush()
+        self.tailer.close()
+        self.tailer = None
+        self._swapped = None
+        self._reopen_tailer()
+        count, pages, h = self.tailer.full_state()
+        ids, nbytes = cs.store_pages(self.vault, pages)
+        self.stats.bytes_stored += nbytes
+        self.ids, self.wal_pages = ids, {}
+        obs = self.tailer.observe()
+        raised, no_counter = {}, []
+        lost = info.get("lost")
+        if lost is not None:
+            plan, no_counter, _ = detect.counter_plan(lost, obs)
+            if plan:
+                before, raised = self.tailer.write("counters", lambda c: detect.apply_counters(c, plan))
+        self._new_base(gap=None, reason="switched to the file now at the path")
+        self._apply_poll(self.tailer.poll())
+        try:
+            inc = inc_mod.get(self.vault, info["incident"])
+            inc["counters"]["raised"] = raised
+            inc["counters"].pop("deferred", None)
+            inc_mod.add_event(self.vault, inc, "capture switched to the file at the path", {"counters_raised": raised})
+        except MulliganError:
+            pass
+        self.obs = self.tailer.observe()
+
+    def _reopen_tailer(self) -> None:
+        t = Tailer(self.target.path)
+        t.open()
+        self.tailer = t
+
+    def reopen(self, why: str) -> None:
+        self.log("warning", f"{self.target.name}: {why}; opening the database again")
+        self.flush()
+        self.tailer.close()
+        self.tailer = None
+        self._reopen_tailer()
+        self.reconcile(why)
+
+    def reconcile(self, why: str) -> None:
+        """Read the whole state again; if it is not the captured one, start a new base and check it."""
+        t = self.tailer
+        count, pages, h = t.full_state()
+        ids, nbytes = cs.store_pages(self.vault, pages)
+        self.stats.bytes_stored += nbytes
+        self.wal_pages = {}
+        if ids == self.ids:
+            self.log("info", f"{self.target.name}: {why}; the state is the captured one, nothing was missed")
+            return
+        self.log("warning", f"{self.target.name}: {why}; the state differs from the captured one: new base snapshot")
+        lkg = self.last_point
+        self._pre = {i + 1: old for i, old in enumerate(self.ids)}
+        self._pre_len = len(self.ids)
+        self.flush()
+        self.ids = ids
+        gap = {"from": iso(lkg[1]) if lkg else None, "to": iso(time.time()), "reason": why}
+        obs = t.observe()
+        self._new_base(gap=gap, reason=why, bump=False)
+        self._check(obs, mass=False, where=why, lkg=lkg, discontinuity=True, final=True)
+        self._bump_generation()
+
+    # ---- flush, checkpoint, base, generation -------------------------------------------------
+    def flush(self) -> None:
+        if self.seg is None:
+            return
+        end = {"observation": self.obs.to_json() if self.obs else None}
+        before_b, before_o = self.seg.bytes_stored, self.seg.objects_stored
+        key = self.seg.flush(end)
+        if key:
+            self.stats.segments += 1
+            self.stats.bytes_stored += self.seg.bytes_stored - before_b
+            self.stats.objects_stored += self.seg.objects_stored - before_o
+            self.stats.last_flush = time.time()
+            self.stats.oldest_pending = None
+
+    def _maintain(self, now: float) -> None:
+        t = self.tailer
+        if self._swapped is None:
+            h = t.last
+            idle = self.stats.last_commit is None or now - self.stats.last_commit >= self.o.idle_checkpoint
+            if h is not None and (h.mx_frame >= self.o.checkpoint_frames or (idle and h.mx_frame > h.n_backfill)):
+                try:
+                    r = t.checkpoint()
+                    self._apply_poll(r["tail"])
+                    self.stats.checkpoints += 1
+                except DatabaseBusy:
+                    pass  # the application is writing or checkpointing: next time
+            if now - self._t["base"] >= self.o.base_interval:
+                self.flush()
+                self._new_base(gap=None, reason="periodic")
+            elif now - self._t["gen"] >= self.o.generation_interval:
+                self._bump_generation()
+        self.flush()
+        self._t["flush"] = now
+
+    def _bump_generation(self) -> None:
+        try:
+            before, gen = self.tailer.bump_generation()
+            self._apply_poll(before)
+            self._t["gen"] = time.time()
+        except DatabaseBusy:
+            pass
+
+    def _new_base(self, gap: dict | None, reason: str, bump: bool = True) -> None:
+        self.flush()
+        ids = self._fill(self.ids)
+        now = time.time()
+        meta = {"reason": reason, "journal_mode": "wal",
+                "observation": self.obs.to_json() if self.obs else None,
+                "generation": self.obs.generation if self.obs else None}
+        if gap:
+            meta["gap_before"] = gap
+        self.base = cs.save_base(self.vault, self.target, self.tailer.page_size, ids, time=now, meta=meta)
+        self.seg = cs.SegmentWriter(self.vault, self.target.id, self.base.id, self.tailer.page_size)
+        self.last_point = (self.base.id, now)
+        self._clean_point = self.last_point
+        self.stats.bases += 1
+        self._t["base"] = now
+        if bump:
+            self._bump_generation()
+
+    def _fill(self, ids: list[bytes]) -> list[bytes]:
+        if all(ids):
+            return ids
+        if self._zero is None:
+            zero = bytes(self.tailer.page_size)
+            zids, _ = cs.store_pages(self.vault, [zero])
+            self._zero = zids[0]
+        return [x or self._zero for x in ids]
+
+    # ---- status ---------------------------------------------------------------------------------
+    def lag(self) -> float:
+        return 0.0 if self.stats.oldest_pending is None else max(0.0, time.time() - self.stats.oldest_pending)
+
+    def status(self) -> dict:
+        s = self.stats
+        return {
+            "target": self.target.name, "target_id": self.target.id, "pid": os.getpid(), "host": socket.gethostname(),
+            "started": iso(s.started), "heartbeat": iso(time.time()), "heartbeat_ts": time.time(),
+            "last_commit": iso(s.last_commit) if s.last_commit else None,
+            "last_flush": iso(s.last_flush) if s.last_flush else None,
+            "last_ok": iso(s.last_ok) if s.last_ok else None,
+            "lag_seconds": round(self.lag(), 3), "commits": s.commits, "bytes_stored": s.bytes_stored,
+            "segments": s.segments, "bases": s.bases, "checkpoints": s.checkpoints,
+            "base": self.base.id if self.base else None, "error": s.error,
+            "swapped": bool(self._swapped),
+        }
+
+    def write_status(self, stopping: bool = False) -> None:
+        st = self.status()
+        st["running"] = not stopping
+        try:
+            self.vault.put_json(status_key(self.target.id), st)
+        except MulliganError:
+            pass
+
+
+def status_key(target_id: str) -> str:
+    return f"{cs.PREFIX}{target_id}/status"
+
+
+_ = ID_LEN

@@ -1,0 +1,369 @@
+"""Capture segments in the vault, and the restore points they make.
+
+A *base* is an ordinary snapshot manifest whose ``meta.capture`` is set; the
+commits seen after it are stored in *segments*, one object per flush::
+
+    capture/<target_id>/<base_id>/<seq:08d>      (zstd-compressed JSON)
+
+    {format, target_id, base, seq, prev, page_size, time_from, time_to,
+     commits: [{t: seen (epoch s), f: WAL frame, n: db size in pages,
+                p: [[pgno, chunk index], ..], by: "app" | "mulligan:<why>"}],
+     chunks: [chunk id hex, ..], end: {observation at the last commit}}
+
+Write order (vault invariants): the pages of a segment go into packs (then
+their index) first, the segment object last; its arrival makes its commits
+restore points. A segment names its base and the previous segment, so the
+state at commit k of segment s is the base's pages overlaid by every commit of
+segments 0..s up to k. Segment objects are never rewritten.
+
+A commit point's id is ``<base id>.<seq>.<index>``; it is accepted wherever a
+snapshot id is (``restore --snapshot``, STATE arguments).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import zstandard
+
+from ..errors import IntegrityError, NotFound
+from ..model import Target
+from ..storage import ObjectMissing
+from ..timeparse import from_iso, iso
+from ..vault import KIND_UNDO, Manifest, Vault, tree
+from ..vault.codec import ID_LEN
+from ..vault.manifest import new_snapshot_id
+from ..vault.packs import T_PAGE, T_TREE, PackWriter
+
+PREFIX = "capture/"
+KIND_COMMIT = "commit"
+_COMMIT_ID = re.compile(r"^([0-9a-f]{16})\.(\d+)\.(\d+)$")
+_cctx = zstandard.ZstdCompressor(level=3)
+_dctx = zstandard.ZstdDecompressor()
+
+
+def segment_prefix(target_id: str, base_id: str) -> str:
+    return f"{PREFIX}{target_id}/{base_id}/"
+
+
+def segment_key(target_id: str, base_id: str, seq: int) -> str:
+    return f"{segment_prefix(target_id, base_id)}{seq:08d}"
+
+
+def commit_id(base_id: str, seq: int, index: int) -> str:
+    return f"{base_id}.{seq}.{index}"
+
+
+def is_commit_id(spec: str) -> bool:
+    return bool(_COMMIT_ID.match(spec.strip().lower()))
+
+
+def encode_segment(seg: dict, vault: Vault) -> bytes:
+    return vault.codec.seal(_cctx.compress(json.dumps(seg, separators=(",", ":")).encode()))
+
+
+def decode_segment(data: bytes, vault: Vault, key: str) -> dict:
+    try:
+        return json.loads(_dctx.decompress(vault.codec.unseal(data), max_output_size=1 << 30))
+    except (zstandard.ZstdError, ValueError):
+        raise IntegrityError(f"capture segment {key} is damaged", hint="run 'mulligan verify'") from None
+
+
+# ---- writing --------------------------------------------------------------------
+@dataclass
+class SegmentWriter:
+    """Collects commits between flushes; pages go through one PackWriter per flush."""
+
+    vault: Vault
+    target_id: str
+    base_id: str
+    page_size: int
+    seq: int = 0
+    pending: list[dict] = field(default_factory=list)
+    chunk_list: list[bytes] = field(default_factory=list)
+    chunk_pos: dict[bytes, int] = field(default_factory=dict)
+    writer: PackWriter | None = None
+    bytes_stored: int = 0
+    objects_stored: int = 0
+
+    def next_commit_id(self) -> str:
+        return commit_id(self.base_id, self.seq, len(self.pending))
+
+    def add(self, seen: float, frame: int, db_pages: int, pages: dict[int, bytes], by: str) -> tuple[str, dict[int, bytes]]:
+        """Queue one commit; return its point id and {pgno: chunk id}."""
+        vault = self.vault
+        idx = vault.index()
+        if self.writer is None:
+            self.writer = PackWriter(vault.storage)
+        ids: dict[int, bytes] = {}
+        fresh: dict[bytes, bytes] = {}
+        for pgno, data in pages.items():
+            cid = vault.codec.chunk_id(data)
+            ids[pgno] = cid
+            if cid not in idx and not self.writer.has(cid) and cid not in fresh:
+                fresh[cid] = data
+        if fresh:
+            for (cid, data), blob in zip(fresh.items(), vault.codec.pack_blobs(list(fresh.values()))):
+                self.writer.add(cid, T_PAGE, blob, len(data))
+        refs = []
+        for pgno in sorted(ids):
+            cid = ids[pgno]
+            pos = self.chunk_pos.get(cid)
+            if pos is None:
+                pos = self.chunk_pos[cid] = len(self.chunk_list)
+                self.chunk_list.append(cid)
+            refs.append([pgno, pos])
+        point = self.next_commit_id()
+        self.pending.append({"t": round(seen, 6), "f": frame, "n": db_pages, "p": refs, "by": by})
+        return point, ids
+
+    def flush(self, end: dict | None = None) -> str | None:
+        """Packs, their index, then the segment object. Returns its key (None when empty)."""
+        if not self.pending:
+            return None
+        w = self.writer
+        if w is not None:
+            w.flush()
+            self.vault._absorb(w)
+            self.bytes_stored += w.bytes_written
+            self.objects_stored += w.objects_written
+        seg = {
+            "format": 1, "target_id": self.target_id, "base": self.base_id, "seq": self.seq,
+            "prev": self.seq - 1 if self.seq else None, "page_size": self.page_size,
+            "time_from": self.pending[0]["t"], "time_to": self.pending[-1]["t"],
+            "commits": self.pending, "chunks": [c.hex() for c in self.chunk_list], "end": end or {},
+        }
+        key = segment_key(self.target_id, self.base_id, self.seq)
+        body = encode_segment(seg, self.vault)
+        self.vault.storage.put(key, body)
+        self.bytes_stored += len(body)
+        self.objects_stored += 1
+        self.seq += 1
+        self.pending, self.chunk_list, self.chunk_pos, self.writer = [], [], {}, None
+        return key
+
+
+def save_base(vault: Vault, target: Target, page_size: int, ids: list[bytes], *, time: float, meta: dict,
+              tag: str | None = "capture") -> Manifest:
+    """A base snapshot from chunk ids whose pages are already stored: only tree nodes are new."""
+    idx = vault.index()
+    writer = PackWriter(vault.storage)
+    new = {"bytes": 0, "chunks": 0}
+
+    def store_node(node: bytes) -> bytes:
+        cid = vault.codec.chunk_id(node)
+        if cid not in idx and not writer.has(cid):
+            blob = vault.codec.pack_blobs([node])[0]
+            writer.add(cid, T_TREE, blob, len(node))
+            new["bytes"] += len(blob)
+            new["chunks"] += 1
+        return cid
+
+    root, depth = tree.build(b"".join(ids), store_node)
+    writer.flush()
+    vault._absorb(writer)
+    parent = vault.latest(target.id)
+    m = Manifest(
+        id=new_snapshot_id(), target_id=target.id, target_name=target.name, time=iso(time), kind="snapshot",
+        tag=tag, page_size=page_size, page_count=len(ids), root=root.hex(), depth=depth,
+        logical_size=len(ids) * page_size, new_bytes=new["bytes"], new_chunks=new["chunks"],
+        new_objects=writer.objects_written + 1, parent=parent.id if parent else None,
+        meta={**meta, "capture": True, "env": target.env, "path": target.path},
+    )
+    vault.storage.put(m.key, m.encode())
+    vault.storage.put(f"refs/{target.id}/latest", m.id.encode(), overwrite=True)
+    return m
+
+
+def store_pages(vault: Vault, pages: list[bytes]) -> tuple[list[bytes], int]:
+    """Store (deduplicated) pages read in full; return their chunk ids and bytes newly stored."""
+    idx = vault.index()
+    writer = PackWriter(vault.storage)
+    ids = []
+    for start in range(0, len(pages), 512):
+        batch = pages[start:start + 512]
+        bids = [vault.codec.chunk_id(p) for p in batch]
+        ids.extend(bids)
+        fresh = {}
+        for cid, p in zip(bids, batch):
+            if cid not in idx and not writer.has(cid) and cid not in fresh:
+                fresh[cid] = p
+        if fresh:
+            for (cid, p), blob in zip(fresh.items(), vault.codec.pack_blobs(list(fresh.values()))):
+                writer.add(cid, T_PAGE, blob, len(p))
+    writer.flush()
+    vault._absorb(writer)
+    return ids, writer.bytes_written
+
+
+# ---- reading ----------------------------------------------------------------------
+class CommitPoint(Manifest):
+    """A restore point at one captured commit: a base overlaid by its chain up to the commit."""
+
+    resolved_ids: list[bytes] | None = None
+
+
+def capture_bases(vault: Vault, target_id: str, manifests: list[Manifest] | None = None) -> list[Manifest]:
+    ms = manifests if manifests is not None else vault.manifests(target_id)
+    return [m for m in ms if m.meta.get("capture") and m.kind != KIND_UNDO]
+
+
+def segment_keys(vault: Vault, target_id: str, base_id: str) -> list[str]:
+    return [k for k, _ in vault.storage.list(segment_prefix(target_id, base_id))]
+
+
+def load_segment(vault: Vault, key: str) -> dict:
+    return decode_segment(vault.storage.get(key), vault, key)
+
+
+def last_commit(vault: Vault, base: Manifest) -> tuple[str, float, dict] | None:
+    """(commit id, seen time, segment) of the newest commit in a base's chain, or None."""
+    keys = segment_keys(vault, base.target_id, base.id)
+    for key in reversed(keys):
+        seg = load_segment(vault, key)
+        if seg["commits"]:
+            i = len(seg["commits"]) - 1
+            return commit_id(base.id, seg["seq"], i), seg["commits"][i]["t"], seg
+    return None
+
+
+def _ts(m: Manifest) -> float:
+    return from_iso(m.time).timestamp()
+
+
+def materialize_commit(vault: Vault, base: Manifest, seq: int, index: int) -> CommitPoint:
+    ids = vault.page_ids(base)
+    t = None
+    found = False
+    for key in segment_keys(vault, base.target_id, base.id):
+        seg = load_segment(vault, key)
+        if seg["seq"] > seq:
+            break
+        chunks = [bytes.fromhex(c) for c in seg["chunks"]]
+        for i, c in enumerate(seg["commits"]):
+            n = c["n"]
+            if n < len(ids):
+                del ids[n:]
+            elif n > len(ids):
+                ids.extend([b""] * (n - len(ids)))
+            for pgno, pos in c["p"]:
+                if pgno <= n:
+                    ids[pgno - 1] = chunks[pos]
+            if seg["seq"] == seq and i == index:
+                t, found = c["t"], True
+                break
+        if found:
+            break
+    if not found:
+        raise NotFound(f"no captured commit {commit_id(base.id, seq, index)}",
+                       hint=f"list restore points with 'mulligan snapshots {base.target_name}'")
+    if any(not x for x in ids):
+        raise IntegrityError(f"commit {commit_id(base.id, seq, index)} leaves pages without content",
+                             hint="run 'mulligan verify'")
+    cp = CommitPoint(**{**base.to_json(), "id": commit_id(base.id, seq, index), "time": iso(t), "kind": KIND_COMMIT,
+                        "page_count": len(ids), "logical_size": len(ids) * base.page_size,
+                        "tag": None, "parent": base.id})
+    cp.resolved_ids = ids
+    return cp
+
+
+def resolve_commit(vault: Vault, spec: str) -> CommitPoint:
+    m = _COMMIT_ID.match(spec.strip().lower())
+    if not m:
+        raise NotFound(f"{spec!r} is not a commit point id")
+    base_id, seq, index = m.group(1), int(m.group(2)), int(m.group(3))
+    base = vault.resolve(base_id)
+    return materialize_commit(vault, base, seq, index)
+
+
+def _commit_at(vault: Vault, base: Manifest, when: float) -> tuple[int, int, float] | None:
+    """(seq, index, time) of the last commit of the chain seen at or before ``when``."""
+    best = None
+    for key in segment_keys(vault, base.target_id, base.id):
+        seg = load_segment(vault, key)
+        if seg["time_from"] > when:
+            break
+        for i, c in enumerate(seg["commits"]):
+            if c["t"] <= when:
+                best = (seg["seq"], i, c["t"])
+            else:
+                return best
+    return best
+
+
+def point_at(vault: Vault, target: Target, when: datetime) -> Manifest | None:
+    """The newest restore point at or before ``when``: a captured commit or a snapshot."""
+    ts = when.timestamp()
+    ms = [m for m in vault.manifests(target.id) if m.kind != KIND_UNDO and _ts(m) <= ts]
+    if not ms:
+        return None
+    newest = ms[-1]
+    bases = capture_bases(vault, target.id, ms)
+    if bases:
+        base = bases[-1]
+        hit = _commit_at(vault, base, ts)
+        if hit is not None and hit[2] >= _ts(newest):
+            return materialize_commit(vault, base, hit[0], hit[1])
+    return newest
+
+
+def latest_point(vault: Vault, target: Target) -> Manifest | None:
+    """The last captured commit, or the newest snapshot when that is newer."""
+    m = vault.latest(target.id)
+    ms = None
+    if m is None or not m.meta.get("capture"):
+        ms = vault.manifests(target.id)
+        bases = capture_bases(vault, target.id, ms)
+        base = bases[-1] if bases else None
+    else:
+        base = m
+    if base is None:
+        return m
+    lc = last_commit(vault, base)
+    if lc is None:
+        return m
+    if m is not None and _ts(m) > lc[1]:
+        return m
+    _, seq, idx = lc[0].split(".")
+    return materialize_commit(vault, base, int(seq), int(idx))
+
+
+def coverage(vault: Vault, target: Target) -> dict:
+    """From when to when every commit was captured, and the gaps."""
+    bases = capture_bases(vault, target.id)
+    if not bases:
+        return {"from": None, "to": None, "gaps": [], "bases": 0}
+    last = last_commit(vault, bases[-1])
+    to = iso(last[1]) if last else bases[-1].time
+    gaps = []
+    for b in bases[1:]:
+        g = b.meta.get("gap_before")
+        if g:
+            gaps.append({"from": g.get("from"), "to": g.get("to") or b.time, "reason": g.get("reason", "")})
+    return {"from": bases[0].time, "to": to, "gaps": gaps, "bases": len(bases)}
+
+
+def chain_chunks(vault: Vault, target_id: str, base_id: str) -> set[bytes]:
+    out: set[bytes] = set()
+    for key in segment_keys(vault, target_id, base_id):
+        out.update(bytes.fromhex(c) for c in load_segment(vault, key)["chunks"])
+    return out
+
+
+def all_segment_bases(vault: Vault) -> dict[tuple[str, str], list[str]]:
+    out: dict[tuple[str, str], list[str]] = {}
+    for key, _ in vault.storage.list(PREFIX):
+        parts = key.split("/")
+        if len(parts) == 4 and parts[3].isdigit():
+            out.setdefault((parts[1], parts[2]), []).append(key)
+    return out
+
+
+def now_ts() -> float:
+    return datetime.now(timezone.utc).timestamp()
+
+
+_ = (ID_LEN, ObjectMissing)

@@ -1,0 +1,201 @@
+"""The ``watch`` loop: every target captured, retried when it fails, watched for staleness.
+
+One thread does the polling for every target (SQLite work is a few syscalls per
+poll); alert delivery and the metrics endpoint have their own threads so
+neither can hold up capture. ``stop()`` (SIGTERM) makes the loop take a last
+poll of every target, store it and exit.
+
+While it runs, the watcher holds a writer lease in the vault (prune defers data
+removal) whose purpose starts with ``watch`` and carries the pid: guards use
+:func:`watcher_pids` to tell the watcher's own connections from live use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ..errors import MulliganError
+from ..model import Target
+from ..timeparse import human_age, iso
+from ..vault.locks import STALE_AFTER, Lease, live_leases
+from .alerts import Alerter, Log
+from .capture import CaptureOptions, TargetCapture
+from .targets import open_incident_count
+from .workspace import Workspace
+
+WATCH_PURPOSE = "watch"
+
+
+def watcher_pids(ws: Workspace, host: str | None = None) -> list[dict]:
+    """Live watch processes registered in the vault: [{pid, host, targets, heartbeat}]."""
+    out = []
+    for lease in live_leases(ws.vault.storage, "writer"):
+        if str(lease.get("purpose", "")).startswith(WATCH_PURPOSE):
+            if host is None or lease.get("host") == host:
+                out.append(lease)
+    return out
+
+
+@dataclass
+class Slot:
+    target: Target
+    capture: TargetCapture | None = None
+    last_try: float = 0.0
+    last_ok: float = field(default_factory=time.time)
+    error: str | None = None
+    stale: bool = False
+
+
+class Watcher:
+    def __init__(self, ws: Workspace, targets: list[Target], options: CaptureOptions, alerter: Alerter, log: Log,
+                 retry_every: float = 2.0):
+        self.ws, self.options, self.alerter, self.log = ws, options, alerter, log
+        self.slots = [Slot(t) for t in targets]
+        self.retry_every = retry_every
+        self._stop = threading.Event()
+        self.lease: Lease | None = None
+        self.metrics_server: ThreadingHTTPServer | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ---- the loop -------------------------------------------------------------------
+    def run(self) -> None:
+        names = ",".join(s.target.name for s in self.slots)
+        self.lease = Lease(self.ws.vault.storage, "writer", f"{WATCH_PURPOSE} {names}").acquire()
+        self.log("info", f"watch started (pid {os.getpid()}) for {names}; poll every "
+                         f"{self.options.poll_interval * 1000:.0f} ms, store every {self.options.flush_interval:g} s")
+        try:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                for slot in self.slots:
+                    self._step(slot)
+                spent = time.monotonic() - t0
+                self._stop.wait(max(0.0, self.options.poll_interval - spent))
+        finally:
+            for slot in self.slots:
+                if slot.capture is not None:
+                    try:
+                        slot.capture.stop()
+                        self.log("info", f"{slot.target.name}: stopped; {slot.capture.stats.commits} commits captured, "
+                                         "everything seen is stored")
+                    except MulliganError as exc:
+                        self.log("error", f"{slot.target.name}: could not store the last commits: {exc.one_line()}")
+            self.alerter.drain(3.0)
+            self.lease.release()
+            if self.metrics_server is not None:
+                self.metrics_server.shutdown()
+            self.log("info", "watch stopped")
+
+    def _step(self, slot: Slot) -> None:
+        now = time.time()
+        try:
+            if slot.capture is None:
+                if now - slot.last_try < self.retry_every:
+                    self._check_stale(slot, now)
+                    return
+                slot.last_try = now
+                cap = TargetCapture(self.ws, slot.target, self.options, self.alerter, self.log)
+                cap.start()
+                slot.capture = cap
+            slot.capture.step(now)
+            slot.last_ok = time.time()
+            slot.error = None
+            if slot.stale:
+                slot.stale = False
+                self.log("notice", f"{slot.target.name}: capture is working again")
+        except MulliganError as exc:
+            self._failed(slot, exc.one_line())
+        except OSError as exc:
+            self._failed(slot, f"{exc.__class__.__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one target's bug must not stop the others' capture
+            import apsw
+
+            if isinstance(exc, apsw.Error):
+                self._failed(slot, f"SQLite: {exc}")
+            else:
+                self._failed(slot, f"{exc.__class__.__name__}: {exc}")
+        self._check_stale(slot, time.time())
+
+    def _failed(self, slot: Slot, message: str) -> None:
+        if message != slot.error:
+            self.log("error", f"{slot.target.name}: capture failed: {message}")
+        slot.error = message
+        if slot.capture is not None:
+            slot.capture.stats.error = message
+            if slot.capture.tailer is None or "SQLite" in message or "OSError" in message:
+                try:
+                    slot.capture.stop()
+                except Exception:
+                    pass
+                slot.capture = None
+                slot.last_try = time.time()
+
+    def _check_stale(self, slot: Slot, now: float) -> None:
+        age = now - slot.last_ok
+        if not slot.stale and age > self.alerter.stale_after:
+            slot.stale = True
+            t = slot.target
+            text = (f"capture of {t.env} database {t.name!r} ({t.path}) is stale: nothing captured for "
+                    f"{human_age(age)}" + (f"; last error: {slot.error}" if slot.error else ""))
+            self.alerter.alert("stale-capture", text, {"target": t.name, "last_ok": iso(slot.last_ok),
+                                                       "error": slot.error})
+
+    # ---- metrics ----------------------------------------------------------------------
+    def metrics(self) -> str:
+        lines = []
+        def add(name, help_, kind, values):
+            lines.append(f"# HELP {name} {help_}")
+            lines.append(f"# TYPE {name} {kind}")
+            for target, v in values:
+                lines.append(f'{name}{{target="{target}"}} {v}')
+        caps = [(s.target.name, s.capture) for s in self.slots]
+        add("mulligan_capture_lag_seconds", "Age of the oldest commit seen but not yet stored in the vault.", "gauge",
+            [(n, round(c.lag(), 3) if c else "NaN") for n, c in caps])
+        add("mulligan_capture_last_ok_age_seconds", "Seconds since capture last worked.", "gauge",
+            [(s.target.name, round(time.time() - s.last_ok, 3)) for s in self.slots])
+        add("mulligan_commits_captured_total", "Commits captured since watch started.", "counter",
+            [(n, c.stats.commits if c else 0) for n, c in caps])
+        add("mulligan_bytes_stored_total", "Bytes written to the vault since watch started.", "counter",
+            [(n, c.stats.bytes_stored if c else 0) for n, c in caps])
+        add("mulligan_checkpoints_total", "Checkpoints run by the watcher.", "counter",
+            [(n, c.stats.checkpoints if c else 0) for n, c in caps])
+        open_inc = []
+        for s in self.slots:
+            try:
+                open_inc.append((s.target.name, open_incident_count(self.ws, s.target.id)))
+            except MulliganError:
+                open_inc.append((s.target.name, "NaN"))
+        add("mulligan_incidents_open", "Open incidents.", "gauge", open_inc)
+        add("mulligan_alerts_failed_total", "Alerts that could not be delivered.", "counter",
+            [(s.target.name, self.alerter.failed) for s in self.slots])
+        return "\n".join(lines) + "\n"
+
+    def serve_metrics(self, port: int) -> int:
+        watcher = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                if self.path.split("?")[0] not in ("/metrics", "/"):
+                    self.send_error(404)
+                    return
+                body = watcher.metrics().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.metrics_server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.metrics_server.serve_forever, name="mulligan-metrics", daemon=True).start()
+        return self.metrics_server.server_address[1]
+
+
+_ = STALE_AFTER

@@ -1,0 +1,64 @@
+"""status: per target, the last capture, its lag, coverage and open incidents.
+
+Read from the vault only (the watcher's heartbeat object and the capture
+chain), so it works from any machine that can read the vault.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import MulliganError
+from ..model import Target
+from ..storage import ObjectMissing
+from ..timeparse import from_iso, human_age
+from . import capture_store as cs
+from . import incidents as inc_mod
+from .capture import status_key
+from .workspace import Workspace
+
+STALE_AFTER = 60.0
+
+
+def target_status(ws: Workspace, target: Target, stale_after: float = STALE_AFTER) -> dict:
+    vault = ws.vault
+    now = time.time()
+    try:
+        hb = vault.get_json(status_key(target.id))
+    except (ObjectMissing, MulliganError, ValueError):
+        hb = None
+    cov = cs.coverage(vault, target)
+    last = vault.latest(target.id)
+    last_capture = cov["to"] or (last.time if last else None)
+    age = now - from_iso(last_capture).timestamp() if last_capture else None
+    running = bool(hb and hb.get("running") and now - hb.get("heartbeat_ts", 0) < max(stale_after, 10))
+    problems = []
+    if hb is None:
+        problems.append("no watch has ever captured this target")
+    elif not running:
+        problems.append("watch is not running for this target" if not hb.get("running") else
+                        f"the watcher's heartbeat is {human_age(now - hb.get('heartbeat_ts', 0))} old")
+    if hb and hb.get("error"):
+        problems.append(f"last capture error: {hb['error']}")
+    open_incidents = [
+        {"id": i["id"], "kind": i.get("kind"), "opened_at": i.get("opened_at"), "title": i.get("title")}
+        for i in inc_mod.list_incidents(vault, target.id) if i.get("status", "open") == "open"
+    ]
+    return {
+        "name": target.name, "id": target.id, "env": target.env, "path": target.path,
+        "watch": {"running": running, "pid": hb.get("pid") if hb else None, "host": hb.get("host") if hb else None,
+                  "heartbeat": hb.get("heartbeat") if hb else None, "commits": hb.get("commits") if hb else None,
+                  "bytes_stored": hb.get("bytes_stored") if hb else None},
+        "last_capture": last_capture,
+        "last_capture_age_seconds": round(age, 3) if age is not None else None,
+        "lag_seconds": hb.get("lag_seconds") if hb and running else None,
+        "stale": not running,
+        "coverage": cov,
+        "open_incidents": open_incidents,
+        "problems": problems,
+    }
+
+
+def status(ws: Workspace, name: str | None = None, stale_after: float = STALE_AFTER) -> list[dict]:
+    targets = [ws.target(name)] if name else list(ws.config.targets.values())
+    return [target_status(ws, t, stale_after) for t in targets]
