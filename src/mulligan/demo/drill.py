@@ -207,6 +207,16 @@ class Drill:
         raise DrillFailed(f"no incident was opened within {timeout:.0f} s of the rollback",
                           hint=f"see {self.dir / 'watch.log'}")
 
+    def report_the_mistake(self, who_said: str = "the engineer who ran it") -> dict:
+        """What a person adds to the record: when and how production was replaced (the watcher only
+        knows it happened between the last good capture and detection)."""
+        inc = self.refresh()
+        self.incident = inc_ops.add_event(
+            self.ws.vault, inc, "production rolled back",
+            f"{os.path.relpath(self.backup, self.dir)} restored over {os.path.basename(self.db)} with SQLite's backup "
+            f"API (sqlite3 .restore), reported by {who_said}", time=self.mistake_at)
+        return self.incident
+
     def refresh(self) -> dict:
         self.incident = inc_ops.get(self.ws.vault, self.incident["id"])
         return self.incident

@@ -105,10 +105,15 @@ def _story(drill: Drill, say: Say, messages: list[str], started: float, lost_sec
     say(_indent(inc.get("title") or "production went back in time"))
     if det.get("signals"):
         say(_indent("signals: " + ", ".join(det["signals"])))
-    time.sleep(0.5)
-    for text in messages[:2]:
+    deadline = time.monotonic() + 3
+    while not messages and time.monotonic() < deadline:  # the watcher delivers alerts in the background
+        time.sleep(0.05)
+    for text in messages[:1]:
         say("   The team channel received:")
         say(_indent(text.strip()[:600], "     | "))
+
+    drill.report_the_mistake()
+    say("   The engineer who ran the restore adds to the incident when and how it happened.")
 
     impact = drill.assess()
     n = impact["users_affected"]

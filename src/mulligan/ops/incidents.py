@@ -257,9 +257,9 @@ def assemble_timeline(inc: dict, *, audit_entries: list[dict] | None = None, man
         add(det["detected_at"], "rollback detected" if inc.get("kind") == "rollback" else "change detected",
             signals or _text(det.get("detail")), "detected", "detect", "watcher")
     for a in inc.get("alerts") or []:
-        ok = a.get("ok", True)
-        add(a.get("time"), f"alert {'sent to' if ok else 'to'} {a.get('channel', 'the team')}{'' if ok else ' failed'}",
-            a.get("detail"), "alert", "alert", "incident")
+        ok, channel = a.get("ok", True), alert_channel(a)
+        add(a.get("time"), f"alert sent to {channel}" if ok else f"alert to {channel} failed",
+            a.get("detail") or a.get("text"), "alert", "alert", "incident")
     imp = inc.get("impact") or {}
     if imp.get("computed_at"):
         add(imp["computed_at"], "impact computed", f"{users_affected(inc)} users potentially lost data",
@@ -272,13 +272,14 @@ def assemble_timeline(inc: dict, *, audit_entries: list[dict] | None = None, man
     for e in audit_entries or []:
         if e.get("command") in _CHANGING and e.get("time") and e is not ran.get("entry") \
                 and e.get("time", "") >= (lg.get("time") or inc.get("opened_at", "")):
-            add(e["time"], f"mulligan {e['command']} ({e.get('outcome')})", _who(e), "audit", "recover", "audit")
+            fact = "applied" if e["command"] == "recover" and "--apply" in (e.get("argv") or "") else "audit"
+            add(e["time"], f"mulligan {e['command']} ({e.get('outcome')})", _who(e), fact, "recover", "audit")
     for m in manifests or []:
         if getattr(m, "kind", None) == "undo" and m.time >= inc.get("opened_at", ""):
             add(m.time, "undo point taken", m.id, "undo", "recover", "vault")
     for e in inc.get("timeline") or []:
         fact, kind = classify(e.get("event", ""))
-        add(e.get("time"), e.get("event", ""), e.get("detail"), fact, e.get("kind") or kind, "record")
+        add(e.get("time"), e.get("event", ""), _text(e.get("detail")), fact, e.get("kind") or kind, "record")
     return _dedupe(events)
 
 
@@ -301,23 +302,36 @@ def _dedupe(events: list[dict]) -> list[dict]:
         near = [o for o in out if o["fact"] == e["fact"] and abs((from_iso(o["time"]) - t).total_seconds()) < 2]
         if any(o["source"] == "record" or o["event"] == e["event"] for o in near):
             for o in near:
-                if o["source"] == "record" and not o.get("detail"):
-                    o["detail"] = e["detail"]
+                if o["source"] == "record" and e["detail"] and str(e["detail"]) not in str(o.get("detail") or ""):
+                    o["detail"] = f"{o['detail']}; {e['detail']}" if o.get("detail") else e["detail"]
             continue
         out.append(e)
     out.sort(key=lambda e: (e["time"], _ORDER.index(e["fact"]) if e["fact"] in _ORDER else len(_ORDER)))
     return out
 
 
-def change_time(inc: dict) -> str | None:
-    """When production changed: the watcher's reading of the rollback commit, else the detection time."""
+def change_time(inc: dict, *, exact: bool = False) -> str | None:
+    """When production changed: the watcher's or a person's reading of it, else (unless ``exact``)
+    the detection time, the latest it can have been."""
     det = inc.get("detection") or {}
     for key in ("changed_at", "change_time", "rolled_back_at"):
         if det.get(key):
             return det[key]
         if isinstance(det.get("detail"), dict) and det["detail"].get(key):
             return det["detail"][key]
-    return inc.get("changed_at") or det.get("detected_at")
+    if inc.get("changed_at"):
+        return inc["changed_at"]
+    told = [e["time"] for e in inc.get("timeline") or [] if classify(e.get("event", ""))[0] == "change"]
+    if told:
+        return min(told)
+    return None if exact else det.get("detected_at")
+
+
+def alert_channel(a: dict) -> str:
+    if a.get("channel"):
+        return a["channel"]
+    channels = [c for c in a.get("channels") or [] if c != "log"]
+    return " and ".join(channels) if channels else "the log"
 
 
 def what_ran_it(inc: dict, audit_entries: list[dict] | None) -> dict:
@@ -343,7 +357,8 @@ def what_ran_it(inc: dict, audit_entries: list[dict] | None) -> dict:
 
 
 def _who(e: dict) -> str:
-    return f"`{e.get('argv') or e.get('command')}` ({e.get('user')}@{e.get('host')}, pid {e.get('pid')})"
+    # The command and where it ran; never who: the record is for a blameless review.
+    return f"`{e.get('argv') or e.get('command')}` (on {e.get('host')}, pid {e.get('pid')})"
 
 
 def _plus(t: str, seconds: float) -> str:

@@ -75,9 +75,11 @@ def gather(inc: dict, timeline: list[dict], audit_entries: list[dict] | None) ->
             per_table.append({"table": name, "lost": int(n if not isinstance(n, dict) else sum(n.values())),
                               "recovered": None, "remapped": None, "conflicts": None})
     det = inc.get("detection") or {}
-    change = change_time(inc)
+    exact = change_time(inc, exact=True)
+    change = exact or change_time(inc)
     ran = what_ran_it(inc, audit_entries)
     lg = (inc.get("last_good") or {}).get("time")
+    since = exact or lg  # when the change time is unknown, it came after the last good capture
     return {
         "target": inc.get("target_name"),
         "users_affected": users_affected(inc),
@@ -90,9 +92,10 @@ def gather(inc: dict, timeline: list[dict], audit_entries: list[dict] | None) ->
         "window": window(inc),
         "changed_at": change,
         "detected_at": det.get("detected_at"),
-        "detection_seconds": _seconds(change, det.get("detected_at")),
+        "detection_seconds": _seconds(since, det.get("detected_at")),
+        "change_time_known": exact is not None,
         "signals": list(det.get("signals") or []),
-        "capture_age_seconds": _seconds(lg, change),
+        "capture_age_seconds": _seconds(lg, exact or det.get("detected_at")),
         "alerts_ok": sum(1 for a in inc.get("alerts") or [] if a.get("ok", True)),
         "alerts_failed": sum(1 for a in inc.get("alerts") or [] if not a.get("ok", True)),
         "first_alert_at": min((a["time"] for a in inc.get("alerts") or [] if a.get("ok", True) and a.get("time")), default=None),
@@ -175,7 +178,11 @@ def _detection(inc: dict, f: dict) -> list[str]:
     how = ", ".join(f["signals"]) or "the watcher's checks"
     out = [f"Detected by `mulligan watch` at {short_time(f['detected_at'])} from: {how}."]
     if f["detection_seconds"] is not None:
-        out.append(f"Time from the change to detection: {human_age(f['detection_seconds'])}.")
+        if f["change_time_known"]:
+            out.append(f"Time from the change to detection: {_age(f['detection_seconds'])}.")
+        else:
+            out.append(f"Time from the change to detection: at most {_age(f['detection_seconds'])} (the change came "
+                       "after the last good capture; its exact time is not recorded).")
     if f["first_alert_at"]:
         out.append(f"The team was alerted at {short_time(f['first_alert_at'])} "
                    f"({human_age(_seconds(f['changed_at'], f['first_alert_at']) or 0)} after the change).")
@@ -200,7 +207,8 @@ def _response(inc: dict, f: dict, timeline: list[dict]) -> list[str]:
 def _well(f: dict) -> list[str]:
     out = []
     if f["detection_seconds"] is not None and f["detection_seconds"] <= FAST_DETECTION_S:
-        out.append(f"The rollback was noticed {_age(f['detection_seconds'])} after it happened, not hours later.")
+        out.append(f"The rollback was noticed {'' if f['change_time_known'] else 'at most '}"
+                   f"{_age(f['detection_seconds'])} after it happened, not hours later.")
     if f["capture_age_seconds"] is not None and f["capture_age_seconds"] <= STALE_CAPTURE_S:
         out.append(f"The last good state was captured {_age(f['capture_age_seconds'])} before the change, "
                    "so almost nothing was beyond reach.")

@@ -58,10 +58,15 @@ def what_happened(inc: dict) -> str:
     if inc.get("kind") == "rollback":
         to = f" to the snapshot of {short_time(rb['time'])}" if rb.get("time") else " to an older state"
         age = f" ({human_age(rb['age_seconds'])} old)" if rb.get("age_seconds") is not None else ""
-        text = f"{target} was rolled back{to}{age} at {short_time(change)}"
-        if det.get("detected_at") and change:
-            delay = (from_iso(det["detected_at"]) - from_iso(change)).total_seconds()
-            text += f"; Mulligan noticed {human_age(delay)} later"
+        exact = change_time(inc, exact=True)
+        lg = (inc.get("last_good") or {}).get("time")
+        when = f"at {short_time(exact)}" if exact or not lg else f"between {short_time(lg)} and {short_time(change)}"
+        text = f"{target} was rolled back{to}{age} {when}"
+        since = exact or lg
+        if det.get("detected_at") and since:
+            delay = max(0.0, (from_iso(det["detected_at"]) - from_iso(since)).total_seconds())
+            text += f"; Mulligan noticed {'' if exact else 'within '}{'less than a second' if delay < 1 else human_age(delay)}"
+            text += " later" if exact else ""
         return text + "."
     return f"{inc.get('title') or 'incident'} on {target}, opened {short_time(inc.get('opened_at'))}."
 
