@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from mulligan.ops.recover import RecoveryOptions, apply_recovery, plan_recovery
+from mulligan.ops.recover import apply_recovery, plan_recovery
 from test_recover_support import Db, check_invariants, copy_db, connect, file_digest
 
 SCHEMA = """

@@ -18,7 +18,7 @@ from typing import Callable
 
 import apsw
 
-from ..engines.sqlite import merge as m
+from ..engines.sqlite import merge_model as m
 from ..engines.sqlite.merge_apply import apply_on_file, plan_on_file
 from ..engines.sqlite.merge_diff import LostChanges, read_lost_changes
 from ..engines.sqlite.merge_owner import owners

@@ -39,105 +39,18 @@ cycles are written already mapped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import apsw
 
-from .merge_diff import LostChanges, TableChanges
+from .merge_deletes import keep_parents_of_new_children, plan_deletes
+from .merge_diff import LostChanges
+from .merge_model import (
+    CELL, CONFLICT, DELETE_UPDATED, MERGED, MISSING_PARENT, NATURAL_KEY, PARENT_CONFLICT, PRESENT, REMAPPED,
+    REPLAYED, SKIPPED, UNIQUE, UPDATE_DELETED, Allocator, Conflict, MergePlan, Outcome, TablePlan, Write,
+    fmt_key, same, same_row, sort_key,
+)
 from .merge_schema import ForeignKey, Schema, TableInfo, q, read_schema
 
-# Conflict kinds
-CELL = "cell"  # the same cell changed differently on both sides
-UPDATE_DELETED = "update-deleted"  # LOST updated a row CURRENT deleted
-DELETE_UPDATED = "delete-updated"  # LOST deleted a row CURRENT updated
-NATURAL_KEY = "natural-key"  # the same natural key inserted on both sides with different content
-UNIQUE = "unique"  # a UNIQUE value of a LOST row already exists in CURRENT
-PARENT_CONFLICT = "parent-conflict"  # the row refers to a lost row that is not replayed
-MISSING_PARENT = "missing-parent"  # the row refers to a row CURRENT deleted
-
-# Row outcomes
-REPLAYED = "replayed"  # written at its own key
-REMAPPED = "remapped"  # written at a new key
-MERGED = "merged"  # an update merged with CURRENT's changes to other columns of the row
-PRESENT = "present"  # CURRENT already has it exactly (or already deleted it)
-CONFLICT = "conflict"
-SKIPPED = "skipped"  # a delete of a parent whose children were written after the mistake
-
-
-@dataclass
-class Conflict:
-    table: str
-    kind: str
-    key: tuple  # the row's key in LOST
-    reason: str
-    columns: dict[str, dict] = field(default_factory=dict)  # column -> {base, lost, current}
-    rows: dict[str, dict | None] = field(default_factory=dict)  # lost / current / base rows
-
-
-@dataclass
-class Outcome:
-    """Where one lost change ended up."""
-
-    table: str
-    change: str  # insert | update | delete (what LOST did)
-    lost_key: tuple
-    status: str
-    key: tuple | None  # the row's key in CURRENT after the merge (None: not there)
-    detail: str = ""
-
-
-@dataclass
-class Write:
-    table: str
-    op: str  # insert | update | delete
-    key: tuple  # key in CURRENT
-    values: dict = field(default_factory=dict)  # insert: every column; update: the changed ones
-
-
-@dataclass
-class TablePlan:
-    name: str
-    inserts: int = 0
-    updates: int = 0
-    deletes: int = 0
-    remapped: int = 0
-    conflicts: int = 0
-    skipped: int = 0
-    present: int = 0
-
-
-@dataclass
-class MergePlan:
-    tables: dict[str, TablePlan]
-    writes: list[Write]  # in the order they run: deletes (children first), updates, inserts (parents first)
-    key_map: dict[str, dict[tuple, tuple]]  # table -> lost key -> new key (only keys that changed)
-    conflicts: list[Conflict]
-    outcomes: list[Outcome]
-    counters: dict[str, int]  # table -> sqlite_sequence value to end with (only raised ones)
-    skipped_tables: dict[str, str]
-    triggers: dict[str, list[str]]  # triggers on tables the merge writes to
-    pk: dict[str, list[str]]  # key columns of every merged table
-    trigger_sql: dict[str, str] = field(default_factory=dict)  # every trigger of CURRENT: name -> SQL
-    warnings: list[str] = field(default_factory=list)
-
-
-class _Allocator:
-    """Hands out new surrogate keys above everything any state used."""
-
-    def __init__(self, floor: dict[str, int]):
-        self.floor = dict(floor)
-        self.next = {t: v + 1 for t, v in floor.items()}
-
-    def take(self, table: str) -> int:
-        k = self.next[table]
-        self.next[table] = k + 1
-        return k
-
-    def snapshot(self) -> dict[str, int]:
-        return dict(self.next)
-
-    def restore(self, state: dict[str, int]) -> None:
-        self.next = dict(state)
+__all__ = ["plan_merge", "MergePlan", "TablePlan", "Conflict", "Outcome", "Write"]
 
 
 def plan_merge(conn: apsw.Connection, lost: LostChanges) -> MergePlan:
@@ -174,7 +87,7 @@ class _Planner:
             if info.surrogate:
                 tc = lost.tables[n]
                 floors[n] = max(tc.max_key, tc.counter, self._max_key(n), self.seq.get(n, 0))
-        self.alloc = _Allocator(floors)
+        self.alloc = Allocator(floors)
         self._stmt_cache: dict = {}
 
     # -- reading CURRENT -------------------------------------------------
@@ -213,8 +126,8 @@ class _Planner:
 
     def run(self) -> MergePlan:
         for name in self.tables:
-            self._plan_deletes(name)
-        self._keep_parents_of_new_children()
+            plan_deletes(self, name)
+        keep_parents_of_new_children(self)
         for component in self.schema.order():
             comp = [n for n in component if n in self.tables]
             if comp:
@@ -266,7 +179,7 @@ class _Planner:
             vals = tuple(row[c] for c in fk.columns)
             if any(v is None for v in vals) or fk.parent not in self.tables:
                 continue
-            label = f"{fk.parent}({', '.join(fk.parent_columns)}) = {_fmt(vals)}"
+            label = f"{fk.parent}({', '.join(fk.parent_columns)}) = {fmt_key(vals)}"
             if fk.through_key:
                 pkey = self._parent_key(fk, vals)
                 if pkey in self.blocked[fk.parent]:
@@ -289,98 +202,6 @@ class _Planner:
                     missing.append(label)
         return out, blocked, missing
 
-    # -- deletes ---------------------------------------------------------
-
-    def _plan_deletes(self, name: str) -> None:
-        tc = self.lost.tables[name]
-        cols = [c for c in tc.compare_columns if c in self.tables[name].columns]
-        for key, base_row in tc.deletes.items():
-            cur = self.current_row(name, key)
-            if cur is None:
-                self._outcome(name, "delete", key, PRESENT, None, "CURRENT had already deleted it")
-                continue
-            changed = [c for c in cols if not _same(cur[c], base_row[c])]
-            if changed:
-                self._conflict(
-                    name, DELETE_UPDATED, key,
-                    "LOST deleted this row, CURRENT updated it; CURRENT's row stays",
-                    columns={c: {"base": base_row[c], "lost": None, "current": cur[c]} for c in changed},
-                    rows={"base": base_row, "current": cur},
-                )
-                self._outcome(name, "delete", key, CONFLICT, key, "deleted in LOST, updated in CURRENT")
-                continue
-            self.planned_deletes[name].add(key)
-
-    def _keep_parents_of_new_children(self) -> None:
-        """A lost delete of a row that still has children in CURRENT is not replayed."""
-        reasons: dict[tuple[str, tuple], str] = {}
-        changed = True
-        while changed:
-            changed = False
-            for parent, keys in self.planned_deletes.items():
-                if not keys:
-                    continue
-                for fk in self.schema.children_of(parent):
-                    if fk.child not in self.tables:
-                        continue
-                    for pkey, child_key in self._children(fk, keys):
-                        if pkey not in keys or self._child_moves_away(fk, child_key, pkey):
-                            continue
-                        keys.discard(pkey)
-                        reasons[(parent, pkey)] = (
-                            f"not replayed: {fk.child} row {_fmt(child_key)} still refers to it in CURRENT"
-                        )
-                        changed = True
-        for (table, key), why in sorted(reasons.items(), key=lambda kv: (kv[0][0], repr(kv[0][1]))):
-            self._outcome(table, "delete", key, SKIPPED, key, why)
-        for table, keys in self.planned_deletes.items():
-            for key in sorted(keys, key=_sort_key):
-                self.deletes[table].append(Write(table, "delete", key))
-                self._outcome(table, "delete", key, REPLAYED, None)
-
-    def _children(self, fk: ForeignKey, keys: set[tuple]):
-        """(parent key, child key) for every CURRENT row of fk.child referring to one of ``keys``."""
-        parent = self.tables[fk.parent]
-        base = self.lost.tables[fk.parent].deletes
-        by_value: dict[tuple, tuple] = {}
-        for key in keys:
-            row = base[key]
-            if all(c in row for c in fk.parent_columns):
-                by_value[tuple(row[c] for c in fk.parent_columns)] = key
-        if not by_value:
-            return []
-        n = len(fk.columns)
-        cols = ", ".join(f"v{i}" for i in range(n))
-        self.conn.execute(f"DROP TABLE IF EXISTS temp._mulligan_keys; CREATE TEMP TABLE _mulligan_keys({cols})")
-        self.conn.executemany(f"INSERT INTO temp._mulligan_keys VALUES ({', '.join('?' * n)})", list(by_value))
-        child = self.tables[fk.child]
-        on = " AND ".join(f"c.{q(col)} = k.v{i}" for i, col in enumerate(fk.columns))
-        sel = ", ".join(f"c.{q(col)}" for col in fk.columns)
-        ck = ", ".join(f"c.{q(col)}" for col in child.pk)
-        out = []
-        for r in self.conn.execute(f"SELECT {sel}, {ck} FROM main.{q(fk.child)} c JOIN temp._mulligan_keys k ON {on}"):
-            out.append((by_value[tuple(r[:n])], tuple(r[n:])))
-        self.conn.execute("DROP TABLE temp._mulligan_keys")
-        del parent
-        return out
-
-    def _child_moves_away(self, fk: ForeignKey, child_key: tuple, pkey: tuple) -> bool:
-        """True when the replay itself deletes this child or points it elsewhere."""
-        if child_key in self.planned_deletes.get(fk.child, ()):
-            return True
-        upd = self.lost.tables[fk.child].updates.get(child_key) if fk.child in self.lost.tables else None
-        if upd is None:
-            return False
-        base_row, lost_row = upd
-        if not all(c in lost_row for c in fk.columns):
-            return False
-        cur = self.current_row(fk.child, child_key)
-        return (
-            cur is not None
-            and all(_same(cur[c], base_row[c]) for c in fk.columns)  # CURRENT did not re-point it
-            and any(not _same(lost_row[c], base_row[c]) for c in fk.columns)  # LOST did
-        )
-
     # -- inserts ---------------------------------------------------------
 
     def _plan_inserts(self, name: str, new_map: dict, new_blocked: set) -> None:
@@ -400,15 +221,15 @@ class _Planner:
                 continue
             key = tuple(mapped[c] for c in info.pk)
             cur = self.current_row(name, key)
-            if cur is not None and _same_row(cur, mapped, cols):
-                self._outcome(name, "insert", lost_key, PRESENT, key, "CURRENT already has the same row")
+            if cur is not None and same_row(cur, mapped, cols):
+                self.outcome(name, "insert", lost_key, PRESENT, key, "CURRENT already has the same row")
                 if key != lost_key:
                     new_map[lost_key] = key
                 continue
             if cur is not None and not info.surrogate:
                 self._refuse(
                     name, lost_key, NATURAL_KEY,
-                    f"CURRENT has a different row with the key {_fmt(key)}; CURRENT's row stays",
+                    f"CURRENT has a different row with the key {fmt_key(key)}; CURRENT's row stays",
                     mapped, cur, new_blocked,
                 )
                 continue
@@ -417,8 +238,8 @@ class _Planner:
                 cols_, other = clash
                 self._refuse(
                     name, lost_key, UNIQUE,
-                    f"CURRENT already has {', '.join(cols_)} = {_fmt(tuple(mapped[c] for c in cols_))} "
-                    f"(row {_fmt(tuple(other[c] for c in info.pk))}); it may be the same person or thing "
+                    f"CURRENT already has {', '.join(cols_)} = {fmt_key(tuple(mapped[c] for c in cols_))} "
+                    f"(row {fmt_key(tuple(other[c] for c in info.pk))}); it may be the same person or thing "
                     "written again: a human decides",
                     mapped, other, new_blocked,
                 )
@@ -426,17 +247,17 @@ class _Planner:
             if cur is not None:  # a surrogate key CURRENT gave to another row
                 key = (self.alloc.take(name),)
                 mapped[info.pk[0]] = key[0]
-                self._outcome(name, "insert", lost_key, REMAPPED, key, f"key {_fmt(lost_key)} was taken in CURRENT")
+                self.outcome(name, "insert", lost_key, REMAPPED, key, f"key {fmt_key(lost_key)} was taken in CURRENT")
             else:
-                self._outcome(name, "insert", lost_key, REPLAYED, key)
+                self.outcome(name, "insert", lost_key, REPLAYED, key)
             if key != lost_key:
                 new_map[lost_key] = key
             self.inserts[name].append(Write(name, "insert", key, mapped))
 
     def _refuse(self, name, lost_key, kind, why, lost_row, current_row, new_blocked) -> None:
         new_blocked.add(lost_key)
-        self._conflict(name, kind, lost_key, why, rows={"lost": lost_row, "current": current_row})
-        self._outcome(name, "insert", lost_key, CONFLICT, None, why)
+        self.conflict(name, kind, lost_key, why, rows={"lost": lost_row, "current": current_row})
+        self.outcome(name, "insert", lost_key, CONFLICT, None, why)
 
     def _unique_clash(self, name: str, row: dict, own_key: tuple | None, touched=None) -> tuple | None:
         info = self.tables[name]
@@ -481,13 +302,13 @@ class _Planner:
         for key, (base_row, lost_row) in tc.updates.items():
             cur = self.current_row(name, key)
             if cur is None:
-                self._conflict(
+                self.conflict(
                     name, UPDATE_DELETED, key, "LOST updated this row, CURRENT deleted it; it stays deleted",
                     columns={c: {"base": base_row[c], "lost": lost_row[c], "current": None}
-                             for c in cols if not _same(lost_row[c], base_row[c])},
+                             for c in cols if not same(lost_row[c], base_row[c])},
                     rows={"base": base_row, "lost": lost_row, "current": None},
                 )
-                self._outcome(name, "update", key, CONFLICT, None, "updated in LOST, deleted in CURRENT")
+                self.outcome(name, "update", key, CONFLICT, None, "updated in LOST, deleted in CURRENT")
                 continue
             mapped, _, _ = self._map_refs(name, {c: lost_row[c] for c in cols})
             sets: dict = {}
@@ -495,12 +316,12 @@ class _Planner:
             reasons: list[str] = []
             current_changed_other = False
             for unit in units:
-                lost_changed = any(not _same(lost_row[c], base_row[c]) for c in unit)
-                cur_changed = any(not _same(cur[c], base_row[c]) for c in unit)
+                lost_changed = any(not same(lost_row[c], base_row[c]) for c in unit)
+                cur_changed = any(not same(cur[c], base_row[c]) for c in unit)
                 if not lost_changed:
                     current_changed_other |= cur_changed
                     continue
-                if all(_same(cur[c], mapped[c]) for c in unit):
+                if all(same(cur[c], mapped[c]) for c in unit):
                     continue
                 refusal = self._unit_refusal(name, unit, lost_row)
                 if refusal is None and cur_changed:
@@ -520,12 +341,12 @@ class _Planner:
                         if c in sets:
                             cell_conflicts[c] = {"base": base_row[c], "lost": sets.pop(c), "current": cur[c], "kind": UNIQUE}
                     reasons.append(
-                        f"{', '.join(group)}: CURRENT's row {_fmt(tuple(other[c] for c in info.pk))} already has that value"
+                        f"{', '.join(group)}: CURRENT's row {fmt_key(tuple(other[c] for c in info.pk))} already has that value"
                     )
             if cell_conflicts:
                 kinds = {v["kind"] for v in cell_conflicts.values()}
                 kind = CELL if kinds == {CELL} else sorted(kinds - {CELL})[0]
-                self._conflict(
+                self.conflict(
                     name, kind, key, "; ".join(reasons),
                     columns={c: {k: v for k, v in d.items() if k != "kind"} for c, d in cell_conflicts.items()},
                     rows={"base": base_row, "lost": lost_row, "current": cur},
@@ -534,11 +355,11 @@ class _Planner:
                 self.updates[name].append(Write(name, "update", key, sets))
             if cell_conflicts:
                 detail = "other columns replayed" if sets else ""
-                self._outcome(name, "update", key, CONFLICT, key, detail)
+                self.outcome(name, "update", key, CONFLICT, key, detail)
             elif sets:
-                self._outcome(name, "update", key, MERGED if current_changed_other else REPLAYED, key)
+                self.outcome(name, "update", key, MERGED if current_changed_other else REPLAYED, key)
             else:
-                self._outcome(name, "update", key, PRESENT, key, "CURRENT already has LOST's values")
+                self.outcome(name, "update", key, PRESENT, key, "CURRENT already has LOST's values")
 
     def _unit_refusal(self, name: str, unit: tuple[str, ...], lost_row: dict) -> tuple[str, str] | None:
         row = {c: lost_row[c] for c in unit}  # LOST's own values: _map_refs resolves them
@@ -551,10 +372,10 @@ class _Planner:
 
     # -- bookkeeping -----------------------------------------------------
 
-    def _conflict(self, table, kind, key, reason, columns=None, rows=None) -> None:
+    def conflict(self, table, kind, key, reason, columns=None, rows=None) -> None:
         self.conflicts[table].append(Conflict(table, kind, key, reason, columns or {}, rows or {}))
 
-    def _outcome(self, table, change, lost_key, status, key, detail="") -> None:
+    def outcome(self, table, change, lost_key, status, key, detail="") -> None:
         self.outcomes[table].append(Outcome(table, change, lost_key, status, key, detail))
 
     def _finish(self) -> MergePlan:
@@ -586,8 +407,8 @@ class _Planner:
                 p.remapped += o.status == REMAPPED
                 p.skipped += o.status == SKIPPED
                 p.present += o.status == PRESENT
-        outcomes = [o for n in order for o in sorted(self.outcomes[n], key=lambda o: (o.change, _sort_key(o.lost_key)))]
-        conflicts = [c for n in order for c in sorted(self.conflicts[n], key=lambda c: _sort_key(c.key))]
+        outcomes = [o for n in order for o in sorted(self.outcomes[n], key=lambda o: (o.change, sort_key(o.lost_key)))]
+        conflicts = [c for n in order for c in sorted(self.conflicts[n], key=lambda c: sort_key(c.key))]
         return MergePlan(
             tables=plans,
             writes=writes,
@@ -600,21 +421,3 @@ class _Planner:
             pk={n: list(self.tables[n].pk) for n in order},
             trigger_sql=dict(self.schema.trigger_sql),
         )
-
-
-def _same(a, b) -> bool:
-    if type(a) is not type(b) and (a is None or b is None):
-        return False
-    return a == b
-
-
-def _same_row(a: dict, b: dict, cols) -> bool:
-    return all(_same(a[c], b[c]) for c in cols)
-
-
-def _fmt(key: tuple) -> str:
-    return ", ".join(repr(v) for v in key) if len(key) != 1 else repr(key[0])
-
-
-def _sort_key(key: tuple):
-    return tuple((0, v) if isinstance(v, (int, float)) else (1, str(v)) for v in key)

@@ -24,9 +24,10 @@ from urllib.parse import quote
 import apsw
 
 from ...errors import DatabaseBusy, IntegrityError, MulliganError
-from .merge import MergePlan, Write, plan_merge
+from .merge import plan_merge
+from .merge_model import MergePlan, Write
 from .merge_diff import LostChanges
-from .merge_schema import q
+from .merge_schema import q, read_schema
 
 
 @dataclass
@@ -129,10 +130,9 @@ def _write(conn: apsw.Connection, plan: MergePlan) -> None:
             sql = f"UPDATE main.{q(table)} SET {', '.join(f'{q(c)} = ?' for c in columns)} WHERE {where}"
             conn.executemany(sql, [tuple(w.values[c] for c in columns) + w.key for w in batch])
     for table, seq in plan.counters.items():
-        cur = conn.execute("UPDATE main.sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, table))
+        conn.execute("UPDATE main.sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, table))
         if conn.changes() == 0:
             conn.execute("INSERT INTO main.sqlite_sequence(name, seq) VALUES (?, ?)", (table, seq))
-        del cur
 
 
 def _batches(plan: MergePlan):
@@ -160,8 +160,6 @@ def _check(conn: apsw.Connection, plan: MergePlan) -> list[dict]:
     deleted = {}
     for w in plan.writes:
         (deleted if w.op == "delete" else written).setdefault(w.table, set()).add(w.key)
-    from .merge_schema import read_schema
-
     schema = read_schema(conn, "main")
     tables = set(written)
     for parent in deleted:

@@ -13,7 +13,7 @@ from collections import deque
 
 import apsw
 
-from .merge import MergePlan
+from .merge_model import MergePlan
 from .merge_diff import LostChanges, open_pair
 from .merge_schema import ForeignKey, Schema, q
 
