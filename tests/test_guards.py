@@ -98,6 +98,38 @@ def test_a_process_holding_a_mulligan_lease_in_the_vault_is_not_live_use(app):
         assert not found.live
 
 
+@pytest.mark.parametrize("recorded", [True, False])
+def test_the_watchers_stamp_write_counts_as_its_own_only_when_recorded_by_its_wal_position(app, recorded):
+    vault = str(app.dir / ".mulligan" / "vault")
+    prelude = textwrap.dedent(f"""
+        import apsw, os
+        from mulligan.engines.sqlite import identity, wal
+        from mulligan.ops.guards import record_own_commit
+        from mulligan.storage.local import LocalStorage
+        from mulligan.vault import Vault
+        from mulligan.vault.locks import Lease
+        db = sys.argv[-1]
+        lease = Lease(LocalStorage({vault!r}), 'writer', 'watch app').acquire()
+        w = apsw.Connection(db)
+        w.execute('BEGIN IMMEDIATE'); identity.bump_generation(w); w.execute('COMMIT')
+        fd = os.open(db + '-wal', os.O_RDONLY); scan = wal.scan(fd); os.close(fd)
+        if {recorded!r}:
+            record_own_commit(Vault.open({vault!r}), {app.ws.target("app").id!r}, wal_salts=scan.header.salts,
+                              wal_frame=scan.last_commit_frame, by='watch: generation')
+    """)
+    with holder(app.db, prelude=prelude):
+        found = live(app)
+        assert found.holders and all(h.mulligan for h in found.holders)
+        assert (found.recent_commit is None) == recorded
+
+
+def test_the_stamp_written_by_protect_is_mulligans_own_write(project):
+    db = make_db(project.dir / "fresh.db", rows=3)
+    settle(db)
+    project.protect(db, "fresh", "staging")
+    assert project.run("guard", db).code == 0
+
+
 def test_a_commit_by_someone_else_seconds_ago_is_live_use_with_no_process_holding_it(app):
     write_rows(app.db, 1)  # committed and closed: nothing holds the file now
     found = live(app)

@@ -8,10 +8,12 @@ Live use. A database is in live use when
    seconds.
 
 Rule 2 is judged by committed content. Mulligan keeps what it last knew of the
-database: after each of its own writes (an in-place restore, an undo, the
-watcher's stamp) a record ``guards/<target id>/own-write`` with the commit
-marker (engines/sqlite/replace.py) and the content digest (the same BLAKE3 tree
-root a snapshot manifest carries); otherwise the newest restore point's root.
+database: after each of its own writes a record ``guards/<target id>/own-write``
+— ``record_own_write`` (protect, in-place restore, undo: the commit marker of
+engines/sqlite/replace.py and the content digest, the same BLAKE3 tree root a
+snapshot manifest carries) or ``record_own_commit`` (the watcher's stamp: its
+commit's WAL salts and frame, read from nothing, since that process holds
+SQLite locks) — and otherwise the newest restore point's root.
 A recent foreign commit is one where
 
 * the commit marker differs from the one Mulligan recorded (else the last commit
@@ -167,6 +169,28 @@ def record_own_write(vault: Vault, target: Target, *, by: str, digest: str | Non
     return rec
 
 
+def record_own_commit(vault: Vault, target_id: str, *, wal_salts, wal_frame: int, by: str,
+                      detail: dict | None = None) -> dict:
+    """The same for a process holding SQLite locks on the database (``watch``): name its commit by
+    its WAL position (salts and commit frame, as the WAL hook reports them); nothing is read here."""
+    rec = {"time": iso(utc_now()), "by": by, "pid": os.getpid(), "host": socket.gethostname(),
+           "marker": {"wal": {"salts": list(wal_salts), "frame": int(wal_frame)}}, "digest": None,
+           "detail": detail or {}}
+    vault.put_json(_own_key(target_id), rec)
+    return rec
+
+
+def same_commit(known: dict | None, marker: dict) -> bool:
+    """Does ``marker`` name the commit Mulligan recorded? With WAL frames, salts and commit frame
+    name a commit uniquely (salt-1 grows at every WAL restart, salt-2 is random)."""
+    if not known:
+        return False
+    if known.get("wal") and marker.get("wal"):
+        k, m = known["wal"], marker["wal"]
+        return list(k["salts"]) == list(m["salts"]) and k["frame"] == m["frame"]
+    return known == marker
+
+
 def knowledge(vault: Vault | None, target_id: str | None) -> dict | None:
     """The newest state of the target Mulligan knows: its own last write or the newest restore point."""
     if vault is None or not target_id:
@@ -214,7 +238,7 @@ class LiveUse:
 def recent_foreign_commit(path: str, known: dict | None, window: float = LIVE_WINDOW, codec=None) -> dict | None:
     """Evidence of a commit by someone other than Mulligan in the last ``window`` seconds, or None."""
     marker = sqlite_replace.commit_marker(path)
-    if known and known.get("marker") == marker:
+    if known and same_commit(known.get("marker"), marker):
         return None  # the last commit is the one Mulligan recorded
     wrote_at, what = sqlite_replace.last_write(path)
     age = time.time() - wrote_at
