@@ -49,7 +49,7 @@ def restore(ctx: Ctx, name, snapshot_id, at, latest, to, in_place, confirm_name,
             point = resolve_point(ws.vault, target, snapshot=snapshot_id, at=at, latest=latest,
                                   allow_cross_target=allow_cross_target)
         except GuardRefused as exc:
-            ctx.audit_detail = {"reason": exc.one_line()}
+            ctx.audit_detail = {"reason": exc.message}
             raise
         return run_inplace(ctx, target, point, action="restore", confirm_name=confirm_name, yes=yes,
                            force_live=force_live, allow_cross_target=allow_cross_target)
@@ -86,7 +86,7 @@ def run_inplace(ctx: Ctx, target, point, *, action: str, confirm_name, yes, forc
             exc.details.setdefault("plan", plan.to_json())
         elif "plan" in exc.details and not ctx.json:
             render_plan(ctx, exc.details["plan"])
-        ctx.audit_detail = {"reason": exc.one_line(), **_audit_summary(exc.details.get("plan"))}
+        ctx.audit_detail = {"reason": exc.message, **_audit_summary(exc.details.get("plan"))}
         raise
     ctx.audit_detail = {"point": point.id, "undo_point": res.undo_point.id, "generation": res.identity.generation,
                         "confirmed_by": how, "warnings": res.plan.warnings}
