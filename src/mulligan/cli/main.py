@@ -22,11 +22,48 @@ COMMAND_MODULES = [
     "restore_cmd",
     "vault_cmd",
     "watch_cmd",
-    "diff_cmd",
     "incident_cmd",
+    "diff_cmd",
     "recover_cmd",
     "guard_cmd",
 ]
+
+# Which module defines each command, so a run imports only what it uses (start-up
+# time matters for a command scripts call every second). tests/test_cli_reference.py
+# fails when this disagrees with the modules.
+COMMAND_INDEX = {
+    "init": "setup_cmd", "protect": "setup_cmd", "targets": "setup_cmd",
+    "snapshot": "snapshot_cmd", "snapshots": "snapshot_cmd",
+    "restore": "restore_cmd",
+    "verify": "vault_cmd", "prune": "vault_cmd",
+    "watch": "watch_cmd", "status": "watch_cmd", "incidents": "watch_cmd",
+    "incident": "incident_cmd", "postmortem": "incident_cmd", "demo": "incident_cmd",
+    "diff": "diff_cmd", "impact": "diff_cmd",
+    "recover": "recover_cmd",
+    "undo": "guard_cmd", "guard": "guard_cmd", "audit": "guard_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a command's module on first use; --help imports them all."""
+
+    _loaded: set[str] = set()
+
+    def _load(self, module: str) -> None:
+        if module not in self._loaded:
+            self._loaded.add(module)
+            importlib.import_module(f"{__package__}.{module}").register(self)
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in self.commands and cmd_name in COMMAND_INDEX:
+            self._load(COMMAND_INDEX[cmd_name])
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx):
+        for m in COMMAND_MODULES:
+            self._load(m)
+        return sorted(self.commands)
+
 
 _GLOBAL_FLAGS = {"--json": ("json", True), "-v": ("verbosity", 1), "--verbose": ("verbosity", 1),
                  "-q": ("verbosity", -1), "--quiet": ("verbosity", -1)}
@@ -60,7 +97,7 @@ def split_globals(argv: list[str]) -> tuple[dict, list[str]]:
     return opts, rest
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="mulligan", prog_name="mulligan")
 @click.option("--config", "config_arg", metavar="PATH", help="Configuration file (else MULLIGAN_CONFIG, else ./mulligan.toml).")
 @click.option("--json", "json_", is_flag=True, help="Machine-readable JSON on standard output.")
@@ -75,10 +112,6 @@ def cli(ctx: click.Context, config_arg, json_, verbose, quiet) -> None:
     """
     if ctx.obj is None:
         ctx.obj = Ctx(config_arg=config_arg, json=json_, verbosity=-1 if quiet else verbose)
-
-
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"{__package__}.{_name}").register(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from ..errors import IntegrityError
 from ..storage import Storage
@@ -35,8 +34,7 @@ PACK_MAGIC = b"MPK1"
 INDEX_MAGIC = b"MIX1"
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     pack: bytes
     type: int
     offset: int
@@ -70,9 +68,11 @@ def decode_index(data: bytes, key: str = "index") -> dict[bytes, list[tuple[byte
         while pos < len(data):
             pack_id, count = _PACK_HDR.unpack_from(data, pos)
             pos += _PACK_HDR.size
-            entries = [_ENTRY.unpack_from(data, pos + i * _ENTRY.size) for i in range(count)]
-            pos += count * _ENTRY.size
-            out[pack_id] = entries
+            end = pos + count * _ENTRY.size
+            if end > len(data):
+                raise struct.error("truncated")
+            out[pack_id] = list(_ENTRY.iter_unpack(data[pos:end]))
+            pos = end
     except struct.error:
         raise IntegrityError(f"{key} is truncated or damaged", hint="run 'mulligan verify'") from None
     return out

@@ -84,21 +84,33 @@ class Vault:
         return cls(storage, config)
 
     # ---- chunk index -----------------------------------------------------
-    def index(self) -> dict[bytes, Entry]:
+    def index(self, refresh: bool = False) -> dict[bytes, Entry]:
+        """Chunk id -> where it is. Loaded once; a stale index only costs a duplicate
+        write (dedup is an optimisation), and a read that misses refreshes it."""
         if self._index is None:
             self._index = {}
-        for key, _ in self.storage.list("index/"):
-            if key in self._loaded_index_keys:
-                continue
-            self._add_index(key, self.storage.get(key))
+            refresh = True
+        if refresh:
+            for key, _ in self.storage.list("index/"):
+                if key in self._loaded_index_keys:
+                    continue
+                self._add_index(key, self.storage.get(key))
         return self._index
 
     def _add_index(self, key: str, data: bytes) -> None:
         assert self._index is not None
+        idx = self._index
         for pack_id, entries in decode_index(data, key).items():
-            for cid, t, off, slen, ln in entries:
-                self._index[cid] = Entry(pack_id, t, off, slen, ln)
+            idx.update((cid, Entry(pack_id, t, off, slen, ln)) for cid, t, off, slen, ln in entries)
         self._loaded_index_keys.add(key)
+
+    def _where(self, cid: bytes) -> Entry:
+        e = self.index().get(cid)
+        if e is None:
+            e = self.index(refresh=True).get(cid)
+        if e is None:
+            raise IntegrityError(f"chunk {cid.hex()} is not in any pack of the vault", hint="run 'mulligan verify'")
+        return e
 
     def _absorb(self, writer: PackWriter) -> None:
         if self._index is None:
@@ -108,24 +120,18 @@ class Vault:
 
     # ---- reading chunks -----------------------------------------------------
     def load_chunk(self, cid: bytes) -> bytes:
-        idx = self.index()
-        e = idx.get(cid)
-        if e is None:
-            raise IntegrityError(f"chunk {cid.hex()} is not in any pack of the vault", hint="run 'mulligan verify'")
+        e = self._where(cid)
         blob = self.storage.get_range(pack_key(e.pack), e.offset, e.stored_len)
         return self.codec.unpack_blob(blob, cid, e.length)
 
     def iter_chunks(self, wanted: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
         """Yield (id, data) for each wanted chunk, reading each pack once, verified."""
-        idx = self.index()
-        by_pack: dict[bytes, list[Entry | bytes]] = defaultdict(list)
+        by_pack: dict[bytes, list[tuple[Entry, bytes]]] = defaultdict(list)
         for cid in set(wanted):
-            e = idx.get(cid)
-            if e is None:
-                raise IntegrityError(f"chunk {cid.hex()} is not in any pack of the vault", hint="run 'mulligan verify'")
-            by_pack[e.pack].append(cid)
-        for pack_id, cids in by_pack.items():
-            entries = sorted(((idx[c], c) for c in cids), key=lambda x: x[0].offset)
+            e = self._where(cid)
+            by_pack[e.pack].append((e, cid))
+        for pack_id, entries in by_pack.items():
+            entries.sort(key=lambda x: x[0].offset)
             key = pack_key(pack_id)
             if len(entries) > 8:
                 lo = entries[0][0].offset
@@ -134,9 +140,13 @@ class Vault:
                     body = self.storage.get_range(key, lo, hi - lo)
                 except ObjectMissing:
                     raise IntegrityError(f"pack {key} is missing from the vault", hint="run 'mulligan verify'") from None
-                for e, c in entries:
-                    blob = body[e.offset - lo : e.offset - lo + e.stored_len]
-                    yield c, self.codec.unpack_blob(blob, c, e.length)
+                if len(body) < hi - lo:
+                    raise IntegrityError(f"pack {key} is truncated", hint="run 'mulligan verify'")
+                for start in range(0, len(entries), 2048):
+                    part = entries[start:start + 2048]
+                    blobs = [body[e.offset - lo : e.offset - lo + e.stored_len] for e, _ in part]
+                    datas = self.codec.unpack_blobs(blobs, [(c, e.length) for e, c in part])
+                    yield from zip((c for _, c in part), datas)
             else:
                 for e, c in entries:
                     try:

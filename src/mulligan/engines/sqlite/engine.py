@@ -94,11 +94,21 @@ class SqliteEngine(Engine):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 os.ftruncate(fd, page_count * page_size)
+                run: list[bytes] = []
+                run_start = run_next = 0
                 for pgnos, data in pages:
                     for pgno in pgnos:
-                        _pwrite_all(fd, data, (pgno - 1) * page_size)
+                        if run and pgno == run_next and len(run) < 1024:
+                            run.append(data)
+                        else:
+                            if run:
+                                _pwrite_all(fd, b"".join(run), (run_start - 1) * page_size)
+                            run, run_start = [data], pgno
+                        run_next = pgno + 1
                     if progress:
                         progress(len(pgnos))
+                if run:
+                    _pwrite_all(fd, b"".join(run), (run_start - 1) * page_size)
                 os.fsync(fd)
             finally:
                 os.close(fd)
