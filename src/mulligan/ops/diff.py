@@ -1,20 +1,25 @@
 """diff: row-level differences between two states of a database.
 
 ``diff_states`` works on two SQLite files; ``diff`` resolves STATE specs (live,
-a snapshot id or prefix, @TIME, a file) and materializes vault states through
-:mod:`.states`. A state that is already a file is never copied.
+a snapshot id or prefix, @TIME, a file). A state that is already a file is
+never copied. A vault state is not restored either: SQLite reads it page by
+page from the vault (through a read-only VFS), and only the pages the
+comparison needs are fetched; pages whose chunk ids are equal on both sides are
+known to be equal without being fetched at all.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from ..engines.sqlite import pages
 from ..engines.sqlite.diff import DatabaseDiff, SchemaChange, TableDiff, diff_files
 from ..errors import UsageError
 from ..model import Target
-from .states import StateRef, materialize, resolve_state
+from ..vault import Manifest, Vault
+from .states import StateRef, resolve_state
 from .workspace import Workspace
 
 __all__ = ["DiffResult", "diff", "diff_states", "resolve_pair", "DatabaseDiff", "TableDiff", "SchemaChange"]
@@ -44,10 +49,14 @@ class DiffResult:
         return bool(self.diff.changed_tables or self.diff.schema)
 
 
-def diff_states(from_path: str, to_path: str, *, tables: list[str] | None = None, limit: int | None = None,
+def diff_states(from_path, to_path, *, tables: list[str] | None = None, limit: int | None = None,
                 rebuild: bool = False, compare_pages: bool = True) -> DatabaseDiff:
-    """Compare two SQLite files (FROM, TO). ``limit`` caps the rows kept per table; counts stay whole."""
-    return diff_files(str(from_path), str(to_path), tables=tables, limit=limit, rebuild=rebuild,
+    """Compare two states (paths of SQLite files, or vault images from :func:`vault_image`).
+
+    ``limit`` caps the rows kept per table; counts stay whole. ``rebuild`` also
+    reads every TO row of tables whose schema changed (the SQL output needs them).
+    """
+    return diff_files(from_path, to_path, tables=tables, limit=limit, rebuild=rebuild,
                       compare_pages=compare_pages)
 
 
@@ -59,14 +68,21 @@ def resolve_pair(ws: Workspace | None, target: Target | None, from_spec: str, to
     return refs  # type: ignore[return-value]
 
 
+def vault_image(vault: Vault, m: Manifest, cache: pages.ChunkCache | None = None) -> pages.VirtualImage:
+    """A vault state readable by the diff without restoring it."""
+    if m.engine != "sqlite":
+        raise UsageError(f"restore point {m.id} is a {m.engine} state; diff reads SQLite states")
+    cache = cache or pages.ChunkCache(lambda cids: vault.iter_chunks(cids))
+    return pages.VirtualImage(f"restore point {m.id}", m.page_size, m.page_count, vault.page_ids(m), cache,
+                              vault.codec.chunk_id)
+
+
 @contextmanager
 def open_states(ws: Workspace | None, target: Target | None, from_spec: str, to_spec: str):
-    """Yield ((FROM ref, TO ref), (FROM path, TO path)); vault states are restored to scratch files meanwhile."""
+    """Yield ((FROM ref, TO ref), (FROM state, TO state)): file paths, or vault images read in place."""
     refs = resolve_pair(ws, target, from_spec, to_spec)
-    vault = ws.vault if ws is not None else None
-    with ExitStack() as stack:
-        paths = tuple(stack.enter_context(materialize(vault, target, r)) for r in refs)
-        yield refs, paths
+    cache = pages.ChunkCache(lambda cids: ws.vault.iter_chunks(cids)) if ws is not None else None
+    yield refs, tuple(vault_image(ws.vault, r.manifest, cache) if r.manifest is not None else r.path for r in refs)
 
 
 def diff(ws: Workspace | None, target: Target | None, from_spec: str, to_spec: str, *,

@@ -149,29 +149,35 @@ def read_schema(conn: apsw.Connection, db: str) -> tuple[dict[str, TableSchema],
 
 
 class StatePair:
-    """Two SQLite files opened read-only side by side in one read transaction."""
+    """Two states opened read-only side by side in one read transaction.
 
-    def __init__(self, from_path: str, to_path: str, *, compare_pages: bool = True):
-        self.paths = (str(from_path), str(to_path))
+    A state is a path to a SQLite file, or a :class:`~.pages.VirtualImage` (a
+    vault state, read page by page without being restored).
+    """
+
+    def __init__(self, from_state, to_state, *, compare_pages: bool = True):
+        self.sources = (from_state, to_state)
+        self.paths = tuple(s.path if isinstance(s, pg.VirtualImage) else str(s) for s in self.sources)
         self.compare_pages = compare_pages
-        self.images: list[pg.FileImage] = []
+        self.images: list = []
+        self.uris: list[str] = []
         self.conn: apsw.Connection | None = None
 
     def __enter__(self) -> "StatePair":
-        for p in self.paths:
-            if not os.path.isfile(p):
-                raise NotFound(f"no database file at {p}", hint="check the path, or give live, a snapshot id or @TIME")
+        for s in self.sources:
+            if not isinstance(s, pg.VirtualImage) and not os.path.isfile(s):
+                raise NotFound(f"no database file at {s}", hint="check the path, or give live, a snapshot id or @TIME")
         try:
-            if self.compare_pages:
-                for p in self.paths:
-                    img = pg.FileImage.open(p)
-                    if img is None:
-                        break
-                    self.images.append(img)
+            for s in self.sources:  # descriptors first: see the POSIX-lock note in pages.py
+                if isinstance(s, pg.VirtualImage):
+                    self.images.append(s)
+                    self.uris.append(pg.serve(s))
+                else:
+                    self.images.append(pg.FileImage.open(str(s)) if self.compare_pages else None)
+                    self.uris.append("file:" + urllib.parse.quote(os.path.abspath(s)) + "?mode=ro")
             self.conn = apsw.Connection(":memory:", flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI)
             self.conn.set_busy_timeout(5000)
-            for alias, p in zip(("a", "b"), self.paths):
-                uri = "file:" + urllib.parse.quote(os.path.abspath(p)) + "?mode=ro"
+            for alias, uri in zip(("a", "b"), self.uris):
                 self.conn.execute(f"ATTACH ? AS {alias}", (uri,))
             self.conn.execute("BEGIN")
             self.schema_a, self.others_a = read_schema(self.conn, "a")
@@ -194,15 +200,20 @@ class StatePair:
             self.conn.close()
             self.conn = None
         for img in self.images:  # only after the connection let go of its locks
-            img.close()
-        self.images = []
+            if img is not None:
+                img.close()
+        for uri in self.uris:
+            pg.unserve(uri)
+        self.images, self.uris = [], []
 
     def rows(self, db: str, table: str, columns: list[str]):
         return self.conn.execute(f"SELECT {', '.join(q(c) for c in columns)} FROM {db}.{q(table)}")
 
     # ---- page plans ------------------------------------------------------
     def plans(self, names: list[str]) -> dict[str, pg.TablePlan]:
-        if len(self.images) != 2 or any(os.path.exists(p + "-wal") and os.path.getsize(p + "-wal") for p in self.paths):
+        if None in self.images or len(self.images) != 2 or any(
+                not isinstance(s, pg.VirtualImage) and os.path.exists(f"{s}-wal") and os.path.getsize(f"{s}-wal")
+                for s in self.sources):
             return {}  # a WAL holding frames means the file's pages are not the state being read
         a, b = self.images
         try:
@@ -337,31 +348,29 @@ def _keyed(pair: StatePair, td: TableDiff, ranges: list[tuple[int, int]] | None,
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS _mg_ranges(lo INTEGER, hi INTEGER)")
         conn.execute("DELETE FROM temp._mg_ranges")
         conn.executemany("INSERT INTO temp._mg_ranges VALUES (?, ?)", ranges)
-    nk = len(key)
-    for kind, src, other in ((DELETE, "a", "b"), (INSERT, "b", "a")):
-        sql = (f"SELECT {sel} FROM {source(src)} WHERE NOT EXISTS "
-               f"(SELECT 1 FROM {other}.{t} AS y WHERE {on}) ORDER BY {order}")
-        for row in conn.execute(sql):
-            full = _reorder(td.columns, key + vals, row)
-            td.add(RowChange(kind, row[:nk], full if kind == DELETE else None, full if kind == INSERT else None), limit)
-    if not vals:
-        return
-    pick = ", ".join(f"x.{q(v)}, y.{q(v)}, x.{q(v)} IS NOT y.{q(v)}" for v in vals)
-    differs = " OR ".join(f"x.{q(v)} IS NOT y.{q(v)}" for v in vals)
-    sql = (f"SELECT {', '.join(f'x.{q(k)}' for k in key)}, {pick} FROM {source('a')} "
-           f"CROSS JOIN b.{t} AS y ON {on} WHERE {differs} ORDER BY {order}")
+    nk, order_cols = len(key), key + vals
+    # FROM's rows: deleted when TO has no row with the key, updated when a value differs (one scan)
+    pick = "".join(f", y.{q(v)}, x.{q(v)} IS NOT y.{q(v)}" for v in vals)
+    differs = "".join(f" OR x.{q(v)} IS NOT y.{q(v)}" for v in vals)
+    missing = f"y.{q(key[0])} IS NULL"
+    sql = (f"SELECT {sel}, {missing}{pick} FROM {source('a')} LEFT JOIN b.{t} AS y ON {on} "
+           f"WHERE {missing}{differs} ORDER BY {order}")
+    nv = len(vals)
     for row in conn.execute(sql):
-        k = row[:nk]
-        before, after, changed = list(k), list(k), []
-        for i, v in enumerate(vals):
-            x, y, d = row[nk + 3 * i : nk + 3 * i + 3]
-            before.append(x)
-            after.append(y)
-            if d:
-                changed.append(v)
-        order_cols = key + vals
+        k, before = row[:nk], row[: nk + nv]
+        if row[nk + nv]:
+            full = _reorder(td.columns, order_cols, before)
+            td.add(RowChange(DELETE, k, full, None), limit)
+            continue
+        tail = row[nk + nv + 1 :]
+        after = k + tail[0::2]
+        changed = tuple(v for v, d in zip(vals, tail[1::2]) if d)
         td.add(RowChange(UPDATE, k, _reorder(td.columns, order_cols, before), _reorder(td.columns, order_cols, after),
-                         tuple(changed)), limit)
+                         changed), limit)
+    sql = (f"SELECT {sel} FROM {source('b')} WHERE NOT EXISTS "
+           f"(SELECT 1 FROM a.{t} AS y WHERE {on}) ORDER BY {order}")
+    for row in conn.execute(sql):
+        td.add(RowChange(INSERT, row[:nk], None, _reorder(td.columns, order_cols, row)), limit)
 
 
 def _int_key(pair: StatePair, td: TableDiff) -> bool:

@@ -28,11 +28,16 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
+
+import apsw
 
 BLOCK_PAGES = 256
+SUB_PAGES = 16
 INTERIOR_TABLE, INTERIOR_INDEX, LEAF_TABLE, LEAF_INDEX = 0x05, 0x02, 0x0D, 0x0A
 LOCK_BYTE_OFFSET = 1073741824
+CACHE_PAGES = 16384  # differing pages kept in memory from the comparison, per file
+_u32 = struct.Struct(">I").unpack_from
 
 
 class PageMapError(Exception):
@@ -49,6 +54,7 @@ class FileImage:
     page_count: int
     usable: int
     header: bytes
+    cache: dict[int, bytes] = field(default_factory=dict)
 
     @classmethod
     def open(cls, path: str) -> "FileImage | None":
@@ -81,32 +87,122 @@ class FileImage:
     def page(self, n: int) -> bytes:
         if not 1 <= n <= self.page_count:
             raise PageMapError(f"page {n} is outside {self.path}")
-        return os.pread(self.fd, self.page_size, (n - 1) * self.page_size)
+        hit = self.cache.get(n)
+        return hit if hit is not None else os.pread(self.fd, self.page_size, (n - 1) * self.page_size)
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
+    def prefetch(self, pages) -> None:
+        """Nothing to do: the operating system's cache serves file pages."""
 
-def differing_pages(a: FileImage, b: FileImage) -> set[int]:
-    """Page numbers whose bytes differ, including pages only one file has."""
+    def ids(self, id_of: Callable[[bytes], bytes]) -> list[bytes]:
+        """Every page's chunk id, hashing the file (to compare it with a vault state)."""
+        ps, out = self.page_size, []
+        for start in range(0, self.page_count * ps, BLOCK_PAGES * ps):
+            block = os.pread(self.fd, min(BLOCK_PAGES * ps, self.page_count * ps - start), start)
+            out.extend(id_of(block[i : i + ps]) for i in range(0, len(block), ps))
+        return out
+
+
+class ChunkCache:
+    """Pages of vault states by chunk id, shared by both sides (identical pages are fetched once)."""
+
+    def __init__(self, load_many: Callable[[list[bytes]], Iterable[tuple[bytes, bytes]]], limit: int = 65536):
+        self.load_many, self.limit = load_many, limit
+        self.data: dict[bytes, bytes] = {}
+
+    def get(self, cids: list[bytes]) -> list[bytes]:
+        missing = [c for c in dict.fromkeys(cids) if c not in self.data]
+        if missing:
+            if len(self.data) + len(missing) > self.limit:
+                self.data.clear()
+            self.data.update(self.load_many(missing))
+        return [self.data[c] for c in cids]
+
+
+@dataclass
+class VirtualImage:
+    """A state held in a vault: its pages' chunk ids, fetched only when read."""
+
+    path: str  # a name for messages and for the VFS
+    page_size: int
+    page_count: int
+    page_ids: list[bytes]
+    chunks: ChunkCache
+    id_of: Callable[[bytes], bytes]
+
+    @property
+    def header(self) -> bytes:
+        return self.page(1)[:100]
+
+    @property
+    def usable(self) -> int:
+        return self.page_size - self.header[20]
+
+    def page(self, n: int) -> bytes:
+        if not 1 <= n <= self.page_count:
+            raise PageMapError(f"page {n} is outside {self.path}")
+        return self.chunks.get([self.page_ids[n - 1]])[0]
+
+    def prefetch(self, pages) -> None:
+        self.chunks.get([self.page_ids[n - 1] for n in pages if 1 <= n <= self.page_count])
+
+    def ids(self, id_of) -> list[bytes]:
+        return self.page_ids
+
+    def read(self, amount: int, offset: int) -> bytes:
+        ps = self.page_size
+        first, last = offset // ps + 1, min((offset + amount - 1) // ps + 1, self.page_count)
+        if first > last:
+            return b""
+        data = b"".join(self.chunks.get(self.page_ids[first - 1 : last]))
+        if first == 1 and data[18:20] == b"\x02\x02":  # WAL mode: read it as a plain file, there is no WAL
+            data = data[:18] + b"\x01\x01" + data[20:]
+        skip = offset - (first - 1) * ps
+        return data[skip : skip + amount]
+
+    def close(self) -> None:
+        pass
+
+
+def differing_pages(a, b) -> set[int]:
+    """Page numbers whose bytes differ, including pages only one file has.
+
+    Equal blocks cost one memory comparison; differing blocks are narrowed to
+    sub-blocks, then pages. The differing pages' bytes are kept for the leaf
+    reads that follow.
+    """
     if a.page_size != b.page_size:
         raise PageMapError("the two files have different page sizes")
     ps = a.page_size
     common = min(a.page_count, b.page_count)
     out = set(range(common + 1, max(a.page_count, b.page_count) + 1))
-    step = BLOCK_PAGES * ps
+    virtual = next((img for img in (a, b) if isinstance(img, VirtualImage)), None)
+    if virtual is not None:  # compare chunk ids (a file's pages are hashed the vault's way)
+        ia, ib = a.ids(virtual.id_of), b.ids(virtual.id_of)
+        out.update(i + 1 for i in range(common) if ia[i] != ib[i])
+        return out
+    step, sub = BLOCK_PAGES * ps, SUB_PAGES * ps
     for start in range(0, common * ps, step):
         n = min(step, common * ps - start)
         x = os.pread(a.fd, n, start)
         y = os.pread(b.fd, n, start)
         if x == y:
             continue
-        first = start // ps + 1
-        for i in range(0, n, ps):
-            if x[i : i + ps] != y[i : i + ps]:
-                out.add(first + i // ps)
+        for s in range(0, n, sub):
+            xs, ys = x[s : s + sub], y[s : s + sub]
+            if xs == ys:
+                continue
+            for i in range(0, len(xs), ps):
+                px, py = xs[i : i + ps], ys[i : i + ps]
+                if px != py:
+                    pno = (start + s + i) // ps + 1
+                    out.add(pno)
+                    if len(a.cache) < CACHE_PAGES:
+                        a.cache[pno], b.cache[pno] = px, py
     return out
 
 
@@ -153,8 +249,8 @@ def walk(img: FileImage, root: int) -> Tree:
                 raise PageMapError(f"the b-tree at page {root} of {img.path} is not balanced")
             ncells = struct.unpack_from(">H", page, h + 3)[0]
             cells = struct.unpack_from(f">{ncells}H", page, h + 12)
-            below.extend(int.from_bytes(page[o : o + 4], "big") for o in cells)
-            below.append(struct.unpack_from(">I", page, h + 8)[0])
+            below.extend([_u32(page, o)[0] for o in cells])
+            below.append(_u32(page, h + 8)[0])
         tree.interior.extend(level)
         level = below
     if len(set(tree.leaves)) != len(tree.leaves) or set(tree.leaves) & seen:
@@ -287,7 +383,11 @@ def plan_tables(
         loose = (la | lb) - {p for p in la & lb if p not in differ} | hanging.get(name, set())
         if not rowid_table or len(loose) > max_fraction * max(len(la), len(lb), 1):
             plans[name] = TablePlan("full", pages_differing=len(loose), pages_total=total)
+            a.prefetch(ta.leaves)  # about to be scanned whole
+            b.prefetch(tb.leaves)
             continue
+        a.prefetch(loose & la)
+        b.prefetch(loose & lb)
         ranges = []
         for p in loose:
             for img, leaves in ((a, la), (b, lb)):
@@ -298,3 +398,78 @@ def plan_tables(
         merged = _merge(ranges)
         plans[name] = TablePlan("ranges" if merged else "skip", merged, len(loose), total)
     return plans
+
+
+# ---- serving vault states to SQLite ---------------------------------------------------
+VFS_NAME = "mulligan-pages"
+_served: dict[str, VirtualImage] = {}
+_vfs: "apsw.VFS | None" = None
+
+
+class _ServedFile:
+    """A read-only SQLite file whose pages come from a VirtualImage."""
+
+    def __init__(self, image: VirtualImage):
+        self.image = image
+
+    def xRead(self, amount: int, offset: int) -> bytes:
+        return self.image.read(amount, offset)
+
+    def xFileSize(self) -> int:
+        return self.image.page_count * self.image.page_size
+
+    def xDeviceCharacteristics(self) -> int:
+        return apsw.SQLITE_IOCAP_IMMUTABLE
+
+    def xSectorSize(self) -> int:
+        return 4096
+
+    def xCheckReservedLock(self) -> bool:
+        return False
+
+    def xFileControl(self, op: int, ptr: int) -> bool:
+        return False
+
+    def xLock(self, level: int) -> None:
+        pass
+
+    def xUnlock(self, level: int) -> None:
+        pass
+
+    def xSync(self, flags: int) -> None:
+        pass
+
+    def xClose(self) -> None:
+        pass
+
+    def xWrite(self, data, offset: int) -> None:
+        raise apsw.ReadOnlyError("a vault state is read-only")
+
+    def xTruncate(self, size: int) -> None:
+        raise apsw.ReadOnlyError("a vault state is read-only")
+
+
+class _ServingVFS(apsw.VFS):
+    def __init__(self) -> None:
+        super().__init__(VFS_NAME, "")
+
+    def xOpen(self, name, flags):
+        key = name.filename() if isinstance(name, apsw.URIFilename) else name
+        if key in _served:
+            flags[1] = apsw.SQLITE_OPEN_READONLY
+            return _ServedFile(_served[key])
+        return super().xOpen(name, flags)
+
+
+def serve(image: VirtualImage) -> str:
+    """Make a vault state readable by SQLite; return the URI to ATTACH (until ``unserve``)."""
+    global _vfs
+    if _vfs is None:
+        _vfs = _ServingVFS()
+    key = f"/mulligan-state/{os.urandom(6).hex()}"
+    _served[key] = image
+    return f"file:{key}?vfs={VFS_NAME}&mode=ro&immutable=1"
+
+
+def unserve(uri: str) -> None:
+    _served.pop(uri.split("?", 1)[0][len("file:") :], None)
