@@ -1,4 +1,4 @@
-"""incident open|show|note|summary|close, postmortem, demo (and incidents, unless watch_cmd has it)."""
+"""incident open|show|note|summary|close, postmortem, demo. (The `incidents` listing lives in watch_cmd.)"""
 
 from __future__ import annotations
 
@@ -20,12 +20,6 @@ def _load(ctx: Ctx, incident_id: str) -> dict:
     ctx.audit_target = ctx.config.targets.get(inc.get("target_name")) or {
         "name": inc.get("target_name"), "id": inc.get("target_id"), "env": None}
     return inc
-
-
-def incident_row(inc: dict) -> dict:
-    return {"id": inc["id"], "target": inc.get("target_name"), "kind": inc.get("kind"), "status": inc.get("status"),
-            "opened_at": inc.get("opened_at"), "closed_at": inc.get("closed_at"), "title": inc.get("title"),
-            "users_affected": inc_ops.users_affected(inc)}
 
 
 @click.group()
@@ -126,20 +120,6 @@ def close_(ctx: Ctx, incident_id):
     click.echo(f"closed incident {inc['id']}; draft the postmortem with 'mulligan postmortem {inc['id']}'")
 
 
-@click.command()
-@pass_ctx
-def incidents(ctx: Ctx):
-    """List incidents, newest last."""
-    rows = [incident_row(i) for i in inc_ops.list_incidents(ctx.ws.vault)]
-    if ctx.json:
-        return ctx.emit_json({"incidents": rows})
-    t = table("id", "target", "kind", "status", "opened (UTC)", "users affected", "title")
-    for r in rows:
-        t.add_row(r["id"], r["target"] or "", r["kind"] or "", r["status"] or "", r["opened_at"] or "",
-                  "-" if r["users_affected"] is None else str(r["users_affected"]), r["title"] or "")
-    ctx.out.print(t)
-
-
 def build_postmortem(ws, inc: dict) -> pm_ops.Postmortem:
     entries = [e for e in read_audit(ws.vault).entries if (e.get("target") or {}).get("id") == inc.get("target_id")]
     return pm_ops.build(inc, inc_ops.timeline_for(ws.vault, inc), entries)
@@ -193,5 +173,3 @@ def register(cli: click.Group) -> None:
     cli.add_command(incident)
     cli.add_command(postmortem)
     cli.add_command(demo)
-    if "incidents" not in cli.commands:  # watch_cmd owns it when it has one
-        cli.add_command(incidents)

@@ -99,7 +99,7 @@ class Drill:
     def start_watch(self, timeout: float = 15) -> None:
         from ..cli.main import cli
 
-        if "watch" not in cli.commands:
+        if cli.get_command(None, "watch") is None:
             raise DrillFailed("this build of Mulligan has no 'watch' command, so nothing can notice the rollback",
                               hint="continuous capture and detection (ops/capture, ops/detect, cli/watch_cmd) are missing")
         log = open(self.dir / "watch.log", "w")
@@ -136,10 +136,10 @@ class Drill:
 
     def stop(self) -> None:
         """Stop the users, then the watcher; never leaves a process behind."""
-        (self.control / "stop").touch()
-        self.resume_users()
         users = self.procs.pop("users", None)
         if users is not None:
+            (self.control / "stop").touch()
+            self.resume_users()
             _wait_or_kill(users, 10)
         watch = self.procs.pop("watch", None)
         if watch is not None:
@@ -207,14 +207,14 @@ class Drill:
         raise DrillFailed(f"no incident was opened within {timeout:.0f} s of the rollback",
                           hint=f"see {self.dir / 'watch.log'}")
 
-    def report_the_mistake(self, who_said: str = "the engineer who ran it") -> dict:
-        """What a person adds to the record: when and how production was replaced (the watcher only
-        knows it happened between the last good capture and detection)."""
-        inc = self.refresh()
-        self.incident = inc_ops.add_event(
-            self.ws.vault, inc, "production rolled back",
-            f"{os.path.relpath(self.backup, self.dir)} restored over {os.path.basename(self.db)} with SQLite's backup "
-            f"API (sqlite3 .restore), reported by {who_said}", time=self.mistake_at)
+    def report_the_mistake(self) -> dict:
+        """What a person adds to the record: how production was replaced. The watcher knows that it
+        happened and when it saw it, not who or what did it."""
+        self.incident = inc_ops.add_note(
+            self.ws.vault, self.refresh(),
+            f"Production was replaced by restoring {os.path.relpath(self.backup, self.dir)} over "
+            f"{os.path.basename(self.db)} with sqlite3 .restore (SQLite's backup API), outside Mulligan, from a "
+            "terminal believed to be on the test server.")
         return self.incident
 
     def refresh(self) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..ops.incidents import recovery_counts
+from ..ops.summary import short_title
 from ..timeparse import from_iso, human_age
 from . import blog
 from .channel import TeamChannel
@@ -101,10 +102,18 @@ def _story(drill: Drill, say: Say, messages: list[str], started: float, lost_sec
     inc = drill.wait_for_incident()
     det = inc.get("detection") or {}
     delay = (from_iso(det.get("detected_at") or inc["opened_at"]) - from_iso(changed_at)).total_seconds()
-    say(f"6. Detection. {human_age(max(delay, 0))} later the watcher opened incident {inc['id']}:")
-    say(_indent(inc.get("title") or "production went back in time"))
-    if det.get("signals"):
-        say(_indent("signals: " + ", ".join(det["signals"])))
+    rb = inc.get("rolled_back_to") or {}
+    say(f"6. Detection. {'Less than a second' if delay < 1 else human_age(delay)} later the watcher opened incident "
+        f"{inc['id']}: {short_title(inc)}.")
+    if rb.get("snapshot_id"):
+        same = " (the nightly one)" if nightly.id == rb["snapshot_id"] else ""
+        say(f"   It recognised the state production went back to: snapshot {rb['snapshot_id'][:8]}{same}.")
+    for signal in det.get("signals") or []:
+        say(_indent(f"signal: {signal}"))
+    raised = (inc.get("counters") or {}).get("raised") or {}
+    if raised:
+        say("   It raised the id counters (" + ", ".join(f"{t} to {v}" for t, v in raised.items())
+            + ") so new rows stop taking the lost rows' ids.")
     deadline = time.monotonic() + 3
     while not messages and time.monotonic() < deadline:  # the watcher delivers alerts in the background
         time.sleep(0.05)
@@ -113,7 +122,7 @@ def _story(drill: Drill, say: Say, messages: list[str], started: float, lost_sec
         say(_indent(text.strip()[:600], "     | "))
 
     drill.report_the_mistake()
-    say("   The engineer who ran the restore adds to the incident when and how it happened.")
+    say("   The engineer who ran the restore adds a note to the incident saying how it happened.")
 
     impact = drill.assess()
     n = impact["users_affected"]

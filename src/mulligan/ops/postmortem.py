@@ -181,11 +181,12 @@ def _detection(inc: dict, f: dict) -> list[str]:
         if f["change_time_known"]:
             out.append(f"Time from the change to detection: {_age(f['detection_seconds'])}.")
         else:
-            out.append(f"Time from the change to detection: at most {_age(f['detection_seconds'])} (the change came "
-                       "after the last good capture; its exact time is not recorded).")
+            about = "" if f["detection_seconds"] < 1 else "about "
+            out.append(f"Time from the change to detection: {about}{_age(f['detection_seconds'])}, counted from the "
+                       "last good capture (the exact time of the change is not recorded).")
     if f["first_alert_at"]:
         out.append(f"The team was alerted at {short_time(f['first_alert_at'])} "
-                   f"({human_age(_seconds(f['changed_at'], f['first_alert_at']) or 0)} after the change).")
+                   f"({_age(max(0.0, _seconds(f['changed_at'], f['first_alert_at']) or 0))} after the change).")
     elif f["alerts_failed"]:
         out.append("Every alert failed to send.")
     else:
@@ -207,7 +208,7 @@ def _response(inc: dict, f: dict, timeline: list[dict]) -> list[str]:
 def _well(f: dict) -> list[str]:
     out = []
     if f["detection_seconds"] is not None and f["detection_seconds"] <= FAST_DETECTION_S:
-        out.append(f"The rollback was noticed {'' if f['change_time_known'] else 'at most '}"
+        out.append(f"The rollback was noticed {'' if f['change_time_known'] or f['detection_seconds'] < 1 else 'about '}"
                    f"{_age(f['detection_seconds'])} after it happened, not hours later.")
     if f["capture_age_seconds"] is not None and f["capture_age_seconds"] <= STALE_CAPTURE_S:
         out.append(f"The last good state was captured {_age(f['capture_age_seconds'])} before the change, "
@@ -272,8 +273,9 @@ def _factors(f: dict) -> list[str]:
         out.append("The app kept accepting writes into the rolled-back database, and its id counters went back too, "
                    "so new rows took ids that lost rows had used.")
     if f["no_counter_tables"]:
-        out.append(f"Tables with a plain INTEGER PRIMARY KEY ({', '.join(f['no_counter_tables'])}) reuse the largest "
-                   "id + 1; there is no counter to raise after a rollback.")
+        out.append(f"Some tables have no AUTOINCREMENT counter ({', '.join(f['no_counter_tables'])}): their new keys "
+                   "are the largest key + 1, so keys the lost rows used can be handed out again, and nothing can be "
+                   "raised to fence them off after a rollback.")
     if f["capture_age_seconds"] is not None and f["capture_age_seconds"] > STALE_CAPTURE_S:
         out.append("Continuous capture was behind or stopped, and nothing alerted on that.")
     return out or ["To be discussed in the review (conditions and systems, not people)."]
@@ -304,8 +306,9 @@ def _actions(f: dict) -> list[dict]:
         act('Configure `[alerts] webhook = "URL"` so the team hears about incidents in its channel.',
             "no alert reached the team")
     if f["no_counter_tables"]:
-        act(f"Switch {', '.join(f['no_counter_tables'])} to INTEGER PRIMARY KEY AUTOINCREMENT so ids are never reused.",
-            "plain integer keys were reused after the rollback", "medium")
+        act(f"Where {', '.join(f['no_counter_tables'])} use surrogate integer ids, declare them INTEGER PRIMARY KEY "
+            "AUTOINCREMENT, so a rollback can be fenced off by raising their counters.",
+            "some tables had no counter to raise after the rollback", "medium")
     if f["conflicts"]:
         act(f"Assign an owner to decide the {_plural(f['conflicts'], 'conflict')} in the recovery report.",
             "the merge left conflicts for a person")

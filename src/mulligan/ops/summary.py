@@ -40,6 +40,12 @@ def short_time(t: str | None) -> str:
     return from_iso(t).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def short_title(inc: dict) -> str:
+    """The title up to its first clause (the watcher's titles carry every detail after a colon)."""
+    title = inc.get("title") or inc.get("kind") or "incident"
+    return title.split(": ", 1)[0] if len(title) > 80 else title
+
+
 def window(inc: dict) -> dict | None:
     """The data at risk: writes made after the state production went back to, up to the change."""
     start = (inc.get("rolled_back_to") or {}).get("time")
@@ -108,7 +114,7 @@ def build(inc: dict) -> Summary:
         "status": status,
         "next_step": next_step(inc),
     }
-    head = f"Incident {inc['id']} on {inc.get('target_name')}: {inc.get('title') or inc.get('kind')}"
+    head = f"Incident {inc['id']} on {inc.get('target_name')}: {short_title(inc)}"
     text = "\n".join([
         head,
         f"What happened: {lines['what_happened']}",

@@ -31,6 +31,10 @@ def _t(ts: str, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     return from_iso(ts).strftime(fmt)
 
 
+def _ms(ts: str) -> str:
+    return from_iso(ts).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
 def _short(text: str, n: int = 38) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
@@ -69,7 +73,7 @@ def timeline_svg(events: list[dict], facts: dict) -> str:
         parts.append(f'<text x="{x + 4}" y="{axis_y - 14}" transform="rotate(-35 {x + 4} {axis_y - 14})" '
                      f'font-size="12" fill="#1d2327">{label}</text>')
         parts.append(f'<text x="{x}" y="{axis_y + 24}" text-anchor="middle" font-size="11" fill="#555">'
-                     f'{_t(e["time"], "%H:%M:%S")}</text>')
+                     f'{_ms(e["time"])[11:]}</text>')
     first, last = events[0]["time"], events[-1]["time"]
     parts.append(f'<text x="{left - 20}" y="{height - 12}" font-size="11" fill="#555">{escape(_t(first))} UTC → '
                  f'{escape(_t(last))} UTC · events evenly spaced in order</text>')
@@ -121,7 +125,7 @@ def render(pm: Postmortem) -> str:
     h.append("<table><tr><th>time (UTC)</th><th>event</th><th>detail</th></tr>")
     for e in pm.timeline:
         dot = f'<span class="dot" style="background:{COLORS.get(e["kind"], COLORS["incident"])}"></span>'
-        h.append(f"<tr><td>{escape(_t(e['time']))}</td><td>{dot}{escape(e['event'])}</td>"
+        h.append(f"<tr><td>{escape(_ms(e['time']))}</td><td>{dot}{escape(e['event'])}</td>"
                  f"<td>{escape(str(e.get('detail') or ''))}</td></tr>")
     h.append("</table>")
     for title, items in (("Detection", pm.detection), ("Response and recovery", pm.response),

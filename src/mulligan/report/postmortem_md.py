@@ -10,6 +10,10 @@ def _t(ts: str) -> str:
     return from_iso(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _ms(ts: str) -> str:
+    return from_iso(ts).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
 def _cell(v) -> str:
     return "-" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
 
@@ -31,7 +35,7 @@ def render(pm: Postmortem) -> str:
         out.append("")
     out += ["## Timeline (UTC)", "", "| time (UTC) | event | detail |", "|---|---|---|"]
     for e in pm.timeline:
-        out.append(f"| {_t(e['time'])} | {_cell(e['event'])} | {_cell(e.get('detail') or '')} |")
+        out.append(f"| {_ms(e['time'])} | {_cell(e['event'])} | {_cell(e.get('detail') or '')} |")
     out.append("")
     out += ["## Detection", ""] + [f"- {x}" for x in pm.detection] + [""]
     out += ["## Response and recovery", ""] + [f"- {x}" for x in pm.response] + [""]
