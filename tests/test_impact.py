@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from diffkit import build, derive
-from mulligan.ops.impact import impact
+from mulligan.ops.impact import impact, impact_states
 
 DJANGO = """
 CREATE TABLE auth_user(id INTEGER PRIMARY KEY AUTOINCREMENT, password varchar(128) NOT NULL, last_login datetime NULL,
@@ -77,6 +77,13 @@ def test_rows_without_an_owner_are_counted_not_dropped(tmp_path):
     assert res.owners["blog_comment"] == "post_id -> blog_post -> author_id"
     assert res.owners["auth_user"] == "self" and res.owners["blog_tag"] == "none"
     assert "_mulligan_identity" not in res.tables
+
+
+def test_impact_states_takes_two_paths_and_gives_the_same_answer(tmp_path):
+    a, b = django_pair(tmp_path)
+    via_specs, via_paths = impact(None, None, a, b), impact_states(a, b)
+    assert [(u.id, u.counts) for u in via_paths.users] == [(u.id, u.counts) for u in via_specs.users]
+    assert via_paths.from_state["path"] == a
 
 
 def test_the_time_range_comes_from_the_rows_timestamps(tmp_path):

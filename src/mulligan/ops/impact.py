@@ -254,6 +254,17 @@ def impact_pair(pair: StatePair, *, users_table: str | None = None, owners: dict
             "message": None}
 
 
+def impact_states(from_state, to_state, *, users_table: str | None = None,
+                  owners: dict[str, str] | None = None) -> ImpactResult:
+    """Attribute the differences between two states (file paths or vault images) to users."""
+    started = time.monotonic()
+    with StatePair(from_state, to_state) as pair:
+        fields = impact_pair(pair, users_table=users_table, owners=owners)
+    describe = [{"kind": "file", "spec": str(s), "path": str(s), "snapshot": None, "time": None}
+                for s in (pair.paths)]
+    return ImpactResult(describe[0], describe[1], None, **fields, seconds=time.monotonic() - started)
+
+
 def impact(ws: Workspace | None, target: Target | None, from_spec: str, to_spec: str, *,
            users_table: str | None = None, owners: dict[str, str] | None = None) -> ImpactResult:
     """Resolve both STATE specs and attribute their differences to users.

@@ -1,0 +1,55 @@
+"""Vault states are diffed in place: read page by page from the vault, never restored to a file."""
+
+from __future__ import annotations
+
+import apsw
+
+from conftest import make_db
+from diffkit import run
+from mulligan.ops.diff import diff, diff_states, vault_image
+from mulligan.ops.snapshot import take_snapshot
+
+
+def snapshots(project, wal: bool, rows: int = 300):
+    db = make_db(project.dir / "app.db", rows=rows, wal=wal)
+    project.protect(db)
+    ws = project.ws
+    target = ws.target("app")
+    first = take_snapshot(ws, target)
+    conn = apsw.Connection(db)
+    run(conn, "DELETE FROM posts WHERE id % 50 = 0; UPDATE users SET email = 'x' WHERE id = 7;"
+              "INSERT INTO users(username, email) VALUES ('late', 'late@example.com')")
+    conn.close()
+    second = take_snapshot(ws, target)
+    return ws, target, db, first, second
+
+
+def counts(d) -> dict:
+    return {t.name: (t.inserted, t.updated, t.deleted) for t in d.changed_tables}
+
+
+def test_two_snapshots_give_the_same_answer_as_the_two_files(project, tmp_path):
+    ws, target, db, first, second = snapshots(project, wal=True)
+    res = diff(ws, target, first.id, second.id)
+    assert counts(res.diff) == {"posts": (0, 0, 6), "users": (1, 1, 0), "sqlite_sequence": (0, 1, 0)}
+    assert res.from_state["snapshot"] == first.id and res.to_state["snapshot"] == second.id
+    assert counts(diff(ws, target, first.id, "live").diff) == counts(res.diff)
+
+
+def test_a_snapshot_compared_with_itself_or_its_own_file_has_no_differences(project):
+    ws, target, db, first, second = snapshots(project, wal=False)
+    assert not diff(ws, target, second.id, second.id).has_differences
+    assert not diff(ws, target, second.id, "live").has_differences
+
+
+def test_only_the_pages_the_comparison_needs_are_fetched_from_the_vault(project):
+    ws, target, db, first, second = snapshots(project, wal=False, rows=3000)
+    a, b = vault_image(ws.vault, first), vault_image(ws.vault, second)
+    b.chunks = a.chunks
+    fetched = []
+    load = a.chunks.load_many
+    a.chunks.load_many = lambda cids: (fetched.extend(cids), load(cids))[1]
+    d = diff_states(a, b, tables=["users"])
+    assert counts(d) == {"users": (1, 1, 0)}
+    assert first.page_count > 100
+    assert len(set(fetched)) < first.page_count / 4
