@@ -146,3 +146,13 @@ def test_only_the_tables_asked_for_are_compared(tmp_path):
     a = build(tmp_path / "a.db", "CREATE TABLE t(id INTEGER PRIMARY KEY); CREATE TABLE u(id INTEGER PRIMARY KEY)")
     b = derive(a, tmp_path / "b.db", "INSERT INTO t VALUES (1); INSERT INTO u VALUES (1)")
     assert [t.name for t in diff_states(a, b, tables=["u"]).changed_tables] == ["u"]
+
+
+def test_a_file_that_is_not_a_database_is_refused_with_a_clear_error(tmp_path):
+    from mulligan.errors import NotADatabase
+
+    a = build(tmp_path / "a.db", "CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 300)
+    with pytest.raises(NotADatabase):
+        diff_states(a, str(junk))
