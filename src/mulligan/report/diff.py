@@ -105,7 +105,8 @@ def _notes(t) -> str:
     if t.counters:
         notes.append("AUTOINCREMENT counters, not in the total")
     if t.keyless:
-        notes.append("no primary key: compared as a multiset of rows")
+        notes.append("primary key changed: compared as a multiset of rows" if t.schema_changed
+                     else "no primary key: compared as a multiset of rows")
     if t.schema_changed:
         notes.append("schema changed: rows compared on common columns")
     return "; ".join(notes)
