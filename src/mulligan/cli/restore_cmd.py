@@ -129,6 +129,8 @@ def render_plan(ctx: Ctx, plan: dict) -> None:
                       f"{row['returning']} back")
         else:
             out.print(f"                {escape(row['table']):<20} {row['rows_now']} rows now, {row['rows_then']} then")
+    if plan.get("commits_since") is not None:
+        out.print(f"              {plan['commits_since']} commit(s) by others since then, captured by watch")
     out.print(f"              {plan['newer_restore_points']} newer restore point(s) since then (they stay in the vault)")
     live = plan["live_use"]
     others = [h for h in live["holders"] if not h["mulligan"]]

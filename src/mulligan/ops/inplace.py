@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from ..engines.sqlite import replace as sqlite_replace
-from ..errors import GuardRefused, NotFound
+from ..errors import GuardRefused, MulliganError, NotFound
 from ..model import Identity, Target
 from ..timeparse import from_iso, iso, utc_now
 from ..vault import KIND_UNDO, Manifest
@@ -52,6 +52,7 @@ class Plan:
     live: guards.LiveUse
     loss: dict
     newer_points: int
+    commits_since: int | None = None  # commits by others captured by watch after the point
     warnings: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     force_live: bool = False
@@ -70,6 +71,7 @@ class Plan:
                       "target": p.target_name, "target_id": p.target_id, "env": p.meta.get("env")},
             "loss": self.loss,
             "newer_restore_points": self.newer_points,
+            "commits_since": self.commits_since,
             "live_use": self.live.to_json(),
             "warnings": self.warnings,
             "refusals": self.refusals,
@@ -122,7 +124,8 @@ def prepare(ws: Workspace, target: Target, point: Manifest, *, action: str = "re
         newer = sum(1 for m in ws.vault.manifests(target.id) if m.kind != KIND_UNDO and m.time > point.time)
         plan = Plan(action, target, socket.gethostname(), point, identity,
                     {"time": iso(wrote_at), "age_seconds": round(max(time.time() - wrote_at, 0.0), 3), "file": wrote_what},
-                    live, _loss(path, scratch), newer, force_live=force_live, scratch=scratch)
+                    live, _loss(path, scratch), newer, _commits_since(ws, target, point), force_live=force_live,
+                    scratch=scratch)
         _judge(plan, allow_cross_target)
         if plan.refusals:
             more = f" (and {len(plan.refusals) - 1} more reason(s), listed in the plan)" if len(plan.refusals) > 1 else ""
@@ -180,6 +183,28 @@ def _loss(now_path: str, point_path: str) -> dict:
     return {"method": "row diff", **sizes, "tables": tables,
             "totals": {"lost": totals["deleted"], "changed": totals["updated"], "returning": totals["inserted"]},
             "schema_changes": len(d.schema)}
+
+
+def _commits_since(ws: Workspace, target: Target, point: Manifest) -> int | None:
+    """Commits by others that ``watch`` captured after the point; None without continuous capture."""
+    try:
+        from . import capture_store as cs
+    except ImportError:
+        return None
+    try:
+        since = from_iso(point.time).timestamp()
+        bases = sorted(cs.capture_bases(ws.vault, target.id), key=lambda m: m.time)
+        if not bases:
+            return None
+        first = max([i for i, b in enumerate(bases) if b.time <= point.time] or [0])
+        n = 0
+        for base in bases[first:]:
+            for key in cs.segment_keys(ws.vault, target.id, base.id):
+                n += sum(1 for c in cs.load_segment(ws.vault, key)["commits"]
+                         if c["t"] > since and not str(c.get("by", "app")).startswith("mulligan"))
+        return n
+    except (MulliganError, KeyError, TypeError, ValueError):
+        return None  # a capture format this code does not know: the plan says nothing rather than something wrong
 
 
 def _counts(now_path: str, point_path: str) -> list[dict]:

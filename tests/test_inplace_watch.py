@@ -1,0 +1,64 @@
+"""In-place restore and undo while a real `mulligan watch` holds the database and writes its stamp."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import MULLIGAN, dump, make_db
+from test_inplace import settle, write_rows
+
+from mulligan.ops import guards
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def watched(project):
+    db = make_db(project.dir / "app.db", rows=10)
+    project.protect(db, "app", "production")
+    assert project.call("snapshot", "app").code == 0
+    project.at_snapshot = dump(db)
+    env = {k: v for k, v in os.environ.items() if k != "MULLIGAN_CONFIG"}
+    p = subprocess.Popen([*MULLIGAN, "watch", "app", "--poll", "0.05s"], cwd=project.dir, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        holders, _ = guards.open_holders(db, project.ws.vault)
+        if any(h.pid == p.pid for h in holders):
+            break
+        assert p.poll() is None, p.stderr.read()
+        time.sleep(0.1)
+    else:
+        pytest.fail("watch did not open the database")
+    time.sleep(1.0)  # its first base and generation bump
+    project.db, project.watch = db, p
+    yield project
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
+def test_a_running_watch_is_not_live_use_and_undo_right_after_works(watched):
+    write_rows(watched.db, 3)  # the app's commits, captured by the watcher
+    time.sleep(0.5)
+    settle(watched.db)  # ...made a minute ago
+    before = dump(watched.db)
+    r = watched.run("--json", "restore", "app", "--snapshot",
+                    watched.ws.vault.manifests(watched.ws.target("app").id)[0].id, "--in-place", "--confirm", "app")
+    assert r.code == 0, r.out + r.err
+    holders = r.json["plan"]["live_use"]["holders"]
+    assert [h["pid"] for h in holders] == [watched.watch.pid] and holders[0]["mulligan"]
+    assert r.json["plan"]["commits_since"] == 1  # the app's one transaction, as the watcher captured it
+    assert dump(watched.db) == watched.at_snapshot
+    time.sleep(1.0)  # the watcher sees the restore and writes its own stamp
+    r = watched.run("undo", "app", "--confirm", "app")
+    assert r.code == 0, r.err
+    assert dump(watched.db) == before
+    assert watched.watch.poll() is None
