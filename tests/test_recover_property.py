@@ -177,7 +177,7 @@ def _update(conn, t: Table, rnd) -> None:
                  [vals[c] for c in chosen] + list(k))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(tables=schemas(), seed=st.integers(0, 2**32 - 1), sizes=st.tuples(st.integers(0, 25), st.integers(0, 25), st.integers(0, 25)))
 def test_random_histories_merge_without_losing_or_breaking_anything(tmp_path_factory, tables, seed, sizes):
     tmp = tmp_path_factory.mktemp("prop")
@@ -201,7 +201,7 @@ def test_random_histories_merge_without_losing_or_breaking_anything(tmp_path_fac
     check_invariants(base, lost, before, current, result)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(tables=schemas(), seed=st.integers(0, 2**32 - 1), sizes=st.tuples(st.integers(0, 25), st.integers(0, 30)))
 def test_when_nobody_wrote_after_the_mistake_the_merge_gives_back_lost_exactly(tmp_path_factory, tables, seed, sizes):
     tmp = tmp_path_factory.mktemp("prop-quiet")

@@ -79,6 +79,7 @@ class _Planner:
         self.deletes: dict[str, list[Write]] = {n: [] for n in self.tables}
         self.updates: dict[str, list[Write]] = {n: [] for n in self.tables}
         self.inserts: dict[str, list[Write]] = {n: [] for n in self.tables}
+        self.moved: dict[str, dict[tuple, dict]] = {n: {} for n in self.tables}  # key -> values its update sets
         self.conflicts: dict[str, list[Conflict]] = {n: [] for n in self.tables}
         self.outcomes: dict[str, list[Outcome]] = {n: [] for n in self.tables}
         self.seq = self._sequences()
@@ -141,15 +142,17 @@ class _Planner:
             before = ({n: dict(self.key_map[n]) for n in comp}, {n: set(self.blocked[n]) for n in comp})
             self.alloc.restore(start)
             for n in comp:
-                self.inserts[n], self.updates[n] = [], []
+                self.inserts[n], self.updates[n], self.moved[n] = [], [], {}
                 self.outcomes[n] = [o for o in self.outcomes[n] if o.change == "delete"]
                 self.conflicts[n] = [c for c in self.conflicts[n] if c.kind == DELETE_UPDATED]
+            # Updates first: they run first, and may free a UNIQUE value a lost insert takes.
+            for n in comp:
+                self._plan_updates(n)
+            for n in comp:
                 new_map: dict[tuple, tuple] = {}
                 new_blocked: set[tuple] = set()
                 self._plan_inserts(n, new_map, new_blocked)
                 self.key_map[n], self.blocked[n] = new_map, new_blocked
-            for n in comp:
-                self._plan_updates(n)
             after = ({n: self.key_map[n] for n in comp}, {n: self.blocked[n] for n in comp})
             if not cyclic or after == before:
                 return
@@ -273,6 +276,9 @@ class _Planner:
                 okey = tuple(other[c] for c in info.pk)
                 if okey == own_key or okey in self.planned_deletes[name]:
                     continue
+                moved = self.moved[name].get(okey)  # an update planned (so run) before this write
+                if moved is not None and tuple(moved.get(c, other[c]) for c in group) != vals:
+                    continue
                 return group, other
         return None
 
@@ -353,6 +359,7 @@ class _Planner:
                 )
             if sets:
                 self.updates[name].append(Write(name, "update", key, sets))
+                self.moved[name][key] = sets
             if cell_conflicts:
                 detail = "other columns replayed" if sets else ""
                 self.outcome(name, "update", key, CONFLICT, key, detail)
