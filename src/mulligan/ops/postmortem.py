@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..timeparse import from_iso, human_age
 from .incidents import change_time, recovery_counts, users_affected, what_ran_it
-from .summary import short_time, what_happened, window
+from .summary import short_time, short_title, what_happened, window
 
 FAST_DETECTION_S = 60  # noticed within a minute: went well
 STALE_CAPTURE_S = 300  # the last capture was older than this when production changed: went poorly
@@ -115,7 +115,7 @@ def build(inc: dict, timeline: list[dict], audit_entries: list[dict] | None = No
     f = gather(inc, timeline, audit_entries)
     return Postmortem(
         incident=inc,
-        title=f"Postmortem (draft): {inc.get('title') or inc.get('kind')} on {inc.get('target_name')}",
+        title=f"Postmortem (draft): {short_title(inc)}",
         facts=f,
         summary=_summary(inc, f),
         impact=_impact(f),

@@ -66,13 +66,20 @@ def what_happened(inc: dict) -> str:
         age = f" ({human_age(rb['age_seconds'])} old)" if rb.get("age_seconds") is not None else ""
         exact = change_time(inc, exact=True)
         lg = (inc.get("last_good") or {}).get("time")
-        when = f"at {short_time(exact)}" if exact or not lg else f"between {short_time(lg)} and {short_time(change)}"
+        if exact or not lg:
+            when = f"at {short_time(exact or change)}"
+        elif short_time(lg) == short_time(change):
+            when = f"at about {short_time(change)}"
+        else:
+            when = f"between {short_time(lg)} and {short_time(change)}"
         text = f"{target} was rolled back{to}{age} {when}"
         since = exact or lg
         if det.get("detected_at") and since:
             delay = max(0.0, (from_iso(det["detected_at"]) - from_iso(since)).total_seconds())
-            text += f"; Mulligan noticed {'' if exact else 'within '}{'less than a second' if delay < 1 else human_age(delay)}"
-            text += " later" if exact else ""
+            if delay < 1:
+                text += "; Mulligan noticed within a second"
+            else:
+                text += f"; Mulligan noticed {human_age(delay)} later" if exact else f"; Mulligan noticed within {human_age(delay)}"
         return text + "."
     return f"{inc.get('title') or 'incident'} on {target}, opened {short_time(inc.get('opened_at'))}."
 

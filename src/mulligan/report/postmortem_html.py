@@ -6,7 +6,7 @@ from __future__ import annotations
 from html import escape
 
 from ..ops.postmortem import Postmortem
-from ..timeparse import from_iso
+from ..timeparse import from_iso, human_age
 
 COLORS = {
     "good": "#2e7d32", "mistake": "#c62828", "detect": "#ef6c00", "alert": "#f9a825",
@@ -21,7 +21,7 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px soli
 .meta{color:#555}.draft{background:#fff8e1;border-left:4px solid #f9a825;padding:.5em 1em}
 table{border-collapse:collapse;width:100%;margin:.6em 0}th,td{border:1px solid #ddd;padding:.35em .6em;text-align:left;vertical-align:top}
 th{background:#f5f5f5}td.num{text-align:right}.dot{display:inline-block;width:.8em;height:.8em;border-radius:50%;margin-right:.4em}
-.facts{display:flex;gap:1em;flex-wrap:wrap}.fact{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:10em}
+.facts{display:flex;gap:1em;flex-wrap:wrap}.fact{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;flex:1 1 0;min-width:8em}
 .fact b{display:block;font-size:1.6em}.pri-high{color:#c62828;font-weight:600}.pri-medium{color:#ef6c00}.pri-low{color:#555}
 svg{max-width:100%;height:auto;border:1px solid #eee;border-radius:6px;background:#fcfcfc}
 """
@@ -40,16 +40,27 @@ def _short(text: str, n: int = 38) -> str:
 
 
 def timeline_svg(events: list[dict], facts: dict) -> str:
-    """Events at equal spacing in time order (the gaps span seconds to hours), coloured by kind,
-    with the data-loss window and the time users wrote into the rolled-back database shaded."""
+    """A vertical timeline: one row per event in time order, coloured by kind, a marked gap where
+    time jumps (seconds to hours apart), and bars for the data-loss window and for the time users
+    wrote into the rolled-back database."""
     if not events:
         return ""
-    step, left, right, axis_y = 92, 60, 230, 200
-    width = left + right + step * max(1, len(events) - 1)
-    height = 280
-    xs = [left + i * step for i in range(len(events))]
+    row, gap_row, top, axis = 26, 18, 16, 232
+    ys, y, gaps = [], top, []
+    for i, e in enumerate(events):
+        if i:
+            jump = (from_iso(e["time"]) - from_iso(events[i - 1]["time"])).total_seconds()
+            if jump >= 60:
+                gaps.append((y + gap_row / 2, jump))
+                y += gap_row
+        ys.append(y + row / 2)
+        y += row
+    legend_y = y + 18
+    height, width = legend_y + 16, 900
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-             'role="img" aria-label="Incident timeline">', "<title>Incident timeline (UTC)</title>"]
+             'role="img" aria-label="Incident timeline" font-family="system-ui, sans-serif">',
+             "<title>Incident timeline (UTC)</title>",
+             f'<line x1="{axis}" y1="{top}" x2="{axis}" y2="{y}" stroke="#90a4ae" stroke-width="2"/>']
 
     def index_of(pred) -> int | None:
         return next((i for i, e in enumerate(events) if pred(e)), None)
@@ -58,33 +69,36 @@ def timeline_svg(events: list[dict], facts: dict) -> str:
     change = index_of(lambda e: e["kind"] == "mistake")
     applied = index_of(lambda e: e.get("fact") == "applied")
     if start is not None and change is not None and change > start:
-        parts.append(_band(xs[start], xs[change], axis_y, "#ffcdd2", "data-loss window"
-                           + (f" ({facts['window']['human']})" if facts.get("window") else "")))
+        parts.append(_bar(axis - 40, ys[start], ys[change], "#ef9a9a"))
     if change is not None:
-        end = xs[applied] if applied is not None else xs[-1]
-        if end > xs[change]:
-            parts.append(_band(xs[change], end, axis_y, "#ffe0b2", "users write into the rolled-back database"))
-    parts.append(f'<line x1="{left - 20}" y1="{axis_y}" x2="{xs[-1] + 20}" y2="{axis_y}" stroke="#90a4ae" stroke-width="2"/>')
-    for x, e in zip(xs, events):
+        end = ys[applied] if applied is not None else ys[-1]
+        if end > ys[change]:
+            parts.append(_bar(axis - 22, ys[change], end, "#ffcc80"))
+    for gy, jump in gaps:
+        parts.append(f'<text x="{axis + 16}" y="{gy + 4}" font-size="11" font-style="italic" fill="#78909c">'
+                     f"… {escape(human_age(jump))} later …</text>")
+    day = None
+    for y_, e in zip(ys, events):
         color = COLORS.get(e["kind"], COLORS["incident"])
-        label = escape(_short(e["event"]))
-        parts.append(f'<circle cx="{x}" cy="{axis_y}" r="7" fill="{color}" stroke="#fff" stroke-width="2">'
+        stamp = _ms(e["time"])
+        label = stamp[11:] if stamp[:10] == day else stamp
+        day = stamp[:10]
+        parts.append(f'<text x="{axis - 50}" y="{y_ + 4}" text-anchor="end" font-size="12" fill="#555">{label}</text>')
+        parts.append(f'<circle cx="{axis}" cy="{y_}" r="6" fill="{color}" stroke="#fff" stroke-width="2">'
                      f'<title>{escape(e["time"])} {escape(e["event"])}</title></circle>')
-        parts.append(f'<text x="{x + 4}" y="{axis_y - 14}" transform="rotate(-35 {x + 4} {axis_y - 14})" '
-                     f'font-size="12" fill="#1d2327">{label}</text>')
-        parts.append(f'<text x="{x}" y="{axis_y + 24}" text-anchor="middle" font-size="11" fill="#555">'
-                     f'{_ms(e["time"])[11:]}</text>')
-    first, last = events[0]["time"], events[-1]["time"]
-    parts.append(f'<text x="{left - 20}" y="{height - 12}" font-size="11" fill="#555">{escape(_t(first))} UTC → '
-                 f'{escape(_t(last))} UTC · events evenly spaced in order</text>')
+        parts.append(f'<text x="{axis + 16}" y="{y_ + 4}" font-size="13" fill="#1d2327">{escape(_short(e["event"], 90))}</text>')
+    window = f" ({facts['window']['human']})" if facts.get("window") else ""
+    parts.append(f'<rect x="10" y="{legend_y - 9}" width="12" height="10" fill="#ef9a9a"/>'
+                 f'<text x="28" y="{legend_y}" font-size="12" fill="#1d2327">data-loss window{escape(window)}</text>'
+                 f'<rect x="250" y="{legend_y - 9}" width="12" height="10" fill="#ffcc80"/>'
+                 f'<text x="268" y="{legend_y}" font-size="12" fill="#1d2327">users write into the rolled-back database, '
+                 "until the recovery</text>")
     parts.append("</svg>")
     return "\n".join(parts)
 
 
-def _band(x1: int, x2: int, axis_y: int, fill: str, label: str) -> str:
-    return (f'<rect x="{x1}" y="{axis_y + 34}" width="{x2 - x1}" height="18" fill="{fill}" rx="3"/>'
-            f'<text x="{(x1 + x2) / 2}" y="{axis_y + 47}" text-anchor="middle" font-size="11" fill="#1d2327">'
-            f'{escape(label)}</text>')
+def _bar(x: float, y1: float, y2: float, fill: str) -> str:
+    return f'<rect x="{x}" y="{y1}" width="10" height="{max(2.0, y2 - y1)}" fill="{fill}" rx="3"/>'
 
 
 def _list(items: list[str]) -> str:
