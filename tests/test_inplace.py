@@ -238,3 +238,22 @@ def test_a_connection_the_app_holds_open_sees_the_restored_content_and_keeps_wri
         p.wait(timeout=10)
     names = [row[1] for row in dict(dump(app.db))["users"]]
     assert len(names) == 21 and names[-1] == "after"
+
+
+@pytest.mark.parametrize("point_wal,target_wal", [(False, True), (True, False)])
+def test_the_target_keeps_its_journal_mode_whatever_the_points(project, point_wal, target_wal):
+    db = make_db(project.dir / "j.db", rows=4, wal=point_wal)
+    project.protect(db, "j", "staging")
+    assert project.call("snapshot", "j").code == 0
+    at_snapshot = dump(db)
+    conn = apsw.Connection(db)
+    conn.execute(f"PRAGMA journal_mode={'wal' if target_wal else 'delete'}").fetchall()
+    conn.close()
+    make_db(db, rows=2, wal=target_wal)
+    settle(db)
+    r = project.run("restore", "j", "--latest", "--in-place", "--yes")
+    assert r.code == 0, r.err
+    assert dump(db) == at_snapshot
+    conn = apsw.Connection(db)
+    assert conn.execute("PRAGMA journal_mode").fetchall()[0][0] == ("wal" if target_wal else "delete")
+    conn.close()

@@ -122,6 +122,9 @@ def replace_content(target_path: str, source_path: str, busy_ms: int = 10000) ->
                 ident_mod.write(src, after)
             else:
                 after = None
+            # The target keeps its journal mode: page 1 of the copy carries the WAL flag.
+            dest_mode = dest.execute("PRAGMA journal_mode").fetchall()[0][0].lower()
+            src.execute(f"PRAGMA journal_mode={'wal' if dest_mode == 'wal' else 'delete'}").fetchall()
             pages = src.execute("PRAGMA page_count").fetchall()[0][0]
             try:
                 with dest.backup("main", src, "main") as b:
