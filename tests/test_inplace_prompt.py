@@ -54,6 +54,17 @@ def test_the_production_prompt_refuses_anything_but_the_exact_name(app, answer):
     assert content(app.db) == before
 
 
+def test_end_of_input_at_the_prompt_is_a_refusal_and_is_logged(app):
+    before = content(app.db)
+    child = spawn(app, "restore", "app", "--latest", "--in-place")
+    child.expect(r"\[no\]: ")
+    child.sendeof()
+    assert finish(child) == 3
+    assert content(app.db) == before
+    last = app.run("--json", "audit", "app").json["entries"][-1]
+    assert last["outcome"] == "refused" and "without a name" in last["detail"]["reason"]
+
+
 def test_yes_alone_is_refused_even_at_a_terminal(app):
     before = content(app.db)
     child = spawn(app, "restore", "app", "--latest", "--in-place", "--yes")

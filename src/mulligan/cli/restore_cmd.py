@@ -76,9 +76,10 @@ def run_inplace(ctx: Ctx, target, point, *, action: str, confirm_name, yes, forc
                 render_plan(ctx, plan.to_json())
             how = guards.confirm(
                 target, confirm_name=confirm_name, yes=yes, interactive=sys.stdin.isatty(),
-                ask_name=lambda: click.prompt(f"Type the target's name to replace {target.env} database {target.name!r}",
-                                              default="no", err=True),
-                ask_yes=lambda: click.confirm(f"Replace {target.env} database {target.name!r}?", default=False, err=True),
+                ask_name=_unless_aborted(lambda: click.prompt(
+                    f"Type the target's name to replace {target.env} database {target.name!r}", default="no", err=True)),
+                ask_yes=_unless_aborted(lambda: click.confirm(
+                    f"Replace {target.env} database {target.name!r}?", default=False, err=True)),
             )
             res = inplace.apply(ws, plan, confirmed_by=how)
     except GuardRefused as exc:
@@ -98,6 +99,17 @@ def run_inplace(ctx: Ctx, target, point, *, action: str, confirm_name, yes, forc
     click.echo(f"{verb} {point.id} ({point.time}) into {target.name} at {target.path} in place; "
                f"generation {res.identity.generation}; undo point {res.undo_point.id} "
                f"('mulligan undo {target.name}' puts it back)")
+
+
+def _unless_aborted(ask):
+    """Ctrl-C or end of input at the prompt is a "no" (a refusal, logged), not a crash."""
+    def wrapped():
+        try:
+            return ask()
+        except click.Abort:
+            click.echo("", err=True)
+            return None
+    return wrapped
 
 
 def _audit_summary(plan_json: dict | None) -> dict:

@@ -293,7 +293,11 @@ def confirm(target: Target, *, confirm_name: str | None, yes: bool, interactive:
         if not interactive or ask_name is None:
             raise GuardRefused(f"replacing production database {target.name!r} needs its name typed, and there is no terminal",
                                unchanged=unchanged, hint=f"pass --confirm {target.name} to confirm from a script")
-        typed = (ask_name() or "").strip()
+        typed = ask_name()
+        if typed is None:
+            raise GuardRefused("the prompt was left without a name", unchanged=unchanged,
+                               hint="nothing happens unless the target's exact name is typed")
+        typed = typed.strip()
         if typed != target.name:
             raise GuardRefused(f"the name typed ({typed!r}) is not {target.name!r}", unchanged=unchanged,
                                hint="nothing happens unless the target's exact name is typed")
@@ -354,6 +358,9 @@ def inspect_file(path: str, config=None, *, window: float = LIVE_WINDOW) -> Guar
 
     ``config`` is a mulligan.config.Config (or None): with it, the target
     registered at that path and Mulligan's knowledge of its state are used.
+    The calling process counts as Mulligan's own and is not listed; do not call
+    this in a process that holds SQLite connections to the file (it opens and
+    closes the file, which drops that process's POSIX locks on it).
     """
     from ..engines.sqlite import identity as ident_mod
     from ..engines.sqlite.engine import open_conn
