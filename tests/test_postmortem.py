@@ -158,3 +158,17 @@ def test_an_incident_without_impact_or_recovery_says_what_is_not_known_yet():
     assert "Who was affected was not assessed." in pm.impact
     assert any("No alert was sent" in x for x in pm.detection)
     assert any("webhook" in a["action"] for a in pm.actions)
+
+
+def test_incident_impact_finds_who_lost_data_and_keeps_it_in_the_record(recovered):
+    iid = recovered.incident["id"]
+    res = recovered.mulligan("incident", "impact", iid)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("3 users potentially lost data")
+    labels = {u["label"] for u in recovered.refresh()["impact"]["users"]}
+    assert "carol" in labels and len(labels) == 3
+
+
+def test_without_an_impact_report_the_users_come_from_the_recovery_rows(recovered):
+    inc = dict(recovered.refresh(), impact=None)
+    assert inc_ops.users_affected(inc) == 3

@@ -24,7 +24,7 @@ def _load(ctx: Ctx, incident_id: str) -> dict:
 
 @click.group()
 def incident():
-    """The incident record: open, show, note, summary, close."""
+    """The incident record: open, show, note, impact, summary, close."""
 
 
 @incident.command("open")
@@ -104,6 +104,25 @@ def summary(ctx: Ctx, incident_id, send):
     if ctx.json:
         return ctx.emit_json(out)
     click.echo(s.text)
+
+
+@incident.command("impact")
+@click.argument("incident_id", metavar="ID")
+@click.option("--users-table", metavar="T", help="The table of users (default: configured, or auth_user, users, accounts).")
+@pass_ctx
+def impact_(ctx: Ctx, incident_id, users_table):
+    """Which users lost data: impact between the incident's BASE and LOST, kept in the record."""
+    from ..ops.impact import impact
+    from ..report.diff import impact_json, render_impact_text
+
+    inc = _load(ctx, incident_id)
+    base, lost = inc_ops.recovery_states(inc)
+    res = impact(ctx.ws, ctx.ws.target(inc["target_name"]), base, lost, users_table=users_table)
+    inc = inc_ops.record_impact(ctx.ws.vault, inc, impact_json(res), base=base, lost=lost)
+    if ctx.json:
+        return ctx.emit_json(inc["impact"])
+    render_impact_text(res, ctx.out)
+    click.echo(f"{inc_ops.users_affected(inc)} users potentially lost data")
 
 
 @incident.command("close")

@@ -224,14 +224,12 @@ class Drill:
     def assess(self) -> dict:
         """Impact between the state production went back to and the last good one; kept in the incident."""
         from ..ops.impact import impact
+        from ..report.diff import impact_json
 
         inc = self.refresh()
         base, lost = inc_ops.recovery_states(inc)
         res = impact(self.ws, self.target, base, lost)
-        users = [{"id": u.id, "label": u.label, "rows": u.total, "tables": {t: sum(c.values()) for t, c in u.counts.items()},
-                  "earliest": u.earliest, "latest": u.latest} for u in res.users]
-        record = {"users": users, "users_affected": len(users), "tables": res.tables, "unowned": res.unowned,
-                  "users_table": res.users_table, "message": res.message}
+        record = impact_json(res)
         self.incident = inc_ops.record_impact(self.ws.vault, inc, record, base=base, lost=lost)
         return self.incident["impact"]
 

@@ -128,7 +128,7 @@ def _story(drill: Drill, say: Say, messages: list[str], started: float, lost_sec
     n = impact["users_affected"]
     say("7. Impact. Who wrote between the old snapshot and the mistake?")
     say(f"   {n} users potentially lost data")
-    top = ", ".join(f"{u['label'] or u['id']} ({u['rows']} rows)" for u in impact["users"][:5])
+    top = ", ".join(f"{u['label'] or u['id']} ({u['total']} rows)" for u in impact["users"][:5])
     if top:
         say(f"   most affected: {top}")
 

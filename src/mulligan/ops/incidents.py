@@ -370,12 +370,13 @@ def _plus(t: str, seconds: float) -> str:
 
 
 def users_affected(inc: dict) -> int | None:
+    """From the impact when it was computed, else from the owners of the rows the recovery found lost."""
     imp = inc.get("impact")
-    if not imp:
-        return None
-    if imp.get("users_affected") is not None:
-        return int(imp["users_affected"])
-    return len(imp.get("users") or [])
+    if imp:
+        return int(imp["users_affected"]) if imp.get("users_affected") is not None else len(imp.get("users") or [])
+    rows = (inc.get("recovery") or {}).get("rows") or []
+    owners = {repr((r.get("owner") or {}).get("user")) for r in rows if (r.get("owner") or {}).get("user") is not None}
+    return len(owners) if owners else None
 
 
 def timeline_for(vault: Vault, inc: dict) -> list[dict]:

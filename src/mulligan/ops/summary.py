@@ -90,7 +90,7 @@ def next_step(inc: dict) -> str:
     if inc.get("status") == "closed":
         return f"hold the blameless review of the postmortem draft: mulligan postmortem {iid}."
     if not inc.get("impact"):
-        return f"find who lost data: mulligan impact {target} BASE LOST (or mulligan recover {target} --incident {iid})."
+        return f"find who lost data: mulligan incident impact {iid}."
     if not rec:
         return f"plan the recovery: mulligan recover {target} --incident {iid}."
     counts = recovery_counts(rec)
