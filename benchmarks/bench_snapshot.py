@@ -55,14 +55,14 @@ def build(path: str, rows: int) -> None:
     conn.close()
 
 
-def change_spread(path: str, rows: int, fraction: float = 0.001) -> int:
+def change_spread(path: str, rows: int, fraction: float = 0.001, round_: int = 0) -> int:
     n = max(1, int(rows * fraction))
     step = rows // n
     conn = apsw.Connection(path)
     with conn:
         for k in range(n):
             conn.execute("UPDATE events SET kind = 'changed', payload = ? WHERE id = ?",
-                         (f"edited {k} " + "z" * 40, 1 + k * step))
+                         (f"edited {k} in round {round_} " + "z" * 40, 1 + k * step + round_))
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return n
@@ -100,9 +100,14 @@ def main() -> None:
     work = args.dir or tempfile.mkdtemp(prefix="mulligan-bench-")
     os.makedirs(work, exist_ok=True)
     db = os.path.join(work, "app.db")
-    if not os.path.exists(db):
-        print(f"building {args.rows} rows in {db} ...", file=sys.stderr)
-        build(db, args.rows)
+    pristine = os.path.join(work, f"pristine-{args.rows}.db")
+    if not os.path.exists(pristine):
+        print(f"building {args.rows} rows in {pristine} ...", file=sys.stderr)
+        build(pristine, args.rows)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(db + suffix):
+            os.unlink(db + suffix)
+    shutil.copyfile(pristine, db)
     size = os.path.getsize(db)
     mull = [PY, "-m", "mulligan"]
     res: dict = {"rows": args.rows, "db_bytes": size, "backup_tool": "sqlite3 CLI" if shutil.which("sqlite3") else "python sqlite3 backup API"}
@@ -142,7 +147,7 @@ def main() -> None:
     proj = os.path.join(work, "proj-0")
     incs, inc_rss, stored = [], [], []
     for i in range(args.repeat):
-        res["changed_rows"] = change_spread(db, args.rows)
+        res["changed_rows"] = change_spread(db, args.rows, round_=i)
         dt, rss = timed(mull + ["snapshot", "app", "-q"], cwd=proj)
         incs.append(dt)
         inc_rss.append(rss)

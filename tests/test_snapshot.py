@@ -14,7 +14,15 @@ from mulligan.ops.snapshot import take_snapshot
 WRITER = str(Path(__file__).with_name("writer.py"))
 
 
-def start_writer(db: Path, *extra: str) -> subprocess.Popen:
+def start_writer(db: Path, *extra: str, project=None) -> subprocess.Popen:
+    """Start the stand-in app; with ``project``, protect the database before the app starts writing."""
+    if project is not None:
+        sys.path.insert(0, str(Path(WRITER).parent))
+        import writer
+
+        journal = extra[extra.index("--journal") + 1] if "--journal" in extra else "wal"
+        writer.setup(str(db), journal)
+        project.protect(str(db))
     p = subprocess.Popen([sys.executable, WRITER, str(db), *extra], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
     return p
@@ -33,10 +41,9 @@ def assert_one_commit(path: str) -> int:
 @pytest.mark.parametrize("extra", [(), ("--checkpoints",)], ids=["autocheckpoint", "app-truncate-checkpoints"])
 def test_snapshots_taken_while_a_writer_commits_restore_to_exactly_one_commit(project, extra):
     db = project.dir / "app.db"
-    writer = start_writer(db, *extra)
+    writer = start_writer(db, *extra, project=project)
     try:
         time.sleep(0.3)
-        project.protect(str(db))
         ws = project.ws
         target = ws.target("app")
         seen = []
@@ -55,10 +62,9 @@ def test_snapshots_taken_while_a_writer_commits_restore_to_exactly_one_commit(pr
 def test_a_snapshot_does_not_hold_up_the_writer(project):
     """The writer's commits keep flowing during a snapshot of a WAL database."""
     db = project.dir / "app.db"
-    writer = start_writer(db)
+    writer = start_writer(db, project=project)
     try:
         time.sleep(0.3)
-        project.protect(str(db))
         ws = project.ws
         before = apsw.Connection(str(db)).execute("SELECT n FROM state").fetchone()[0]
         m = take_snapshot(ws, ws.target("app"))
@@ -73,10 +79,9 @@ def test_a_snapshot_does_not_hold_up_the_writer(project):
 
 def test_a_rollback_journal_database_is_snapshotted_and_the_writer_pause_is_reported(project):
     db = project.dir / "app.db"
-    writer = start_writer(db, "--journal", "delete", "--rate", "200")
+    writer = start_writer(db, "--journal", "delete", "--rate", "200", project=project)
     try:
         time.sleep(0.3)
-        project.protect(str(db))
         r = project.run("snapshot", "app", "--json")
     finally:
         writer.kill()

@@ -38,14 +38,25 @@ class PlainCodec:
             return [coll[i].tobytes() for i in range(len(coll))]
         return [self._cctx.compress(c) for c in chunks]
 
-    def unpack_blob(self, blob: bytes, expected_id: bytes, length: int) -> bytes:
+    def decompress(self, blob: bytes, where: str = "") -> bytes:
         try:
-            data = self._dctx.decompress(blob, max_output_size=max(length, 1))
+            return self._dctx.decompress(blob)
         except zstandard.ZstdError as exc:
             raise IntegrityError(
-                f"chunk {expected_id.hex()} cannot be decompressed ({exc})",
+                f"a block {where} cannot be decompressed ({exc}): the vault object holding it is damaged",
                 hint="run 'mulligan verify' to list every damaged object",
             ) from None
+
+    def decompress_many(self, blobs: list[bytes], where: str = "") -> list[bytes]:
+        if len(blobs) >= 8 and self.threads > 1:
+            try:
+                coll = self._dctx.multi_decompress_to_buffer(blobs, threads=self.threads)
+                return [coll[i].tobytes() for i in range(len(coll))]
+            except zstandard.ZstdError:
+                pass  # find and name the damaged one below
+        return [self.decompress(b, where) for b in blobs]
+
+    def check(self, data: bytes, expected_id: bytes, length: int) -> bytes:
         if len(data) != length or self.chunk_id(data) != expected_id:
             raise IntegrityError(
                 f"chunk {expected_id.hex()} does not match its hash: the vault object holding it is damaged",
@@ -53,27 +64,9 @@ class PlainCodec:
             )
         return data
 
-    def unpack_blobs(self, blobs: list[bytes], expect: list[tuple[bytes, int]]) -> list[bytes]:
-        """Decompress many blobs at once (in parallel) and verify each against its id."""
-        if len(blobs) < 64 or self.threads < 2:
-            return [self.unpack_blob(b, cid, ln) for b, (cid, ln) in zip(blobs, expect)]
-        try:
-            coll = self._dctx.multi_decompress_to_buffer(
-                blobs, decompressed_sizes=struct.pack(f"<{len(expect)}Q", *(ln for _, ln in expect)), threads=self.threads)
-        except zstandard.ZstdError:
-            # Find and name the damaged one.
-            return [self.unpack_blob(b, cid, ln) for b, (cid, ln) in zip(blobs, expect)]
-        out = []
-        cid_of = self.chunk_id
-        for i, (cid, ln) in enumerate(expect):
-            data = coll[i].tobytes()
-            if len(data) != ln or cid_of(data) != cid:
-                raise IntegrityError(
-                    f"chunk {cid.hex()} does not match its hash: the vault object holding it is damaged",
-                    hint="run 'mulligan verify' to list every damaged object; restore from another point or vault copy",
-                )
-            out.append(data)
-        return out
+    def unpack_blob(self, blob: bytes, expected_id: bytes, length: int) -> bytes:
+        """A chunk compressed alone in its block."""
+        return self.check(self.decompress(blob, expected_id.hex()), expected_id, length)
 
     def seal(self, data: bytes) -> bytes:
         return data

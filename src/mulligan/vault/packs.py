@@ -2,12 +2,18 @@
 
 Pack object ``packs/<xx>/<pack_id>``::
 
-    blob blob blob ... | index-bytes | u32 len(index-bytes) | b"MPK1"
+    block block block ... | index-bytes | u32 len(index-bytes) | b"MPK1"
+
+A block is one zstd frame holding one chunk or several consecutive chunks
+(new pages of a snapshot are compressed 16 at a time: per-frame overhead
+dominates at 4 KiB, and neighbouring pages compress better together). Dedup
+stays per chunk: a chunk is found by (block offset, block stored length,
+offset inside the decompressed block, length).
 
 Index object ``index/<index_id>`` (may cover several packs once merged)::
 
-    b"MIX1" then per pack: pack_id(16) u32 count, then count entries of
-    id(16) type(1) offset(u64) stored_len(u32) length(u32)
+    b"MIX2" then per pack: pack_id(16) u32 count, then count entries of
+    id(16) type(1) block_offset(u64) block_stored_len(u32) length(u32) inner(u32)
 
 Write order: a pack is stored, then its index, and only then may a manifest
 refer to its chunks. A pack without an index is garbage that prune removes; an
@@ -28,18 +34,20 @@ T_PAGE = 0
 T_TREE = 1
 T_DATA = 2  # other engine data (WAL segments, row batches)
 
-_ENTRY = struct.Struct(f"<{ID_LEN}sBQII")
+_ENTRY = struct.Struct(f"<{ID_LEN}sBQIII")
 _PACK_HDR = struct.Struct(f"<{ID_LEN}sI")
 PACK_MAGIC = b"MPK1"
-INDEX_MAGIC = b"MIX1"
+INDEX_MAGIC = b"MIX2"
+BLOCK_TARGET = 64 << 10
 
 
 class Entry(NamedTuple):
     pack: bytes
     type: int
-    offset: int
-    stored_len: int
-    length: int
+    offset: int  # of the block in the pack
+    stored_len: int  # of the block
+    length: int  # of the chunk
+    inner: int = 0  # offset of the chunk in the decompressed block
 
 
 def pack_key(pack_id: bytes) -> str:
@@ -51,7 +59,7 @@ def index_key(index_id: bytes) -> str:
     return f"index/{index_id.hex()}"
 
 
-def encode_index(packs: Iterable[tuple[bytes, list[tuple[bytes, int, int, int, int]]]]) -> bytes:
+def encode_index(packs: Iterable[tuple[bytes, list[tuple]]]) -> bytes:
     out = [INDEX_MAGIC]
     for pack_id, entries in packs:
         out.append(_PACK_HDR.pack(pack_id, len(entries)))
@@ -90,17 +98,28 @@ def decode_pack_trailer(data: bytes, key: str) -> list[tuple[bytes, int, int, in
 
 
 class PackWriter:
-    """Accumulates new blobs; flushes a pack (then its index) at ``target_size``."""
+    """Accumulates new chunks; flushes a pack (then its index) at ``target_size``.
 
-    def __init__(self, storage: Storage, target_size: int = 16 << 20):
+    ``add_raw`` takes plain chunk bytes and compresses them in blocks, many
+    blocks at once in parallel; ``add`` takes a chunk its caller compressed
+    alone (its own block).
+    """
+
+    def __init__(self, storage: Storage, target_size: int = 16 << 20, codec=None):
         self.storage = storage
         self.target_size = target_size
-        self._blobs: list[bytes] = []
-        self._entries: list[tuple[bytes, int, int, int, int]] = []
+        self.codec = codec
+        self._parts: list[bytes] = []  # compressed blocks, in pack order
+        self._entries: list[tuple] = []
         self._size = 0
-        self._pending_ids: dict[bytes, int] = {}
+        self._pending_ids: set[bytes] = set()
+        self._raw_blocks: list[list[tuple[bytes, int, bytes]]] = []  # blocks waiting for compression
+        self._open: list[tuple[bytes, int, bytes]] = []
+        self._open_size = 0
+        self._raw_size = 0
         self.written: dict[bytes, Entry] = {}
         self.bytes_written = 0
+        self.stored_bytes = 0  # compressed bytes of new chunks and blocks
         self.objects_written = 0
         self.index_keys: list[str] = []
 
@@ -110,26 +129,62 @@ class PackWriter:
     def add(self, chunk_id: bytes, type_: int, blob: bytes, length: int) -> None:
         if self.has(chunk_id):
             return
-        self._pending_ids[chunk_id] = len(self._entries)
-        self._entries.append((chunk_id, type_, self._size, len(blob), length))
-        self._blobs.append(blob)
+        self._pending_ids.add(chunk_id)
+        self._entries.append((chunk_id, type_, self._size, len(blob), length, 0))
+        self._parts.append(blob)
         self._size += len(blob)
-        if self._size >= self.target_size:
+        self.stored_bytes += len(blob)
+        if self._size + self._raw_size >= self.target_size:
             self.flush()
 
+    def add_raw(self, chunk_id: bytes, type_: int, data: bytes) -> None:
+        if self.has(chunk_id):
+            return
+        self._pending_ids.add(chunk_id)
+        self._open.append((chunk_id, type_, data))
+        self._open_size += len(data)
+        if self._open_size >= BLOCK_TARGET:
+            self._seal()
+            if len(self._raw_blocks) >= 64:
+                self._compress()
+        if self._size + self._raw_size >= self.target_size:
+            self.flush()
+
+    def _seal(self) -> None:
+        if self._open:
+            self._raw_blocks.append(self._open)
+            self._raw_size += self._open_size // 3  # rough compressed size, for the flush threshold
+            self._open, self._open_size = [], 0
+
+    def _compress(self) -> None:
+        if not self._raw_blocks:
+            return
+        blobs = self.codec.pack_blobs([b"".join(d for _, _, d in blk) for blk in self._raw_blocks])
+        for blk, blob in zip(self._raw_blocks, blobs):
+            inner = 0
+            for cid, t, data in blk:
+                self._entries.append((cid, t, self._size, len(blob), len(data), inner))
+                inner += len(data)
+            self._parts.append(blob)
+            self._size += len(blob)
+            self.stored_bytes += len(blob)
+        self._raw_blocks, self._raw_size = [], 0
+
     def flush(self) -> None:
+        self._seal()
+        self._compress()
         if not self._entries:
             return
         pack_id = os.urandom(ID_LEN)
         trailer = encode_index([(pack_id, self._entries)])
-        body = b"".join(self._blobs) + trailer + struct.pack("<I", len(trailer)) + PACK_MAGIC
+        body = b"".join(self._parts) + trailer + struct.pack("<I", len(trailer)) + PACK_MAGIC
         self.storage.put(pack_key(pack_id), body)
         index_id = os.urandom(ID_LEN)
         ikey = index_key(index_id)
         self.storage.put(ikey, encode_index([(pack_id, self._entries)]))
         self.index_keys.append(ikey)
-        for cid, t, off, slen, ln in self._entries:
-            self.written[cid] = Entry(pack_id, t, off, slen, ln)
+        for cid, t, off, slen, ln, inner in self._entries:
+            self.written[cid] = Entry(pack_id, t, off, slen, ln, inner)
         self.bytes_written += len(body)
         self.objects_written += 2
-        self._blobs, self._entries, self._size, self._pending_ids = [], [], 0, {}
+        self._parts, self._entries, self._size, self._pending_ids = [], [], 0, set()

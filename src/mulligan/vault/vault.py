@@ -101,7 +101,7 @@ class Vault:
         assert self._index is not None
         idx = self._index
         for pack_id, entries in decode_index(data, key).items():
-            idx.update((cid, Entry(pack_id, t, off, slen, ln)) for cid, t, off, slen, ln in entries)
+            idx.update((e[0], Entry(pack_id, *e[1:])) for e in entries)
         self._loaded_index_keys.add(key)
 
     def _where(self, cid: bytes) -> Entry:
@@ -121,39 +121,38 @@ class Vault:
     # ---- reading chunks -----------------------------------------------------
     def load_chunk(self, cid: bytes) -> bytes:
         e = self._where(cid)
-        blob = self.storage.get_range(pack_key(e.pack), e.offset, e.stored_len)
-        return self.codec.unpack_blob(blob, cid, e.length)
+        key = pack_key(e.pack)
+        try:
+            blob = self.storage.get_range(key, e.offset, e.stored_len)
+        except ObjectMissing:
+            raise IntegrityError(f"pack {key} is missing from the vault", hint="run 'mulligan verify'") from None
+        block = self.codec.decompress(blob, f"in {key}")
+        return self.codec.check(block[e.inner : e.inner + e.length], cid, e.length)
 
     def iter_chunks(self, wanted: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
         """Yield (id, data) for each wanted chunk, reading each pack once, verified."""
-        by_pack: dict[bytes, list[tuple[Entry, bytes]]] = defaultdict(list)
+        by_pack: dict[bytes, dict[int, list[tuple[Entry, bytes]]]] = defaultdict(lambda: defaultdict(list))
         for cid in set(wanted):
             e = self._where(cid)
-            by_pack[e.pack].append((e, cid))
-        for pack_id, entries in by_pack.items():
-            entries.sort(key=lambda x: x[0].offset)
+            by_pack[e.pack][e.offset].append((e, cid))
+        check = self.codec.check
+        for pack_id, blocks in by_pack.items():
             key = pack_key(pack_id)
-            if len(entries) > 8:
-                lo = entries[0][0].offset
-                hi = max(e.offset + e.stored_len for e, _ in entries)
+            offsets = sorted(blocks)
+            for start in range(0, len(offsets), 256):
+                part = offsets[start : start + 256]
+                lo = part[0]
+                hi = max(o + blocks[o][0][0].stored_len for o in part)
                 try:
                     body = self.storage.get_range(key, lo, hi - lo)
                 except ObjectMissing:
                     raise IntegrityError(f"pack {key} is missing from the vault", hint="run 'mulligan verify'") from None
                 if len(body) < hi - lo:
                     raise IntegrityError(f"pack {key} is truncated", hint="run 'mulligan verify'")
-                for start in range(0, len(entries), 2048):
-                    part = entries[start:start + 2048]
-                    blobs = [body[e.offset - lo : e.offset - lo + e.stored_len] for e, _ in part]
-                    datas = self.codec.unpack_blobs(blobs, [(c, e.length) for e, c in part])
-                    yield from zip((c for _, c in part), datas)
-            else:
-                for e, c in entries:
-                    try:
-                        blob = self.storage.get_range(key, e.offset, e.stored_len)
-                    except ObjectMissing:
-                        raise IntegrityError(f"pack {key} is missing from the vault", hint="run 'mulligan verify'") from None
-                    yield c, self.codec.unpack_blob(blob, c, e.length)
+                raws = [body[o - lo : o - lo + blocks[o][0][0].stored_len] for o in part]
+                for o, block in zip(part, self.codec.decompress_many(raws, f"in {key}")):
+                    for e, c in blocks[o]:
+                        yield c, check(block[e.inner : e.inner + e.length], c, e.length)
 
     # ---- writing states --------------------------------------------------
     def save_pages(
@@ -173,7 +172,7 @@ class Vault:
         """Store a state given as page batches in page order; return its manifest."""
         with writer_lease(self.storage, f"{kind} of {target_name}"):
             idx = self.index()
-            writer = PackWriter(self.storage)
+            writer = PackWriter(self.storage, codec=self.codec)
             ids = bytearray()
             stats = SaveStats()
             page_count = 0
@@ -181,30 +180,23 @@ class Vault:
                 batch_ids = [self.codec.chunk_id(p) for p in batch]
                 ids += b"".join(batch_ids)
                 page_count += len(batch)
-                fresh: dict[bytes, bytes] = {}
                 for cid, p in zip(batch_ids, batch):
-                    if cid not in idx and not writer.has(cid) and cid not in fresh:
-                        fresh[cid] = p
-                if fresh:
-                    blobs = self.codec.pack_blobs(list(fresh.values()))
-                    for (cid, p), blob in zip(fresh.items(), blobs):
-                        writer.add(cid, T_PAGE, blob, len(p))
+                    if cid not in idx and not writer.has(cid):
+                        writer.add_raw(cid, T_PAGE, p)
                         stats.new_chunks += 1
-                        stats.new_bytes += len(blob)
                 if progress:
                     progress(len(batch))
 
             def store_node(node: bytes) -> bytes:
                 cid = self.codec.chunk_id(node)
                 if cid not in idx and not writer.has(cid):
-                    blob = self.codec.pack_blobs([node])[0]
-                    writer.add(cid, T_TREE, blob, len(node))
+                    writer.add_raw(cid, T_TREE, node)
                     stats.new_chunks += 1
-                    stats.new_bytes += len(blob)
                 return cid
 
             root, depth = tree.build(bytes(ids), store_node)
             writer.flush()
+            stats.new_bytes = writer.stored_bytes
             self._absorb(writer)
             parent = self.latest(target_id)
             m = Manifest(
