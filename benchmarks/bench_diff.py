@@ -9,7 +9,8 @@
    read from the vault in place) against sqldiff on the two plain files.
    Target: <= 1x sqldiff.
 
-Warm cache; every command is run once untimed, then --repeat times; medians.
+Warm cache; every command is run once untimed, then --repeat times, the runs of the
+commands interleaved; medians.
 
     python benchmarks/bench_diff.py [--rows 1000000] [--changes 1000] [--repeat 5] [--json]
 """
@@ -65,16 +66,23 @@ def change(path: str, table: str, rows: int, changes: int, seed: int = 7) -> Non
     conn.close()
 
 
-def timed(cmd: list[str], repeat: int, cwd: str | None = None) -> float:
-    def once() -> float:
-        t = time.perf_counter()
-        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
-        if p.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed: {p.stderr.decode()}")
-        return time.perf_counter() - t
+def _once(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {p.stderr.decode()}")
+    return time.perf_counter() - t
 
-    once()
-    return statistics.median(once() for _ in range(repeat))
+
+def timed(commands: dict[str, list[str]], repeat: int) -> dict[str, float]:
+    """Median wall time of each command; runs are interleaved so a busy machine hurts all alike."""
+    for cmd in commands.values():
+        _once(cmd)  # warm the page cache and the interpreter's files
+    runs: dict[str, list[float]] = {k: [] for k in commands}
+    for _ in range(repeat):
+        for k, cmd in commands.items():
+            runs[k].append(_once(cmd))
+    return {k: statistics.median(v) for k, v in runs.items()}
 
 
 def two_files(d: str, rows: int, changes: int, repeat: int) -> dict:
@@ -84,14 +92,14 @@ def two_files(d: str, rows: int, changes: int, repeat: int) -> dict:
     conn.close()
     shutil.copyfile(a, b)
     change(b, "t", rows, changes)
-    out = {"rows": rows, "changed_rows": changes, "file_mb": round(os.path.getsize(a) / 2**20, 1),
-           "sqldiff_s": timed(SQLDIFF + [a, b], repeat)}
+    out = {"rows": rows, "changed_rows": changes, "file_mb": round(os.path.getsize(a) / 2**20, 1)}
+    commands = {"sqldiff_s": SQLDIFF + [a, b]}
     for fmt in ("text", "json", "sql"):
-        out[f"mulligan_{fmt}_s"] = timed(MULLIGAN + ["diff", a, b, "--format", fmt], repeat)
-    out["mulligan_no_page_skipping_s"] = timed(
-        [PY, "-c", "import sys; from mulligan.ops.diff import diff_states as d; d(sys.argv[1], sys.argv[2], compare_pages=False)", a, b],
-        repeat)
-    out["mulligan_startup_s"] = timed(MULLIGAN + ["--help"], repeat)
+        commands[f"mulligan_{fmt}_s"] = MULLIGAN + ["diff", a, b, "--format", fmt]
+    commands["mulligan_no_page_skipping_s"] = [
+        PY, "-c", "import sys; from mulligan.ops.diff import diff_states as d; d(sys.argv[1], sys.argv[2], compare_pages=False)", a, b]
+    commands["mulligan_startup_s"] = MULLIGAN + ["--help"]
+    out.update(timed(commands, repeat))
     out["ratio_sql"] = out["mulligan_sql_s"] / out["sqldiff_s"]
     out["ratio_text"] = out["mulligan_text_s"] / out["sqldiff_s"]
     return out
@@ -116,9 +124,10 @@ def two_snapshots(d: str, rows: int, changes: int, repeat: int, tables: int = 10
     second = take_snapshot(ws, target)
     after = os.path.join(d, "after.db")
     shutil.copyfile(db, after)
-    out = {"tables": tables, "rows": rows, "changed_rows": changes, "sqldiff_files_s": timed(SQLDIFF + [before, after], repeat),
-           "mulligan_snapshots_s": timed(MULLIGAN + ["--config", config_path, "diff", "app", first.id, second.id], repeat),
-           "mulligan_files_s": timed(MULLIGAN + ["diff", before, after], repeat)}
+    out = {"tables": tables, "rows": rows, "changed_rows": changes}
+    out.update(timed({"sqldiff_files_s": SQLDIFF + [before, after],
+                      "mulligan_snapshots_s": MULLIGAN + ["--config", config_path, "diff", "app", first.id, second.id],
+                      "mulligan_files_s": MULLIGAN + ["diff", before, after]}, repeat))
     out["ratio"] = out["mulligan_snapshots_s"] / out["sqldiff_files_s"]
     return out
 
