@@ -22,3 +22,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-out build *.egg-info src/*.egg-info
+
+docs: $(STAMP)
+	$(BIN)/python -m mulligan.cli.reference > docs/cli.md
