@@ -15,6 +15,7 @@ import pytest
 
 from mulligan.demo import blog
 from mulligan.demo.drill import Drill
+from mulligan.timeparse import iso, utc_now
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +45,9 @@ def _rows(db: str, sql: str) -> list:
         conn.close()
 
 
-@pytest.fixture
-def drilled(tmp_path):
-    d = Drill(tmp_path / "drill")
+@pytest.fixture(scope="module")
+def drilled(tmp_path_factory):
+    d = Drill(tmp_path_factory.mktemp("drill") / "drill")
     d.prepare_dir()
     d.create_app(users=10, posts=20, comments=30)
     d.protect()
@@ -54,7 +55,7 @@ def drilled(tmp_path):
         d.start_watch()
         d.nightly_backup()
         _write(d.db, *(sql for sql, _ in LOST))
-        time.sleep(0.6)  # the watcher captures them (it polls every 100 ms)
+        d.wait_for_capture(iso(utc_now()))  # the watcher has them before production goes back
         d.restore_over_production()
         _write(d.db, "INSERT INTO posts(author_id, title, body, created_at) VALUES (4, 'written after', 'y', '2026-11-21')")
         d.wait_for_incident()

@@ -121,6 +121,19 @@ class Drill:
              "--control", str(self.control), "--seed", str(seed), "--pace", str(pace)],
             cwd=self.dir, env=_env(), stderr=open(self.control / "writer.err", "w"))
 
+    def wait_for_capture(self, since: str, timeout: float = 20) -> str:
+        """Until the watcher has stored a commit it saw at or after ``since`` (UTC ISO); its time."""
+        from ..ops.status import target_status
+
+        ws, target = self.ws, self.target
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            last = target_status(ws, target)["last_capture"]
+            if last and last >= since:
+                return last
+            time.sleep(0.05)
+        raise DrillFailed(f"the watcher stored nothing seen after {since} within {timeout:.0f} s; see watch.log")
+
     def pause_users(self) -> None:
         if "users" not in self.procs:
             return
