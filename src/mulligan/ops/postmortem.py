@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..timeparse import from_iso, human_age
-from .incidents import change_time, recovery_counts, users_affected, what_ran_it
+from ..errors import UsageError
+from .incidents import change_time, recovery_counts, recovery_states, users_affected, what_ran_it
 from .summary import short_time, short_title, what_happened, window
 
 FAST_DETECTION_S = 60  # noticed within a minute: went well
@@ -42,6 +43,17 @@ class Postmortem:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _states(inc: dict) -> tuple[str, str]:
+    try:
+        return recovery_states(inc)
+    except UsageError:
+        return "BASE", "LOST"
+
+
+def _clip(text: str, n: int = 160) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _be(n: int, one: str, many: str) -> str:
@@ -82,6 +94,8 @@ def gather(inc: dict, timeline: list[dict], audit_entries: list[dict] | None) ->
     since = exact or lg  # when the change time is unknown, it came after the last good capture
     return {
         "target": inc.get("target_name"),
+        "incident": inc["id"],
+        "impact_csv": f"mulligan impact {inc.get('target_name')} {' '.join(_states(inc))} --format csv",
         "users_affected": users_affected(inc),
         "rows_lost": sum(t["lost"] for t in per_table) if per_table else None,
         "rows_recovered": counts["rows"] if rec else None,
@@ -198,7 +212,7 @@ def _detection(inc: dict, f: dict) -> list[str]:
 
 
 def _response(inc: dict, f: dict, timeline: list[dict]) -> list[str]:
-    out = [f"{short_time(e['time'])}: {e['event']}" + (f" ({e['detail']})" if e.get("detail") else "")
+    out = [f"{short_time(e['time'])}: {e['event']}" + (f" ({_clip(str(e['detail']))})" if e.get("detail") else "")
            for e in timeline if e["kind"] in ("assess", "recover", "alert") or e.get("fact") in ("note",)]
     if f["recovery_applied"] and f["changed_at"] and f["recovered_at"]:
         out.append(f"Time from the change to the data being back: {human_age(_seconds(f['changed_at'], f['recovered_at']))}.")
@@ -238,8 +252,8 @@ def _poorly(f: dict) -> list[str]:
     if f["alerts_failed"]:
         out.append(f"{_plural(f['alerts_failed'], 'alert')} could not be delivered.")
     if f["window"] and f["users_affected"]:
-        out.append(f"Users kept writing into the rolled-back database for the whole window: "
-                   f"{_plural(f['users_affected'], 'user')} had data go missing.")
+        out.append(f"{_plural(f['users_affected'], 'user')} had data go missing, and the app kept taking writes "
+                   "into the rolled-back database until the recovery.")
     if f["conflicts"]:
         out.append(f"{_plural(f['conflicts'], 'conflict')} could not be resolved by a machine.")
     if f["recovery_applied"] is False and f["rows_lost"]:
@@ -255,7 +269,9 @@ def _lucky(f: dict) -> list[str]:
         out.append("The schema had not changed between the old snapshot and the mistake, so every table could be merged.")
     if f["window"] and f["window"]["seconds"] < 3600:
         out.append(f"The state production went back to was only {f['window']['human']} old.")
-    if "generation" in " ".join(f["signals"]) or "counter" in " ".join(f["signals"]):
+    said = " ".join(f["signals"]).lower()
+    if any(w in said for w in ("generation", "counter", "keys fell")) and not any(
+            w in said for w in ("inode", "replaced", "another file", "different file")):
         out.append("The restore went through SQLite and kept the file, so the app's open connections saw the old "
                    "data instead of writing into a deleted file.")
     return out or ["Nothing identified; discuss in the review."]
@@ -313,10 +329,11 @@ def _actions(f: dict) -> list[dict]:
         act(f"Assign an owner to decide the {_plural(f['conflicts'], 'conflict')} in the recovery report.",
             "the merge left conflicts for a person")
     if f["rows_lost"] and not f["recovery_applied"]:
-        act("Apply the recovery: `mulligan recover NAME --incident ID --apply --confirm NAME`.", "lost rows are still missing")
+        act(f"Apply the recovery: `mulligan recover {f['target']} --incident {f['incident']} --apply --confirm "
+            f"{f['target']}`.", "lost rows are still missing")
     if f["users_affected"]:
         act(f"Write to the {_plural(f['users_affected'], 'affected user')} with what was lost and that it is back "
-            "(`mulligan impact --format csv`).", "users lost data for a while", "medium")
+            f"(`{f['impact_csv']}`).", "users lost data for a while", "medium")
     act("Rehearse the drill every quarter (`mulligan demo`, `mulligan verify --restore-test`).",
         "the response is faster when it has been practised", "low")
     return sorted(out, key=lambda a: ("high", "medium", "low").index(a["priority"]))

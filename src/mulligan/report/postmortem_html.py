@@ -154,6 +154,6 @@ def render(pm: Postmortem) -> str:
     notes = inc.get("notes") or []
     if notes:
         h.append("<h2>Notes from the response</h2>" + _list(
-            [f"{_t(n['time'])} UTC, {n.get('author', '?')}: {n['text']}" for n in notes]))
+            [f"{_t(n['time'])} UTC: {n['text']}" for n in notes]))
     h.append("</body></html>")
     return "\n".join(h)

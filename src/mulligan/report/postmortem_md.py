@@ -50,5 +50,5 @@ def render(pm: Postmortem) -> str:
     notes = inc.get("notes") or []
     if notes:
         out += ["## Notes from the response", ""]
-        out += [f"- {_t(n['time'])} UTC, {n.get('author', '?')}: {n['text']}" for n in notes] + [""]
+        out += [f"- {_t(n['time'])} UTC: {n['text']}" for n in notes] + [""]
     return "\n".join(out)
