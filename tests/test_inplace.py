@@ -257,3 +257,29 @@ def test_the_target_keeps_its_journal_mode_whatever_the_points(project, point_wa
     conn = apsw.Connection(db)
     assert conn.execute("PRAGMA journal_mode").fetchall()[0][0] == ("wal" if target_wal else "delete")
     conn.close()
+
+
+def test_a_second_in_place_change_of_the_same_target_at_once_is_refused(app):
+    from mulligan.storage.local import LocalStorage
+    from mulligan.vault.locks import Lease
+
+    t = app.ws.target("app")
+    lease = Lease(LocalStorage(app.dir / ".mulligan" / "vault"), "writer", f"in-place change of app ({t.id})").acquire()
+    try:
+        before = content(app.db)
+        r = app.run("restore", "app", "--latest", "--in-place", "--confirm", "app")
+        assert r.code == 3
+        assert "another in-place change of 'app' is running" in r.err
+        assert content(app.db) == before
+    finally:
+        lease.release()
+    assert app.run("restore", "app", "--latest", "--in-place", "--confirm", "app").code == 0
+
+
+def test_the_live_window_comes_from_the_configuration(app):
+    with open(app.config_path, "a") as fh:
+        fh.write("\n[guards]\nlive_window_seconds = 2\n")
+    write_rows(app.db, 1)
+    assert app.call("restore", "app", "--latest", "--in-place", "--confirm", "app").code == 3
+    time.sleep(2.1)
+    assert app.run("restore", "app", "--latest", "--in-place", "--confirm", "app").code == 0

@@ -12,7 +12,7 @@ from ..ops import audit as audit_ops
 from ..ops import guards, inplace
 from ..report.tables import env_label, table
 from .context import Ctx, pass_ctx
-from .restore_cmd import run_inplace
+from .restore_cmd import live_window, run_inplace
 
 
 @click.command()
@@ -41,7 +41,7 @@ def guard(cctx: click.Context, path):
     """
     ctx: Ctx = cctx.obj
     conf = _config_if_any(ctx)
-    report = guards.inspect_file(path, conf)
+    report = guards.inspect_file(path, conf, window=live_window(ctx) if conf is not None else guards.LIVE_WINDOW)
     if ctx.json:
         ctx.emit_json(report.to_json())
     elif not report.is_database:

@@ -71,7 +71,7 @@ def run_inplace(ctx: Ctx, target, point, *, action: str, confirm_name, yes, forc
     plan = None
     try:
         with inplace.prepare(ws, target, point, action=action, force_live=force_live,
-                             allow_cross_target=allow_cross_target) as plan:
+                             allow_cross_target=allow_cross_target, window=live_window(ctx)) as plan:
             if not ctx.json:
                 render_plan(ctx, plan.to_json())
             how = guards.confirm(
@@ -99,6 +99,14 @@ def run_inplace(ctx: Ctx, target, point, *, action: str, confirm_name, yes, forc
     click.echo(f"{verb} {point.id} ({point.time}) into {target.name} at {target.path} in place; "
                f"generation {res.identity.generation}; undo point {res.undo_point.id} "
                f"('mulligan undo {target.name}' puts it back)")
+
+
+def live_window(ctx: Ctx) -> float:
+    """[guards] live_window_seconds: how recent a foreign commit makes a database live (default 10)."""
+    try:
+        return float(ctx.config.section("guards").get("live_window_seconds", guards.LIVE_WINDOW))
+    except (TypeError, ValueError):
+        raise UsageError("[guards] live_window_seconds must be a number of seconds") from None
 
 
 def _unless_aborted(ask):

@@ -27,11 +27,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
+import apsw
+
 from ..engines.sqlite import replace as sqlite_replace
 from ..errors import GuardRefused, MulliganError, NotFound
 from ..model import Identity, Target
 from ..timeparse import from_iso, iso, utc_now
 from ..vault import KIND_UNDO, Manifest
+from ..vault.locks import Lease, live_leases
 from . import guards
 from .snapshot import take_snapshot
 from .workspace import Workspace
@@ -56,6 +59,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     force_live: bool = False
+    window: float = guards.LIVE_WINDOW
     scratch: str = ""
 
     def to_json(self) -> dict:
@@ -125,7 +129,7 @@ def prepare(ws: Workspace, target: Target, point: Manifest, *, action: str = "re
         plan = Plan(action, target, socket.gethostname(), point, identity,
                     {"time": iso(wrote_at), "age_seconds": round(max(time.time() - wrote_at, 0.0), 3), "file": wrote_what},
                     live, _loss(path, scratch), newer, _commits_since(ws, target, point), force_live=force_live,
-                    scratch=scratch)
+                    window=window, scratch=scratch)
         _judge(plan, allow_cross_target)
         if plan.refusals:
             more = f" (and {len(plan.refusals) - 1} more reason(s), listed in the plan)" if len(plan.refusals) > 1 else ""
@@ -176,7 +180,11 @@ def _loss(now_path: str, point_path: str) -> dict:
         from .diff import diff_states
     except ImportError:
         return {"method": "row counts", **sizes, "tables": _counts(now_path, point_path)}
-    d = diff_states(now_path, point_path, limit=0)
+    try:
+        d = diff_states(now_path, point_path, limit=0)
+    except (MulliganError, apsw.Error) as exc:  # the plan must not fail for want of a diff
+        return {"method": "row counts", **sizes, "tables": _counts(now_path, point_path),
+                "note": f"the row diff failed ({exc}); row counts instead"}
     tables = [{"table": t.name, "lost": t.deleted, "changed": t.updated, "returning": t.inserted, "status": t.status}
               for t in d.tables if t.changes or t.status != "same"]
     totals = d.totals()
@@ -224,12 +232,12 @@ def _counts(now_path: str, point_path: str) -> list[dict]:
             for n in sorted(set(now) | set(then)) if now.get(n) != then.get(n)]
 
 
-def apply(ws: Workspace, plan: Plan, *, confirmed_by: str, window: float = guards.LIVE_WINDOW) -> InplaceResult:
+def apply(ws: Workspace, plan: Plan, *, confirmed_by: str) -> InplaceResult:
     """Take the undo point, then replace the target's content with the plan's point."""
     started = time.monotonic()
     t = plan.target
     if not plan.force_live:
-        live = guards.live_use(t.path, ws.vault, t.id, window)
+        live = guards.live_use(t.path, ws.vault, t.id, plan.window)
         if live.live:
             raise GuardRefused(f"{t.path} came into live use while the plan was shown: {live.evidence()}",
                                unchanged=f"{t.path} was not changed and no undo point was taken",
@@ -237,14 +245,33 @@ def apply(ws: Workspace, plan: Plan, *, confirmed_by: str, window: float = guard
     problems = guards.identity_problems(t, ws.engine(t).read_identity(t.path))
     if problems:
         raise GuardRefused(problems[0], unchanged=f"{t.path} was not changed and no undo point was taken")
-    undo = _take_undo_point(ws, t)
-    replaced = sqlite_replace.replace_content(t.path, plan.scratch)
-    marker = sqlite_replace.commit_marker(t.path)  # before the digest read: a later commit must not pass as ours
-    guards.record_own_write(ws.vault, t, by=f"{plan.action} in place", marker=marker,
-                            digest=guards.state_digest(t.path, ws.vault.codec),
-                            detail={"point": plan.point.id, "undo_point": undo.id,
-                                    "generation": replaced.identity_after.generation})
+    with _one_at_a_time(ws, t):
+        undo = _take_undo_point(ws, t)
+        replaced = sqlite_replace.replace_content(t.path, plan.scratch)
+        marker = sqlite_replace.commit_marker(t.path)  # before the digest read: a later commit must not pass as ours
+        guards.record_own_write(ws.vault, t, by=f"{plan.action} in place", marker=marker,
+                                digest=guards.state_digest(t.path, ws.vault.codec),
+                                detail={"point": plan.point.id, "undo_point": undo.id,
+                                        "generation": replaced.identity_after.generation})
     return InplaceResult(plan, undo, replaced.identity_after, confirmed_by, time.monotonic() - started)
+
+
+@contextmanager
+def _one_at_a_time(ws: Workspace, t: Target) -> Iterator[None]:
+    """Two in-place changes of one target at once would each keep an undo point of half the story.
+    Each holds a lease in the vault and looks for another (both write before they look)."""
+    purpose = f"in-place change of {t.name} ({t.id})"
+    lease = Lease(ws.vault.storage, "writer", purpose).acquire()
+    try:
+        others = [o for o in live_leases(ws.vault.storage, "writer", exclude=lease.key) if o.get("purpose") == purpose]
+        if others:
+            o = others[0]
+            raise GuardRefused(f"another in-place change of {t.name!r} is running (pid {o.get('pid')} on {o.get('host')})",
+                               unchanged=f"{t.path} was not changed and no undo point was taken",
+                               hint="wait for it to finish, then run the command again and read the new plan")
+        yield
+    finally:
+        lease.release()
 
 
 def _take_undo_point(ws: Workspace, t: Target) -> Manifest:
