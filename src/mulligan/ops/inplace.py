@@ -58,6 +58,7 @@ class Plan:
     commits_since: int | None = None  # commits by others captured by watch after the point
     warnings: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)  # what to do about the refusals
     force_live: bool = False
     window: float = guards.LIVE_WINDOW
     scratch: str = ""
@@ -117,7 +118,7 @@ def prepare(ws: Workspace, target: Target, point: Manifest, *, action: str = "re
             allow_cross_target: bool = False, window: float = guards.LIVE_WINDOW) -> Iterator[Plan]:
     """Yield the plan with the point written to a scratch file beside the target; refuse with the plan as evidence."""
     path = target.path
-    sqlite_replace.journal_mode_and_page_size(path)  # raises NotFound / NotADatabase first
+    file_format = sqlite_replace.journal_mode_and_page_size(path)  # raises NotFound / NotADatabase first
     live = guards.live_use(path, ws.vault, target.id, window)  # file-level facts before any connection of ours
     wrote_at, wrote_what = sqlite_replace.last_write(path)
     identity = ws.engine(target).read_identity(path)
@@ -125,52 +126,50 @@ def prepare(ws: Workspace, target: Target, point: Manifest, *, action: str = "re
     try:
         scratch = os.path.join(scratch_dir, "point.db")
         ws.engine(target).write_new(scratch, point.page_size, point.page_count, ws.vault.iter_pages(point))
-        newer = sum(1 for m in ws.vault.manifests(target.id) if m.kind != KIND_UNDO and m.time > point.time)
+        history = ws.vault.manifests(target.id)
+        newer = sum(1 for m in history if m.kind != KIND_UNDO and m.time > point.time)
         plan = Plan(action, target, socket.gethostname(), point, identity,
                     {"time": iso(wrote_at), "age_seconds": round(max(time.time() - wrote_at, 0.0), 3), "file": wrote_what},
-                    live, _loss(path, scratch), newer, _commits_since(ws, target, point), force_live=force_live,
-                    window=window, scratch=scratch)
-        _judge(plan, allow_cross_target)
+                    live, _loss(path, scratch), newer, _commits_since(ws, target, point, history),
+                    force_live=force_live, window=window, scratch=scratch)
+        _judge(plan, allow_cross_target, *file_format)
         if plan.refusals:
             more = f" (and {len(plan.refusals) - 1} more reason(s), listed in the plan)" if len(plan.refusals) > 1 else ""
             raise GuardRefused(plan.refusals[0] + more, unchanged=f"{path} was not changed and no undo point was taken",
-                               hint=_hint(plan), details={"plan": plan.to_json()})
+                               hint="; ".join(dict.fromkeys(plan.hints)), details={"plan": plan.to_json()})
         yield plan
     finally:
         shutil.rmtree(scratch_dir, ignore_errors=True)
 
 
-def _judge(plan: Plan, allow_cross_target: bool) -> None:
+def _judge(plan: Plan, allow_cross_target: bool, mode: str, page_size: int) -> None:
     t, p = plan.target, plan.point
-    plan.refusals.extend(guards.identity_problems(t, plan.identity))
+
+    def refuse(reason: str, hint: str) -> None:
+        plan.refusals.append(reason)
+        plan.hints.append(hint)
+
+    for problem in guards.identity_problems(t, plan.identity):
+        refuse(problem, "check which file is at that path: the configuration and the stamp inside the database must agree")
     if p.target_id != t.id:
         if allow_cross_target:
             plan.warnings.append(f"the restore point belongs to another target, {p.target_name!r} (--allow-cross-target)")
         else:
-            plan.refusals.append(f"restore point {p.id} belongs to target {p.target_name!r}, not {t.name!r}")
+            refuse(f"restore point {p.id} belongs to target {p.target_name!r}, not {t.name!r}",
+                   "pick a restore point of this target ('mulligan snapshots NAME'), or pass --allow-cross-target")
     if p.meta.get("env") == "production" and t.env != "production":
         plan.warnings.append(f"production data of {p.target_name!r} goes into {t.env} database {t.name!r}: "
                              "it carries personal data, treat the copy like production")
-    mode, page_size = sqlite_replace.journal_mode_and_page_size(t.path)
     if mode == "wal" and page_size != p.page_size:
-        plan.refusals.append(f"the database uses {page_size}-byte pages in WAL mode and the point {p.page_size}-byte pages: "
-                             "SQLite cannot copy between them in place")
+        refuse(f"the database uses {page_size}-byte pages in WAL mode and the point {p.page_size}-byte pages: "
+               "SQLite cannot copy between them in place", "restore into a new database with --to instead")
     if plan.live.live:
         if plan.force_live:
             plan.warnings.append(f"in live use, replaced anyway (--force-live): {plan.live.evidence()}")
         else:
-            plan.refusals.append(f"{t.path} is in live use: {plan.live.evidence()}")
-
-
-def _hint(plan: Plan) -> str:
-    hints = []
-    if plan.live.live and not plan.force_live:
-        hints.append("stop the application first, or pass --force-live if you are sure (its open connections will see the new content)")
-    if any("belongs to target" in r for r in plan.refusals):
-        hints.append("pick a restore point of this target ('mulligan snapshots NAME'), or pass --allow-cross-target")
-    if plan.identity is None or guards.identity_problems(plan.target, plan.identity):
-        hints.append("check which file is at that path: the configuration and the stamp inside the database must agree")
-    return "; ".join(hints) or "see the plan"
+            refuse(f"{t.path} is in live use: {plan.live.evidence()}",
+                   "stop the application first, or pass --force-live if you are sure "
+                   "(its open connections will see the new content)")
 
 
 def _loss(now_path: str, point_path: str) -> dict:
@@ -193,7 +192,7 @@ def _loss(now_path: str, point_path: str) -> dict:
             "schema_changes": len(d.schema)}
 
 
-def _commits_since(ws: Workspace, target: Target, point: Manifest) -> int | None:
+def _commits_since(ws: Workspace, target: Target, point: Manifest, history: list[Manifest]) -> int | None:
     """Commits by others that ``watch`` captured after the point; None without continuous capture."""
     try:
         from . import capture_store as cs
@@ -201,7 +200,7 @@ def _commits_since(ws: Workspace, target: Target, point: Manifest) -> int | None
         return None
     try:
         since = from_iso(point.time).timestamp()
-        bases = sorted(cs.capture_bases(ws.vault, target.id), key=lambda m: m.time)
+        bases = sorted(cs.capture_bases(ws.vault, target.id, history), key=lambda m: m.time)
         if not bases:
             return None
         first = max([i for i, b in enumerate(bases) if b.time <= point.time] or [0])
