@@ -60,8 +60,6 @@ def show(ctx: Ctx, incident_id):
     for e in timeline:
         t.add_row(e["time"], e["event"], str(e.get("detail") or ""))
     ctx.out.print(t)
-    for n in inc.get("notes") or []:
-        click.echo(f"note {n['time']} {n.get('author', '?')}: {n['text']}")
 
 
 @incident.command()
