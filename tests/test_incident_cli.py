@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import pytest
 
 from conftest import make_db
+from mulligan.demo.channel import TeamChannel
 from mulligan.errors import UsageError
 from mulligan.ops import incidents as inc_ops
 
@@ -22,24 +19,9 @@ def app(project):
 
 @pytest.fixture
 def channel():
-    """A real HTTP endpoint standing in for the team channel's webhook; collects what it is sent."""
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append({"content_type": self.headers["Content-Type"], "body": json.loads(body)})
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hooks/team", received
-    server.shutdown()
+    """A real HTTP endpoint standing in for the team channel's webhook; it keeps what it is sent."""
+    with TeamChannel() as ch:
+        yield ch
 
 
 def open_incident(project, title="orders look wrong") -> str:
@@ -103,15 +85,13 @@ def test_the_summary_says_what_is_unknown_and_the_next_step(app):
 
 
 def test_summary_send_posts_slack_compatible_json_to_the_configured_webhook(app, channel):
-    url, received = channel
     with open(app.config_path, "a") as fh:
-        fh.write(f'\n[alerts]\nwebhook = "{url}"\n')
+        fh.write(f'\n[alerts]\nwebhook = "{channel.url}"\n')
     iid = open_incident(app)
     res = app.run("incident", "summary", iid, "--send")
     assert res.code == 0, res.err
-    assert len(received) == 1
-    assert received[0]["content_type"] == "application/json"
-    assert received[0]["body"]["text"] == res.out.strip()
+    assert channel.messages == [{"text": res.out.strip()}]
+    assert channel.content_types == ["application/json"]
     inc = inc_ops.get(app.ws.vault, iid)
     assert [(a["channel"], a["ok"]) for a in inc["alerts"]] == [("team webhook", True)]
     assert "alert sent to team webhook" in [e["event"] for e in app.call("incident", "show", iid, "--json").json["timeline"]]

@@ -13,6 +13,7 @@ class TeamChannel:
 
     def __init__(self, on_message: Callable[[str], None] | None = None):
         self.messages: list[dict] = []
+        self.content_types: list[str] = []
         self.on_message = on_message
         channel = self
 
@@ -24,6 +25,7 @@ class TeamChannel:
                 except ValueError:
                     payload = {"text": body.decode(errors="replace")}
                 channel.messages.append(payload)
+                channel.content_types.append(self.headers.get("Content-Type", ""))
                 if channel.on_message:
                     channel.on_message(str(payload.get("text", "")))
                 self.send_response(200)

@@ -195,8 +195,8 @@ def recovery_states(inc: dict) -> tuple[str, str]:
 
 # ---- the timeline, assembled from facts ---------------------------------------------
 
-KINDS = ("good", "mistake", "detect", "alert", "assess", "recover", "note", "incident")
 # (fact, kind, words): how an event written in the record is recognised; first match wins.
+# Kinds: good, mistake, detect, alert, assess, recover, note, incident (the colours of the picture).
 _FACTS = (
     ("undo", "recover", ("undo point",)),
     ("applied", "recover", ("recovery applied", "merge applied", "applied")),
