@@ -7,7 +7,7 @@ import sys
 import click
 from rich.markup import escape
 
-from ..errors import GuardRefused, UsageError
+from ..errors import GuardRefused, MulliganError, UsageError
 from ..model import ENVIRONMENTS, RESTORED_ENV
 from ..ops import guards, inplace
 from ..ops.points import resolve_point
@@ -82,8 +82,8 @@ def run_inplace(ctx: Ctx, target, point, *, action: str, confirm_name, yes, forc
                     f"Replace {target.env} database {target.name!r}?", default=False, err=True)),
             )
             res = inplace.apply(ws, plan, confirmed_by=how)
-    except GuardRefused as exc:
-        if plan is not None:  # refused after the plan was shown: keep it as evidence
+    except MulliganError as exc:  # refused or failed: the plan is the evidence, in the log too
+        if plan is not None:  # after the plan was shown: keep it with the error
             exc.details.setdefault("plan", plan.to_json())
         elif "plan" in exc.details and not ctx.json:
             render_plan(ctx, exc.details["plan"])
@@ -93,8 +93,6 @@ def run_inplace(ctx: Ctx, target, point, *, action: str, confirm_name, yes, forc
                         "confirmed_by": how, "warnings": res.plan.warnings}
     if ctx.json:
         return ctx.emit_json(res.to_json())
-    for w in res.plan.warnings:
-        ctx.warn(w)
     verb = "put back" if action == "undo" else "restored"
     click.echo(f"{verb} {point.id} ({point.time}) into {target.name} at {target.path} in place; "
                f"generation {res.identity.generation}; undo point {res.undo_point.id} "
