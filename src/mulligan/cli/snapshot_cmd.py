@@ -46,12 +46,20 @@ def snapshots(ctx: Ctx, name):
     ws = ctx.ws
     target = ws.target(name)
     rows = [manifest_row(m) for m in ws.vault.manifests(target.id)]
+    from ..ops.capture_store import coverage
+
+    cov = coverage(ws.vault, target)
     if ctx.json:
-        return ctx.emit_json({"target": name, "snapshots": rows})
+        return ctx.emit_json({"target": name, "snapshots": rows, "coverage": cov})
     t = table("id", "time (UTC)", "kind", "tag", "logical size", "newly stored")
     for r in rows:
         t.add_row(r["id"], r["time"], r["kind"], r["tag"] or "", size(r["logical_size"]), size(r["new_bytes"]))
     ctx.out.print(t)
+    if cov["from"]:
+        click.echo(f"every commit captured from {cov['from']} to {cov['to']}"
+                   + (f", except {len(cov['gaps'])} gap(s):" if cov["gaps"] else " (no gaps)"))
+        for g in cov["gaps"]:
+            click.echo(f"  gap {g['from']} → {g['to']}: {g['reason']}")
 
 
 def register(cli: click.Group) -> None:

@@ -107,7 +107,7 @@ class TargetCapture:
             ids, nbytes = cs.store_pages(self.vault, pages)
             self.stats.bytes_stored += nbytes
             self.ids = ids
-            self.wal_pages = {}
+            self.wal_pages = dict(t.overlay_frames)
             obs = t.observe()
             gap = None
             if prev is not None and prev["ids"] != ids:
@@ -162,12 +162,12 @@ class TargetCapture:
     def step(self, now: float) -> None:
         t = self.tailer
         assert t is not None
+        res = t.poll()
+        self._apply_poll(res)
         if now - self._t["sample"] >= self.o.sample_interval:
             self._t["sample"] = now
             if self._check_files():
                 return
-        res = t.poll()
-        self._apply_poll(res)
         if now - self._t["flush"] >= self.o.flush_interval:
             self._maintain(now)
         if now - self._t["status"] >= self.o.status_interval:
@@ -181,7 +181,7 @@ class TargetCapture:
             if not res.continuous:
                 self.reconcile("the WAL restarted without a checkpoint of ours, with frames not captured")
                 return
-            if self._main_mismatch():
+            if self._main_mismatch(in_restart=True):
                 self.reconcile("the WAL restarted over a main database file that is not the captured state")
                 return
         if not res.commits:
@@ -298,6 +298,7 @@ class TargetCapture:
             try:
                 if plan:
                     before, raised = self.tailer.write("counters", lambda c: detect.apply_counters(c, plan))
+                    self._own_write("counters raised")
                     self._apply_poll_quiet(before)
             except MulliganError as exc:
                 inc_mod.add_event(self.vault, inc, "counters not raised", exc.message)
@@ -352,7 +353,7 @@ class TargetCapture:
             return True
         return False
 
-    def _main_mismatch(self) -> bool:
+    def _main_mismatch(self, in_restart: bool = False) -> bool:
         t = self.tailer
         h = t.last
         nb = h.n_backfill if h is not None else 0
@@ -363,16 +364,26 @@ class TargetCapture:
         pgs = [p for p in dict.fromkeys(cands) if self.wal_pages.get(p, 0) <= nb]
         if not pgs:
             return False
-        for attempt in range(2):
+        for attempt in range(3):
             pages = t.main_file_pages(pgs)
-            bad = [p for p, data in pages.items() if self.vault.codec.chunk_id(data) != self.ids[p - 1]]
+            bad = [p for p, data in pages.items()
+                   if p <= len(self.ids) and self.vault.codec.chunk_id(data) != self.ids[p - 1]]
             if not bad:
                 return False
-            time.sleep(0.02)  # a checkpoint may be writing those pages: look again
-            h2 = t.header()
-            pgs = [p for p in bad if self.wal_pages.get(p, 0) <= h2.n_backfill]
+            # A checkpoint may have copied frames we have not captured yet (it may go up to our
+            # read's snapshot): capture up to now and look at those pages again.
+            time.sleep(0.01)
+            if attempt < 2 and not in_restart:
+                res = t.poll()
+                if res.restarted:
+                    return False  # the restart is judged by the poll that sees it
+                self._apply_poll(res)
+            nb = t.last.n_backfill if t.last is not None else 0
+            pgs = [p for p in bad if self.wal_pages.get(p, 0) <= nb]
             if not pgs:
                 return False
+        self.log("debug", f"{self.target.name}: main file pages {pgs[:8]} differ from the captured state "
+                          f"(WAL frame {t.frame}, backfilled {nb}, in restart: {in_restart})")
         return True
 
     def _on_swap(self) -> None:
@@ -407,7 +418,7 @@ class TargetCapture:
         count, pages, h = self.tailer.full_state()
         ids, nbytes = cs.store_pages(self.vault, pages)
         self.stats.bytes_stored += nbytes
-        self.ids, self.wal_pages = ids, {}
+        self.ids, self.wal_pages = ids, dict(self.tailer.overlay_frames)
         obs = self.tailer.observe()
         raised, no_counter = {}, []
         lost = info.get("lost")
@@ -415,6 +426,7 @@ class TargetCapture:
             plan, no_counter, _ = detect.counter_plan(lost, obs)
             if plan:
                 before, raised = self.tailer.write("counters", lambda c: detect.apply_counters(c, plan))
+                self._own_write("counters raised")
         self._new_base(gap=None, reason="switched to the file now at the path")
         self._apply_poll(self.tailer.poll())
         try:
@@ -425,6 +437,18 @@ class TargetCapture:
         except MulliganError:
             pass
         self.obs = self.tailer.observe()
+
+    def _own_write(self, by: str) -> None:
+        """Tell the live-use guard that the last commit is Mulligan's own (by its WAL position)."""
+        own = self.tailer.last_own if self.tailer else None
+        if not own:
+            return
+        try:
+            from .guards import record_own_commit
+
+            record_own_commit(self.vault, self.target.id, wal_salts=own[0], wal_frame=own[1], by=f"watch: {by}")
+        except Exception as exc:  # never let the guard's record stop capture
+            self.log("debug", f"{self.target.name}: could not record our own commit: {exc}")
 
     def _reopen_tailer(self) -> None:
         t = Tailer(self.target.path)
@@ -445,7 +469,7 @@ class TargetCapture:
         count, pages, h = t.full_state()
         ids, nbytes = cs.store_pages(self.vault, pages)
         self.stats.bytes_stored += nbytes
-        self.wal_pages = {}
+        self.wal_pages = dict(t.overlay_frames)
         if ids == self.ids:
             self.log("info", f"{self.target.name}: {why}; the state is the captured one, nothing was missed")
             return
@@ -498,6 +522,7 @@ class TargetCapture:
     def _bump_generation(self) -> None:
         try:
             before, gen = self.tailer.bump_generation()
+            self._own_write("identity generation advanced")
             self._apply_poll(before)
             self._t["gen"] = time.time()
         except DatabaseBusy:

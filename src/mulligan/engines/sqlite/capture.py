@@ -106,6 +106,8 @@ class Tailer:
         self.last: wal.IndexHeader | None = None
         self.own: dict[tuple, str] = {}  # (salts, commit frame) -> why, for our own writes
         self._own_frame = 0
+        self.last_own: tuple | None = None
+        self.overlay_frames: dict[int, int] = {}  # pgno -> WAL frame, of the last full_state()
         self._schema: tuple[int, list[str], set[str]] | None = None
         self.inodes: dict[str, tuple[int, int]] = {}
 
@@ -194,14 +196,19 @@ class Tailer:
             h = self.header()
             ps = h.page_size
             overlay: dict[int, bytes] = {}
+            frames: dict[int, int] = {}
             count = 0
-            if h.mx_frame:
-                fr = wal.read_commits(self.wal_fd, 0, h.mx_frame, ps, h.salts)
+            nb = min(h.n_backfill, h.mx_frame)
+            if h.mx_frame > nb:
+                # Frames up to nBackfill are in the main file already (and after a file was copied
+                # over the main file, SQLite's readers no longer apply them either).
+                fr = wal.read_commits(self.wal_fd, nb, h.mx_frame, ps, h.salts)
                 if fr.bad:
                     self._turn()
                     continue
-                for _f, size, pages in fr.commits:
+                for f, size, pages in fr.commits:
                     overlay.update(pages)
+                    frames.update(dict.fromkeys(pages, f))
                     count = size
             raw = os.pread(self.db_fd, 100, 0)
             size_now = os.fstat(self.db_fd).st_size
@@ -225,6 +232,7 @@ class Tailer:
                 self._turn()
                 continue
             self.page_size, self.salts, self.frame, self.last = ps, h.salts, h.mx_frame, h
+            self.overlay_frames = frames
             return count, pages, h
         raise DatabaseBusy(f"the WAL of {self.path} kept restarting during the read", hint="watch retries by itself")
 
@@ -295,7 +303,8 @@ class Tailer:
             result = fn(self._w)
             self._w.execute("COMMIT")
             if self._own_frame:
-                self.own[(self.salts_now(), self._own_frame)] = f"mulligan:{why}"
+                self.last_own = (self.salts_now(), self._own_frame)
+                self.own[self.last_own] = f"mulligan:{why}"
         return before, result
 
     def salts_now(self) -> tuple[int, int]:

@@ -1,0 +1,166 @@
+"""Continuous capture with a real application process and a real watcher process."""
+
+from __future__ import annotations
+
+import random
+import time
+import urllib.request
+
+import apsw
+import pytest
+
+from test_watch_kit import App, Watch, configure, ids_in, make_app_db
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def app_env(project):
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    return project, db
+
+
+def _restored_ids(env, *args) -> list[int]:
+    out = env.dir / f"r-{time.time_ns()}.db"
+    r = env.run("restore", "app", *args, "--to", str(out))
+    assert r.code == 0, r.err
+    return ids_in(str(out))
+
+
+def test_after_sigterm_every_commit_made_before_it_is_restored(app_env):
+    env, db = app_env
+    app = App(db, env.dir / "app.log", rate=200)
+    w = Watch(env, "app")
+    time.sleep(1.5)
+    t_term = time.time()
+    assert w.term() == 0
+    app.stop()
+    before = [i for i, t in app.log() if t < t_term]
+    got = set(_restored_ids(env, "--latest"))
+    assert before and not [i for i in before if i not in got]
+    assert "stored" in w.text()
+
+
+def test_after_sigkill_at_a_random_moment_at_most_the_last_second_is_lost(app_env):
+    env, db = app_env
+    app = App(db, env.dir / "app.log", rate=200)
+    w = Watch(env, "app")
+    time.sleep(random.uniform(1.0, 2.5))
+    t_kill = time.time()
+    w.kill()
+    app.stop()
+    log = app.log()
+    got = set(_restored_ids(env, "--latest"))
+    lost = [(i, t) for i, t in log if t < t_kill and i not in got]
+    assert all(t > t_kill - 1.0 for _, t in lost), f"lost commits older than a second: {lost[:5]}"
+    # what was restored is a prefix of the application's history: no commit skipped
+    assert sorted(got) == list(range(1, max(got) + 1))
+
+
+def test_restore_at_a_random_past_time_is_the_database_as_it_was_then(app_env):
+    env, db = app_env
+    app = App(db, env.dir / "app.log", rate=150)
+    w = Watch(env, "app")
+    time.sleep(2.5)
+    assert w.term() == 0
+    app.stop()
+    log = app.log()
+    times = dict(log)
+    for _ in range(3):
+        when = random.uniform(log[10][1], log[-10][1])
+        got = _restored_ids(env, "--at", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1e6):06d}Z")
+        assert got == list(range(1, len(got) + 1))  # a consistent prefix (50 seed posts first)
+        app_ids = [i for i in got if i in times]
+        must = [i for i, t in log if t <= when - 0.3]
+        assert set(must) <= set(got), "a commit made well before TIME is missing"
+        last = max(app_ids) if app_ids else 0
+        if last in times and last - 1 in times:
+            assert times[last - 1] <= when, "a commit made after TIME is present"
+
+
+def test_an_application_truncate_checkpoint_is_handled_not_fought(app_env):
+    env, db = app_env
+    app = App(db, env.dir / "app.log", rate=100)
+    w = Watch(env, "app")
+    time.sleep(0.8)
+    conn = apsw.Connection(db)
+    conn.set_busy_timeout(5000)
+    t0 = time.monotonic()
+    busy, log_frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0]
+    took = time.monotonic() - t0
+    conn.close()
+    time.sleep(0.8)
+    assert w.term() == 0
+    app.stop()
+    assert took < 1.0 and busy == 0, f"the app's checkpoint waited {took:.2f} s (busy={busy})"
+    r = env.run("snapshots", "app", "--json")
+    assert r.json["coverage"]["gaps"] == []
+    assert set(_restored_ids(env, "--latest")) >= {i for i, _ in app.log()[:-50]}
+
+
+def test_frames_missed_while_watch_was_down_start_a_new_base_and_show_as_a_gap(app_env):
+    env, db = app_env
+    w = Watch(env, "app")
+    time.sleep(0.3)
+    assert w.term() == 0
+    conn = apsw.Connection(db)
+    with conn:
+        conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'while nobody watched')")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    conn.close()
+    w = Watch(env, "app")
+    time.sleep(0.3)
+    assert w.term() == 0
+    cov = env.run("snapshots", "app", "--json").json["coverage"]
+    assert len(cov["gaps"]) == 1 and "not running" in cov["gaps"][0]["reason"]
+    assert env.run("incidents", "--json").json["incidents"] == []
+    assert 51 in _restored_ids(env, "--latest")
+
+
+def test_status_and_metrics_report_capture(app_env):
+    env, db = app_env
+    app = App(db, env.dir / "app.log", rate=100)
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    w = Watch(env, "app", "--metrics-port", str(port))
+    time.sleep(1.2)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    st = env.run("status", "app", "--json").json["targets"][0]
+    assert w.term() == 0
+    app.stop()
+    for name in ("mulligan_capture_lag_seconds", "mulligan_bytes_stored_total", "mulligan_commits_captured_total",
+                 "mulligan_incidents_open"):
+        assert f'{name}{{target="app"}}' in body
+    commits = int(next(ln for ln in body.splitlines() if ln.startswith("mulligan_commits_captured_total")).split()[-1])
+    assert commits > 20
+    assert st["watch"]["running"] and st["last_capture_age_seconds"] < 2 and st["open_incidents"] == []
+    assert st["coverage"]["from"] and st["coverage"]["to"]
+    st = env.run("status", "app", "--json").json["targets"][0]
+    assert not st["watch"]["running"] and st["stale"]
+
+
+def test_a_non_wal_database_is_refused_with_a_hint(project):
+    path = project.dir / "j.db"
+    conn = apsw.Connection(str(path))
+    conn.execute("CREATE TABLE t(x)")
+    conn.close()
+    project.protect(str(path), name="j")
+    from mulligan.engines.sqlite.capture import NotWal, Tailer
+
+    with pytest.raises(NotWal) as e:
+        Tailer(str(path)).open()
+    assert "WAL" in e.value.hint
+
+
+def test_configuration_sets_intervals(project):
+    from mulligan.ops.capture import CaptureOptions
+
+    configure(project, capture={"flush_interval": "2s", "poll_interval": 0.05})
+    o = CaptureOptions.from_config(project.ws.config.section("capture"), local_vault=True)
+    assert o.flush_interval == 2.0 and o.poll_interval == 0.05
+    assert CaptureOptions.from_config({}, local_vault=False).flush_interval == 5.0
