@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import getpass
 import os
+from datetime import timedelta
 
 from ..errors import NotFound, UsageError
 from ..model import Target
 from ..storage import ObjectMissing
-from ..timeparse import iso, utc_now
+from ..timeparse import from_iso, iso, utc_now
 from ..vault import Vault
 
 
@@ -102,12 +103,12 @@ def close(vault: Vault, inc: dict) -> dict:
 
 # ---- facts recorded by the steps of the response ---------------------------------
 #
-# impact:   {computed_at, base, lost, users_affected, users: [{label, rows, tables: {t: n}}],
-#            tables: {table: rows}, rows_at_risk, ...whatever the impact op reports}
+# impact:   {computed_at, base, lost, users_affected, ...the `impact --json` shape: users: [{id, label, total,
+#            tables: {table: {insert, update, delete}}}], tables: {table: {insert, update, delete}}}
 # recovery: {planned_at, applied_at | null, applied, base, lost, undo_point,
 #            tables: {table: {inserts, updates, deletes, remapped, conflicts, ...}},
 #            rows_recovered, remapped, conflicts: [..] | int, ...}
-# alerts:   [{time, channel, ok, detail}]
+# alerts:   [{time, channel, ok, detail}] (the watcher's: [{time, kind, text, channels}])
 
 
 def record_alert(vault: Vault, inc: dict, *, channel: str, ok: bool, detail: str = "", time: str | None = None) -> dict:
@@ -293,8 +294,6 @@ def _text(detail) -> str | None:
 
 def _dedupe(events: list[dict]) -> list[dict]:
     """A derived fact gives way to the record's own event for the same fact within two seconds."""
-    from ..timeparse import from_iso
-
     records = [e for e in events if e["source"] == "record"]
     out = list(records)
     for e in (e for e in events if e["source"] != "record"):
@@ -362,10 +361,6 @@ def _who(e: dict) -> str:
 
 
 def _plus(t: str, seconds: float) -> str:
-    from datetime import timedelta
-
-    from ..timeparse import from_iso
-
     return iso(from_iso(t) + timedelta(seconds=seconds))
 
 
