@@ -16,6 +16,7 @@ import pytest
 from mulligan.demo import blog
 from mulligan.demo.drill import Drill
 from mulligan.timeparse import iso, utc_now
+from test_postmortem_browser import needs_chromium, open_in_chromium
 
 pytestmark = pytest.mark.slow
 
@@ -131,3 +132,10 @@ def test_mulligan_demo_tells_the_whole_story_in_under_a_minute(tmp_path):
     assert (out / "postmortem.html").exists() and facts["channel_messages"] >= 2
     for step in ("1. The app.", "5. The mistake.", "6. Detection.", "7. Impact.", "8. Recovery.", "10. The postmortem."):
         assert step in p.stderr
+
+
+@needs_chromium
+def test_the_drills_html_postmortem_opens_in_chromium_without_console_errors(drilled, tmp_path):
+    run, console = open_in_chromium(drilled.dir / "postmortem.html", tmp_path, "screenshot")
+    assert run.returncode == 0 and console == [], console
+    assert (tmp_path / "postmortem.png").stat().st_size > 20_000
