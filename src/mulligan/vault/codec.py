@@ -10,6 +10,7 @@ compressed blob with an AEAD; everything above this module only calls
 from __future__ import annotations
 
 import struct
+import threading
 
 import blake3
 import zstandard
@@ -25,8 +26,21 @@ class PlainCodec:
     def __init__(self, level: int = 1, threads: int = 2):
         self.level = level
         self.threads = threads
-        self._cctx = zstandard.ZstdCompressor(level=level)
-        self._dctx = zstandard.ZstdDecompressor()
+        self._local = threading.local()  # zstd contexts are not thread-safe: one per thread
+
+    @property
+    def _cctx(self) -> zstandard.ZstdCompressor:
+        c = getattr(self._local, "c", None)
+        if c is None:
+            c = self._local.c = zstandard.ZstdCompressor(level=self.level)
+        return c
+
+    @property
+    def _dctx(self) -> zstandard.ZstdDecompressor:
+        d = getattr(self._local, "d", None)
+        if d is None:
+            d = self._local.d = zstandard.ZstdDecompressor()
+        return d
 
     def chunk_id(self, data: bytes) -> bytes:
         return blake3.blake3(data).digest(length=ID_LEN)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable, NamedTuple
 
 from ..errors import IntegrityError
@@ -117,6 +118,7 @@ class PackWriter:
         self._open: list[tuple[bytes, int, bytes]] = []
         self._open_size = 0
         self._raw_size = 0
+        self._inflight: list[tuple[list, Future]] = []
         self.written: dict[bytes, Entry] = {}
         self.bytes_written = 0
         self.stored_bytes = 0  # compressed bytes of new chunks and blocks
@@ -129,6 +131,7 @@ class PackWriter:
     def add(self, chunk_id: bytes, type_: int, blob: bytes, length: int) -> None:
         if self.has(chunk_id):
             return
+        self._drain()  # keep pack order: blocks already handed to the compressor come first
         self._pending_ids.add(chunk_id)
         self._entries.append((chunk_id, type_, self._size, len(blob), length, 0))
         self._parts.append(blob)
@@ -157,10 +160,23 @@ class PackWriter:
             self._open, self._open_size = [], 0
 
     def _compress(self) -> None:
+        """Hand the sealed blocks to a compressor thread (zstd releases the GIL), so
+        hashing and reading go on while they compress; results are placed in order."""
         if not self._raw_blocks:
             return
-        blobs = self.codec.pack_blobs([b"".join(d for _, _, d in blk) for blk in self._raw_blocks])
-        for blk, blob in zip(self._raw_blocks, blobs):
+        blocks, self._raw_blocks = self._raw_blocks, []
+        raws = [b"".join(d for _, _, d in blk) for blk in blocks]
+        self._inflight.append((blocks, _compressor().submit(self.codec.pack_blobs, raws)))
+        while len(self._inflight) > 2:
+            self._place(*self._inflight.pop(0))
+
+    def _drain(self) -> None:
+        while self._inflight:
+            self._place(*self._inflight.pop(0))
+
+    def _place(self, blocks: list, future: Future) -> None:
+        blobs = future.result()
+        for blk, blob in zip(blocks, blobs):
             inner = 0
             for cid, t, data in blk:
                 self._entries.append((cid, t, self._size, len(blob), len(data), inner))
@@ -168,11 +184,12 @@ class PackWriter:
             self._parts.append(blob)
             self._size += len(blob)
             self.stored_bytes += len(blob)
-        self._raw_blocks, self._raw_size = [], 0
+            self._raw_size -= sum(len(d) for _, _, d in blk) // 3
 
     def flush(self) -> None:
         self._seal()
         self._compress()
+        self._drain()
         if not self._entries:
             return
         pack_id = os.urandom(ID_LEN)
@@ -188,3 +205,14 @@ class PackWriter:
         self.bytes_written += len(body)
         self.objects_written += 2
         self._parts, self._entries, self._size, self._pending_ids = [], [], 0, set()
+        self._raw_size = 0
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _compressor() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mulligan-zstd")
+    return _POOL

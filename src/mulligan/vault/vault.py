@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -26,6 +27,15 @@ from .manifest import KIND_UNDO, Manifest, manifest_key, new_snapshot_id
 from .packs import T_PAGE, T_TREE, Entry, PackWriter, decode_index, pack_key
 
 Progress = Callable[[int], None]
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _reader_pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mulligan-read")
+    return _POOL
 
 
 @dataclass
@@ -136,23 +146,33 @@ class Vault:
             e = self._where(cid)
             by_pack[e.pack][e.offset].append((e, cid))
         check = self.codec.check
+        parts = []
         for pack_id, blocks in by_pack.items():
-            key = pack_key(pack_id)
             offsets = sorted(blocks)
             for start in range(0, len(offsets), 256):
-                part = offsets[start : start + 256]
-                lo = part[0]
-                hi = max(o + blocks[o][0][0].stored_len for o in part)
-                try:
-                    body = self.storage.get_range(key, lo, hi - lo)
-                except ObjectMissing:
-                    raise IntegrityError(f"pack {key} is missing from the vault", hint="run 'mulligan verify'") from None
-                if len(body) < hi - lo:
-                    raise IntegrityError(f"pack {key} is truncated", hint="run 'mulligan verify'")
-                raws = [body[o - lo : o - lo + blocks[o][0][0].stored_len] for o in part]
-                for o, block in zip(part, self.codec.decompress_many(raws, f"in {key}")):
-                    for e, c in blocks[o]:
-                        yield c, check(block[e.inner : e.inner + e.length], c, e.length)
+                parts.append((pack_id, blocks, offsets[start : start + 256]))
+        # Read and decompress the next part in a worker thread while this one is hashed.
+        pool = _reader_pool()
+        pending = pool.submit(self._read_part, *parts[0]) if parts else None
+        for i, (pack_id, blocks, part) in enumerate(parts):
+            decoded = pending.result()
+            pending = pool.submit(self._read_part, *parts[i + 1]) if i + 1 < len(parts) else None
+            for o, block in zip(part, decoded):
+                for e, c in blocks[o]:
+                    yield c, check(block[e.inner : e.inner + e.length], c, e.length)
+
+    def _read_part(self, pack_id: bytes, blocks: dict, part: list[int]) -> list[bytes]:
+        key = pack_key(pack_id)
+        lo = part[0]
+        hi = max(o + blocks[o][0][0].stored_len for o in part)
+        try:
+            body = self.storage.get_range(key, lo, hi - lo)
+        except ObjectMissing:
+            raise IntegrityError(f"pack {key} is missing from the vault", hint="run 'mulligan verify'") from None
+        if len(body) < hi - lo:
+            raise IntegrityError(f"pack {key} is truncated", hint="run 'mulligan verify'")
+        raws = [body[o - lo : o - lo + blocks[o][0][0].stored_len] for o in part]
+        return self.codec.decompress_many(raws, f"in {key}")
 
     # ---- writing states --------------------------------------------------
     def save_pages(
