@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import MulliganError, UsageError
 from ..timeparse import from_iso, human_age
-from .incidents import change_time, recovery_counts, users_affected
+from .incidents import change_time, recovery_counts, recovery_states, users_affected
 
 
 class WebhookFailed(MulliganError):
@@ -90,6 +90,10 @@ def next_step(inc: dict) -> str:
     if inc.get("status") == "closed":
         return f"hold the blameless review of the postmortem draft: mulligan postmortem {iid}."
     if not inc.get("impact"):
+        try:
+            recovery_states(inc)
+        except UsageError:
+            return f"find the states to compare (mulligan snapshots {target}), then who lost data: mulligan impact {target} BASE LOST."
         return f"find who lost data: mulligan incident impact {iid}."
     if not rec:
         return f"plan the recovery: mulligan recover {target} --incident {iid}."
