@@ -237,3 +237,55 @@ def test_a_lost_update_pointing_at_a_remapped_lost_row_follows_its_new_key(tmp_p
                       current_sql="INSERT INTO users(name) VALUES ('current b')")
     assert plan.conflicts == []
     assert db.tables["posts"][(1,)]["author_id"] == plan.key_map["users"][(2,)][0] == 3
+
+
+HABTM = """
+CREATE TABLE posts(id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT);
+CREATE TABLE tags(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT);
+CREATE TABLE posts_tags(post_id INTEGER REFERENCES posts(id), tag_id INTEGER REFERENCES tags(id));
+"""
+
+
+def test_a_keyless_join_table_is_merged_as_rows_following_remapped_parents(tmp_path):
+    plan, db = merged(
+        tmp_path, HABTM,
+        "INSERT INTO posts(title) VALUES ('p1'); INSERT INTO tags(name) VALUES ('t1'), ('t2');"
+        "INSERT INTO posts_tags VALUES (1, 1), (1, 2);",
+        lost_sql="INSERT INTO posts(title) VALUES ('lost p2'); INSERT INTO posts_tags VALUES (2, 1);"
+                 "DELETE FROM posts_tags WHERE tag_id = 2; INSERT INTO posts_tags VALUES (1, 1);",
+        current_sql="INSERT INTO posts(title) VALUES ('current p2'); INSERT INTO posts_tags VALUES (2, 2);",
+    )
+    assert plan.key_map["posts"] == {(2,): (3,)}
+    assert db.tables["posts_tags"] == {(1, 1): 2, (2, 2): 1, (3, 1): 1}
+    assert "posts_tags" not in plan.merge.skipped_tables
+
+
+def test_a_keyless_row_both_sides_added_is_not_doubled(tmp_path):
+    plan, db = merged(tmp_path, HABTM, "INSERT INTO posts(title) VALUES ('p1'); INSERT INTO tags(name) VALUES ('t1');",
+                      lost_sql="INSERT INTO posts_tags VALUES (1, 1)", current_sql="INSERT INTO posts_tags VALUES (1, 1)")
+    assert db.tables["posts_tags"] == {(1, 1): 1}
+    assert [r.status for r in plan.rows] == ["present"]
+
+
+def test_a_unique_value_moved_from_one_row_to_another_is_replayed_in_an_order_that_works(tmp_path):
+    schema = "CREATE TABLE users(id INTEGER PRIMARY KEY AUTOINCREMENT, username TEXT UNIQUE);"
+    plan, db = merged(tmp_path, schema, "INSERT INTO users(username) VALUES ('ann'), ('bob');",
+                      # bob (2) takes 'ann' after ann (1) renamed herself: row 2's update must run second
+                      lost_sql="UPDATE users SET username = 'anna' WHERE id = 1; UPDATE users SET username = 'ann' WHERE id = 2")
+    assert plan.conflicts == []
+    assert {k[0]: r["username"] for k, r in db.tables["users"].items()} == {1: "anna", 2: "ann"}
+
+
+def test_a_unique_value_swapped_between_rows_is_a_conflict(tmp_path):
+    schema = "CREATE TABLE users(id INTEGER PRIMARY KEY AUTOINCREMENT, username TEXT UNIQUE);"
+    plan, db = merged(tmp_path, schema, "INSERT INTO users(username) VALUES ('ann'), ('bob');",
+                      lost_sql="UPDATE users SET username = 'tmp' WHERE id = 1; UPDATE users SET username = 'ann' WHERE id = 2;"
+                               "UPDATE users SET username = 'bob' WHERE id = 1")
+    assert {c.kind for c in plan.conflicts} == {"unique"}
+    assert {k[0]: r["username"] for k, r in db.tables["users"].items()} == {1: "ann", 2: "bob"}
+
+
+def test_a_table_without_autoincrement_is_flagged_as_having_no_counter(tmp_path):
+    plan, _ = merged(tmp_path, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);", "INSERT INTO t VALUES (1, 'a');",
+                     lost_sql="INSERT INTO t VALUES (2, 'lost')")
+    assert any("no counter" in w and "t" in w for w in plan.warnings)

@@ -76,6 +76,9 @@ class Db:
             ]
             rows = {}
             for r in conn.execute(f"SELECT * FROM {q(t)}"):
+                if not self.pk[t]:  # keyless: a multiset, whole row -> copies
+                    rows[tuple(r)] = rows.get(tuple(r), 0) + 1
+                    continue
                 row = dict(zip(self.cols[t], r))
                 rows[tuple(row[c] for c in self.pk[t])] = row
             self.tables[t] = rows
@@ -126,6 +129,9 @@ def check_invariants(base_path, lost_path, before_path, after_path, result) -> N
         brows = base.tables.get(t, {})
         if t not in after.tables:
             continue
+        if not lost.pk[t]:
+            _check_keyless(t, base, lost, before, after, by_key, conflicted, key_map)
+            continue
         arows = after.tables[t]
         for k, lrow in lrows.items():
             if k not in brows:
@@ -172,6 +178,8 @@ def check_invariants(base_path, lost_path, before_path, after_path, result) -> N
                     assert (t, k) in conflicted
 
     for t, brows in before.tables.items():
+        if not before.pk[t]:
+            continue
         arows = after.tables.get(t, {})
         for k, brow in brows.items():
             cols = touched.get((t, k), set())
@@ -188,3 +196,21 @@ def check_invariants(base_path, lost_path, before_path, after_path, result) -> N
             top = max([k[0] for k in rows if isinstance(k[0], int)] + [0])
             assert after.seq.get(t, 0) >= top, f"{t}: counter {after.seq.get(t)} below key {top}"
             assert after.seq.get(t, 0) >= lost.seq.get(t, 0)
+
+
+def _check_keyless(t, base, lost, before, after, by_key, conflicted, key_map) -> None:
+    """A keyless table: LOST's extra copies are there (or listed), CURRENT lost only what LOST removed."""
+    lms, bms, ams = lost.tables[t], base.tables.get(t, {}), after.tables[t]
+    for vals, n in lms.items():
+        if n <= bms.get(vals, 0):
+            continue
+        r = by_key.get((t, "insert", vals))
+        assert r is not None, f"{t} {vals}: a row LOST added has no outcome"
+        if r.status == "conflict":
+            assert (t, vals) in conflicted
+            continue
+        want = map_row(lost, t, dict(zip(lost.cols[t], vals)), key_map)
+        assert ams.get(tuple(want[c] for c in after.cols[t]), 0) >= 1, f"{t} {want}: missing"
+    for vals, n in before.tables[t].items():
+        removed = max(0, bms.get(vals, 0) - lms.get(vals, 0))
+        assert ams.get(vals, 0) >= n - removed, f"{t} {vals}: CURRENT lost copies LOST did not remove"

@@ -41,11 +41,13 @@ from __future__ import annotations
 
 import apsw
 
-from .merge_deletes import keep_parents_of_new_children, plan_deletes
+from .merge_deletes import emit_deletes, keep_parents_of_new_children, plan_deletes
 from .merge_diff import LostChanges
+from .merge_keyless import plan_keyless
+from .merge_updates import plan_updates
 from .merge_model import (
-    CELL, CONFLICT, DELETE_UPDATED, MERGED, MISSING_PARENT, NATURAL_KEY, PARENT_CONFLICT, PRESENT, REMAPPED,
-    REPLAYED, SKIPPED, UNIQUE, UPDATE_DELETED, Allocator, Conflict, MergePlan, Outcome, TablePlan, Write,
+    CONFLICT, DELETE_UPDATED, MISSING_PARENT, NATURAL_KEY, PARENT_CONFLICT, PRESENT, REMAPPED,
+    REPLAYED, SKIPPED, UNIQUE, Allocator, Conflict, MergePlan, Outcome, TablePlan, Write,
     fmt_key, same, same_row, sort_key,
 )
 from .merge_schema import ForeignKey, Schema, TableInfo, q, read_schema
@@ -80,6 +82,8 @@ class _Planner:
         self.updates: dict[str, list[Write]] = {n: [] for n in self.tables}
         self.inserts: dict[str, list[Write]] = {n: [] for n in self.tables}
         self.moved: dict[str, dict[tuple, dict]] = {n: {} for n in self.tables}  # key -> values its update sets
+        self.delete_skips: dict[tuple[str, tuple], str] = {}  # (table, key) -> why LOST's delete is not replayed
+        self.updates_planned = False
         self.conflicts: dict[str, list[Conflict]] = {n: [] for n in self.tables}
         self.outcomes: dict[str, list[Outcome]] = {n: [] for n in self.tables}
         self.seq = self._sequences()
@@ -129,10 +133,19 @@ class _Planner:
         for name in self.tables:
             plan_deletes(self, name)
         keep_parents_of_new_children(self)
-        for component in self.schema.order():
-            comp = [n for n in component if n in self.tables]
-            if comp:
-                self._plan_component(comp)
+        start = self.alloc.snapshot()
+        while True:
+            self.alloc.restore(start)
+            for component in self.schema.order():
+                comp = [n for n in component if n in self.tables]
+                if comp:
+                    self._plan_component(comp)
+            self.updates_planned = True
+            # A delete that counted on an update moving its children away, which turned out to
+            # be a conflict, is dropped; the rest is planned again against the deletes that stand.
+            if not keep_parents_of_new_children(self):
+                break
+        emit_deletes(self)
         return self._finish()
 
     def _plan_component(self, comp: list[str]) -> None:
@@ -147,8 +160,14 @@ class _Planner:
                 self.conflicts[n] = [c for c in self.conflicts[n] if c.kind == DELETE_UPDATED]
             # Updates first: they run first, and may free a UNIQUE value a lost insert takes.
             for n in comp:
-                self._plan_updates(n)
+                if self.tables[n].keyless:
+                    self.deletes[n] = []
+                    plan_keyless(self, n)
+                else:
+                    plan_updates(self, n)
             for n in comp:
+                if self.tables[n].keyless:
+                    continue
                 new_map: dict[tuple, tuple] = {}
                 new_blocked: set[tuple] = set()
                 self._plan_inserts(n, new_map, new_blocked)
@@ -276,105 +295,12 @@ class _Planner:
                 okey = tuple(other[c] for c in info.pk)
                 if okey == own_key or okey in self.planned_deletes[name]:
                     continue
+                if info.keyless and any(all(same(other[c], v) for c, v in w.values.items()) for w in self.deletes[name]):
+                    continue  # a copy LOST removed, deleted before anything is inserted
                 moved = self.moved[name].get(okey)  # an update planned (so run) before this write
                 if moved is not None and tuple(moved.get(c, other[c]) for c in group) != vals:
                     continue
                 return group, other
-        return None
-
-    # -- updates ---------------------------------------------------------
-
-    def _units(self, name: str, cols: list[str]) -> list[tuple[str, ...]]:
-        """Columns merged together: each composite foreign key is one unit."""
-        units: list[set[str]] = [{c} for c in cols]
-        for fk in self._fks(name, cols):
-            group = set(fk.columns)
-            merged = set(group)
-            rest = []
-            for u in units:
-                if u & group:
-                    merged |= u
-                else:
-                    rest.append(u)
-            units = rest + [merged]
-        order = {c: i for i, c in enumerate(cols)}
-        return sorted((tuple(sorted(u, key=order.get)) for u in units), key=lambda u: order[u[0]])
-
-    def _plan_updates(self, name: str) -> None:
-        info = self.tables[name]
-        tc = self.lost.tables[name]
-        cols = [c for c in tc.compare_columns if c in info.columns and c not in info.pk]
-        units = self._units(name, cols)
-        for key, (base_row, lost_row) in tc.updates.items():
-            cur = self.current_row(name, key)
-            if cur is None:
-                self.conflict(
-                    name, UPDATE_DELETED, key, "LOST updated this row, CURRENT deleted it; it stays deleted",
-                    columns={c: {"base": base_row[c], "lost": lost_row[c], "current": None}
-                             for c in cols if not same(lost_row[c], base_row[c])},
-                    rows={"base": base_row, "lost": lost_row, "current": None},
-                )
-                self.outcome(name, "update", key, CONFLICT, None, "updated in LOST, deleted in CURRENT")
-                continue
-            mapped, _, _ = self._map_refs(name, {c: lost_row[c] for c in cols})
-            sets: dict = {}
-            cell_conflicts: dict[str, dict] = {}
-            reasons: list[str] = []
-            current_changed_other = False
-            for unit in units:
-                lost_changed = any(not same(lost_row[c], base_row[c]) for c in unit)
-                cur_changed = any(not same(cur[c], base_row[c]) for c in unit)
-                if not lost_changed:
-                    current_changed_other |= cur_changed
-                    continue
-                if all(same(cur[c], mapped[c]) for c in unit):
-                    continue
-                refusal = self._unit_refusal(name, unit, lost_row)
-                if refusal is None and cur_changed:
-                    refusal = (CELL, "changed differently in LOST and CURRENT; CURRENT's value stays")
-                if refusal is not None:
-                    reasons.append(f"{', '.join(unit)}: {refusal[1]}")
-                    for c in unit:
-                        cell_conflicts[c] = {"base": base_row[c], "lost": mapped[c], "current": cur[c], "kind": refusal[0]}
-                    continue
-                for c in unit:
-                    sets[c] = mapped[c]
-            if sets:
-                clash = self._unique_clash(name, {**cur, **sets}, key, touched=sets)
-                if clash is not None:
-                    group, other = clash
-                    for c in group:
-                        if c in sets:
-                            cell_conflicts[c] = {"base": base_row[c], "lost": sets.pop(c), "current": cur[c], "kind": UNIQUE}
-                    reasons.append(
-                        f"{', '.join(group)}: CURRENT's row {fmt_key(tuple(other[c] for c in info.pk))} already has that value"
-                    )
-            if cell_conflicts:
-                kinds = {v["kind"] for v in cell_conflicts.values()}
-                kind = CELL if kinds == {CELL} else sorted(kinds - {CELL})[0]
-                self.conflict(
-                    name, kind, key, "; ".join(reasons),
-                    columns={c: {k: v for k, v in d.items() if k != "kind"} for c, d in cell_conflicts.items()},
-                    rows={"base": base_row, "lost": lost_row, "current": cur},
-                )
-            if sets:
-                self.updates[name].append(Write(name, "update", key, sets))
-                self.moved[name][key] = sets
-            if cell_conflicts:
-                detail = "other columns replayed" if sets else ""
-                self.outcome(name, "update", key, CONFLICT, key, detail)
-            elif sets:
-                self.outcome(name, "update", key, MERGED if current_changed_other else REPLAYED, key)
-            else:
-                self.outcome(name, "update", key, PRESENT, key, "CURRENT already has LOST's values")
-
-    def _unit_refusal(self, name: str, unit: tuple[str, ...], lost_row: dict) -> tuple[str, str] | None:
-        row = {c: lost_row[c] for c in unit}  # LOST's own values: _map_refs resolves them
-        _, blocked, missing = self._map_refs(name, row)
-        if blocked:
-            return PARENT_CONFLICT, f"refers to a lost row that is not replayed: {'; '.join(blocked)}"
-        if missing:
-            return MISSING_PARENT, f"refers to a row CURRENT no longer has: {'; '.join(missing)}"
         return None
 
     # -- bookkeeping -----------------------------------------------------
@@ -427,4 +353,6 @@ class _Planner:
             triggers=triggers,
             pk={n: list(self.tables[n].pk) for n in order},
             trigger_sql=dict(self.schema.trigger_sql),
+            no_counter=[n for n in order if self.tables[n].surrogate and not self.tables[n].autoincrement
+                        and self.lost.tables[n].changed],
         )

@@ -121,7 +121,10 @@ def _write(conn: apsw.Connection, plan: MergePlan) -> None:
     for table, op, columns, batch in _batches(plan):
         pk = plan.pk[table]
         where = " AND ".join(f"{q(c)} = ?" for c in pk)
-        if op == "delete":
+        if op == "delete" and not pk:
+            for w in batch:
+                conn.execute(_keyless_delete(table, w.values, w.count), tuple(w.values.values()))
+        elif op == "delete":
             conn.executemany(f"DELETE FROM main.{q(table)} WHERE {where}", [w.key for w in batch])
         elif op == "insert":
             sql = f"INSERT INTO main.{q(table)} ({', '.join(q(c) for c in columns)}) VALUES ({', '.join('?' * len(columns))})"
@@ -133,6 +136,17 @@ def _write(conn: apsw.Connection, plan: MergePlan) -> None:
         conn.execute("UPDATE main.sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, table))
         if conn.changes() == 0:
             conn.execute("INSERT INTO main.sqlite_sequence(name, seq) VALUES (?, ?)", (table, seq))
+
+
+def _keyless_delete(table: str, row: dict, count: int, *, script: bool = False) -> str:
+    """Delete ``count`` copies of a whole row from a table without a key."""
+    if script:  # literal values, no schema name: for the reviewable script
+        match = " AND ".join(f"{q(c)} IS {literal(v)}" for c, v in row.items())
+        t = q(table)
+    else:
+        match = " AND ".join(f"{q(c)} IS ?" for c in row)
+        t = f"main.{q(table)}"
+    return f"DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {match} LIMIT {int(count)})"
 
 
 def _batches(plan: MergePlan):
@@ -174,8 +188,16 @@ def _check(conn: apsw.Connection, plan: MergePlan) -> list[dict]:
             fks.setdefault(fkid, []).append((seq, frm))
         for child, rowid, parent, fkid in conn.execute(f"PRAGMA main.foreign_key_check({q(table)})").fetchall():
             v = {"table": child, "rowid": rowid, "parent": parent}
-            if rowid is None or not info.pk:
+            if rowid is None:
                 ours.append(v)
+                continue
+            if not info.pk:  # keyless: ours if it is one of the rows we wrote
+                full = dict(zip(info.columns, conn.execute(
+                    f"SELECT {', '.join(q(c) for c in info.columns)} FROM main.{q(table)} WHERE rowid = ?", (rowid,)
+                ).fetchone()))
+                mine = any(all(full.get(c) == x for c, x in w.values.items())
+                           for w in plan.writes if w.table == table and w.op == "insert")
+                (ours if mine else theirs).append({**v, "row": full})
                 continue
             cols = [c for _, c in sorted(fks.get(fkid, []))]
             sel = ", ".join(q(c) for c in info.pk + cols)
@@ -246,7 +268,9 @@ def sql_script(plan: MergePlan, *, header: str = "", triggers: bool = False) -> 
         out.append(f"DROP TRIGGER {q(name)};")
     for w in plan.writes:
         where = " AND ".join(f"{q(c)} = {literal(v)}" for c, v in zip(plan.pk[w.table], w.key))
-        if w.op == "delete":
+        if w.op == "delete" and not plan.pk[w.table]:
+            out.append(_keyless_delete(w.table, w.values, w.count, script=True) + ";")
+        elif w.op == "delete":
             out.append(f"DELETE FROM {q(w.table)} WHERE {where};")
         elif w.op == "update":
             sets = ", ".join(f"{q(c)} = {literal(v)}" for c, v in w.values.items())

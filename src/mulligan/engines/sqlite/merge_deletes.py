@@ -38,9 +38,15 @@ def plan_deletes(p, name: str) -> None:
         p.planned_deletes[name].add(key)
 
 
-def keep_parents_of_new_children(p) -> None:
-    """A lost delete of a row that still has children in CURRENT is not replayed."""
-    reasons: dict[tuple[str, tuple], str] = {}
+def keep_parents_of_new_children(p) -> bool:
+    """A lost delete of a row that still has children in CURRENT is not replayed.
+
+    Run once before the inserts and updates are planned (trusting that LOST's
+    updates moving a child elsewhere will be replayed), and again after (when
+    it is known which were); returns whether any delete was dropped.
+    """
+    reasons = p.delete_skips
+    dropped = False
     changed = True
     while changed:
         changed = False
@@ -57,7 +63,13 @@ def keep_parents_of_new_children(p) -> None:
                     reasons[(parent, pkey)] = (
                         f"not replayed: {fk.child} row {fmt_key(child_key)} still refers to it in CURRENT"
                     )
-                    changed = True
+                    changed = dropped = True
+    return dropped
+
+
+def emit_deletes(p) -> None:
+    """The writes and outcomes of the deletes that stand."""
+    reasons = p.delete_skips
     for (table, key), why in sorted(reasons.items(), key=lambda kv: (kv[0][0], repr(kv[0][1]))):
         p.outcome(table, "delete", key, SKIPPED, key, why)
     for table, keys in p.planned_deletes.items():
@@ -83,7 +95,7 @@ def _children(p, fk: ForeignKey, keys: set[tuple]):
     child = p.tables[fk.child]
     on = " AND ".join(f"c.{q(col)} = k.v{i}" for i, col in enumerate(fk.columns))
     sel = ", ".join(f"c.{q(col)}" for col in fk.columns)
-    ck = ", ".join(f"c.{q(col)}" for col in child.pk)
+    ck = ", ".join(f"c.{q(col)}" for col in (child.pk or child.columns))  # a keyless row is its content
     out = []
     for r in p.conn.execute(f"SELECT {sel}, {ck} FROM main.{q(fk.child)} c JOIN temp._mulligan_keys k ON {on}"):
         out.append((by_value[tuple(r[:n])], tuple(r[n:])))
@@ -95,12 +107,20 @@ def _child_moves_away(p, fk: ForeignKey, child_key: tuple, pkey: tuple) -> bool:
     """True when the replay itself deletes this child or points it elsewhere."""
     if child_key in p.planned_deletes.get(fk.child, ()):
         return True
+    child = p.tables[fk.child]
+    if child.keyless:  # LOST removed this very row
+        removed = p.lost.tables[fk.child].removed
+        row = dict(zip(child.columns, child_key))
+        return any(all(r.get(c, row[c]) == row[c] for c in row) for r, _, _ in removed)
     upd = p.lost.tables[fk.child].updates.get(child_key) if fk.child in p.lost.tables else None
     if upd is None:
         return False
     base_row, lost_row = upd
     if not all(c in lost_row for c in fk.columns):
         return False
+    if p.updates_planned:  # now known: is the update of those columns replayed?
+        sets = p.moved.get(fk.child, {}).get(child_key, {})
+        return all(c in sets for c in fk.columns)
     cur = p.current_row(fk.child, child_key)
     return (
         cur is not None

@@ -26,10 +26,17 @@ class TableChanges:
     deletes: dict[tuple, dict] = field(default_factory=dict)  # key -> BASE row (compare_columns)
     max_key: int = 0  # largest integer key either BASE or LOST used (surrogate tables)
     counter: int = 0  # largest sqlite_sequence value of BASE or LOST
+    # Keyless tables are multisets of whole rows: (row, copies in LOST, copies in BASE)
+    added: list[tuple[dict, int, int]] = field(default_factory=list)  # LOST has more copies
+    removed: list[tuple[dict, int, int]] = field(default_factory=list)  # LOST has fewer copies
+
+    @property
+    def keyless(self) -> bool:
+        return not self.pk
 
     @property
     def changed(self) -> int:
-        return len(self.inserts) + len(self.updates) + len(self.deletes)
+        return len(self.inserts) + len(self.updates) + len(self.deletes) + len(self.added) + len(self.removed)
 
 
 @dataclass
@@ -75,7 +82,12 @@ def _read(conn: apsw.Connection) -> LostChanges:
     base_seq = _sequences(conn, "main")
     for name, info in lost_schema.tables.items():
         if info.keyless:
-            skipped[name] = "keyless table (no declared primary key): rows have no identity to merge by"
+            if name in base_tables and sorted(column_names(conn, name, "main")) != sorted(info.columns):
+                skipped[name] = "keyless table whose columns differ between BASE and LOST"
+                continue
+            tc = TableChanges(name, [], list(info.columns), list(info.columns))
+            _diff_keyless(conn, name, tc, name in base_tables)
+            tables[name] = tc
             continue
         if name in base_tables and base_schema.tables[name].pk != info.pk:
             skipped[name] = "primary key differs between BASE and LOST"
@@ -160,3 +172,21 @@ def _diff_table(conn: apsw.Connection, info: TableInfo, tc: TableChanges) -> Non
         base_row = dict(zip(tc.compare_columns, values[:n]))
         lost_row = dict(zip(tc.compare_columns, values[n:]))
         tc.updates[_key_of(base_row, info.pk)] = (base_row, lost_row)
+
+
+def _multiset(conn: apsw.Connection, schema: str, table: str, cols: list[str]) -> dict[tuple, int]:
+    c = ", ".join(q(x) for x in cols)
+    return {tuple(r[:-1]): r[-1] for r in conn.execute(f"SELECT {c}, count(*) FROM {schema}.{q(table)} GROUP BY {c}")}
+
+
+def _diff_keyless(conn: apsw.Connection, name: str, tc: TableChanges, in_base: bool) -> None:
+    """A table without a key is a multiset of whole rows: compare copies per distinct row."""
+    cols = tc.lost_columns
+    lost = _multiset(conn, "lost", name, cols)
+    base = _multiset(conn, "main", name, cols) if in_base else {}
+    for vals in sorted(lost, key=repr):
+        if lost[vals] > base.get(vals, 0):
+            tc.added.append((dict(zip(cols, vals)), lost[vals], base.get(vals, 0)))
+    for vals in sorted(base, key=repr):
+        if base[vals] > lost.get(vals, 0):
+            tc.removed.append((dict(zip(cols, vals)), base[vals], lost.get(vals, 0)))

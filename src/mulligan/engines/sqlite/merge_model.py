@@ -50,6 +50,7 @@ class Write:
     op: str  # insert | update | delete
     key: tuple  # key in CURRENT
     values: dict = field(default_factory=dict)  # insert: every column; update: the changed ones
+    count: int = 1  # delete from a keyless table: how many copies of the row (``values``)
 
 
 @dataclass
@@ -76,6 +77,8 @@ class MergePlan:
     triggers: dict[str, list[str]]  # triggers on tables the merge writes to
     pk: dict[str, list[str]]  # key columns of every merged table
     trigger_sql: dict[str, str] = field(default_factory=dict)  # every trigger of CURRENT: name -> SQL
+    # Tables with an INTEGER PRIMARY KEY but no AUTOINCREMENT: no counter to raise, new rows take max+1.
+    no_counter: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 

@@ -1,0 +1,188 @@
+"""LOST's updates, merged cell by cell into CURRENT.
+
+A column (or a whole composite foreign key: it moves as one) that only LOST
+changed is replayed, with foreign keys rewritten through the key maps; one that
+both changed differently is a conflict and CURRENT's value stays. An update of
+a row CURRENT deleted is a conflict and the row stays deleted.
+
+UNIQUE values may move between rows (LOST renamed 'bob' to 'rob' and another
+row to 'bob'). SQLite checks uniqueness row by row, so the update that frees a
+value must run before the one that takes it: updates are ordered accordingly,
+and a value that would have to pass through a cycle (a swap) is a conflict.
+
+``p`` is the planner (:class:`mulligan.engines.sqlite.merge._Planner`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .merge_model import (
+    CELL, CONFLICT, MERGED, MISSING_PARENT, PARENT_CONFLICT, PRESENT, REPLAYED, UNIQUE, UPDATE_DELETED, Write,
+    fmt_key, same,
+)
+
+
+@dataclass
+class _Pending:
+    key: tuple
+    base: dict
+    lost: dict
+    cur: dict
+    sets: dict = field(default_factory=dict)
+    cells: dict = field(default_factory=dict)  # column -> {base, lost, current, kind}
+    reasons: list = field(default_factory=list)
+    current_changed_other: bool = False
+
+
+def units(p, name: str, cols: list[str]) -> list[tuple[str, ...]]:
+    """Columns merged together: each composite foreign key is one unit."""
+    out: list[set[str]] = [{c} for c in cols]
+    for fk in p._fks(name, cols):
+        group = set(fk.columns)
+        merged = set(group)
+        rest = []
+        for u in out:
+            if u & group:
+                merged |= u
+            else:
+                rest.append(u)
+        out = rest + [merged]
+    order = {c: i for i, c in enumerate(cols)}
+    return sorted((tuple(sorted(u, key=order.get)) for u in out), key=lambda u: order[u[0]])
+
+
+def plan_updates(p, name: str) -> None:
+    info = p.tables[name]
+    tc = p.lost.tables[name]
+    cols = [c for c in tc.compare_columns if c in info.columns and c not in info.pk]
+    groups = units(p, name, cols)
+    pending: list[_Pending] = []
+    for key, (base_row, lost_row) in tc.updates.items():
+        cur = p.current_row(name, key)
+        if cur is None:
+            p.conflict(
+                name, UPDATE_DELETED, key, "LOST updated this row, CURRENT deleted it; it stays deleted",
+                columns={c: {"base": base_row[c], "lost": lost_row[c], "current": None}
+                         for c in cols if not same(lost_row[c], base_row[c])},
+                rows={"base": base_row, "lost": lost_row, "current": None},
+            )
+            p.outcome(name, "update", key, CONFLICT, None, "updated in LOST, deleted in CURRENT")
+            continue
+        pd = _Pending(key, base_row, lost_row, cur)
+        _merge_cells(p, name, groups, pd)
+        pending.append(pd)
+    ordered = _settle_unique(p, name, pending)
+    for pd in ordered:
+        _emit(p, name, pd)
+
+
+def _merge_cells(p, name: str, groups, pd: _Pending) -> None:
+    mapped, _, _ = p._map_refs(name, {c: pd.lost[c] for g in groups for c in g})
+    for unit in groups:
+        lost_changed = any(not same(pd.lost[c], pd.base[c]) for c in unit)
+        cur_changed = any(not same(pd.cur[c], pd.base[c]) for c in unit)
+        if not lost_changed:
+            pd.current_changed_other |= cur_changed
+            continue
+        if all(same(pd.cur[c], mapped[c]) for c in unit):
+            continue
+        refusal = _unit_refusal(p, name, unit, pd.lost)
+        if refusal is None and cur_changed:
+            refusal = (CELL, "changed differently in LOST and CURRENT; CURRENT's value stays")
+        if refusal is not None:
+            _refuse_cells(pd, unit, refusal, {c: mapped[c] for c in unit})
+            continue
+        for c in unit:
+            pd.sets[c] = mapped[c]
+
+
+def _refuse_cells(pd: _Pending, unit, refusal, lost_values: dict) -> None:
+    pd.reasons.append(f"{', '.join(unit)}: {refusal[1]}")
+    for c in unit:
+        pd.cells[c] = {"base": pd.base[c], "lost": lost_values[c], "current": pd.cur[c], "kind": refusal[0]}
+
+
+def _unit_refusal(p, name: str, unit: tuple[str, ...], lost_row: dict) -> tuple[str, str] | None:
+    _, blocked, missing = p._map_refs(name, {c: lost_row[c] for c in unit})  # LOST's own values
+    if blocked:
+        return PARENT_CONFLICT, f"refers to a lost row that is not replayed: {'; '.join(blocked)}"
+    if missing:
+        return MISSING_PARENT, f"refers to a row CURRENT no longer has: {'; '.join(missing)}"
+    return None
+
+
+def _settle_unique(p, name: str, pending: list[_Pending]) -> list[_Pending]:
+    """Refuse UNIQUE values CURRENT keeps; order the rest so a value is freed before it is taken."""
+    info = p.tables[name]
+    for _ in range(len(pending) + 2):
+        p.moved[name] = {pd.key: pd.sets for pd in pending if pd.sets}
+        changed = False
+        for pd in pending:
+            if not pd.sets:
+                continue
+            clash = p._unique_clash(name, {**pd.cur, **pd.sets}, pd.key, touched=pd.sets)
+            if clash is not None:
+                group, other = clash
+                unit = tuple(c for c in group if c in pd.sets)
+                why = f"CURRENT's row {fmt_key(tuple(other[c] for c in info.pk))} already has that value"
+                _refuse_cells(pd, unit, (UNIQUE, why), {c: pd.sets.pop(c) for c in unit})
+                changed = True
+        if changed:
+            continue
+        ordered, cycle = _order(p, name, pending)
+        if not cycle:
+            return ordered
+        for pd in cycle:
+            unit = tuple(c for g in info.uniques for c in g if c in pd.sets)
+            _refuse_cells(pd, unit, (UNIQUE, "a UNIQUE value swapped between rows: a human decides the order"),
+                          {c: pd.sets.pop(c) for c in unit})
+    raise RuntimeError("UNIQUE moves did not settle")  # pragma: no cover - every pass refuses at least one cell
+
+
+def _order(p, name: str, pending: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
+    """Updates freeing a UNIQUE value before the ones taking it (Kahn); and those caught in a cycle."""
+    info = p.tables[name]
+    by_key = {pd.key: pd for pd in pending}
+    after: dict[tuple, set] = {pd.key: set() for pd in pending}  # key -> keys that must run first
+    for pd in pending:
+        for group in info.uniques:
+            if not any(c in pd.sets for c in group):
+                continue
+            vals = tuple({**pd.cur, **pd.sets}[c] for c in group)
+            if any(v is None for v in vals):
+                continue
+            for other in p.rows_where(name, group, vals):
+                okey = tuple(other[c] for c in info.pk)
+                if okey != pd.key and okey in by_key and by_key[okey].sets:
+                    after[pd.key].add(okey)
+    ordered, done = [], set()
+    ready = [pd for pd in pending if not after[pd.key]]
+    while ready:
+        pd = ready.pop(0)
+        ordered.append(pd)
+        done.add(pd.key)
+        for other in pending:
+            if other.key not in done and other not in ready and other not in ordered and after[other.key] <= done:
+                ready.append(other)
+    cycle = [pd for pd in pending if pd.key not in done]
+    return ordered, cycle
+
+
+def _emit(p, name: str, pd: _Pending) -> None:
+    if pd.cells:
+        kinds = {v["kind"] for v in pd.cells.values()}
+        kind = CELL if kinds == {CELL} else sorted(kinds - {CELL})[0]
+        p.conflict(
+            name, kind, pd.key, "; ".join(pd.reasons),
+            columns={c: {k: v for k, v in d.items() if k != "kind"} for c, d in pd.cells.items()},
+            rows={"base": pd.base, "lost": pd.lost, "current": pd.cur},
+        )
+    if pd.sets:
+        p.updates[name].append(Write(name, "update", pd.key, pd.sets))
+    if pd.cells:
+        p.outcome(name, "update", pd.key, CONFLICT, pd.key, "other columns replayed" if pd.sets else "")
+    elif pd.sets:
+        p.outcome(name, "update", pd.key, MERGED if pd.current_changed_other else REPLAYED, pd.key)
+    else:
+        p.outcome(name, "update", pd.key, PRESENT, pd.key, "CURRENT already has LOST's values")
