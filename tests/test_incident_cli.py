@@ -116,10 +116,19 @@ def test_summary_send_to_an_unreachable_webhook_fails_in_one_line_and_records_th
 
 
 def test_recover_takes_base_and_lost_from_the_record(app):
+    from mulligan.ops.snapshot import take_snapshot
+
+    base = take_snapshot(app.ws, app.ws.target("app")).id
     res = app.call("--json", "incident", "open", "app", "--title", "rolled back", "--kind", "rollback",
-                   "--base", "abcd1234", "--lost", "@2026-11-21T10:15:00Z")
+                   "--base", base[:8], "--lost", "live")
     inc = inc_ops.get(app.ws.vault, res.json["id"])
-    assert inc_ops.recovery_states(inc) == ("abcd1234", "@2026-11-21T10:15:00Z")
+    assert inc_ops.recovery_states(inc) == (base[:8], "live")
+
+
+def test_an_incident_naming_a_state_that_does_not_exist_is_not_opened(app):
+    res = app.run("incident", "open", "app", "--title", "t", "--base", "feedbeef")
+    assert res.code == 1 and "no restore point has an id starting with 'feedbeef'" in res.err
+    assert app.call("incidents", "--json").json["incidents"] == []
 
 
 def test_recover_states_fall_back_to_the_detected_snapshot_and_last_good_point():

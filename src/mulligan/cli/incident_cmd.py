@@ -36,8 +36,12 @@ def incident():
 @pass_ctx
 def open_(ctx: Ctx, name, title, kind, base, lost):
     """Open an incident on target NAME by hand."""
+    from ..ops.states import resolve_state
+
     target = ctx.ws.target(name)
     ctx.audit_target = target
+    for spec in filter(None, (base, lost)):
+        resolve_state(spec, ctx.ws.vault, target)  # a typo fails now, not at recover time
     inc = inc_ops.open_incident(ctx.ws.vault, target, kind=kind, title=title, base=base, lost=lost)
     if ctx.json:
         return ctx.emit_json(inc)
