@@ -241,7 +241,9 @@ class Vault:
             m.new_bytes += len(body)
             self.storage.put(m.key, m.encode())
             if kind != KIND_UNDO:
-                self.storage.put(f"refs/{target_id}/latest", m.id.encode(), overwrite=True)
+                current = self.latest(target_id)
+                if current is None or (current.time, current.id) <= (m.time, m.id):
+                    self.storage.put(f"refs/{target_id}/latest", m.id.encode(), overwrite=True)
             return m
 
     # ---- reading states ----------------------------------------------------
