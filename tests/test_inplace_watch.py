@@ -61,3 +61,21 @@ def test_a_running_watch_is_not_live_use_and_undo_right_after_works(watched):
     assert r.code == 0, r.err
     assert dump(watched.db) == before
     assert watched.watch.poll() is None
+
+
+def test_any_captured_second_can_be_put_back_in_place(watched):
+    from datetime import datetime, timezone
+
+    write_rows(watched.db, 2)
+    time.sleep(1.0)  # captured
+    between = datetime.now(timezone.utc).isoformat()
+    at_between = dump(watched.db)
+    time.sleep(0.5)
+    write_rows(watched.db, 4)
+    time.sleep(1.0)
+    settle(watched.db)
+    r = watched.run("--json", "restore", "app", "--at", between, "--in-place", "--confirm", "app")
+    assert r.code == 0, r.out + r.err
+    assert r.json["restored"]["id"].count(".") == 2  # a captured commit, not a snapshot
+    assert r.json["plan"]["loss"]["totals"]["lost"] == 8  # the 4 users and 4 posts written after that second
+    assert dump(watched.db) == at_between
