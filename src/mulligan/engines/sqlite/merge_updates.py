@@ -15,6 +15,7 @@ and a value that would have to pass through a cycle (a swap) is a conflict.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from .merge_model import (
@@ -23,7 +24,7 @@ from .merge_model import (
 )
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pending:
     key: tuple
     base: dict
@@ -156,17 +157,24 @@ def _order(p, name: str, pending: list[_Pending]) -> tuple[list[_Pending], list[
                 okey = tuple(other[c] for c in info.pk)
                 if okey != pd.key and okey in by_key and by_key[okey].sets:
                     after[pd.key].add(okey)
-    ordered, done = [], set()
-    ready = [pd for pd in pending if not after[pd.key]]
+    if not any(after.values()):
+        return list(pending), []  # the common case: no value moves between rows
+    waiting = {k: len(v) for k, v in after.items()}
+    unblocks: dict[tuple, list] = {}
+    for k, firsts in after.items():
+        for f in firsts:
+            unblocks.setdefault(f, []).append(k)
+    ready = deque(pd.key for pd in pending if not waiting[pd.key])
+    ordered = []
     while ready:
-        pd = ready.pop(0)
-        ordered.append(pd)
-        done.add(pd.key)
-        for other in pending:
-            if other.key not in done and other not in ready and other not in ordered and after[other.key] <= done:
-                ready.append(other)
-    cycle = [pd for pd in pending if pd.key not in done]
-    return ordered, cycle
+        k = ready.popleft()
+        ordered.append(by_key[k])
+        for nxt in unblocks.get(k, ()):
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0:
+                ready.append(nxt)
+    done = {pd.key for pd in ordered}
+    return ordered, [pd for pd in pending if pd.key not in done]
 
 
 def _emit(p, name: str, pd: _Pending) -> None:
