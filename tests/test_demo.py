@@ -129,6 +129,8 @@ def test_mulligan_demo_tells_the_whole_story_in_under_a_minute(tmp_path):
     assert facts["rows_recovered"] > 0 and facts["conflicts"] >= 2  # hedy signed up twice; post 57's title
     md = (out / "postmortem.md").read_text()
     assert f"{n} users potentially lost data" in md
+    conflicts = md.split("Conflicts left for a person")[1].split("## ")[0]
+    assert "hedy" in conflicts and "| posts | 57 |" in conflicts  # the two the story makes on purpose
     assert (out / "postmortem.html").exists() and facts["channel_messages"] >= 2
     for step in ("1. The app.", "5. The mistake.", "6. Detection.", "7. Impact.", "8. Recovery.", "10. The postmortem."):
         assert step in p.stderr

@@ -36,6 +36,7 @@ class Postmortem:
     lucky: list[str]
     factors: list[str]
     actions: list[dict] = field(default_factory=list)
+    conflicts: list[dict] = field(default_factory=list)  # {table, key, reason}: what a person must decide
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "incident"} | {"incident": self.incident["id"]}
@@ -142,7 +143,21 @@ def build(inc: dict, timeline: list[dict], audit_entries: list[dict] | None = No
         lucky=_lucky(f),
         factors=_factors(f),
         actions=_actions(f),
+        conflicts=_conflicts(inc),
     )
+
+
+def _conflicts(inc: dict, limit: int = 50) -> list[dict]:
+    listed = (inc.get("recovery") or {}).get("conflicts")
+    if not isinstance(listed, list):
+        return []
+    out = []
+    for c in listed[:limit]:
+        key = c.get("key")
+        if isinstance(key, (list, tuple)):
+            key = key[0] if len(key) == 1 else "(" + ", ".join(map(str, key)) + ")"
+        out.append({"table": c.get("table"), "key": key, "reason": c.get("reason") or c.get("kind")})
+    return out
 
 
 def _summary(inc: dict, f: dict) -> str:

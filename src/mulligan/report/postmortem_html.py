@@ -142,8 +142,16 @@ def render(pm: Postmortem) -> str:
         h.append(f"<tr><td>{escape(_ms(e['time']))}</td><td>{dot}{escape(e['event'])}</td>"
                  f"<td>{escape(str(e.get('detail') or ''))}</td></tr>")
     h.append("</table>")
-    for title, items in (("Detection", pm.detection), ("Response and recovery", pm.response),
-                         ("What went well", pm.went_well), ("What went poorly", pm.went_poorly),
+    h.append("<h2>Detection</h2>" + _list(pm.detection))
+    h.append("<h2>Response and recovery</h2>" + _list(pm.response))
+    if pm.conflicts:
+        total = pm.facts.get("conflicts") or len(pm.conflicts)
+        h.append(f"<p>Conflicts left for a person ({len(pm.conflicts)} of {total} shown; the live value was kept):</p>"
+                 "<table><tr><th>table</th><th>key</th><th>why</th></tr>")
+        h += [f"<tr><td>{escape(str(c['table']))}</td><td>{escape(str(c['key']))}</td><td>{escape(str(c['reason']))}</td></tr>"
+              for c in pm.conflicts]
+        h.append("</table>")
+    for title, items in (("What went well", pm.went_well), ("What went poorly", pm.went_poorly),
                          ("Where we got lucky", pm.lucky), ("Contributing factors", pm.factors)):
         h.append(f"<h2>{title}</h2>" + _list(items))
     h.append("<h2>Action items</h2><table><tr><th>priority</th><th>action</th><th>because</th></tr>")

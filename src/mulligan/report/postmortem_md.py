@@ -39,6 +39,12 @@ def render(pm: Postmortem) -> str:
     out.append("")
     out += ["## Detection", ""] + [f"- {x}" for x in pm.detection] + [""]
     out += ["## Response and recovery", ""] + [f"- {x}" for x in pm.response] + [""]
+    if pm.conflicts:
+        shown = len(pm.conflicts)
+        total = pm.facts.get("conflicts") or shown
+        out += [f"Conflicts left for a person ({shown} of {total} shown; the live value was kept):", "",
+                "| table | key | why |", "|---|---|---|"]
+        out += [f"| {_cell(c['table'])} | {_cell(c['key'])} | {_cell(c['reason'])} |" for c in pm.conflicts] + [""]
     out += ["## What went well", ""] + [f"- {x}" for x in pm.went_well] + [""]
     out += ["## What went poorly", ""] + [f"- {x}" for x in pm.went_poorly] + [""]
     out += ["## Where we got lucky", ""] + [f"- {x}" for x in pm.lucky] + [""]
