@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from mulligan.ops.recover import apply_recovery, plan_recovery
+from mulligan.report.recover import recovery_sql
 from test_recover_support import Db, check_invariants, connect, copy_db, file_digest
 
 NAMES = [f"k{i}" for i in range(8)]
@@ -222,11 +223,18 @@ def test_random_histories_merge_without_losing_or_breaking_anything(scratch, tab
     before = copy_db(current, tmp / "before.db")
 
     digest = file_digest(current)
-    plan_recovery(base, lost, current)
+    plan = plan_recovery(base, lost, current)
     assert file_digest(current) == digest, "the plan wrote to CURRENT"
 
     result = apply_recovery(base, lost, current)
     check_invariants(base, lost, before, current, result)
+
+    # The reviewable SQL script of the plan does exactly what the apply did.
+    rehearsal = copy_db(before, tmp / "rehearsal.db")
+    conn = apsw.Connection(rehearsal)
+    conn.execute(recovery_sql(plan))
+    conn.close()
+    assert Db(rehearsal).tables == Db(current).tables
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
