@@ -146,6 +146,10 @@ def render_recovery_text(obj: RecoveryPlan | RecoveryResult, out: Console, *, li
     for name, p in plan.tables.items():
         t.add_row(name, *(str(getattr(p, k)) for k in COUNT_KEYS))
     out.print(t)
+    n = {k: sum(getattr(p, k) for p in plan.tables.values()) for k in COUNT_KEYS}
+    verb = "written back" if result else "to write back"
+    out.print(f"{n['inserts'] + n['updates'] + n['deletes']} lost change(s) {verb}, {n['remapped']} under a new key; "
+              f"{len(plan.conflicts)} conflict(s) and {n['skipped']} skipped delete(s) for a human")
 
     if plan.key_map:
         km = table("table", "lost key", "new key", title="Key map (lost rows written under a new key)")

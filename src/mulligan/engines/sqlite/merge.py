@@ -270,6 +270,8 @@ class _Planner:
                 key = (self.alloc.take(name),)
                 mapped[info.pk[0]] = key[0]
                 self.outcome(name, "insert", lost_key, REMAPPED, key, f"key {fmt_key(lost_key)} was taken in CURRENT")
+            elif key != lost_key:  # a natural key made of remapped keys
+                self.outcome(name, "insert", lost_key, REMAPPED, key, "its key refers to rows that got new keys")
             else:
                 self.outcome(name, "insert", lost_key, REPLAYED, key)
             if key != lost_key:
@@ -345,7 +347,7 @@ class _Planner:
         return MergePlan(
             tables=plans,
             writes=writes,
-            key_map={n: m for n, m in self.key_map.items() if m},
+            key_map={n: self.key_map[n] for n in order if self.key_map[n]},
             conflicts=conflicts,
             outcomes=outcomes,
             counters=counters,
