@@ -198,6 +198,10 @@ def _impact(f: dict) -> list[str]:
         share = 100.0 * f["rows_recovered"] / f["rows_lost"]
         out.append(f"In business terms: {share:.0f}% of the lost writes are back in production; "
                    f"{f['rows_lost'] - f['rows_recovered']} {_be(f['rows_lost'] - f['rows_recovered'], 'needs', 'need')} a person.")
+        back = [f"{t['recovered']} {t['table']}" for t in sorted(f["per_table"], key=lambda t: -(t["recovered"] or 0))
+                if t["recovered"]]
+        if back:
+            out.append("What came back, by table: " + ", ".join(back) + ".")
     return out
 
 
