@@ -136,3 +136,30 @@ def test_recover_with_an_incident_takes_its_states_and_records_the_outcome_in_it
     rec = incidents.get(env.ws.vault, inc["id"])["recovery"]
     assert rec["applied"] is True and rec["undo_point"]
     assert any(r["status"] == "remapped" and r["owner"] for r in rec["rows"])
+
+
+def test_the_whole_day_with_vault_states_restore_over_production_then_recover(project, tmp_path):
+    from mulligan.ops.snapshot import take_snapshot
+    from test_recover_scenario import BASE_ROWS, CURRENT_WRITES, LOST_WRITES, SCHEMA, write
+
+    app_db = str(tmp_path / "app.db")
+    write(app_db, SCHEMA)
+    write(app_db, BASE_ROWS)
+    project.protect(app_db, name="app", env="production")
+    ws = project.ws
+    target = ws.target("app")
+    base_id = take_snapshot(ws, target, tag="nightly").id
+    old_copy = copy_db(app_db, tmp_path / "nightly.db")  # what the engineer will restore by mistake
+    write(app_db, LOST_WRITES)
+    lost_id = take_snapshot(ws, target).id
+    copy_db(old_copy, app_db)  # the mistake: the nightly goes back over production (stamp and all)
+    write(app_db, CURRENT_WRITES)  # users keep writing
+
+    res = project.run("recover", "app", "--base", base_id[:10], "--lost", lost_id, "--apply", "--confirm", "app", "--json")
+    assert res.code == 0, res.err
+    assert "no Mulligan identity stamp" not in res.err  # vault states carry the stamp
+    data = json.loads(res.out)
+    assert data["applied"] and data["remapped"] >= 4
+    users = {u["username"] for u in Db(app_db).tables["users"].values()}
+    assert {"alice", "bob", "carol", "frank", "dave", "erin"} <= users
+    assert Db(app_db).fk_violations == []

@@ -58,42 +58,51 @@ def states(tmp_path):
     return build_states(tmp_path)
 
 
+BASE_ROWS = """
+    INSERT INTO users(username, email) VALUES ('alice', 'a@x'), ('bob', 'b@x'), ('carol', 'c@x');
+    INSERT INTO posts(author_id, title, body) VALUES (1, 'hello', 'first'), (2, 'bob here', 'hi'), (3, 'carol', 'c');
+    INSERT INTO comments(post_id, author_id, body) VALUES (1, 2, 'nice'), (2, 1, 'welcome');
+    INSERT INTO tags(name) VALUES ('news'), ('fun');
+    INSERT INTO post_tags VALUES (1, 1), (2, 2), (3, 1);
+"""
+
+# What users wrote between BASE and the mistake: lost when BASE was restored over production.
+LOST_WRITES = """
+    INSERT INTO users(username, email) VALUES ('dave', 'd@x'), ('erin', 'e@x');      -- 4, 5
+    INSERT INTO posts(author_id, title, body) VALUES (5, 'erin writes', 'e1'), (1, 'alice again', 'a2'); -- 4, 5
+    INSERT INTO comments(post_id, author_id, body) VALUES (4, 1, 'good one');        -- 3
+    INSERT INTO comments(post_id, author_id, reply_to, body) VALUES (4, 5, 3, 'thanks'); -- 4
+    INSERT INTO comments(post_id, author_id, body) VALUES (1, 4, 'dave was here');   -- 5
+    INSERT INTO tags(name) VALUES ('rust');                                         -- 3
+    INSERT INTO post_tags VALUES (4, 3), (5, 1), (1, 3);
+    UPDATE users SET bio = 'lost bio' WHERE id = 2;
+    UPDATE posts SET title = 'hello, edited in LOST' WHERE id = 1;
+    DELETE FROM comments WHERE id = 2;
+    DELETE FROM users WHERE id = 3;                                                 -- cascades
+"""
+
+# What users wrote after the mistake, on the ids the lost rows had.
+CURRENT_WRITES = """
+    INSERT INTO users(username, email) VALUES ('frank', 'f@x'), ('dave', 'dave@new');  -- 4, 5: dave again
+    INSERT INTO posts(author_id, title, body) VALUES (4, 'frank posts', 'f1');          -- 4
+    INSERT INTO posts(author_id, title, body) VALUES (3, 'carol is back', 'c2');        -- 5
+    INSERT INTO comments(post_id, author_id, body) VALUES (4, 5, 'dave on frank');      -- 3
+    UPDATE posts SET body = 'first, edited in CURRENT' WHERE id = 1;
+    -- The app adds a trigger after the mistake; it must not fire during replay.
+    CREATE TRIGGER posts_touch AFTER UPDATE ON posts
+    BEGIN UPDATE users SET bio = 'touched' WHERE id = NEW.author_id; END;
+"""
+
+
 def build_states(tmp_path):
     """(BASE, LOST, CURRENT, folder): the story above, as three files."""
     base = str(tmp_path / "base.db")
     write(base, SCHEMA)
-    write(base, """
-        INSERT INTO users(username, email) VALUES ('alice', 'a@x'), ('bob', 'b@x'), ('carol', 'c@x');
-        INSERT INTO posts(author_id, title, body) VALUES (1, 'hello', 'first'), (2, 'bob here', 'hi'), (3, 'carol', 'c');
-        INSERT INTO comments(post_id, author_id, body) VALUES (1, 2, 'nice'), (2, 1, 'welcome');
-        INSERT INTO tags(name) VALUES ('news'), ('fun');
-        INSERT INTO post_tags VALUES (1, 1), (2, 2), (3, 1);
-    """)
+    write(base, BASE_ROWS)
     lost = copy_db(base, tmp_path / "lost.db")
-    write(lost, """
-        INSERT INTO users(username, email) VALUES ('dave', 'd@x'), ('erin', 'e@x');      -- 4, 5
-        INSERT INTO posts(author_id, title, body) VALUES (5, 'erin writes', 'e1'), (1, 'alice again', 'a2'); -- 4, 5
-        INSERT INTO comments(post_id, author_id, body) VALUES (4, 1, 'good one');        -- 3
-        INSERT INTO comments(post_id, author_id, reply_to, body) VALUES (4, 5, 3, 'thanks'); -- 4
-        INSERT INTO comments(post_id, author_id, body) VALUES (1, 4, 'dave was here');   -- 5
-        INSERT INTO tags(name) VALUES ('rust');                                         -- 3
-        INSERT INTO post_tags VALUES (4, 3), (5, 1), (1, 3);
-        UPDATE users SET bio = 'lost bio' WHERE id = 2;
-        UPDATE posts SET title = 'hello, edited in LOST' WHERE id = 1;
-        DELETE FROM comments WHERE id = 2;
-        DELETE FROM users WHERE id = 3;                                                 -- cascades
-    """)
+    write(lost, LOST_WRITES)
     current = copy_db(base, tmp_path / "current.db")
-    write(current, """
-        INSERT INTO users(username, email) VALUES ('frank', 'f@x'), ('dave', 'dave@new');  -- 4, 5: dave again
-        INSERT INTO posts(author_id, title, body) VALUES (4, 'frank posts', 'f1');          -- 4
-        INSERT INTO posts(author_id, title, body) VALUES (3, 'carol is back', 'c2');        -- 5
-        INSERT INTO comments(post_id, author_id, body) VALUES (4, 5, 'dave on frank');      -- 3
-        UPDATE posts SET body = 'first, edited in CURRENT' WHERE id = 1;
-        -- The app adds a trigger after the mistake; it must not fire during replay.
-        CREATE TRIGGER posts_touch AFTER UPDATE ON posts
-        BEGIN UPDATE users SET bio = 'touched' WHERE id = NEW.author_id; END;
-    """)
+    write(current, CURRENT_WRITES)
     return base, lost, current, tmp_path
 
 
