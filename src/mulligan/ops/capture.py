@@ -116,10 +116,9 @@ class TargetCapture:
             self.obs = prev["obs"] if prev is not None else None
             self._new_base(gap=gap, reason="watch started", bump=False)
             if prev is not None and gap is not None:
-                self._pre = {i + 1: old for i, old in enumerate(prev["ids"])}
-                self._pre_len = len(prev["ids"])
                 self._check(obs, mass=False, where="the database changed while watch was not running",
-                            lkg=(prev["point"], prev["time"]), discontinuity=True, final=True)
+                            lkg=(prev["point"], prev["time"]), discontinuity=True, final=True,
+                            states=[ids, self._main_file_ids()], lkg_ids=prev["ids"])
             self._clean(obs)
             self._bump_generation()
             self.log("info", f"{self.target.name}: capturing {self.target.path} ({count} pages, base {self.base.id})")
@@ -162,6 +161,9 @@ class TargetCapture:
     def step(self, now: float) -> None:
         t = self.tailer
         assert t is not None
+        if self._swapped is None and t.replaced():  # three stat() calls: every poll
+            if self._check_files(sample=False):
+                return
         res = t.poll()
         self._apply_poll(res)
         if now - self._t["sample"] >= self.o.sample_interval:
@@ -190,7 +192,13 @@ class TargetCapture:
         for c in res.commits:
             before = self.last_point
             point, ids = self.seg.add(c.seen, c.frame, c.db_pages, c.pages, c.by)
+            first_mass = c.by == "app" and len(c.pages) >= max(4, 0.5 * c.db_pages) and self._mass is None
+            if first_mass:
+                lkg_ids = list(self.ids)
             self._apply_ids(c.db_pages, ids)
+            if first_mass:
+                # The states just before and just after the first mass rewrite: what the match compares.
+                self._mass = (lkg_ids, list(self.ids))
             for pgno in c.pages:
                 self.wal_pages[pgno] = c.frame
             self.last_point = (point, c.seen)
@@ -221,7 +229,8 @@ class TargetCapture:
 
     # ---- rollback detection ----------------------------------------------------------------
     def _check(self, obs: Observation, *, mass: bool, where: str, lkg: tuple | None = None,
-               discontinuity: bool = False, final: bool = False) -> None:
+               discontinuity: bool = False, final: bool = False, states: list | None = None,
+               lkg_ids: list | None = None) -> None:
         sig = detect.compare(self.obs, obs)
         suspicious = mass or discontinuity or bool(self.suspects)
         if sig.any and not suspicious and not final and not self._deferred:
@@ -231,10 +240,26 @@ class TargetCapture:
             return
         rolled_to, score = None, 0.0
         if suspicious or sig.strong:
-            m, score = self._match(obs)
-            lkg_score = self._lkg_score()
+            m, score, lkg_score = None, 0.0, 0.0
+            if self._mass is not None:
+                before_ids, after = self._mass
+                m, score = self._match(obs, after)
+                lkg_score = self.matcher.score(after, before_ids)
+            elif lkg_ids is not None:
+                # After a discontinuity: the state now, and the main file alone (a copied file before
+                # the application wrote on top of it); keep the one that matches an older point best.
+                for cand in states or [self.ids]:
+                    cm, cs_ = self._match(obs, cand)
+                    cl = self.matcher.score(cand, lkg_ids)
+                    if cm is not None and cs_ - cl > score - lkg_score:
+                        m, score, lkg_score = cm, cs_, cl
+            else:
+                m, score = self._match(obs, self.ids)
+                lkg_score = self._lkg_score()
             if m is not None and score >= detect.MATCH_MIN and score > lkg_score:
                 rolled_to = m
+            self.log("debug", f"{self.target.name}: best older match {m.id if m else None} ({score:.2f}), "
+                              f"last good state {lkg_score:.2f}; signals {sig.strong + sig.weak}")
         is_rollback = bool(sig.strong) or (suspicious and (bool(sig.weak) or rolled_to is not None))
         if is_rollback and sig.generation_up and not any(x.startswith("the identity stamp") for x in sig.strong):
             detect.record(self.vault, self.target, "in-place restore observed",
@@ -253,6 +278,7 @@ class TargetCapture:
         self._clean_point = self.last_point
         self.suspects = []
         self._deferred = False
+        self._mass = None
         self._pre = {}
         self._pre_len = len(self.ids)
 
@@ -265,14 +291,15 @@ class TargetCapture:
 
     _clean_point: tuple | None = None
     _deferred: bool = False
+    _mass: tuple | None = None
     _pre: dict = {}
     _pre_len: int = 0
 
-    def _match(self, obs: Observation):
+    def _match(self, obs: Observation, ids: list[bytes]):
         try:
             tids = [self.target.id, obs.target_id] if obs else [self.target.id]
             exclude = self.base.id if self.base is not None and self.base.meta.get("reason") != "periodic" else None
-            return self.matcher.best(self.ids, tids, before=time.time(), exclude=exclude)
+            return self.matcher.best(ids, tids, before=time.time(), exclude=exclude)
         except MulliganError as exc:
             self.log("warning", f"{self.target.name}: could not compare with older snapshots: {exc.message}")
             return None, 0.0
@@ -333,7 +360,7 @@ class TargetCapture:
                 self.stats.oldest_pending = c.seen
 
     # ---- files under us --------------------------------------------------------------------
-    def _check_files(self) -> bool:
+    def _check_files(self, sample: bool = True) -> bool:
         """Path replaced, -wal/-shm replaced, main file edited outside SQLite. True if handled."""
         t = self.tailer
         replaced = t.replaced()
@@ -348,7 +375,7 @@ class TargetCapture:
         if replaced:
             self.reopen(f"{', '.join(replaced)} beside the database was replaced or removed")
             return True
-        if self._main_mismatch():
+        if sample and self._main_mismatch():
             self.reconcile("the main database file changed outside SQLite's WAL")
             return True
         return False
@@ -359,6 +386,10 @@ class TargetCapture:
         nb = h.n_backfill if h is not None else 0
         n = len(self.ids)
         if not n:
+            return False
+        on_disk = t.db_stat()[0] // t.page_size
+        n = min(n, on_disk)  # pages past the main file's end live in the WAL
+        if n < 1:
             return False
         cands = [1] + [self._rng.randint(1, n) for _ in range(self.o.sample_pages)]
         pgs = [p for p in dict.fromkeys(cands) if self.wal_pages.get(p, 0) <= nb]
@@ -375,9 +406,9 @@ class TargetCapture:
             time.sleep(0.01)
             if attempt < 2 and not in_restart:
                 res = t.poll()
-                if res.restarted:
-                    return False  # the restart is judged by the poll that sees it
                 self._apply_poll(res)
+                if res.restarted:
+                    return False  # that poll judged the restart (and reconciled if it had to)
             nb = t.last.n_backfill if t.last is not None else 0
             pgs = [p for p in bad if self.wal_pages.get(p, 0) <= nb]
             if not pgs:
@@ -385,6 +416,12 @@ class TargetCapture:
         self.log("debug", f"{self.target.name}: main file pages {pgs[:8]} differ from the captured state "
                           f"(WAL frame {t.frame}, backfilled {nb}, in restart: {in_restart})")
         return True
+
+    def _main_file_ids(self) -> list[bytes]:
+        t = self.tailer
+        size, _ = t.db_stat()
+        n = size // t.page_size if t.page_size else 0
+        return [self.vault.codec.chunk_id(p) for p in t.main_file_pages(list(range(1, n + 1))).values()]
 
     def _on_swap(self) -> None:
         """Someone moved another file over the path while the app holds ours open."""
@@ -410,7 +447,10 @@ class TargetCapture:
         info = self._swapped
         self.log("notice", f"{self.target.name}: no process holds the replaced file any more; "
                            f"capturing the file now at {self.target.path}")
+        lost = self.tailer.observe()  # the final state of the file the application let go of
         self.flush()
+        if not self.tailer.truncate_wal():
+            self.log("warning", f"{self.target.name}: could not empty the -wal of the replaced file")
         self.tailer.close()
         self.tailer = None
         self._swapped = None
@@ -421,7 +461,6 @@ class TargetCapture:
         self.ids, self.wal_pages = ids, dict(self.tailer.overlay_frames)
         obs = self.tailer.observe()
         raised, no_counter = {}, []
-        lost = info.get("lost")
         if lost is not None:
             plan, no_counter, _ = detect.counter_plan(lost, obs)
             if plan:
@@ -475,14 +514,14 @@ class TargetCapture:
             return
         self.log("warning", f"{self.target.name}: {why}; the state differs from the captured one: new base snapshot")
         lkg = self.last_point
-        self._pre = {i + 1: old for i, old in enumerate(self.ids)}
-        self._pre_len = len(self.ids)
+        prev_ids = self.ids
         self.flush()
         self.ids = ids
         gap = {"from": iso(lkg[1]) if lkg else None, "to": iso(time.time()), "reason": why}
         obs = t.observe()
         self._new_base(gap=gap, reason=why, bump=False)
-        self._check(obs, mass=False, where=why, lkg=lkg, discontinuity=True, final=True)
+        self._check(obs, mass=False, where=why, lkg=lkg, discontinuity=True, final=True,
+                    states=[ids, self._main_file_ids()], lkg_ids=prev_ids)
         self._bump_generation()
 
     # ---- flush, checkpoint, base, generation -------------------------------------------------

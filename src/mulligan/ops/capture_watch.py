@@ -133,7 +133,7 @@ class Watcher:
                 except Exception:
                     pass
                 slot.capture = None
-                slot.last_try = time.time()
+                slot.last_try = time.time() - self.retry_every + 0.2  # first retry soon
 
     def _check_stale(self, slot: Slot, now: float) -> None:
         age = now - slot.last_ok

@@ -130,6 +130,10 @@ class Tailer:
             self._w.set_wal_hook(self._wal_hook)
             self._ck = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
             self._ck.execute("PRAGMA wal_autocheckpoint=0")
+            for c in self._readers + [self._w, self._ck]:
+                # Closing must never checkpoint: after a file was copied over the database, a
+                # checkpoint on close would write our WAL frames into somebody else's content.
+                c.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
             self._begin(self._readers[0])
         except apsw.BusyError:
             self.close()
@@ -293,6 +297,18 @@ class Tailer:
             self._begin(self.reader)
             self.last = self.header()
         return {"tail": tail, "busy": busy, "log": log, "checkpointed": done}
+
+    def truncate_wal(self) -> bool:
+        """Checkpoint everything and empty the -wal (only when no other process uses the file:
+        before letting go of a database whose path now names another file, so the stale -wal
+        beside that path cannot be replayed into it)."""
+        for c in self._readers:
+            self._end(c)
+        try:
+            busy, _log, _done = self._ck.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0]
+            return busy == 0
+        except apsw.Error:
+            return False
 
     def write(self, why: str, fn: Callable[[apsw.Connection], object]):
         """Our own short write transaction; its commit is tagged ``mulligan:<why>``.

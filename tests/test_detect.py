@@ -1,0 +1,198 @@
+"""Rollback detection: each way production goes back in time alerts within 2 s, names the
+snapshot it went back to and the last good commit, and raises the id counters."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import apsw
+import pytest
+
+from test_watch_kit import App, Hook, Watch, configure, ids_in, make_app_db, seq_of
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def scene(project):
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    hook = Hook().start()
+    configure(project, hook)
+    yield project, db, hook
+    hook.stop()
+
+
+def old_copy(env, db, app: App) -> tuple[str, str, int]:
+    """With the app paused: a Mulligan snapshot and a byte copy of the same state."""
+    app.pause()
+    time.sleep(0.3)
+    r = env.run("snapshot", "app", "--json")
+    assert r.code == 0, r.err
+    old = str(env.dir / "old.db")
+    conn = apsw.Connection(old)
+    with conn.backup("main", apsw.Connection(db), "main") as b:
+        b.step(-1)
+    conn.close()
+    high = max(ids_in(old))
+    app.resume()
+    return r.json["id"], old, high
+
+
+def check_incident(env, hook_body, snap_id: str, lost_after: int, t_event: float):
+    inc = hook_body["incident"]
+    assert inc["rolled_back_to"]["snapshot_id"] == snap_id
+    lg = inc["last_good"]
+    assert lg["point"] and lg["time"]
+    # the last good point holds what the app wrote before the rollback
+    out = env.dir / f"lkg-{time.time_ns()}.db"
+    r = env.run("restore", "app", "--snapshot", lg["point"], "--to", str(out))
+    assert r.code == 0, r.err
+    got = ids_in(str(out))
+    assert got == list(range(1, len(got) + 1)) and max(got) >= lost_after
+    listed = env.run("incidents", "--json").json["incidents"]
+    row = next(i for i in listed if i["id"] == inc["id"])
+    for k in ("id", "target", "kind", "opened_at", "last_good_time", "rolled_back_to"):
+        assert row[k], k
+    assert row["kind"] == "rollback" and row["rolled_back_to"]["snapshot_id"] == snap_id
+    return row
+
+
+def test_sqlite_restore_of_an_old_copy_while_the_app_runs(scene):
+    env, db, hook = scene
+    app = App(db, env.dir / "app.log", rate=100)
+    w = Watch(env, "app")
+    snap, old, _ = old_copy(env, db, app)
+    time.sleep(1.0)
+    lost_max = max(i for i, _ in app.log())
+    t0 = time.time()
+    subprocess.run(["sqlite3", db, f".restore {old}"], check=True, timeout=20)
+    got = hook.wait("rollback", 6)
+    assert got is not None, w.text()
+    assert got[0] - t0 < 2.0, f"alert after {got[0] - t0:.2f} s"
+    time.sleep(0.5)
+    assert w.term() == 0
+    app.stop()
+    row = check_incident(env, got[1], snap, lost_max - 2, t0)
+    assert "posts" in row["counters"]["raised"] and seq_of(db, "posts") >= lost_max
+    assert "notes" in row["counters"]["no_counter"]
+    assert any("counters went down" in s or "match" in s or "keys fell" in s for s in row["signals"])
+
+
+def test_copy_over_the_file_while_the_app_is_stopped(scene):
+    env, db, hook = scene
+    app = App(db, env.dir / "app.log", rate=100)
+    w = Watch(env, "app")
+    snap, old, _ = old_copy(env, db, app)
+    time.sleep(0.8)
+    app.stop()
+    lost_max = max(i for i, _ in app.log())
+    time.sleep(1.3)  # the watcher checkpoints the idle WAL
+    assert os.path.exists(db + "-wal") and os.path.exists(db + "-shm")  # stale ones stay beside it
+    t0 = time.time()
+    shutil.copyfile(old, db)
+    app = App(db, env.dir / "app2.log", rate=50)
+    got = hook.wait("rollback", 6)
+    assert got is not None, w.text()
+    assert got[0] - t0 < 2.0, f"alert after {got[0] - t0:.2f} s"
+    time.sleep(0.3)
+    assert w.term() == 0
+    app.stop()
+    check_incident(env, got[1], snap, lost_max, t0)
+
+
+def test_copy_over_the_file_and_removed_wal_and_shm_while_the_app_is_stopped(scene):
+    env, db, hook = scene
+    app = App(db, env.dir / "app.log", rate=100)
+    w = Watch(env, "app")
+    snap, old, _ = old_copy(env, db, app)
+    time.sleep(0.8)
+    app.stop()
+    lost_max = max(i for i, _ in app.log())
+    time.sleep(1.3)
+    t0 = time.time()
+    os.unlink(db + "-wal")
+    os.unlink(db + "-shm")
+    shutil.copyfile(old, db)
+    got = hook.wait("rollback", 6)
+    assert got is not None, w.text()
+    assert got[0] - t0 < 2.0, f"alert after {got[0] - t0:.2f} s"
+    assert w.term() == 0
+    check_incident(env, got[1], snap, lost_max, t0)
+    assert seq_of(db, "posts") >= lost_max
+
+
+def test_copy_while_watch_and_app_were_both_stopped_is_found_at_start(scene):
+    env, db, hook = scene
+    app = App(db, env.dir / "app.log", rate=100)
+    w = Watch(env, "app")
+    snap, old, _ = old_copy(env, db, app)
+    time.sleep(0.8)
+    app.stop()
+    lost_max = max(i for i, _ in app.log())
+    assert w.term() == 0
+    conn = apsw.Connection(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    conn.close()
+    shutil.copyfile(old, db)
+    t0 = time.time()
+    w = Watch(env, "app")
+    got = hook.wait("rollback", 6)
+    assert got is not None, w.text()
+    assert got[0] - t0 < 3.0
+    assert w.term() == 0
+    check_incident(env, got[1], snap, lost_max, t0)
+
+
+def test_moving_an_old_copy_over_the_path_while_the_app_holds_the_file(scene):
+    env, db, hook = scene
+    app = App(db, env.dir / "app.log", rate=100)
+    w = Watch(env, "app")
+    snap, old, _ = old_copy(env, db, app)
+    time.sleep(0.8)
+    t0 = time.time()
+    os.replace(old, db)
+    got = hook.wait("rollback", 6)
+    assert got is not None, w.text()
+    assert got[0] - t0 < 2.0, f"alert after {got[0] - t0:.2f} s"
+    assert got[1]["incident"]["rolled_back_to"]["snapshot_id"] == snap
+    # the app still writes into the file it holds: those commits are captured
+    time.sleep(0.5)
+    app.pause()
+    time.sleep(0.4)
+    last = max(i for i, _ in app.log())
+    out = env.dir / "latest.db"
+    r = env.run("restore", "app", "--latest", "--to", str(out))
+    assert r.code == 0, r.err
+    assert max(ids_in(str(out))) == last
+    app.stop()
+    assert w.wait_for("capturing the file now at", 5), w.text()
+    time.sleep(0.3)
+    assert w.term() == 0
+    assert seq_of(db, "posts") >= last  # counters raised in the file the app will open next
+    inc = env.run("incidents", "--json").json["incidents"][0]
+    assert "posts" in inc["counters"]["raised"]
+
+
+def test_an_in_place_restore_through_mulligan_is_recorded_not_alarmed(scene):
+    env, db, hook = scene
+    w = Watch(env, "app")
+    r = env.run("snapshot", "app", "--json")
+    conn = apsw.Connection(db)
+    with conn:
+        for _ in range(30):
+            conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'later')")
+    conn.close()
+    time.sleep(0.5)
+    r = env.run("restore", "app", "--snapshot", r.json["id"], "--in-place", "--confirm", "app", "--force-live")
+    assert r.code == 0, r.err
+    time.sleep(2.0)
+    assert w.term() == 0
+    assert hook.wait("rollback", 0.2) is None
+    assert env.run("incidents", "--json").json["incidents"] == []
+    entries = env.run("audit", "--json").json
+    entries = entries.get("entries", entries) if isinstance(entries, dict) else entries
+    assert any(e.get("outcome") == "in-place restore observed" for e in entries), entries
