@@ -163,3 +163,12 @@ def test_the_whole_day_with_vault_states_restore_over_production_then_recover(pr
     users = {u["username"] for u in Db(app_db).tables["users"].values()}
     assert {"alice", "bob", "carol", "frank", "dave", "erin"} <= users
     assert Db(app_db).fk_violations == []
+
+
+def test_a_second_apply_of_the_same_recovery_exits_3_and_the_plan_warns(app):
+    env, base, lost, current = app
+    assert env.run("recover", "app", "--base", base, "--lost", lost, "--apply", "--confirm", "app").code == 0
+    again = env.run("recover", "app", "--base", base, "--lost", lost, "--apply", "--confirm", "app")
+    assert again.code == 3 and "already merged" in again.err
+    plan = env.run("recover", "app", "--base", base, "--lost", lost, "--json")
+    assert plan.code == 0 and plan.json["already_applied"]["writes"] > 0

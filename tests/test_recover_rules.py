@@ -289,3 +289,20 @@ def test_a_table_without_autoincrement_is_flagged_as_having_no_counter(tmp_path)
     plan, _ = merged(tmp_path, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);", "INSERT INTO t VALUES (1, 'a');",
                      lost_sql="INSERT INTO t VALUES (2, 'lost')")
     assert any("no counter" in w and "t" in w for w in plan.warnings)
+
+
+def test_the_same_recovery_applied_twice_is_refused_unless_asked_again(tmp_path):
+    from mulligan.errors import GuardRefused
+
+    base, lost, current = make(tmp_path, ITEMS, ITEMS_BASE, lost_sql="INSERT INTO items(name) VALUES ('lost')",
+                               current_sql="INSERT INTO items(name) VALUES ('current')")
+    apply_recovery(base, lost, current)
+    plan = plan_recovery(base, lost, current)
+    assert plan.merge.already_applied is not None
+    assert any("already merged" in w for w in plan.warnings)
+    before = Db(current).tables
+    with pytest.raises(GuardRefused):
+        apply_recovery(base, lost, current)
+    assert Db(current).tables == before
+    apply_recovery(base, lost, current, RecoveryOptions(again=True))
+    assert [r["name"] for r in Db(current).tables["items"].values()].count("lost") == 2

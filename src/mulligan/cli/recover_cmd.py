@@ -23,11 +23,12 @@ from .context import Ctx, pass_ctx
 @click.option("--yes", is_flag=True, help="Apply without asking (never enough for production).")
 @click.option("--sql-out", "sql_out", metavar="FILE", type=click.Path(dir_okay=False), help="Also write the plan as a SQL script.")
 @click.option("--triggers/--no-triggers", default=False, show_default=True, help="Let the database's triggers fire during replay.")
+@click.option("--again", is_flag=True, help="Apply although the same lost changes were merged before (writes them twice).")
 @click.option("--users-table", metavar="T", help="The table of users, to say whose each lost row is.")
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="Conflicts and key-map rows shown in text.")
 @pass_ctx
 def recover(ctx: Ctx, name, base, lost, incident_id, current, apply_, confirm_name, yes, sql_out, triggers,
-            users_table, limit):
+            again, users_table, limit):
     """Merge the writes lost by a rollback back into the live database (three-way).
 
     What only LOST changed is replayed, what only CURRENT changed is kept, rows
@@ -55,6 +56,7 @@ def recover(ctx: Ctx, name, base, lost, incident_id, current, apply_, confirm_na
                          hint="BASE is the state that was restored by mistake, LOST the last good state before it")
     options = RecoveryOptions(
         triggers=triggers,
+        again=again,
         users_table=users_table or target.options.get("users_table"),
         owner_columns=dict(target.options.get("owner_columns", {})),
     )

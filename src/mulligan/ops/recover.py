@@ -31,6 +31,7 @@ class RecoveryOptions:
     users_table: str | None = None  # whose rows are whose (default: auth_user, users, accounts)
     owner_columns: dict[str, str] = field(default_factory=dict)  # table -> column naming the owner
     busy_ms: int = 5000  # how long apply waits for the write lock
+    again: bool = False  # apply even though these lost changes were merged into CURRENT before
 
 
 @dataclass
@@ -134,6 +135,17 @@ def _recovery_plan(base, lost, current, changes, merge_plan, options, warnings, 
     if merge_plan.triggers and not options.triggers:
         names = ", ".join(n for t in sorted(merge_plan.triggers) for n in merge_plan.triggers[t])
         warns.append(f"triggers will not fire while rows are replayed: {names}")
+    if merge_plan.already_applied:
+        a = merge_plan.already_applied
+        warns.append(
+            f"these lost changes were already merged into CURRENT at {a['applied_at']} ({a['writes']} writes): "
+            "applying again would write the remapped rows a second time"
+        )
+    if merge_plan.no_counter:
+        warns.append(
+            f"no counter to raise for {', '.join(merge_plan.no_counter)} (INTEGER PRIMARY KEY without "
+            "AUTOINCREMENT): new rows take the largest id + 1, so ids LOST used and deleted may be given out again"
+        )
     rows = _rows(base, lost, changes, merge_plan, options)
     return RecoveryPlan(base, lost, current, merge_plan, rows, warns, time.perf_counter() - started, options.triggers)
 
@@ -171,7 +183,8 @@ def apply_recovery(
         hooks.confirm(preview)
     undo = hooks.take_undo_point() if hooks.take_undo_point is not None else None
     try:
-        res = apply_on_file(current_path, changes, triggers=options.triggers, busy_ms=options.busy_ms)
+        res = apply_on_file(current_path, changes, triggers=options.triggers, busy_ms=options.busy_ms,
+                            again=options.again)
     except Exception as exc:
         if hooks.audit is not None:
             hooks.audit("failed", {"undo_point": undo, "error": str(exc)})

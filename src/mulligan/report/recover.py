@@ -13,6 +13,7 @@ JSON shape (``recover --json``), stable for scripts::
                "owner": {"user", "now", "label"} | null}],
      "counters": {table: seq}, "skipped_tables": {table: why},
      "triggers": {"enabled": bool, "tables": {table: [trigger...]}},
+     "already_applied": {"applied_at", "writes", "remapped", "conflicts"} | null,
      "warnings": [str], "seconds": float,
      # recovery-result only:
      "undo_point": id | null, "lock_seconds": float, "check_seconds": float,
@@ -93,6 +94,7 @@ def recovery_json(obj: RecoveryPlan | RecoveryResult) -> dict:
         "counters": dict(plan.merge.counters),
         "skipped_tables": dict(plan.merge.skipped_tables),
         "triggers": {"enabled": plan.triggers_enabled, "tables": plan.merge.triggers},
+        "already_applied": plan.merge.already_applied,
         "warnings": list(plan.warnings),
         "seconds": round(plan.seconds, 4),
     }

@@ -23,7 +23,8 @@ from urllib.parse import quote
 
 import apsw
 
-from ...errors import DatabaseBusy, IntegrityError, MulliganError
+from ...errors import DatabaseBusy, GuardRefused, IntegrityError, MulliganError
+from . import merge_record as record
 from .merge import plan_merge
 from .merge_model import MergePlan, Write
 from .merge_diff import LostChanges
@@ -57,7 +58,9 @@ def plan_on_file(current_path: str, lost: LostChanges) -> MergePlan:
     try:
         conn.execute("BEGIN")
         try:
-            return plan_merge(conn, lost)
+            plan = plan_merge(conn, lost)
+            plan.already_applied = record.find(conn, lost.fingerprint())
+            return plan
         finally:
             conn.execute("ROLLBACK")
     finally:
@@ -70,13 +73,16 @@ def apply_on_file(
     *,
     triggers: bool = False,
     busy_ms: int = 5000,
+    again: bool = False,
     accept: Callable[[MergePlan], None] | None = None,
 ) -> ApplyResult:
     """Plan again under the write lock and apply, in one transaction.
 
-    ``accept`` sees the recomputed plan before anything is written and may
-    raise to refuse it (the transaction is then rolled back).
+    Refused when these lost changes were applied to CURRENT before, unless
+    ``again``. ``accept`` sees the recomputed plan before anything is written
+    and may raise to refuse it (the transaction is then rolled back).
     """
+    fingerprint = lost.fingerprint()
     conn = open_current(current_path, readonly=False, busy_ms=busy_ms)
     try:
         conn.execute("PRAGMA foreign_keys = OFF")  # before BEGIN: inside a transaction it is a no-op
@@ -91,7 +97,17 @@ def apply_on_file(
             ) from None
         locked_at = time.perf_counter()
         try:
+            prior = record.find(conn, fingerprint)
+            if prior is not None and not again:
+                raise GuardRefused(
+                    f"these lost changes were already merged into {current_path} at {prior['applied_at']} "
+                    f"({prior['writes']} writes, {prior['remapped']} remapped)",
+                    unchanged="nothing was written",
+                    hint="applying again would write the remapped rows a second time; "
+                    "to start over, undo the first merge, or pass --again if that is really meant",
+                )
             plan = plan_merge(conn, lost)
+            plan.already_applied = prior
             if accept is not None:
                 accept(plan)
             try:
@@ -103,6 +119,7 @@ def apply_on_file(
                     hint="run the plan without --apply, review it (--sql-out), and check CURRENT's schema "
                     "against LOST's (a column CURRENT requires that LOST does not have?)",
                 ) from None
+            record.write(conn, fingerprint, plan)
             check_start = time.perf_counter()
             preexisting = _check(conn, plan)
             check_seconds = time.perf_counter() - check_start

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import apsw
+import blake3
 
 from .merge_schema import Schema, TableInfo, column_names, q, read_schema, table_names
 
@@ -44,6 +45,15 @@ class LostChanges:
     tables: dict[str, TableChanges]
     lost_schema: Schema
     skipped: dict[str, str]  # table -> why it is not compared
+
+    def fingerprint(self) -> str:
+        """Identifies these lost changes: the same BASE and LOST give the same fingerprint."""
+        h = blake3.blake3()
+        for name in sorted(self.tables):
+            tc = self.tables[name]
+            for part in (tc.inserts.items(), tc.updates.items(), tc.deletes.items(), tc.added, tc.removed):
+                h.update(repr((name, list(part))).encode())
+        return h.hexdigest()[:32]
 
 
 def open_pair(base_path: str, lost_path: str) -> apsw.Connection:

@@ -79,6 +79,8 @@ class MergePlan:
     trigger_sql: dict[str, str] = field(default_factory=dict)  # every trigger of CURRENT: name -> SQL
     # Tables with an INTEGER PRIMARY KEY but no AUTOINCREMENT: no counter to raise, new rows take max+1.
     no_counter: list[str] = field(default_factory=list)
+    # These lost changes were applied to CURRENT before: {applied_at, writes, remapped, conflicts}
+    already_applied: dict | None = None
     warnings: list[str] = field(default_factory=list)
 
 
