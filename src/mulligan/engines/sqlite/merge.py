@@ -10,31 +10,30 @@ lost change, and that is exactly where we look.
 
 The plan, in order:
 
-1. LOST deletes. A row CURRENT left as BASE had it is deleted; a row CURRENT
-   changed is a conflict; a row CURRENT already deleted needs nothing. A delete
-   whose row still has children in CURRENT that the replay does not delete or
-   move away (children written after the mistake) is not replayed, only
-   reported; that is repeated until nothing changes, since a kept child keeps
-   its parent too.
+1. LOST's deletes (:mod:`.merge_deletes`): replayed where CURRENT left the
+   row as BASE had it; a conflict where CURRENT changed it; not replayed, only
+   reported, where the row still has children in CURRENT that the replay
+   neither deletes nor points elsewhere (children written after the mistake).
 2. Tables in foreign-key order, parents first; tables in a cycle (including a
    self-reference) are planned together and again until their key maps stop
    changing. For each table:
-   - LOST inserts. Foreign keys are rewritten through the parents' key maps
+   - LOST's updates, cell by cell (:mod:`.merge_updates`); a keyless table
+     is merged as a multiset of rows instead (:mod:`.merge_keyless`).
+   - LOST's inserts. Foreign keys are rewritten through the parents' key maps
      first, so a child of a remapped parent follows it; a child of a parent
      that is not replayed is a conflict. A surrogate key (rowid alias) taken
      in CURRENT by a different row gets a new key, allocated above every key
      and counter of every state and every key already handed out. A natural
      key (compared after remapping) taken by a different row is a conflict, as
      is a UNIQUE column value (an email, a username) that CURRENT already has.
-   - LOST updates, cell by cell: a column (or a whole composite foreign key)
-     only LOST changed is replayed; the same one changed differently by both is
-     a conflict and CURRENT's value stays. An update of a row CURRENT deleted
-     is a conflict.
-3. Counters (``sqlite_sequence``) end above every key either state used and
+3. Deletes that counted on an update which turned out to be a conflict are
+   dropped, and step 2 runs again until nothing changes.
+4. Counters (``sqlite_sequence``) end above every key either state used and
    every key allocated.
 
 All keys are allocated before anything is written, so self-references and
-cycles are written already mapped.
+cycles are written already mapped. Writes run deletes first (children before
+parents), then updates, then inserts (parents before children).
 """
 
 from __future__ import annotations
@@ -179,7 +178,7 @@ class _Planner:
 
     # -- foreign keys ----------------------------------------------------
 
-    def _fks(self, table: str, columns) -> list[ForeignKey]:
+    def fks(self, table: str, columns) -> list[ForeignKey]:
         have = set(columns)
         return [fk for fk in self.tables[table].fks if all(c in have for c in fk.columns)]
 
@@ -189,7 +188,7 @@ class _Planner:
             key[pos] = values[i]
         return tuple(key)
 
-    def _map_refs(self, table: str, row: dict) -> tuple[dict, list[str], list[str]]:
+    def map_refs(self, table: str, row: dict) -> tuple[dict, list[str], list[str]]:
         """Rewrite ``row``'s foreign keys through the key maps.
 
         Returns the mapped row, the references to lost rows that are not
@@ -197,7 +196,7 @@ class _Planner:
         """
         out = dict(row)
         blocked, missing = [], []
-        for fk in self._fks(table, row):
+        for fk in self.fks(table, row):
             vals = tuple(row[c] for c in fk.columns)
             if any(v is None for v in vals) or fk.parent not in self.tables:
                 continue
@@ -232,7 +231,7 @@ class _Planner:
         cols = [c for c in info.columns if c in tc.lost_columns]
         for lost_key, lost_row in tc.inserts.items():
             row = {c: lost_row[c] for c in cols}
-            mapped, blocked, missing = self._map_refs(name, row)
+            mapped, blocked, missing = self.map_refs(name, row)
             if blocked or missing:
                 kind = PARENT_CONFLICT if blocked else MISSING_PARENT
                 why = (
@@ -255,7 +254,7 @@ class _Planner:
                     mapped, cur, new_blocked,
                 )
                 continue
-            clash = self._unique_clash(name, mapped, key if cur is None else None)
+            clash = self.unique_clash(name, mapped, key if cur is None else None)
             if clash is not None:
                 cols_, other = clash
                 self._refuse(
@@ -283,7 +282,7 @@ class _Planner:
         self.conflict(name, kind, lost_key, why, rows={"lost": lost_row, "current": current_row})
         self.outcome(name, "insert", lost_key, CONFLICT, None, why)
 
-    def _unique_clash(self, name: str, row: dict, own_key: tuple | None, touched=None) -> tuple | None:
+    def unique_clash(self, name: str, row: dict, own_key: tuple | None, touched=None) -> tuple | None:
         info = self.tables[name]
         for group in info.uniques:
             if touched is not None and not any(c in touched for c in group):

@@ -38,7 +38,7 @@ def plan_keyless(p, name: str) -> None:
     for lost_row, lost_n, base_n in tc.added:
         row = {c: lost_row[c] for c in cols}
         lost_key = tuple(row.values())
-        mapped, blocked, missing = p._map_refs(name, row)
+        mapped, blocked, missing = p.map_refs(name, row)
         if blocked or missing:
             kind = PARENT_CONFLICT if blocked else MISSING_PARENT
             why = (f"refers to a lost row that is not replayed: {'; '.join(blocked)}" if blocked
@@ -52,7 +52,7 @@ def plan_keyless(p, name: str) -> None:
         if copies <= 0:
             p.outcome(name, "insert", lost_key, PRESENT, key, "CURRENT already has the same row")
             continue
-        clash = p._unique_clash(name, mapped, None)
+        clash = p.unique_clash(name, mapped, None)
         if clash is not None:
             group, other = clash
             why = (f"CURRENT already has {', '.join(group)} = {fmt_key(tuple(mapped[c] for c in group))}; "

@@ -39,7 +39,7 @@ class _Pending:
 def units(p, name: str, cols: list[str]) -> list[tuple[str, ...]]:
     """Columns merged together: each composite foreign key is one unit."""
     out: list[set[str]] = [{c} for c in cols]
-    for fk in p._fks(name, cols):
+    for fk in p.fks(name, cols):
         group = set(fk.columns)
         merged = set(group)
         rest = []
@@ -79,7 +79,7 @@ def plan_updates(p, name: str) -> None:
 
 
 def _merge_cells(p, name: str, groups, pd: _Pending) -> None:
-    mapped, _, _ = p._map_refs(name, {c: pd.lost[c] for g in groups for c in g})
+    mapped, _, _ = p.map_refs(name, {c: pd.lost[c] for g in groups for c in g})
     for unit in groups:
         lost_changed = any(not same(pd.lost[c], pd.base[c]) for c in unit)
         cur_changed = any(not same(pd.cur[c], pd.base[c]) for c in unit)
@@ -105,7 +105,7 @@ def _refuse_cells(pd: _Pending, unit, refusal, lost_values: dict) -> None:
 
 
 def _unit_refusal(p, name: str, unit: tuple[str, ...], lost_row: dict) -> tuple[str, str] | None:
-    _, blocked, missing = p._map_refs(name, {c: lost_row[c] for c in unit})  # LOST's own values
+    _, blocked, missing = p.map_refs(name, {c: lost_row[c] for c in unit})  # LOST's own values
     if blocked:
         return PARENT_CONFLICT, f"refers to a lost row that is not replayed: {'; '.join(blocked)}"
     if missing:
@@ -122,7 +122,7 @@ def _settle_unique(p, name: str, pending: list[_Pending]) -> list[_Pending]:
         for pd in pending:
             if not pd.sets:
                 continue
-            clash = p._unique_clash(name, {**pd.cur, **pd.sets}, pd.key, touched=pd.sets)
+            clash = p.unique_clash(name, {**pd.cur, **pd.sets}, pd.key, touched=pd.sets)
             if clash is not None:
                 group, other = clash
                 unit = tuple(c for c in group if c in pd.sets)
