@@ -30,25 +30,29 @@ def derive(src: str, dst: Path | str, script: str) -> str:
     return build(dst, script)
 
 
-def sqldiff_changes(a: str, b: str, scratch: Path) -> set[tuple]:
+def sqldiff_changes(a: str, b: str, scratch: Path, tables: list[str] | None = None) -> set[tuple]:
     """What sqldiff --primarykey says changes, as (table, kind, quoted key, changed columns).
 
     sqldiff's SQL is run on a copy of A whose temporary triggers log each change,
     so nothing parses SQL text.
     """
-    sql = sqldiff.diff(a, b, primary_key=True)
+    if tables is None:
+        sql = sqldiff.diff(a, b, primary_key=True)
+    else:
+        sql = "".join(sqldiff.diff(a, b, table=t, primary_key=True) for t in tables)
     work = scratch / "sqldiff-replay.db"
     shutil.copyfile(a, work)
     conn = apsw.Connection(str(work))
     conn.execute("CREATE TEMP TABLE log(tbl, kind, k, changed)")
-    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+    if tables is None:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
     for t in tables:
         info = conn.execute("SELECT name, pk FROM pragma_table_info(?)", (t,)).fetchall()
         key = [n for n, p in sorted((r for r in info if r[1]), key=lambda r: r[1])]
         cols = [r[0] for r in info]
 
-        def k(side: str) -> str:
-            return " || ',' || ".join(f'quote({side}."{c}")' for c in key)
+        def k(side: str) -> str:  # a keyless table: sqldiff pairs its rows by rowid
+            return " || ',' || ".join(f'quote({side}."{c}")' for c in key) if key else f"quote({side}.rowid)"
 
         changed = " || ".join(f"""CASE WHEN OLD."{c}" IS NOT NEW."{c}" THEN '{c},' ELSE '' END""" for c in cols)
         conn.execute(f"""
