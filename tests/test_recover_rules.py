@@ -306,3 +306,31 @@ def test_the_same_recovery_applied_twice_is_refused_unless_asked_again(tmp_path)
     assert Db(current).tables == before
     apply_recovery(base, lost, current, RecoveryOptions(again=True))
     assert [r["name"] for r in Db(current).tables["items"].values()].count("lost") == 2
+
+
+def test_a_child_referring_to_a_conflicting_parent_by_name_never_falls_onto_currents_row_of_that_name(tmp_path):
+    schema = ("CREATE TABLE users(id INTEGER PRIMARY KEY AUTOINCREMENT, username TEXT UNIQUE, email TEXT);"
+              "CREATE TABLE notes(id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT REFERENCES users(username), body TEXT);")
+    plan, db = merged(tmp_path, schema, "INSERT INTO users(username) VALUES ('ann');",
+                      lost_sql="INSERT INTO users(username, email) VALUES ('zoe', 'z@lost');"
+                               "INSERT INTO notes(owner, body) VALUES ('zoe', 'mine')",
+                      current_sql="INSERT INTO users(username, email) VALUES ('zoe', 'z@other')")  # another zoe
+    assert {(c.table, c.kind) for c in plan.conflicts} == {("users", "unique"), ("notes", "parent-conflict")}
+    assert db.tables["notes"] == {}
+
+
+def test_a_column_current_gained_after_the_mistake_takes_its_default_in_replayed_rows(tmp_path):
+    base, lost, current = make(tmp_path, ITEMS, ITEMS_BASE, lost_sql="INSERT INTO items(name) VALUES ('lost')")
+    conn = connect(current)
+    conn.execute("ALTER TABLE items ADD COLUMN color TEXT NOT NULL DEFAULT 'red';"
+                 "ALTER TABLE items ADD COLUMN label TEXT GENERATED ALWAYS AS (name || '!') VIRTUAL;")
+    conn.close()
+    apply_recovery(base, lost, current)
+    conn = connect(current)
+    assert conn.execute("SELECT name, color, label FROM items WHERE id = 4").fetchall() == [("lost", "red", "lost!")]
+
+
+def test_a_table_current_does_not_have_is_reported_not_merged(tmp_path):
+    plan, _ = merged(tmp_path, ITEMS, ITEMS_BASE, lost_sql="CREATE TABLE extra(id INTEGER PRIMARY KEY); INSERT INTO extra VALUES (1)")
+    assert plan.merge.skipped_tables == {"extra": "table does not exist in CURRENT"}
+    assert any("extra" in w for w in plan.warnings)

@@ -215,13 +215,22 @@ class _Planner:
                     continue  # a replayed lost row at its own key
                 if pkey in self.planned_deletes[fk.parent] or self.current_row(fk.parent, pkey) is None:
                     missing.append(label)
-            elif not self.rows_where(fk.parent, fk.parent_columns, vals):
-                if not any(
-                    tuple(r.get(c) for c in fk.parent_columns) == vals
-                    for r in self.lost.tables[fk.parent].inserts.values()
-                ):
+            else:  # a reference by natural columns (REFERENCES users(username)): values never change
+                lost_parent = self._lost_inserts_by(fk.parent, fk.parent_columns).get(vals)
+                if lost_parent is not None and lost_parent in self.blocked[fk.parent]:
+                    blocked.append(label)  # never let it fall onto CURRENT's row with the same name
+                elif lost_parent is None and not self.rows_where(fk.parent, fk.parent_columns, vals):
                     missing.append(label)
         return out, blocked, missing
+
+    def _lost_inserts_by(self, table: str, columns: tuple[str, ...]) -> dict[tuple, tuple]:
+        """LOST's inserted rows of ``table`` by the values of ``columns`` -> their lost key."""
+        ck = ("by", table, columns)
+        if ck not in self._stmt_cache:
+            self._stmt_cache[ck] = {
+                tuple(r.get(c) for c in columns): k for k, r in self.lost.tables[table].inserts.items()
+            }
+        return self._stmt_cache[ck]
 
     # -- inserts ---------------------------------------------------------
 
