@@ -114,3 +114,19 @@ def test_a_snapshot_prefix_and_a_time_are_compared_with_the_live_database(projec
     assert r2.json["summary"]["deleted"] == 3
     r3 = project.call("diff", "app", "live", m.id)
     assert r3.code == 0 and "posts" in r3.out
+
+
+def test_standard_output_carries_only_the_report_and_narration_goes_to_standard_error(tmp_path):
+    a, b = pair(tmp_path)
+    code, out, err = mulligan("-v", "diff", a, b, "--format", "sql", cwd=tmp_path)
+    assert code == 0
+    assert out.startswith("-- mulligan diff") and "compared in" not in out
+    code, out, err = mulligan("diff", a, b, "-v", cwd=tmp_path)
+    assert "compared in" in err and "compared in" not in out
+
+
+def test_schema_only_changes_are_listed_without_a_row_table(tmp_path):
+    a = build(tmp_path / "a.db", "CREATE TABLE k(id INTEGER PRIMARY KEY, a)")
+    b = derive(a, tmp_path / "b.db", "CREATE INDEX ka ON k(a)")
+    code, out, _ = mulligan("diff", a, b, cwd=tmp_path)
+    assert code == 0 and "no row differs" in out and "added index ka" in out

@@ -120,12 +120,15 @@ def render_diff_text(res, console: Console, *, rows: bool = True) -> None:
     if not changed and not d.schema:
         console.print("no differences")
         return
-    t = table("table", "status", "inserted", "updated", "deleted", "notes")
-    for td in changed:
-        t.add_row(escape(td.name), td.status, str(td.inserted), str(td.updated), str(td.deleted), _notes(td))
-    tot = d.totals()
-    t.add_row("[bold]total[/]", "", str(tot["inserted"]), str(tot["updated"]), str(tot["deleted"]), "")
-    console.print(t)
+    if changed:
+        t = table("table", "status", "inserted", "updated", "deleted", "notes")
+        for td in changed:
+            t.add_row(escape(td.name), td.status, str(td.inserted), str(td.updated), str(td.deleted), _notes(td))
+        tot = d.totals()
+        t.add_row("[bold]total[/]", "", str(tot["inserted"]), str(tot["updated"]), str(tot["deleted"]), "")
+        console.print(t)
+    else:
+        console.print("no row differs")
     if d.schema:
         console.print("\n[bold]schema changes[/]")
         for s in d.schema:
