@@ -110,7 +110,7 @@ class FileImage:
 class ChunkCache:
     """Pages of vault states by chunk id, shared by both sides (identical pages are fetched once)."""
 
-    def __init__(self, load_many: Callable[[list[bytes]], Iterable[tuple[bytes, bytes]]], limit: int = 65536):
+    def __init__(self, load_many: Callable[[list[bytes]], Iterable[tuple[bytes, bytes]]], limit: int = 16384):
         self.load_many, self.limit = load_many, limit
         self.data: dict[bytes, bytes] = {}
 
@@ -148,7 +148,10 @@ class VirtualImage:
         return self.chunks.get([self.page_ids[n - 1]])[0]
 
     def prefetch(self, pages) -> None:
-        self.chunks.get([self.page_ids[n - 1] for n in pages if 1 <= n <= self.page_count])
+        """Fetch pages about to be read in one pass over the vault's packs (when they fit the cache)."""
+        wanted = [self.page_ids[n - 1] for n in pages if 1 <= n <= self.page_count]
+        if len(wanted) <= self.chunks.limit // 2:
+            self.chunks.get(wanted)
 
     def ids(self, id_of) -> list[bytes]:
         return self.page_ids
