@@ -137,16 +137,17 @@ def test_the_impact_command_renders_text_json_and_csv(tmp_path):
     assert any(r["label"] == "(no owner)" and r["table"] == "blog_tag" for r in rows)
 
 
-def test_the_owners_configured_for_a_target_are_used(project):
+def test_the_users_table_and_owners_configured_for_a_target_are_used(project):
     from diffkit import run
     import apsw
 
-    db = build(project.dir / "app.db", "CREATE TABLE users(id INTEGER PRIMARY KEY, username TEXT);"
+    db = build(project.dir / "app.db", "CREATE TABLE people(id INTEGER PRIMARY KEY, username TEXT);"
+                                       "CREATE TABLE users(id INTEGER PRIMARY KEY, username TEXT);"
                                        "CREATE TABLE notes(id INTEGER PRIMARY KEY, writer INTEGER);"
-                                       "INSERT INTO users VALUES (7, 'gus'); INSERT INTO notes VALUES (1, 7)")
+                                       "INSERT INTO people VALUES (7, 'gus'); INSERT INTO notes VALUES (1, 7)")
     project.protect(db)
-    with open(project.config_path, "a") as fh:
-        fh.write('\n[targets.app.owners]\nnotes = "writer"\n')
+    text = project.config_path.read_text().replace("[targets.app]\n", '[targets.app]\nusers_table = "people"\n')
+    project.config_path.write_text(text + '\n[targets.app.owners]\nnotes = "writer"\n')
     from mulligan.ops.snapshot import take_snapshot
 
     ws = project.ws
@@ -156,4 +157,5 @@ def test_the_owners_configured_for_a_target_are_used(project):
     conn.close()
     r = project.call("impact", "app", m.id, "live", "--json")
     assert r.code == 0, r.err
+    assert r.json["users_table"] == "people"
     assert [(u["label"], u["tables"]) for u in r.json["users"]] == [("gus", {"notes": {"insert": 0, "update": 0, "delete": 1}})]
