@@ -84,7 +84,8 @@ def content(path: str) -> dict:
     out = {}
     for name, sql in conn.execute(
             "SELECT name, sql FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name").fetchall():
-        rows = conn.execute(f'SELECT * FROM "{name}"').fetchall()
+        quoted = name.replace('"', '""')
+        rows = conn.execute(f'SELECT * FROM "{quoted}"').fetchall()
         out[name] = (sql, sorted(rows, key=repr))
     out["(objects)"] = sorted(conn.execute("SELECT type, name, sql FROM sqlite_schema WHERE type != 'table'").fetchall(),
                               key=repr)
