@@ -111,3 +111,11 @@ def test_skipping_pages_never_changes_the_answer(tmp_path_factory, ops):
                 conn.execute("DELETE FROM big WHERE id BETWEEN ? AND ?", (i, i + n))
     conn.close()
     same_with_and_without_pages(a, b)
+
+
+def test_files_with_different_page_sizes_are_compared_row_by_row(tmp_path):
+    a = build(tmp_path / "a.db", BIG)
+    b = derive(a, tmp_path / "b.db", "PRAGMA page_size = 8192; VACUUM; DELETE FROM big WHERE id = 5")
+    d = diff_files(a, b)
+    assert not d.pages_compared
+    assert [(r.kind, r.key) for r in d.tables[0].rows] == [("delete", (5,))]
