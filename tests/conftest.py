@@ -23,6 +23,7 @@ MULLIGAN = [sys.executable, "-m", "mulligan"]
 def make_db(path: Path | str, rows: int = 100, wal: bool = True, payload: int = 50) -> str:
     """A small app-like database: users and posts."""
     conn = apsw.Connection(str(path))
+    conn.set_busy_timeout(5000)  # as every real application does: a running watch briefly takes the write lock
     if wal:
         conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(

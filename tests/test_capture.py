@@ -164,3 +164,22 @@ def test_configuration_sets_intervals(project):
     o = CaptureOptions.from_config(project.ws.config.section("capture"), local_vault=True)
     assert o.flush_interval == 2.0 and o.poll_interval == 0.05
     assert CaptureOptions.from_config({}, local_vault=False).flush_interval == 5.0
+
+
+def test_prune_keeps_the_capture_chain_and_verify_checks_it(app_env):
+    env, db = app_env
+    app = App(db, env.dir / "app.log", rate=100)
+    w = Watch(env, "app")
+    time.sleep(1.5)
+    assert w.term() == 0
+    app.stop()
+    log = app.log()
+    assert env.run("snapshot", "app").code == 0
+    r = env.run("prune", "app", "--keep-last", "1", "--json")
+    assert r.code == 0, r.err
+    assert any(k["reason"] for k in r.json["kept"] if k["kind"] == "snapshot")
+    when = log[len(log) // 2][1]
+    got = _restored_ids(env, "--at", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1e6):06d}Z")
+    assert set(i for i, t in log if t <= when - 0.3) <= set(got)
+    v = env.run("verify", "app", "--json")
+    assert v.code == 0 and v.json["ok"], v.out

@@ -162,14 +162,14 @@ def configure(env: Env, hook: Hook | None = None, capture: dict | None = None, a
 class Watch:
     """``mulligan watch`` as a real process."""
 
-    def __init__(self, env: Env, *args: str):
+    def __init__(self, env: Env, *args: str, ready: str = "capturing"):
         self.errpath = env.dir / f"watch-{time.time_ns()}.log"
         e = dict(os.environ)
         e.pop("MULLIGAN_CONFIG", None)
         self.err = open(self.errpath, "w")
         self.proc = subprocess.Popen(MULLIGAN + ["-v", "watch", *args], cwd=env.dir, stdout=subprocess.DEVNULL,
                                      stderr=self.err, env=e)
-        self.wait_for("capturing", 15)
+        assert self.wait_for(ready, 15), self.text()
 
     def text(self) -> str:
         return self.errpath.read_text()

@@ -23,7 +23,7 @@ from .workspace import Workspace
 # Other record kinds (capture segments) add the chunk ids they reference here:
 # each is a function (workspace) -> set of 16-byte chunk ids.
 EXTRA_REFERENCES: list = []
-# Functions (workspace, target) -> set of snapshot ids that must be kept.
+# Functions (workspace, target, keep_within) -> set of snapshot ids that must be kept.
 EXTRA_PINS: list = []
 
 
@@ -106,7 +106,7 @@ def prune(ws: Workspace, target: Target, *, keep_within: timedelta | None = None
     manifests = vault.manifests(target.id)
     pins = _incident_pins(ws, target)
     for extra in EXTRA_PINS:
-        pins |= extra(ws, target)
+        pins |= extra(ws, target, keep_within)
     keep = choose(manifests, keep_within=keep_within, keep_last=keep_last, keep_hourly=keep_hourly,
                   keep_daily=keep_daily, pins=pins)
     res = PruneResult(target=target.name, dry_run=dry_run)
@@ -167,3 +167,8 @@ def _collect(ws: Workspace, refs: set[bytes], res: PruneResult) -> None:
         res.bytes_freed += size
     ws.vault._index = None
     ws.vault._loaded_index_keys = set()
+
+
+from . import capture_retention as _capture_retention  # noqa: E402  (segments reference chunks)
+
+_capture_retention.register()

@@ -165,3 +165,8 @@ def raise_if_bad(res: VerifyResult) -> None:
 
 
 _ = ID_LEN
+
+
+from . import capture_retention as _capture_retention  # noqa: E402  (capture segments are checked too)
+
+_capture_retention.register()

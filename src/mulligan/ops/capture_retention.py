@@ -1,0 +1,76 @@
+"""Capture segments in prune and verify.
+
+prune: chunks that segments reference are referenced data; segments whose base
+snapshot was removed are removed with it; the base whose chain reaches into
+``--keep-within``'s window is kept (every commit of the window stays
+restorable), and so is the base the newest chain grows from.
+verify: every segment decodes, names a base that exists, and every chunk it
+names is in the vault's index.
+"""
+
+from __future__ import annotations
+
+from ..errors import MulliganError
+from ..timeparse import utc_now
+from . import capture_store as cs
+from .workspace import Workspace
+
+
+def referenced(ws: Workspace) -> set[bytes]:
+    vault = ws.vault
+    existing = {(m.target_id, m.id) for m in vault.manifests()}
+    refs: set[bytes] = set()
+    for (tid, base_id), keys in cs.all_segment_bases(vault).items():
+        if (tid, base_id) not in existing:
+            for key in keys:  # the base is gone: its commits cannot be restored any more
+                vault.storage.delete(key)
+            continue
+        for key in keys:
+            refs.update(bytes.fromhex(c) for c in cs.load_segment(vault, key)["chunks"])
+    return refs
+
+
+def pins(ws: Workspace, target, keep_within=None) -> set[str]:
+    bases = cs.capture_bases(ws.vault, target.id)
+    if not bases:
+        return set()
+    out = {bases[-1].id}
+    if keep_within is not None:
+        start = (utc_now() - keep_within).timestamp()
+        for i, b in enumerate(bases):
+            nxt = cs._ts(bases[i + 1]) if i + 1 < len(bases) else float("inf")
+            if nxt > start:
+                out.add(b.id)
+    return out
+
+
+def check(ws: Workspace, res, target_id: str | None) -> None:
+    vault = ws.vault
+    idx = vault.index()
+    existing = {(m.target_id, m.id) for m in vault.manifests()}
+    for (tid, base_id), keys in cs.all_segment_bases(vault).items():
+        if target_id and tid != target_id:
+            continue
+        if (tid, base_id) not in existing:
+            res.notes.append(f"capture segments of removed base {base_id} remain ({len(keys)}); prune removes them")
+        for key in keys:
+            try:
+                seg = cs.load_segment(vault, key)
+            except MulliganError as exc:
+                res.problem(key, exc.message)
+                continue
+            missing = [c for c in seg["chunks"] if bytes.fromhex(c) not in idx]
+            if missing:
+                res.problem(key, f"capture segment needs {len(missing)} chunks that are not in the vault "
+                                 f"(first: {missing[0]})")
+
+
+def register() -> None:
+    from . import prune, verify
+
+    if referenced not in prune.EXTRA_REFERENCES:
+        prune.EXTRA_REFERENCES.append(referenced)
+    if pins not in prune.EXTRA_PINS:
+        prune.EXTRA_PINS.append(pins)
+    if check not in verify.EXTRA_CHECKS:
+        verify.EXTRA_CHECKS.append(check)

@@ -1,0 +1,68 @@
+"""Alerts: the log always, a webhook (retried, never blocking), staleness of capture."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+
+import pytest
+
+from mulligan.ops.alerts import Alerter, Log
+from test_watch_kit import Hook, Watch, configure, make_app_db
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_a_webhook_that_fails_at_first_is_retried_until_it_takes_the_alert():
+    hook = Hook(fail_first=2).start()
+    out = io.StringIO()
+    a = Alerter({"webhook": hook.url}, Log(out))
+    rec = a.alert("rollback", "production went back in time", {"incident": {"id": "inc-1"}})
+    assert rec["channels"] == ["log", "webhook"]
+    got = hook.wait("rollback", 8)
+    hook.stop()
+    assert got is not None and got[1]["text"] == "production went back in time"
+    assert got[1]["incident"]["id"] == "inc-1"
+    assert "ALERT rollback" in out.getvalue() and "after 2 retries" in out.getvalue()
+
+
+def test_a_hanging_webhook_never_blocks_the_caller():
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            time.sleep(3)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    a = Alerter({"webhook": f"http://127.0.0.1:{srv.server_address[1]}/"}, Log(io.StringIO()))
+    t0 = time.monotonic()
+    for _ in range(5):
+        a.alert("stale-capture", "x")
+    assert time.monotonic() - t0 < 0.1
+    srv.shutdown()
+
+
+def test_stale_capture_alerts_when_a_target_cannot_be_captured(project):
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    hook = Hook().start()
+    configure(project, hook, alerts={"stale_after": "1s"})
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(db + suffix):
+            os.unlink(db + suffix)
+    t0 = time.time()
+    w = Watch(project, "app", ready="capture failed")
+    got = hook.wait("stale-capture", 6)
+    w.term()
+    hook.stop()
+    assert got is not None, w.text()
+    assert got[0] - t0 < 4
+    assert "stale" in got[1]["text"] and "app" in got[1]["text"] and got[1]["error"]
+    assert "ALERT stale-capture" in w.text()
