@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import apsw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from diffkit import build, derive, run
-from mulligan.engines.sqlite.diff import diff_files
+from mulligan.engines.sqlite.diff import StatePair, diff_files, diff_pair
 
 BIG = """CREATE TABLE big(id INTEGER PRIMARY KEY, body TEXT, blob BLOB);
 WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000)
@@ -20,6 +22,7 @@ def rows(d) -> set:
 
 def same_with_and_without_pages(a: str, b: str):
     fast, slow = diff_files(a, b), diff_files(a, b, compare_pages=False)
+    assert fast.pages_compared
     assert rows(fast) == rows(slow)
     return fast
 
@@ -63,15 +66,40 @@ def test_a_change_only_in_an_overflow_page_is_found(tmp_path):
     assert [(r.key, r.changed) for r in d.tables[0].rows] == [((1000,), ("blob",))]
 
 
-def test_a_write_ahead_log_with_frames_turns_page_comparison_off(tmp_path):
+def wal_writer(path: str) -> apsw.Connection:
+    """A connection that keeps its commits in the WAL (no checkpoint) while it stays open."""
+    conn = apsw.Connection(path)
+    run(conn, "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0")
+    return conn
+
+
+def test_the_frames_of_a_write_ahead_log_are_read_as_part_of_the_state(tmp_path):
     a = build(tmp_path / "a.db", BIG)
     b = derive(a, tmp_path / "b.db", "")
-    conn = apsw.Connection(b)
-    run(conn, "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; UPDATE big SET body = 'in the wal' WHERE id = 7")
+    conn = wal_writer(b)
     try:
-        d = diff_files(a, b)
+        run(conn, "UPDATE big SET body = 'in the wal' WHERE id = 7; DELETE FROM big WHERE id BETWEEN 2000 AND 2100;"
+                  "INSERT INTO big SELECT id + 10000, body, blob FROM big WHERE id <= 1500")
+        assert os.path.getsize(b + "-wal") > 0
+        d = same_with_and_without_pages(a, b)
+        assert d.pages_compared
+        assert (d.tables[0].inserted, d.tables[0].updated, d.tables[0].deleted) == (1500, 1, 101)
+    finally:
+        conn.close()
+
+
+def test_pages_read_before_a_commit_are_not_trusted_and_rows_are_compared_instead(tmp_path):
+    a = build(tmp_path / "a.db", BIG)
+    b = derive(a, tmp_path / "b.db", "")
+    conn = wal_writer(b)
+    try:
+        run(conn, "UPDATE big SET body = 'first' WHERE id = 7")
+        with StatePair(a, b) as pair:  # pages read and the read transaction begun
+            run(conn, "UPDATE big SET body = 'second' WHERE id = 8")
+            assert not pair.images[1].current()
+            d = diff_pair(pair)
         assert not d.pages_compared
-        assert [(r.key, r.after[1]) for r in d.tables[0].rows] == [((7,), "in the wal")]
+        assert [(r.key, r.after[1]) for r in d.tables[0].rows] == [((7,), "first")]
     finally:
         conn.close()
 
@@ -91,14 +119,16 @@ ops = st.lists(st.tuples(st.sampled_from(["update", "delete", "insert", "grow", 
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=ops)
-def test_skipping_pages_never_changes_the_answer(tmp_path_factory, ops):
+@given(ops=ops, in_wal=st.booleans(), checkpoint_at=st.integers(0, 25))
+def test_skipping_pages_never_changes_the_answer(tmp_path_factory, ops, in_wal, checkpoint_at):
     d = tmp_path_factory.mktemp("pages")
     a = build(d / "a.db", BIG)
     b = derive(a, d / "b.db", "")
-    conn = apsw.Connection(b)
-    with conn:
-        for op, i, n in ops:
+    conn = wal_writer(b) if in_wal else apsw.Connection(b)
+    try:
+        for k, (op, i, n) in enumerate(ops):
+            if in_wal and k == checkpoint_at:
+                run(conn, "PRAGMA wal_checkpoint(PASSIVE)")  # some changes in the main file, later ones in the WAL
             if op == "update":
                 conn.execute("UPDATE big SET body = ? WHERE id = ?", (f"u{n}", i))
             elif op == "delete":
@@ -109,8 +139,10 @@ def test_skipping_pages_never_changes_the_answer(tmp_path_factory, ops):
                 conn.execute("UPDATE big SET blob = randomblob(?) WHERE id = ?", (n * 30, i))
             else:
                 conn.execute("DELETE FROM big WHERE id BETWEEN ? AND ?", (i, i + n))
-    conn.close()
-    same_with_and_without_pages(a, b)
+        same_with_and_without_pages(a, b)
+        same_with_and_without_pages(b, a)
+    finally:
+        conn.close()
 
 
 def test_files_with_different_page_sizes_are_compared_row_by_row(tmp_path):

@@ -53,3 +53,17 @@ def test_only_the_pages_the_comparison_needs_are_fetched_from_the_vault(project)
     assert counts(d) == {"users": (1, 1, 0)}
     assert first.page_count > 100
     assert len(set(fetched)) < first.page_count / 4
+
+
+def test_a_snapshot_is_compared_page_by_page_with_a_live_database_whose_writes_sit_in_its_wal(project):
+    ws, target, db, first, second = snapshots(project, wal=True, rows=1000)
+    conn = apsw.Connection(db)
+    run(conn, "PRAGMA wal_autocheckpoint=0; UPDATE users SET email = 'wal@example.com' WHERE id = 3;"
+              "DELETE FROM posts WHERE id = 999")
+    try:
+        res = diff(ws, target, second.id, "live")
+        assert res.diff.pages_compared
+        assert counts(res.diff) == {"users": (0, 1, 0), "posts": (0, 0, 1)}
+        assert {t.name: t.method for t in res.diff.tables}["users"] in ("ranges", "full")
+    finally:
+        conn.close()

@@ -212,18 +212,19 @@ class StatePair:
 
     # ---- page plans ------------------------------------------------------
     def plans(self, names: list[str]) -> dict[str, pg.TablePlan]:
-        if None in self.images or len(self.images) != 2 or any(
-                not isinstance(s, pg.VirtualImage) and os.path.exists(f"{s}-wal") and os.path.getsize(f"{s}-wal")
-                for s in self.sources):
-            return {}  # a WAL holding frames means the file's pages are not the state being read
+        if None in self.images or len(self.images) != 2:
+            return {}
         a, b = self.images
         try:
             roots = [self._roots("a"), self._roots("b")]
             rowid = {n: self.schema_a[n].rowid and self.schema_b[n].rowid and _rowid_name(self.schema_a[n]) is not None
                      for n in names if n in self.schema_a and n in self.schema_b}
-            return pg.plan_tables(a, b, roots[0], roots[1], rowid, self._overflow_owners)
+            plans = pg.plan_tables(a, b, roots[0], roots[1], rowid, self._overflow_owners)
         except (pg.PageMapError, struct.error, IndexError):
             return {}  # pages not shaped as expected: compare every row instead
+        # A commit since the pages were read means they may not be the state our read
+        # transaction sees (it began in between): trust them only if nothing was committed.
+        return plans if all(img.current() for img in self.images if isinstance(img, pg.FileImage)) else {}
 
     def _roots(self, db: str) -> dict[str, int]:
         out = {"sqlite_schema": 1}

@@ -32,6 +32,8 @@ from typing import Callable, Iterable
 
 import apsw
 
+from . import wal, walindex
+
 BLOCK_PAGES = 256
 SUB_PAGES = 16
 INTERIOR_TABLE, INTERIOR_INDEX, LEAF_TABLE, LEAF_INDEX = 0x05, 0x02, 0x0D, 0x0A
@@ -46,7 +48,13 @@ class PageMapError(Exception):
 
 @dataclass
 class FileImage:
-    """A read-only descriptor on a database file and the facts of its header."""
+    """Read-only descriptors on a database file (and its WAL) and the facts of its header.
+
+    In WAL mode the state is the main file overlaid with the WAL's frames up to
+    the last commit the wal-index records; :meth:`current` tells afterwards
+    whether any commit happened since (then the pages read are not the state a
+    later read transaction sees, and the caller must not trust them).
+    """
 
     path: str
     fd: int
@@ -54,18 +62,23 @@ class FileImage:
     page_count: int
     usable: int
     header: bytes
+    file_pages: int  # pages present in the main file
     cache: dict[int, bytes] = field(default_factory=dict)
+    overlay: dict[int, int] = field(default_factory=dict)  # page -> WAL frame
+    wal_fd: int = -1
+    shm_fd: int = -1
+    stamp: tuple | None = None
 
     @classmethod
     def open(cls, path: str) -> "FileImage | None":
-        """None when the file's pages are not its state (a WAL or hot journal beside it)."""
-        for suffix in ("-wal", "-journal"):
-            try:
-                if os.path.getsize(path + suffix) > 0:
-                    return None
-            except OSError:
-                pass
+        """None when the file's pages cannot be read as its state (a hot journal, an unreadable WAL)."""
+        try:
+            if os.path.getsize(path + "-journal") > 0:
+                return None
+        except OSError:
+            pass
         fd = os.open(path, os.O_RDONLY)
+        img = None
         try:
             header = os.pread(fd, 100, 0)
             if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
@@ -78,32 +91,82 @@ class FileImage:
             valid = struct.unpack_from(">I", header, 24)[0] == struct.unpack_from(">I", header, 92)[0]
             if not valid or count == 0:
                 count = size // ps
-            count = min(count, size // ps)
-            return cls(path, fd, ps, count, ps - header[20], header)
+            img = cls(path, fd, ps, min(count, size // ps), ps - header[20], header, size // ps)
+            if os.path.exists(path + "-wal") and os.path.getsize(path + "-wal") > 0 and not img._read_wal():
+                img.close()
+                return None
+            return img
         except BaseException:
-            os.close(fd)
+            if img is not None:
+                img.close()
+            else:
+                os.close(fd)
             raise
+
+    def _read_wal(self) -> bool:
+        try:
+            self.wal_fd = os.open(self.path + "-wal", os.O_RDONLY)
+            self.shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        idx = walindex.read(self.shm_fd)
+        if idx is None:
+            return False
+        if idx.mx_frame:
+            head = wal.read_header(self.wal_fd)
+            if head is None or head.salts != idx.salts or head.page_size != self.page_size:
+                return False
+            commits = walindex.scan_headers(self.wal_fd, head, idx.mx_frame)
+            if not commits or commits[-1].frame != idx.mx_frame:
+                return False
+            self.overlay, self.page_count = wal.page_map(commits), commits[-1].db_pages
+        self.stamp = (idx.change, idx.mx_frame, idx.salts)
+        self.header = self.page(1)[:100]
+        self.usable = self.page_size - self.header[20]
+        return True
+
+    def current(self) -> bool:
+        """No commit since the WAL was read (always true without a WAL)."""
+        if self.stamp is None:
+            return True
+        idx = walindex.read(self.shm_fd)
+        return idx is not None and (idx.change, idx.mx_frame, idx.salts) == self.stamp
 
     def page(self, n: int) -> bytes:
         if not 1 <= n <= self.page_count:
             raise PageMapError(f"page {n} is outside {self.path}")
         hit = self.cache.get(n)
-        return hit if hit is not None else os.pread(self.fd, self.page_size, (n - 1) * self.page_size)
+        if hit is not None:
+            return hit
+        frame = self.overlay.get(n)
+        if frame is not None:
+            return wal.read_frame_page(self.wal_fd, frame, self.page_size)
+        data = os.pread(self.fd, self.page_size, (n - 1) * self.page_size)
+        return data + bytes(self.page_size - len(data))
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for name in ("wal_fd", "shm_fd", "fd"):
+            if getattr(self, name) >= 0:
+                os.close(getattr(self, name))
+                setattr(self, name, -1)
 
     def prefetch(self, pages) -> None:
         """Nothing to do: the operating system's cache serves file pages."""
 
+    def loose(self) -> set[int]:
+        """Pages whose bytes are not the main file's: WAL frames, or beyond its end."""
+        return set(self.overlay) | set(range(self.file_pages + 1, self.page_count + 1))
+
     def ids(self, id_of: Callable[[bytes], bytes]) -> list[bytes]:
-        """Every page's chunk id, hashing the file (to compare it with a vault state)."""
-        ps, out = self.page_size, []
-        for start in range(0, self.page_count * ps, BLOCK_PAGES * ps):
-            block = os.pread(self.fd, min(BLOCK_PAGES * ps, self.page_count * ps - start), start)
+        """Every page's chunk id, hashing the pages (to compare them with a vault state)."""
+        ps, out, end = self.page_size, [], min(self.file_pages, self.page_count)
+        for start in range(0, end * ps, BLOCK_PAGES * ps):
+            block = os.pread(self.fd, min(BLOCK_PAGES * ps, end * ps - start), start)
             out.extend(id_of(block[i : i + ps]) for i in range(0, len(block), ps))
+        out.extend(id_of(self.page(n)) for n in range(end + 1, self.page_count + 1))
+        for n in self.overlay:
+            if n <= end:
+                out[n - 1] = id_of(self.page(n))
         return out
 
 
@@ -189,8 +252,10 @@ def differing_pages(a, b) -> set[int]:
         out.update(i + 1 for i in range(common) if ia[i] != ib[i])
         return out
     step, sub = BLOCK_PAGES * ps, SUB_PAGES * ps
-    for start in range(0, common * ps, step):
-        n = min(step, common * ps - start)
+    loose = a.loose() | b.loose()  # compared page by page below
+    raw_end = min(common, a.file_pages, b.file_pages)
+    for start in range(0, raw_end * ps, step):
+        n = min(step, raw_end * ps - start)
         x = os.pread(a.fd, n, start)
         y = os.pread(b.fd, n, start)
         if x == y:
@@ -201,11 +266,17 @@ def differing_pages(a, b) -> set[int]:
                 continue
             for i in range(0, len(xs), ps):
                 px, py = xs[i : i + ps], ys[i : i + ps]
-                if px != py:
-                    pno = (start + s + i) // ps + 1
+                pno = (start + s + i) // ps + 1
+                if px != py and pno not in loose:
                     out.add(pno)
                     if len(a.cache) < CACHE_PAGES:
                         a.cache[pno], b.cache[pno] = px, py
+    for pno in sorted(p for p in loose if p <= common):
+        px, py = a.page(pno), b.page(pno)
+        if px != py:
+            out.add(pno)
+            if len(a.cache) < CACHE_PAGES:
+                a.cache[pno], b.cache[pno] = px, py
     return out
 
 
