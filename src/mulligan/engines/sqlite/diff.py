@@ -1,7 +1,9 @@
 """Row-level difference between two SQLite files.
 
-Both files are attached read-only to one in-memory connection (``a`` is FROM,
-``b`` is TO) inside one read transaction, so each side is one consistent state.
+Both states (files, or vault restore points served page by page, see
+:mod:`.pages`) are attached read-only to one in-memory connection (``a`` is
+FROM, ``b`` is TO) inside one read transaction, so each side is one consistent
+state.
 Rows are paired by the declared primary key with three joins that scan in key
 order (the planner is not allowed to wander through a secondary index);
 values are compared with ``IS NOT``, as SQLite's own sqldiff does. A table with

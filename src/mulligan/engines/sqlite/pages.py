@@ -1,7 +1,14 @@
-"""Page-level comparison of two SQLite files, so a diff costs what changed.
+"""Page-level comparison of two SQLite states, so a diff costs what changed.
 
-Which pages differ is found by comparing the two files block by block (a
-memory comparison is cheaper than hashing both). Which b-tree owns each page is
+A state is a file (:class:`FileImage`: in WAL mode, the main file overlaid with
+the WAL's committed frames) or a vault restore point (:class:`VirtualImage`:
+chunk ids per page, pages fetched only when read, and served to SQLite by a
+read-only VFS so the rows can be queried without restoring anything).
+
+Which pages differ is found by comparing two files block by block (a memory
+comparison is cheaper than hashing both), by comparing chunk ids for vault
+states, and by hashing a file's pages the vault's way to compare it with a vault
+state. Which b-tree owns each page is
 found by walking only the *interior* pages of every b-tree from its root (about
 1% of a table's pages); leaf pages are read only where they differ, and then
 only their first and last cell, for the rowid range they hold.
@@ -17,7 +24,8 @@ common, which is why ownership is taken from the b-tree walk and not guessed.
 Overflow pages hang off leaf cells and are not reachable from interior pages.
 Every differing page is therefore checked to be *accounted for* (a b-tree page,
 a freelist page, a pointer-map page, the lock-byte page); when one is not, the
-caller is asked who owns it (``dbstat`` knows) and that table is compared whole.
+caller is asked who owns it (``dbstat`` knows, down to the leaf whose cell it
+hangs off), and that leaf is treated as differing.
 
 POSIX-lock trap: the descriptors opened here must be opened before any SQLite
 connection to the same files and closed after the last one closes.
