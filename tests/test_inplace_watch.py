@@ -7,13 +7,24 @@ import signal
 import subprocess
 import time
 
+import apsw
 import pytest
 from conftest import MULLIGAN, dump, make_db
-from test_inplace import settle, write_rows
 
 from mulligan.ops import guards
 
 pytestmark = pytest.mark.slow
+
+
+def write_rows(path: str, n: int) -> None:
+    """The app's writes: like any app beside a watcher, it waits for the watcher's short write locks."""
+    conn = apsw.Connection(path)
+    conn.set_busy_timeout(5000)
+    with conn:
+        for i in range(n):
+            conn.execute("INSERT INTO users(username, email) VALUES (?, ?)", (f"late{i}-{os.urandom(3).hex()}", "l@example.com"))
+            conn.execute("INSERT INTO posts(user_id, body, created_at) VALUES (last_insert_rowid(), 'late', datetime('now'))")
+    conn.close()
 
 
 @pytest.fixture
@@ -22,6 +33,8 @@ def watched(project):
     project.protect(db, "app", "production")
     assert project.call("snapshot", "app").code == 0
     project.at_snapshot = dump(db)
+    with open(project.config_path, "a") as fh:  # wait out a short live-use window instead of faking file times:
+        fh.write("\n[guards]\nlive_window_seconds = 1\n")  # watch knows when it saw each commit
     env = {k: v for k, v in os.environ.items() if k != "MULLIGAN_CONFIG"}
     p = subprocess.Popen([*MULLIGAN, "watch", "app", "--poll", "0.05s"], cwd=project.dir, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -46,8 +59,9 @@ def watched(project):
 
 def test_a_running_watch_is_not_live_use_and_undo_right_after_works(watched):
     write_rows(watched.db, 3)  # the app's commits, captured by the watcher
-    time.sleep(0.5)
-    settle(watched.db)  # ...made a minute ago
+    r = watched.run("restore", "app", "--latest", "--in-place", "--confirm", "app")
+    assert r.code == 3 and "someone other than Mulligan committed" in r.err
+    time.sleep(1.5)
     before = dump(watched.db)
     r = watched.run("--json", "restore", "app", "--snapshot",
                     watched.ws.vault.manifests(watched.ws.target("app").id)[0].id, "--in-place", "--confirm", "app")
@@ -72,8 +86,7 @@ def test_any_captured_second_can_be_put_back_in_place(watched):
     at_between = dump(watched.db)
     time.sleep(0.5)
     write_rows(watched.db, 4)
-    time.sleep(1.0)
-    settle(watched.db)
+    time.sleep(1.5)
     r = watched.run("--json", "restore", "app", "--at", between, "--in-place", "--confirm", "app")
     assert r.code == 0, r.out + r.err
     assert r.json["restored"]["id"].count(".") == 2  # a captured commit, not a snapshot

@@ -158,8 +158,7 @@ def render_plan(ctx: Ctx, plan: dict) -> None:
         out.print(f"  live use    [bold red]pid {h['pid']}[/] ({escape(h['command'])}) has the {', '.join(h['files'])} open")
     if live["recent_commit"]:
         rc = live["recent_commit"]
-        out.print(f"  live use    [bold red]a commit {human_age(rc['age_seconds'])} ago[/] ({rc['file']} written at "
-                  f"{rc['last_write']}; differs from {escape(rc['known'])})")
+        out.print(f"  live use    [bold red]a commit by others {human_age(rc['age_seconds'])} ago[/] ({escape(rc['how'])})")
     for w in plan["warnings"]:
         out.print(f"  [bold yellow]warning[/]     {escape(w)}")
     for r in plan["refusals"]:

@@ -1,38 +1,18 @@
-"""Guards that stand between a user and a replaced database.
+"""Guards that stand between a user and a replaced database (docs/restoring-safely.md).
 
-Live use. A database is in live use when
+Live use: a process other than Mulligan's own has one of the database's files
+open (/proc/<pid>/fd on Linux), or someone other than Mulligan committed to it
+within the last ``LIVE_WINDOW`` seconds — judged by content, never by file
+times alone (readers write -shm; the last connection to close checkpoints the
+-wal into the main file without committing): see ``recent_foreign_commit``.
+Mulligan's own writes are recorded in the vault (``record_own_write``,
+``record_own_commit``) so they never count. Mulligan's own processes: this one;
+one holding a live lease in the vault's ``locks/`` on this host (every snapshot
+and capture writer, ``mulligan watch`` included); one whose command line runs
+``mulligan`` (the console script, ``python -m mulligan``, ``manage.py mulligan``).
 
-1. a process other than Mulligan's own has one of its files (the database,
-   -wal, -shm, -journal) open — found through /proc/<pid>/fd on Linux; or
-2. someone other than Mulligan committed to it in the last ``LIVE_WINDOW``
-   seconds.
-
-Rule 2 is judged by committed content. Mulligan keeps what it last knew of the
-database: after each of its own writes a record ``guards/<target id>/own-write``
-— ``record_own_write`` (protect, in-place restore, undo: the commit marker of
-engines/sqlite/replace.py and the content digest, the same BLAKE3 tree root a
-snapshot manifest carries) or ``record_own_commit`` (the watcher's stamp: its
-commit's WAL salts and frame, read from nothing, since that process holds
-SQLite locks) — and otherwise the newest restore point's root.
-A recent foreign commit is one where
-
-* the commit marker differs from the one Mulligan recorded (else the last commit
-  is Mulligan's own, whatever the file times say), and
-* the database's content files were written within the window (the main file,
-  or the -wal when it holds committed frames; never the -shm, which every reader
-  writes), and
-* the content differs from what Mulligan last knew (a checkpoint moves pages
-  from the -wal into the main file and rewrites it without a commit).
-
-A reader can thus never make a database look live by itself. One case errs on
-the side of refusing: a foreign commit made long ago, checkpointed just now by
-the last connection closing, counts as recent for the next few seconds.
-
-Which processes are Mulligan's own: this process; a process holding a live
-lease in the vault (``locks/``, written by every snapshot and capture writer,
-with pid and host); a process whose command line runs ``mulligan`` (the console
-script, ``python -m mulligan``, or ``manage.py mulligan``). A running
-``mulligan watch`` is therefore never live use.
+Also here: the identity check, the confirmation rules, and ``inspect_file``
+(``mulligan guard PATH``).
 """
 
 from __future__ import annotations
@@ -191,20 +171,44 @@ def same_commit(known: dict | None, marker: dict) -> bool:
     return known == marker
 
 
-def knowledge(vault: Vault | None, target_id: str | None) -> dict | None:
-    """The newest state of the target Mulligan knows: its own last write or the newest restore point."""
+def _own_record(vault: Vault | None, target_id: str | None) -> dict | None:
     if vault is None or not target_id:
         return None
-    known = []
     try:
-        known.append({**vault.get_json(_own_key(target_id)), "source": "Mulligan's own last write"})
+        return vault.get_json(_own_key(target_id))
     except (MulliganError, ValueError):
-        pass
-    latest = vault.latest(target_id)
-    if latest is not None:
-        known.append({"time": latest.time, "digest": latest.root, "marker": None,
-                      "source": f"restore point {latest.id}"})
-    return max(known, key=lambda k: from_iso(k["time"])) if known else None
+        return None
+
+
+def _captured(vault: Vault, target_id: str, codec) -> dict | None:
+    """What ``watch`` captured: the digest of its last captured state, and when it last saw a
+    commit by others (None when none is on record). None without continuous capture."""
+    try:
+        from . import capture_store as cs
+    except ImportError:
+        return None
+    try:
+        bases = cs.capture_bases(vault, target_id)
+        if not bases:
+            return None
+        last, foreign = None, None
+        for base in reversed(bases[-3:]):
+            for key in reversed(cs.segment_keys(vault, target_id, base.id)):
+                seg = cs.load_segment(vault, key)
+                for i in range(len(seg["commits"]) - 1, -1, -1):
+                    c = seg["commits"][i]
+                    last = last or (base, seg["seq"], i)
+                    if not str(c.get("by", "app")).startswith("mulligan"):
+                        foreign = c["t"]
+                        break
+                if foreign is not None:
+                    break
+            if foreign is not None:
+                break
+        ids = cs.materialize_commit(vault, *last).resolved_ids if last else vault.page_ids(bases[-1])
+        return {"digest": tree.build(b"".join(ids), codec.chunk_id)[0].hex(), "last_foreign": foreign}
+    except (MulliganError, KeyError, TypeError, ValueError, IndexError):
+        return None  # a capture this code cannot read: judged without it
 
 
 # ---- live use ------------------------------------------------------------------
@@ -226,8 +230,7 @@ class LiveUse:
         parts = [f"pid {h.pid} ({h.command}) has the {', '.join(h.files)} open" for h in self.others]
         if self.recent_commit:
             rc = self.recent_commit
-            parts.append(f"someone other than Mulligan committed {human_age(rc['age_seconds'])} ago "
-                         f"(the {rc['file']} was written at {rc['last_write']}; content differs from {rc['known']})")
+            parts.append(f"someone other than Mulligan committed {human_age(rc['age_seconds'])} ago ({rc['how']})")
         return "; ".join(parts)
 
     def to_json(self) -> dict:
@@ -235,26 +238,49 @@ class LiveUse:
                 "recent_commit": self.recent_commit, "notes": self.notes}
 
 
-def recent_foreign_commit(path: str, known: dict | None, window: float = LIVE_WINDOW, codec=None) -> dict | None:
-    """Evidence of a commit by someone other than Mulligan in the last ``window`` seconds, or None."""
-    marker = sqlite_replace.commit_marker(path)
-    if known and same_commit(known.get("marker"), marker):
-        return None  # the last commit is the one Mulligan recorded
+def recent_foreign_commit(path: str, vault: Vault | None, target_id: str | None,
+                          window: float = LIVE_WINDOW) -> dict | None:
+    """Evidence of a commit by someone other than Mulligan in the last ``window`` seconds, or None.
+
+    1. Nothing written within the window: no commit within it.
+    2. The last commit is the one Mulligan recorded as its own (commit marker), or the content
+       is what Mulligan itself last wrote (digest; a checkpoint moved it since): not foreign.
+    3. ``watch`` captured everything up to now (same digest as its last captured state): it
+       saw every commit and when; live if the last one by others is within the window.
+    4. The content equals a restore point older than the window: no commit since.
+    5. Otherwise something other than Mulligan wrote lately and Mulligan cannot tell it apart.
+    """
     wrote_at, what = sqlite_replace.last_write(path)
-    age = time.time() - wrote_at
-    if age > window:
+    now = time.time()
+    if now - wrote_at > window:
         return None
-    if known and known.get("digest") and state_digest(path, codec) == known["digest"]:
-        return None  # rewritten (a checkpoint, Mulligan's own write), same content
-    return {"last_write": iso(wrote_at), "age_seconds": round(max(age, 0.0), 3), "file": what,
-            "known": f"{known['source']} at {known['time']}" if known else "nothing Mulligan recorded"}
+    own = _own_record(vault, target_id)
+    if own and same_commit(own.get("marker"), sqlite_replace.commit_marker(path)):
+        return None
+    codec = vault.codec if vault is not None else PlainCodec()
+    digest = state_digest(path, codec)
+    if own and own.get("digest") == digest:
+        return None
+    if vault is not None and target_id:
+        cap = _captured(vault, target_id, codec)
+        if cap and cap["digest"] == digest:
+            seen = cap["last_foreign"]
+            if seen is None or now - seen > window:
+                return None
+            return {"at": iso(seen), "age_seconds": round(max(now - seen, 0.0), 3),
+                    "how": f"watch saw the commit at {iso(seen)}"}
+        point = vault.latest(target_id)
+        if point is not None and point.root == digest and now - from_iso(point.time).timestamp() > window:
+            return None
+    known = (f"Mulligan's own last write at {own['time']}" if own
+             else "anything Mulligan recorded")
+    return {"at": iso(wrote_at), "age_seconds": round(max(now - wrote_at, 0.0), 3),
+            "how": f"the {what} was written at {iso(wrote_at)}; the content differs from {known}"}
 
 
 def live_use(path: str, vault: Vault | None, target_id: str | None, window: float = LIVE_WINDOW) -> LiveUse:
     holders, notes = open_holders(path, vault)
-    codec = vault.codec if vault is not None else None
-    recent = recent_foreign_commit(path, knowledge(vault, target_id), window, codec)
-    return LiveUse(holders, recent, notes)
+    return LiveUse(holders, recent_foreign_commit(path, vault, target_id, window), notes)
 
 
 # ---- identity and confirmation ----------------------------------------------------
@@ -393,8 +419,7 @@ def inspect_file(path: str, config=None, *, window: float = LIVE_WINDOW) -> Guar
     finally:
         conn.close()
     target_id = report.target.id if report.target else (report.identity.target_id if report.identity else None)
-    recent = recent_foreign_commit(path, knowledge(vault, target_id), window, vault.codec if vault else None)
-    report.live = LiveUse(holders, recent, [])
+    report.live = LiveUse(holders, recent_foreign_commit(path, vault, target_id, window), [])
     if report.env == "production":
         report.problems.append(f"{path} is the production database {report.name!r}")
     if report.live.live:
