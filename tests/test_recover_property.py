@@ -33,7 +33,7 @@ class Table:
     def __init__(self, name: str, kind: str):
         self.name = name
         self.kind = kind  # auto | plain | natural | link
-        self.fks: list[tuple[tuple[str, ...], "Table", bool]] = []  # columns, parent, nullable
+        self.fks: list[tuple[tuple[str, ...], "Table", bool, tuple[str, ...]]] = []  # columns, parent, nullable, refs
         self.unique = False
         self.self_ref = False
         self.on_delete = "CASCADE"
@@ -58,7 +58,7 @@ class Table:
             cols.append("id TEXT PRIMARY KEY")
         elif self.kind == "link":
             cols += ["a NOT NULL", "b NOT NULL"]
-        for c, parent, nullable in self.fks:
+        for c, parent, nullable, _ in self.fks:
             if self.kind == "link" and c[0] in ("a", "b"):
                 continue
             cols += [f"{x}{'' if nullable else ' NOT NULL'}" for x in c]
@@ -70,9 +70,9 @@ class Table:
         cons = []
         if self.kind == "link":
             cons.append("PRIMARY KEY (a, b)")
-        for c, parent, _ in self.fks:
+        for c, parent, _, ref in self.fks:
             cons.append(
-                f"FOREIGN KEY ({', '.join(c)}) REFERENCES {parent.name}({', '.join(parent.pk)}) ON DELETE {self.on_delete}"
+                f"FOREIGN KEY ({', '.join(c)}) REFERENCES {parent.name}({', '.join(ref)}) ON DELETE {self.on_delete}"
             )
         if self.self_ref:
             cons.append(f"FOREIGN KEY (parent_id) REFERENCES {self.name}(id) ON DELETE CASCADE")
@@ -92,20 +92,23 @@ def schemas(draw):
         if t.kind == "link":
             pa = draw(st.sampled_from(keyed))
             pb = draw(st.sampled_from(keyed))
-            t.fks.append((("a",), pa, False))
-            t.fks.append((("b",), pb, False))
+            t.fks.append((("a",), pa, False, tuple(pa.pk)))
+            t.fks.append((("b",), pb, False, tuple(pb.pk)))
         else:
             for j in range(draw(st.integers(0, 2))):
                 if not parents:
                     break
                 parent = draw(st.sampled_from(parents))
-                cols = tuple(f"f{j}{x}" for x in parent.pk)
-                t.fks.append((cols, parent, draw(st.booleans())))
+                if parent.unique and draw(st.booleans()):  # by a natural column: REFERENCES parent(handle)
+                    t.fks.append(((f"f{j}h",), parent, draw(st.booleans()), ("handle",)))
+                else:
+                    cols = tuple(f"f{j}{x}" for x in parent.pk)
+                    t.fks.append((cols, parent, draw(st.booleans()), tuple(parent.pk)))
             t.self_ref = t.kind in ("auto", "plain") and draw(st.booleans())
         t.unique = draw(st.booleans())
         t.without_rowid = t.kind in ("natural", "link") and draw(st.booleans())
         t.on_delete = draw(st.sampled_from(["CASCADE", "SET NULL", "NO ACTION"]))
-        if t.on_delete == "SET NULL" and any(not nullable for _, _, nullable in t.fks):
+        if t.on_delete == "SET NULL" and any(not nullable for _, _, nullable, _ in t.fks):
             t.on_delete = "CASCADE"
         tables.append(t)
     return tables
@@ -136,19 +139,22 @@ def random_ops(path: str, tables: list[Table], rnd: random.Random, n: int) -> No
     conn.close()
 
 
-def _ref(conn, parent: Table, rnd, nullable: bool):
-    keys = keys_of(conn, parent)
+def _ref(conn, parent: Table, rnd, nullable: bool, ref: tuple[str, ...]):
+    if ref == tuple(parent.pk):
+        keys = keys_of(conn, parent)
+    else:
+        keys = conn.execute(f"SELECT {', '.join(ref)} FROM {parent.name} WHERE handle IS NOT NULL ORDER BY 1").fetchall()
     if not keys or (nullable and rnd.random() < 0.2):
         if nullable:
-            return (None,) * len(parent.pk)
+            return (None,) * len(ref)
         raise apsw.ConstraintError("no parent")
     return rnd.choice(keys)
 
 
 def _values(conn, t: Table, rnd) -> dict:
     vals = {}
-    for cols, parent, nullable in t.fks:
-        vals.update(zip(cols, _ref(conn, parent, rnd, nullable)))
+    for cols, parent, nullable, ref in t.fks:
+        vals.update(zip(cols, _ref(conn, parent, rnd, nullable, ref)))
     if t.self_ref:
         keys = keys_of(conn, t)
         vals["parent_id"] = rnd.choice(keys)[0] if keys and rnd.random() < 0.5 else None
@@ -178,7 +184,7 @@ def _update(conn, t: Table, rnd) -> None:
     pick = [c for c in vals if c not in t.pk]
     chosen = rnd.sample(pick, rnd.randint(1, min(2, len(pick))))
     # a composite foreign key moves as a whole
-    for cols, _, _ in t.fks:
+    for cols, *_ in t.fks:
         if any(c in chosen for c in cols):
             chosen = list(dict.fromkeys(chosen + list(cols)))
     chosen = [c for c in chosen if c not in t.pk]
@@ -204,7 +210,7 @@ def example_dir(root: str) -> Path:
     return Path(tempfile.mkdtemp(dir=root))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(tables=schemas(), seed=st.integers(0, 2**32 - 1), sizes=st.tuples(st.integers(0, 25), st.integers(0, 25), st.integers(0, 25)))
 def test_random_histories_merge_without_losing_or_breaking_anything(scratch, tables, seed, sizes):
     tmp = example_dir(scratch)
@@ -237,7 +243,7 @@ def test_random_histories_merge_without_losing_or_breaking_anything(scratch, tab
     assert Db(rehearsal).tables == Db(current).tables
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(tables=schemas(), seed=st.integers(0, 2**32 - 1), sizes=st.tuples(st.integers(0, 25), st.integers(0, 30)))
 def test_when_nobody_wrote_after_the_mistake_the_merge_gives_back_lost_exactly(scratch, tables, seed, sizes):
     tmp = example_dir(scratch)

@@ -71,8 +71,9 @@ class Db:
             groups = {}
             for fid, seq, parent, frm, to, *_ in conn.execute(f"PRAGMA foreign_key_list({q(t)})"):
                 groups.setdefault(fid, []).append((seq, frm, to, parent))
-            self.fks[t] = [
-                (tuple(f for _, f, _, _ in sorted(g)), g[0][3]) for _, g in sorted(groups.items())
+            self.fks[t] = [  # (columns, parent, referenced columns or None for the parent's key)
+                (tuple(f for _, f, _, _ in sorted(g)), g[0][3], tuple(to for _, _, to, _ in sorted(g)))
+                for _, g in sorted(groups.items())
             ]
             rows = {}
             for r in conn.execute(f"SELECT * FROM {q(t)}"):
@@ -91,10 +92,10 @@ class Db:
 def map_row(db: Db, table: str, row: dict, key_map: dict) -> dict:
     """LOST's row with every foreign key that points at a remapped row rewritten."""
     out = dict(row)
-    for cols, parent in db.fks[table]:
+    for cols, parent, to in db.fks[table]:
         pk = db.pk.get(parent)
-        if not pk or len(pk) != len(cols):
-            continue
+        if not pk or len(pk) != len(cols) or not (all(x is None for x in to) or list(to) == pk):
+            continue  # references natural columns: their values never change
         old = tuple(row[c] for c in cols)
         new = key_map.get(parent, {}).get(old)
         if new is not None:

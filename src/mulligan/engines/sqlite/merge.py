@@ -219,9 +219,16 @@ class _Planner:
                 lost_parent = self._lost_inserts_by(fk.parent, fk.parent_columns).get(vals)
                 if lost_parent is not None and lost_parent in self.blocked[fk.parent]:
                     blocked.append(label)  # never let it fall onto CURRENT's row with the same name
-                elif lost_parent is None and not self.rows_where(fk.parent, fk.parent_columns, vals):
+                elif lost_parent is None and not self._will_have(fk.parent, fk.parent_columns, vals):
                     missing.append(label)
         return out, blocked, missing
+
+    def _will_have(self, table: str, columns: tuple[str, ...], vals: tuple) -> bool:
+        """CURRENT has a row with these values, or a replayed update gives one these values."""
+        for sets in self.moved[table].values():
+            if all(c in sets for c in columns) and all(same(sets[c], v) for c, v in zip(columns, vals)):
+                return True
+        return bool(self.rows_where(table, columns, vals))
 
     def _lost_inserts_by(self, table: str, columns: tuple[str, ...]) -> dict[tuple, tuple]:
         """LOST's inserted rows of ``table`` by the values of ``columns`` -> their lost key."""

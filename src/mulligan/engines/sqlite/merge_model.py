@@ -12,6 +12,7 @@ NATURAL_KEY = "natural-key"  # the same natural key inserted on both sides with 
 UNIQUE = "unique"  # a UNIQUE value of a LOST row already exists in CURRENT
 PARENT_CONFLICT = "parent-conflict"  # the row refers to a lost row that is not replayed
 MISSING_PARENT = "missing-parent"  # the row refers to a row CURRENT deleted
+REFERENCED = "referenced"  # LOST changed a value CURRENT's rows refer to (a foreign key to a natural column)
 
 # Row outcomes
 REPLAYED = "replayed"  # written at its own key

@@ -19,8 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .merge_model import (
-    CELL, CONFLICT, MERGED, MISSING_PARENT, PARENT_CONFLICT, PRESENT, REPLAYED, UNIQUE, UPDATE_DELETED, Write,
-    fmt_key, same,
+    CELL, CONFLICT, MERGED, MISSING_PARENT, PARENT_CONFLICT, PRESENT, REFERENCED, REPLAYED, UNIQUE, UPDATE_DELETED,
+    Write, fmt_key, same,
 )
 
 
@@ -88,7 +88,7 @@ def _merge_cells(p, name: str, groups, pd: _Pending) -> None:
             continue
         if all(same(pd.cur[c], mapped[c]) for c in unit):
             continue
-        refusal = _unit_refusal(p, name, unit, pd.lost)
+        refusal = _unit_refusal(p, name, unit, pd.lost) or _still_referenced(p, name, unit, pd.cur)
         if refusal is None and cur_changed:
             refusal = (CELL, "changed differently in LOST and CURRENT; CURRENT's value stays")
         if refusal is not None:
@@ -110,6 +110,37 @@ def _unit_refusal(p, name: str, unit: tuple[str, ...], lost_row: dict) -> tuple[
         return PARENT_CONFLICT, f"refers to a lost row that is not replayed: {'; '.join(blocked)}"
     if missing:
         return MISSING_PARENT, f"refers to a row CURRENT no longer has: {'; '.join(missing)}"
+    return None
+
+
+def _still_referenced(p, name: str, unit: tuple[str, ...], cur: dict) -> tuple[str, str] | None:
+    """A column other rows refer to by value (REFERENCES t(handle)) must not change under them.
+
+    Rows of CURRENT that refer to the old value stay with it unless the replay
+    deletes them or LOST itself pointed them elsewhere (and CURRENT did not).
+    """
+    for fk in p.schema.children_of(name):
+        if fk.through_key or fk.child not in p.tables or not set(fk.parent_columns) & set(unit):
+            continue
+        old = tuple(cur.get(c) for c in fk.parent_columns)
+        if any(v is None for v in old):
+            continue
+        child = p.tables[fk.child]
+        lost_child = p.lost.tables[fk.child]
+        for row in p.rows_where(fk.child, fk.columns, old):
+            if child.keyless:
+                if any(all(same(r.get(c), row[c]) for c in r) for r, _, _ in lost_child.removed):
+                    continue
+            else:
+                ck = tuple(row[c] for c in child.pk)
+                if ck in p.planned_deletes[fk.child]:
+                    continue
+                upd = lost_child.updates.get(ck)
+                if upd is not None and all(c in upd[1] for c in fk.columns) \
+                        and any(not same(upd[1][c], upd[0][c]) for c in fk.columns) \
+                        and all(same(row[c], upd[0][c]) for c in fk.columns):
+                    continue
+            return REFERENCED, f"CURRENT's {fk.child} rows still refer to the old value; CURRENT's value stays"
     return None
 
 
