@@ -62,6 +62,9 @@ def test_a_running_watch_is_not_live_use_and_undo_right_after_works(watched):
     r = watched.run("restore", "app", "--latest", "--in-place", "--confirm", "app")
     assert r.code == 3 and "someone other than Mulligan committed" in r.err
     time.sleep(1.5)
+    # the watcher captured those commits with the time it saw them: that, not file times, dates them
+    seen = guards.recent_foreign_commit(watched.db, watched.ws.vault, watched.ws.target("app").id, window=30)
+    assert seen is not None and seen["how"].startswith("watch saw the commit") and 1.0 < seen["age_seconds"] < 10
     before = dump(watched.db)
     r = watched.run("--json", "restore", "app", "--snapshot",
                     watched.ws.vault.manifests(watched.ws.target("app").id)[0].id, "--in-place", "--confirm", "app")
