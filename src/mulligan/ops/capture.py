@@ -40,7 +40,7 @@ class CaptureOptions:
     generation_interval: float = 60.0
     sample_interval: float = 1.0
     sample_pages: int = 24
-    status_interval: float = 2.0
+    status_interval: float = 5.0
 
     @classmethod
     def from_config(cls, section: dict, local_vault: bool) -> "CaptureOptions":
@@ -102,9 +102,8 @@ class TargetCapture:
         t.open()
         self.tailer = t
         try:
-            count, pages, h = t.full_state()
             prev = self._previous()
-            ids, nbytes = cs.store_pages(self.vault, pages)
+            count, ids, nbytes = self._read_all()
             self.stats.bytes_stored += nbytes
             self.ids = ids
             self.wal_pages = dict(t.overlay_frames)
@@ -417,11 +416,22 @@ class TargetCapture:
                           f"(WAL frame {t.frame}, backfilled {nb}, in restart: {in_restart})")
         return True
 
+    def _read_all(self) -> tuple[int, list[bytes], int]:
+        """The whole state, stored batch by batch: (page count, chunk ids, bytes newly stored)."""
+        store = cs.PageStore(self.vault)
+        count, _h = self.tailer.full_state(store.add, store.reset)
+        nbytes = store.close()
+        return count, store.ids, nbytes
+
     def _main_file_ids(self) -> list[bytes]:
         t = self.tailer
         size, _ = t.db_stat()
         n = size // t.page_size if t.page_size else 0
-        return [self.vault.codec.chunk_id(p) for p in t.main_file_pages(list(range(1, n + 1))).values()]
+        out = []
+        for start in range(1, n + 1, 1024):
+            batch = t.main_file_pages(list(range(start, min(n, start + 1023) + 1)))
+            out.extend(self.vault.codec.chunk_id(p) for p in batch.values())
+        return out
 
     def _on_swap(self) -> None:
         """Someone moved another file over the path while the app holds ours open."""
@@ -455,8 +465,7 @@ class TargetCapture:
         self.tailer = None
         self._swapped = None
         self._reopen_tailer()
-        count, pages, h = self.tailer.full_state()
-        ids, nbytes = cs.store_pages(self.vault, pages)
+        count, ids, nbytes = self._read_all()
         self.stats.bytes_stored += nbytes
         self.ids, self.wal_pages = ids, dict(self.tailer.overlay_frames)
         obs = self.tailer.observe()
@@ -505,8 +514,7 @@ class TargetCapture:
     def reconcile(self, why: str) -> None:
         """Read the whole state again; if it is not the captured one, start a new base and check it."""
         t = self.tailer
-        count, pages, h = t.full_state()
-        ids, nbytes = cs.store_pages(self.vault, pages)
+        count, ids, nbytes = self._read_all()
         self.stats.bytes_stored += nbytes
         self.wal_pages = dict(t.overlay_frames)
         if ids == self.ids:

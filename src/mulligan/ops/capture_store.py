@@ -178,6 +178,36 @@ def save_base(vault: Vault, target: Target, page_size: int, ids: list[bytes], *,
     return m
 
 
+class PageStore:
+    """Stores pages read in full, batch by batch (deduplicated); ``ids`` grows in page order."""
+
+    def __init__(self, vault: Vault):
+        self.vault = vault
+        self.idx = vault.index()
+        self.writer = PackWriter(vault.storage)
+        self.ids: list[bytes] = []
+
+    def reset(self) -> None:
+        self.ids = []
+
+    def add(self, batch: list[bytes]) -> None:
+        vault, writer = self.vault, self.writer
+        bids = [vault.codec.chunk_id(p) for p in batch]
+        self.ids.extend(bids)
+        fresh = {}
+        for cid, p in zip(bids, batch):
+            if cid not in self.idx and not writer.has(cid) and cid not in fresh:
+                fresh[cid] = p
+        if fresh:
+            for (cid, p), blob in zip(fresh.items(), vault.codec.pack_blobs(list(fresh.values()))):
+                writer.add(cid, T_PAGE, blob, len(p))
+
+    def close(self) -> int:
+        self.writer.flush()
+        self.vault._absorb(self.writer)
+        return self.writer.bytes_written
+
+
 def store_pages(vault: Vault, pages: list[bytes]) -> tuple[list[bytes], int]:
     """Store (deduplicated) pages read in full; return their chunk ids and bytes newly stored."""
     idx = vault.index()

@@ -190,13 +190,16 @@ class Tailer:
             raise DatabaseBusy(f"the wal-index of {self.path} cannot be read consistently", hint="watch retries by itself")
         return h
 
-    def full_state(self) -> tuple[int, list[bytes], wal.IndexHeader]:
-        """Every page of the state at the last commit, under the held read transaction.
+    def full_state(self, consume: Callable[[list[bytes]], None], restart: Callable[[], None]) -> tuple[int, wal.IndexHeader]:
+        """Every page of the state at the last commit, under the held read transaction,
+        handed to ``consume`` in batches (never all in memory).
 
         Main file overlaid by the latest frame of each page up to mxFrame; if the
         WAL restarted during the read (possible only while we hold read mark 0),
-        read again. Sets the capture position to that commit."""
+        ``restart`` is called and the read done again. Sets the capture position
+        to that commit."""
         for _ in range(10):
+            restart()
             h = self.header()
             ps = h.page_size
             overlay: dict[int, bytes] = {}
@@ -221,23 +224,24 @@ class Tailer:
                     raise NotADatabase(f"{self.path} is empty")
                 hdr = parse_header(raw, size_now, self.path)
                 ps, count = hdr.page_size, hdr.page_count
-            pages: list[bytes] = []
             step = 1024
             for start in range(1, count + 1, step):
                 n = min(step, count - start + 1)
                 blob = os.pread(self.db_fd, ps * n, (start - 1) * ps)
                 if len(blob) < ps * n:
                     blob += bytes(ps * n - len(blob))
+                pages = []
                 for i in range(n):
                     pg = overlay.get(start + i)
                     pages.append(pg if pg is not None else blob[i * ps:(i + 1) * ps])
+                consume(pages)
             h2 = self.header()
             if h2.salts != h.salts or h2.mx_frame < h.mx_frame:
                 self._turn()
                 continue
             self.page_size, self.salts, self.frame, self.last = ps, h.salts, h.mx_frame, h
             self.overlay_frames = frames
-            return count, pages, h
+            return count, h
         raise DatabaseBusy(f"the WAL of {self.path} kept restarting during the read", hint="watch retries by itself")
 
     def poll(self) -> Poll:

