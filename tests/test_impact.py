@@ -159,3 +159,24 @@ def test_the_users_table_and_owners_configured_for_a_target_are_used(project):
     assert r.code == 0, r.err
     assert r.json["users_table"] == "people"
     assert [(u["label"], u["tables"]) for u in r.json["users"]] == [("gus", {"notes": {"insert": 0, "update": 0, "delete": 1}})]
+
+
+def test_a_row_whose_parent_is_gone_from_both_states_is_counted_without_an_owner(tmp_path):
+    a = build(tmp_path / "a.db", "CREATE TABLE users(id INTEGER PRIMARY KEY, username TEXT);"
+                                 "CREATE TABLE posts(id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users(id));"
+                                 "CREATE TABLE comments(id INTEGER PRIMARY KEY, post_id INTEGER REFERENCES posts(id));"
+                                 "INSERT INTO users VALUES (1, 'ann'); INSERT INTO posts VALUES (5, 1);"
+                                 "INSERT INTO comments VALUES (1, 5), (2, 404)")
+    b = derive(a, tmp_path / "b.db", "DELETE FROM comments")
+    res = impact(None, None, a, b)
+    assert [(u.label, u.counts) for u in res.users] == [("ann", {"comments": {"insert": 0, "update": 0, "delete": 1}})]
+    assert res.unowned == {"comments": {"insert": 0, "update": 0, "delete": 1}}
+
+
+def test_an_updated_row_belongs_to_its_owner_in_the_from_state(tmp_path):
+    a = build(tmp_path / "a.db", "CREATE TABLE users(id INTEGER PRIMARY KEY, username TEXT);"
+                                 "CREATE TABLE posts(id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users(id), title TEXT);"
+                                 "INSERT INTO users VALUES (1, 'ann'), (2, 'bo'); INSERT INTO posts VALUES (5, 1, 't')")
+    b = derive(a, tmp_path / "b.db", "UPDATE posts SET user_id = 2, title = 'taken' WHERE id = 5")
+    assert [u.label for u in impact(None, None, a, b).users] == ["ann"]
+    assert [u.label for u in impact(None, None, b, a).users] == ["bo"]

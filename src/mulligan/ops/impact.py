@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import apsw
+
 from ..engines.sqlite.diff import INSERT, StatePair, TableSchema, diff_pair, q
 from ..model import Target
 from .diff import open_states
@@ -166,14 +168,14 @@ class _Resolver:
             self.cache[key] = None
             where = " AND ".join(f"{q(c)} = ?" for c in hop.parent_columns)
             for side in (db, "b" if db == "a" else "a"):  # the other state when the parent is gone here
-                try:
-                    cur = self.pair.conn.execute(f"SELECT * FROM {side}.{q(hop.parent)} WHERE {where} LIMIT 1", vals)
-                    names = [d[0].lower() for d in cur.getdescription()]
-                    row = cur.fetchone()
-                except Exception:  # the parent table is missing in that state
-                    row = None
+                table = (self.pair.schema_a if side == "a" else self.pair.schema_b).get(hop.parent)
+                if table is None:
+                    continue
+                cols = ", ".join(q(c) for c in table.columns)
+                row = self.pair.conn.execute(f"SELECT {cols} FROM {side}.{q(hop.parent)} WHERE {where} LIMIT 1",
+                                             vals).fetchone()
                 if row is not None:
-                    self.cache[key] = dict(zip(names, row))
+                    self.cache[key] = dict(zip((c.lower() for c in table.columns), row))
                     break
         return self.cache[key]
 
@@ -205,7 +207,7 @@ def _label(pair: StatePair, users: str, schema: TableSchema, uid: Any) -> str | 
     for db in ("a", "b"):
         try:
             row = pair.conn.execute(f"SELECT {q(col)} FROM {db}.{q(users)} WHERE {q(schema.key[0])} = ?", (uid,)).fetchone()
-        except Exception:
+        except apsw.SQLError:
             row = None
         if row is not None and row[0] is not None:
             return str(row[0])
