@@ -180,3 +180,13 @@ def test_an_updated_row_belongs_to_its_owner_in_the_from_state(tmp_path):
     b = derive(a, tmp_path / "b.db", "UPDATE posts SET user_id = 2, title = 'taken' WHERE id = 5")
     assert [u.label for u in impact(None, None, a, b).users] == ["ann"]
     assert [u.label for u in impact(None, None, b, a).users] == ["bo"]
+
+
+def test_a_foreign_key_to_the_username_is_followed_to_the_user_id(tmp_path):
+    a = build(tmp_path / "a.db", "CREATE TABLE Users(id INTEGER PRIMARY KEY, username TEXT UNIQUE);"
+                                 "CREATE TABLE posts(id INTEGER PRIMARY KEY, author TEXT REFERENCES USERS(username));"
+                                 "INSERT INTO Users VALUES (7, 'ann'); INSERT INTO posts VALUES (1, 'ann')")
+    b = derive(a, tmp_path / "b.db", "DELETE FROM posts")
+    res = impact(None, None, a, b)
+    assert [(u.id, u.label) for u in res.users] == [(7, "ann")]
+    assert res.owners["posts"] == "author -> Users -> id"

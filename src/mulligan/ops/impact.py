@@ -115,8 +115,10 @@ def owner_paths(pair: StatePair, users: str, configured: dict[str, str]) -> dict
     """The shortest way from each table to a user id (tables with none are left out)."""
     schema = {**pair.schema_b, **pair.schema_a}
     fks = {t: _foreign_keys(pair.conn, "a" if t in pair.schema_a else "b", t) for t in schema}
+    named = {t.lower(): t for t in schema}
     for t, hops in fks.items():
         for h in hops:
+            h.parent = named.get(h.parent.lower(), h.parent)  # REFERENCES may spell the name differently
             if all(c is None for c in h.parent_columns) and h.parent in schema:
                 h.parent_columns = list(schema[h.parent].key)
     ukey = schema[users].key
@@ -125,7 +127,7 @@ def owner_paths(pair: StatePair, users: str, configured: dict[str, str]) -> dict
         if t in schema and t != users:
             paths[t] = OwnerPath(col, configured=True)
     for t, hops in fks.items():
-        direct = sorted((h for h in hops if h.parent == users and len(h.columns) == 1), key=_rank)
+        direct = sorted((h for h in hops if h.parent == users and h.parent_columns == ukey), key=_rank)
         if t not in paths and direct:
             paths[t] = OwnerPath(direct[0].columns[0])
     grew = True
