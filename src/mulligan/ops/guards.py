@@ -182,7 +182,8 @@ def _own_record(vault: Vault | None, target_id: str | None) -> dict | None:
 
 def _captured(vault: Vault, target_id: str, codec) -> dict | None:
     """What ``watch`` captured: the digest of its last captured state, and when it last saw a
-    commit by others (None when none is on record). None without continuous capture."""
+    commit by others. Commits before the newest base (taken at start and after any gap) are
+    not dated: the base's own time stands for them. None without continuous capture."""
     try:
         from . import capture_store as cs
     except ImportError:
@@ -191,22 +192,19 @@ def _captured(vault: Vault, target_id: str, codec) -> dict | None:
         bases = cs.capture_bases(vault, target_id)
         if not bases:
             return None
-        last, foreign = None, None
-        for base in reversed(bases[-3:]):
-            for key in reversed(cs.segment_keys(vault, target_id, base.id)):
-                seg = cs.load_segment(vault, key)
-                for i in range(len(seg["commits"]) - 1, -1, -1):
-                    c = seg["commits"][i]
-                    last = last or (base, seg["seq"], i)
-                    if not str(c.get("by", "app")).startswith("mulligan"):
-                        foreign = c["t"]
-                        break
-                if foreign is not None:
+        base, last, foreign = bases[-1], None, None
+        for key in reversed(cs.segment_keys(vault, target_id, base.id)):
+            seg = cs.load_segment(vault, key)
+            for i in range(len(seg["commits"]) - 1, -1, -1):
+                last = last or (seg["seq"], i)
+                if not str(seg["commits"][i].get("by", "app")).startswith("mulligan"):
+                    foreign = seg["commits"][i]["t"]
                     break
             if foreign is not None:
                 break
-        ids = cs.materialize_commit(vault, *last).resolved_ids if last else vault.page_ids(bases[-1])
-        return {"digest": tree.build(b"".join(ids), codec.chunk_id)[0].hex(), "last_foreign": foreign}
+        ids = cs.materialize_commit(vault, base, *last).resolved_ids if last else vault.page_ids(base)
+        return {"digest": tree.build(b"".join(ids), codec.chunk_id)[0].hex(), "dated": foreign is not None,
+                "last_foreign": foreign if foreign is not None else from_iso(base.time).timestamp()}
     except (MulliganError, KeyError, TypeError, ValueError, IndexError):
         return None  # a capture this code cannot read: judged without it
 
@@ -265,10 +263,11 @@ def recent_foreign_commit(path: str, vault: Vault | None, target_id: str | None,
         cap = _captured(vault, target_id, codec)
         if cap and cap["digest"] == digest:
             seen = cap["last_foreign"]
-            if seen is None or now - seen > window:
+            if now - seen > window:
                 return None
-            return {"at": iso(seen), "age_seconds": round(max(now - seen, 0.0), 3),
-                    "how": f"watch saw the commit at {iso(seen)}"}
+            how = (f"watch saw the commit at {iso(seen)}" if cap["dated"] else
+                   f"watch began a new base at {iso(seen)}; commits before it are not dated")
+            return {"at": iso(seen), "age_seconds": round(max(now - seen, 0.0), 3), "how": how}
         point = vault.latest(target_id)
         if point is not None and point.root == digest and now - from_iso(point.time).timestamp() > window:
             return None
