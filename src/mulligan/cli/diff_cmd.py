@@ -58,7 +58,9 @@ def diff(ctx: Ctx, args, tables, summary, fmt, limit):
         sys.stdout.write(rep.diff_sql(res))
         return None
     rep.render_diff_text(res, ctx.out, rows=not summary)
-    ctx.debug(f"compared in {res.seconds:.3f} s")
+    skipped = sum(t.method == "skipped" for t in res.tables)
+    ctx.debug(f"compared in {res.seconds:.3f} s; {skipped} of {len(res.tables)} tables skipped unread (identical pages)"
+              if res.diff.pages_compared else f"compared in {res.seconds:.3f} s, every row read")
 
 
 @click.command()

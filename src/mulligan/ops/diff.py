@@ -22,7 +22,8 @@ from ..vault import Manifest, Vault
 from .states import StateRef, resolve_state
 from .workspace import Workspace
 
-__all__ = ["DiffResult", "diff", "diff_states", "resolve_pair", "DatabaseDiff", "TableDiff", "SchemaChange"]
+__all__ = ["DiffResult", "diff", "diff_states", "open_states", "resolve_pair", "vault_image",
+           "DatabaseDiff", "TableDiff", "SchemaChange"]
 
 
 @dataclass
