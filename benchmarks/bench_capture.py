@@ -156,6 +156,17 @@ class Mulligan(Tool):
         return time.monotonic() - t0
 
 
+class Mulligan1s(Mulligan):
+    """The same, storing once a second like Litestream (``[capture] flush_interval``)."""
+
+    name = "mulligan-flush-1s"
+
+    def setup(self):
+        super().setup()
+        with open(self.work / "mulligan.toml", "a") as fh:
+            fh.write('\n[capture]\nflush_interval = "1s"\n')
+
+
 class Litestream(Tool):
     name = "litestream"
 
@@ -274,7 +285,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default="100,1000")
     ap.add_argument("--duration", type=float, default=30.0)
-    ap.add_argument("--seed-mb", type=int, default=50)
+    ap.add_argument("--seed-mb", type=int, default=100)
     ap.add_argument("--history", type=float, default=600.0, help="seconds of history before measuring precision (0: skip)")
     ap.add_argument("--pit-samples", type=int, default=12)
     ap.add_argument("--out", help="write the results as JSON here")
@@ -285,7 +296,7 @@ def main() -> None:
     seed(template, a.seed_mb)
     results = {"machine": {"cpus": os.cpu_count()}, "seed_mb": a.seed_mb, "phase1": [], "phase2": []}
     for rate in [float(r) for r in a.rates.split(",")]:
-        for cls in (Mulligan, Litestream):
+        for cls in (Mulligan, Mulligan1s, Litestream):
             r = phase1(cls, template, rate, a.duration)
             results["phase1"].append(r)
             print(json.dumps(r), flush=True)

@@ -95,7 +95,10 @@ class SegmentWriter:
     def add(self, seen: float, frame: int, db_pages: int, pages: dict[int, bytes], by: str) -> tuple[str, dict[int, bytes]]:
         """Queue one commit; return its point id and {pgno: chunk id}."""
         vault = self.vault
-        idx = vault.index()
+        # The index as this process knows it (loaded once, grown by our own writes): listing the
+        # vault's index objects at every commit would cost more than the capture itself. A chunk
+        # another process stored meanwhile may be stored twice; dedup is an economy, not a rule.
+        idx = vault._index if vault._index is not None else vault.index()
         if self.writer is None:
             self.writer = PackWriter(vault.storage)
         ids: dict[int, bytes] = {}
@@ -184,7 +187,7 @@ class PageStore:
     def __init__(self, vault: Vault):
         self.vault = vault
         self.idx = vault.index()
-        self.writer = PackWriter(vault.storage)
+        self.writer = PackWriter(vault.storage, target_size=4 << 20)  # bounded memory while reading
         self.ids: list[bytes] = []
 
     def reset(self) -> None:
