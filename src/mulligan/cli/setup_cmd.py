@@ -32,6 +32,7 @@ def init(ctx: Ctx, vault_url):
 def protect(ctx: Ctx, path, name, env):
     """Register a database as a target and stamp its identity inside it."""
     res = setup_ops.protect(ctx.ws, path, name, env)
+    ctx.audit_target = res.target
     if ctx.json:
         return ctx.emit_json(res.to_json())
     if res.restamped_copy:

@@ -26,6 +26,7 @@ def snapshot(ctx: Ctx, name, tag):
     """Take one consistent snapshot of a live database."""
     ws = ctx.ws
     target = ws.target(name)
+    ctx.audit_target = target
     with ctx.progress(f"snapshot {name}", None) as advance:
         m = take_snapshot(ws, target, tag=tag, progress=advance)
     row = manifest_row(m)
