@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import os
 import struct
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Iterable, NamedTuple
 
 from ..errors import IntegrityError
 from ..storage import Storage
 from .codec import ID_LEN
+from .workers import worker
 
 T_PAGE = 0
 T_TREE = 1
@@ -166,7 +167,7 @@ class PackWriter:
             return
         blocks, self._raw_blocks = self._raw_blocks, []
         raws = [b"".join(d for _, _, d in blk) for blk in blocks]
-        self._inflight.append((blocks, _compressor().submit(self.codec.pack_blobs, raws)))
+        self._inflight.append((blocks, worker("zstd").submit(self.codec.pack_blobs, raws)))
         while len(self._inflight) > 2:
             self._place(*self._inflight.pop(0))
 
@@ -207,12 +208,3 @@ class PackWriter:
         self._parts, self._entries, self._size, self._pending_ids = [], [], 0, set()
         self._raw_size = 0
 
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _compressor() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mulligan-zstd")
-    return _POOL

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -23,19 +22,11 @@ from . import format as fmt
 from . import tree
 from .codec import ID_LEN, PlainCodec
 from .locks import writer_lease
+from .workers import worker
 from .manifest import KIND_UNDO, Manifest, manifest_key, new_snapshot_id
 from .packs import T_PAGE, T_TREE, Entry, PackWriter, decode_index, pack_key
 
 Progress = Callable[[int], None]
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _reader_pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mulligan-read")
-    return _POOL
 
 
 @dataclass
@@ -152,7 +143,7 @@ class Vault:
             for start in range(0, len(offsets), 256):
                 parts.append((pack_id, blocks, offsets[start : start + 256]))
         # Read and decompress the next part in a worker thread while this one is hashed.
-        pool = _reader_pool()
+        pool = worker("read")
         pending = pool.submit(self._read_part, *parts[0]) if parts else None
         for i, (pack_id, blocks, part) in enumerate(parts):
             decoded = pending.result()
