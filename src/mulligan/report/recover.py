@@ -19,7 +19,8 @@ JSON shape (``recover --json``), stable for scripts::
      "undo_point": id | null, "lock_seconds": float, "check_seconds": float,
      "preexisting_fk_violations": [..]}
 
-Values are JSON values; BLOBs are written as ``{"hex": "..."}``.
+Values follow docs/json.md: a BLOB is ``{"blob": "<hex>"}``, a non-finite real ``{"real": "inf"}``.
+A keyless table's ``key`` / ``lost_key`` is the whole row.
 """
 
 from __future__ import annotations
@@ -29,17 +30,14 @@ from rich.table import Table
 
 from ..engines.sqlite.merge_apply import sql_script
 from ..ops.recover import RecoveryPlan, RecoveryResult
+from .diff import json_value
 from .tables import table
 
 COUNT_KEYS = ("inserts", "updates", "deletes", "remapped", "conflicts", "skipped", "present")
 
 
 def _v(value):
-    if isinstance(value, bytes):
-        return {"hex": value.hex()}
-    if isinstance(value, float) and value != value:
-        return None
-    return value
+    return json_value(value)
 
 
 def _key(key):
