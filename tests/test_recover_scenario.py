@@ -180,3 +180,13 @@ def test_every_lost_row_says_where_it_is_now_and_whose_it_is(states):
     assert alice_post.status == "remapped" and alice_post.owner["label"] == "alice" and alice_post.owner["now"] == 1
     dave_comment = rows[("comments", "insert", (5,))]
     assert dave_comment.status == "conflict" and dave_comment.owner["label"] == "dave" and dave_comment.owner["now"] is None
+
+
+def test_the_plan_groups_lost_rows_by_user_for_support(states):
+    from mulligan.report.recover import by_user
+
+    base, lost, current, _ = states
+    users = {u["label"]: u for u in by_user(plan_recovery(base, lost, current))}
+    assert users["erin"]["now"] == 6 and users["erin"]["remapped"] == 3 and users["erin"]["conflicts"] == 0
+    assert users["dave"]["now"] is None and users["dave"]["conflicts"] == 2
+    assert users["carol"]["now"] == 3 and users["carol"]["skipped"] == 1  # her account stays: she wrote since

@@ -11,6 +11,7 @@ JSON shape (``recover --json``), stable for scripts::
                     "rows": {"base"|"lost"|"current": {col: value} | null}}],
      "rows": [{"table", "change", "lost_key", "status", "key", "detail",
                "owner": {"user", "now", "label"} | null}],
+     "users": [{"user", "label", "now", "rows", "back", "remapped", "conflicts", "skipped"}],  # most affected first
      "counters": {table: seq}, "skipped_tables": {table: why},
      "triggers": {"enabled": bool, "tables": {table: [trigger...]}},
      "already_applied": {"applied_at", "writes", "remapped", "conflicts"} | null,
@@ -89,6 +90,7 @@ def recovery_json(obj: RecoveryPlan | RecoveryResult) -> dict:
             }
             for r in plan.rows
         ],
+        "users": [{k: _v(v) for k, v in u.items()} for u in by_user(plan)],
         "counters": dict(plan.merge.counters),
         "skipped_tables": dict(plan.merge.skipped_tables),
         "triggers": {"enabled": plan.triggers_enabled, "tables": plan.merge.triggers},
@@ -105,6 +107,22 @@ def recovery_json(obj: RecoveryPlan | RecoveryResult) -> dict:
             "preexisting_fk_violations": result.preexisting_fk_violations,
         })
     return out
+
+
+def by_user(plan: RecoveryPlan) -> list[dict]:
+    """Lost rows per owner: what support tells each user. Most affected first."""
+    users: dict = {}
+    for r in plan.rows:
+        if not r.owner:
+            continue
+        u = users.setdefault(r.owner["user"], {"user": r.owner["user"], "label": r.owner["label"], "now": r.owner["now"],
+                                               "rows": 0, "back": 0, "remapped": 0, "conflicts": 0, "skipped": 0})
+        u["rows"] += 1
+        u["back"] += r.status in ("replayed", "remapped", "merged", "present")
+        u["remapped"] += r.status == "remapped"
+        u["conflicts"] += r.status == "conflict"
+        u["skipped"] += r.status == "skipped"
+    return sorted(users.values(), key=lambda u: (-u["rows"], str(u["label"])))
 
 
 def recovery_sql(plan: RecoveryPlan) -> str:
@@ -160,6 +178,17 @@ def render_recovery_text(obj: RecoveryPlan | RecoveryResult, out: Console, *, li
             if limit is not None and len(items) > limit:
                 km.add_row(name, f"… {len(items) - limit} more", "(--json has all)")
         out.print(km)
+
+    users = by_user(plan)
+    if users:
+        ut = table("user", "now", "lost rows", "back", "new key", "conflict", "skipped", title="By user (whose the lost rows are)")
+        for u in users[: limit if limit is not None else len(users)]:
+            now = "-" if u["now"] is None else str(u["now"])
+            ut.add_row(str(u["label"] if u["label"] is not None else u["user"]), now, str(u["rows"]),
+                       str(u["back"]), str(u["remapped"]), str(u["conflicts"]), str(u["skipped"]))
+        if limit is not None and len(users) > limit:
+            ut.add_row(f"… {len(users) - limit} more", "", "", "", "", "", "")
+        out.print(ut)
 
     if plan.conflicts:
         out.print(f"[bold yellow]{len(plan.conflicts)} conflict(s)[/]: CURRENT's data stays; LOST's is shown for a human")

@@ -73,8 +73,11 @@ def owners(
     uinfo = schema.tables[users]
     label_col = next((c for c in LABEL_COLUMNS if c in uinfo.columns), None)
     umap = plan.key_map.get(users, {})
-    not_replayed = {c.key for c in plan.conflicts if c.table == users and c.rows.get("lost") is not None
-                    and c.kind not in ("cell",)}
+    # Users not in CURRENT after the merge: lost sign-ups not replayed, deletions replayed, users CURRENT deleted.
+    absent = {o.lost_key for o in plan.outcomes if o.table == users and (
+        (o.change == "insert" and o.status == "conflict")
+        or (o.change == "delete" and o.status in ("replayed", "present"))
+        or (o.change == "update" and o.key is None))}
     conn = open_pair(base_path, lost_path)
     cache: dict = {}
     try:
@@ -97,9 +100,7 @@ def owners(
             if user is None:
                 continue
             label = _label(conn, users, uinfo.pk[0], label_col, user, cache) if label_col else None
-            if o.change == "delete" and o.table == users:
-                now = None
-            elif (user,) in not_replayed:
+            if (user,) in absent:
                 now = None
             else:
                 now = umap.get((user,), (user,))[0]
