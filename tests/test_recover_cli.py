@@ -168,7 +168,9 @@ def test_the_whole_day_with_vault_states_restore_over_production_then_recover(pr
 def test_a_second_apply_of_the_same_recovery_exits_3_and_the_plan_warns(app):
     env, base, lost, current = app
     assert env.run("recover", "app", "--base", base, "--lost", lost, "--apply", "--confirm", "app").code == 0
+    undo_points = [m.id for m in env.ws.vault.manifests(env.ws.target("app").id) if m.kind == "undo"]
     again = env.run("recover", "app", "--base", base, "--lost", lost, "--apply", "--confirm", "app")
     assert again.code == 3 and "already merged" in again.err
+    assert [m.id for m in env.ws.vault.manifests(env.ws.target("app").id) if m.kind == "undo"] == undo_points
     plan = env.run("recover", "app", "--base", base, "--lost", lost, "--json")
     assert plan.code == 0 and plan.json["already_applied"]["writes"] > 0

@@ -19,7 +19,7 @@ from typing import Callable
 import apsw
 
 from ..engines.sqlite import merge_model as m
-from ..engines.sqlite.merge_apply import apply_on_file, plan_on_file
+from ..engines.sqlite.merge_apply import already_applied_error, applied_before, apply_on_file, plan_on_file
 from ..engines.sqlite.merge_diff import LostChanges, read_lost_changes
 from ..engines.sqlite.merge_owner import owners
 from ..errors import NotADatabase, NotFound
@@ -177,6 +177,9 @@ def apply_recovery(
     for role, path in (("BASE", base_path), ("LOST", lost_path), ("CURRENT", current_path)):
         warnings += stamp_warnings(path, role)
     changes = read_lost_changes(base_path, lost_path)
+    prior = applied_before(current_path, changes)
+    if prior is not None and not options.again:  # refuse before asking, and before any undo point
+        raise already_applied_error(current_path, prior)
     if hooks.confirm is not None:
         preview = _recovery_plan(base_path, lost_path, current_path, changes, plan_on_file(current_path, changes),
                                  options, warnings, started)

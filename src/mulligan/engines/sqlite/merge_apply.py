@@ -67,6 +67,25 @@ def plan_on_file(current_path: str, lost: LostChanges) -> MergePlan:
         conn.close()
 
 
+def applied_before(current_path: str, lost: LostChanges) -> dict | None:
+    """When these lost changes were merged into CURRENT already: {applied_at, writes, ...}, else None."""
+    conn = open_current(current_path, readonly=True)
+    try:
+        return record.find(conn, lost.fingerprint())
+    finally:
+        conn.close()
+
+
+def already_applied_error(current_path: str, prior: dict) -> GuardRefused:
+    return GuardRefused(
+        f"these lost changes were already merged into {current_path} at {prior['applied_at']} "
+        f"({prior['writes']} writes, {prior['remapped']} remapped)",
+        unchanged="nothing was written",
+        hint="applying again would write the remapped rows a second time; "
+        "to start over, undo the first merge, or pass --again if that is really meant",
+    )
+
+
 def apply_on_file(
     current_path: str,
     lost: LostChanges,
@@ -99,13 +118,7 @@ def apply_on_file(
         try:
             prior = record.find(conn, fingerprint)
             if prior is not None and not again:
-                raise GuardRefused(
-                    f"these lost changes were already merged into {current_path} at {prior['applied_at']} "
-                    f"({prior['writes']} writes, {prior['remapped']} remapped)",
-                    unchanged="nothing was written",
-                    hint="applying again would write the remapped rows a second time; "
-                    "to start over, undo the first merge, or pass --again if that is really meant",
-                )
+                raise already_applied_error(current_path, prior)
             plan = plan_merge(conn, lost)
             plan.already_applied = prior
             if accept is not None:
