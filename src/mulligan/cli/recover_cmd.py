@@ -76,6 +76,7 @@ def recover(ctx: Ctx, name, base, lost, incident_id, current, apply_, confirm_na
             confirm=lambda plan: _confirm(ctx, rep, target, plan, confirm_name, yes, limit),
             take_undo_point=(lambda: _undo_point(ctx, ws, target)) if into_target else None,
         )
+        ctx.say(f"merging into {current_path}: planned again under its write lock, checked, one transaction")
         result = apply_recovery(base_path, lost_path, current_path, options, hooks)
         if into_target:
             _record_own_write(ctx, ws, target, result.undo_point)
