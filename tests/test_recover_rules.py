@@ -334,3 +334,19 @@ def test_a_table_current_does_not_have_is_reported_not_merged(tmp_path):
     plan, _ = merged(tmp_path, ITEMS, ITEMS_BASE, lost_sql="CREATE TABLE extra(id INTEGER PRIMARY KEY); INSERT INTO extra VALUES (1)")
     assert plan.merge.skipped_tables == {"extra": "table does not exist in CURRENT"}
     assert any("extra" in w for w in plan.warnings)
+
+
+def test_tables_referring_to_each_other_are_remapped_together(tmp_path):
+    schema = ("CREATE TABLE users(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT,"
+              " pinned_post INTEGER REFERENCES posts(id) DEFERRABLE INITIALLY DEFERRED);"
+              "CREATE TABLE posts(id INTEGER PRIMARY KEY AUTOINCREMENT, author_id INTEGER REFERENCES users(id), title TEXT);")
+    plan, db = merged(
+        tmp_path, schema, "INSERT INTO users(name) VALUES ('a'); INSERT INTO posts(author_id, title) VALUES (1, 'p1');",
+        lost_sql="BEGIN; INSERT INTO users(name, pinned_post) VALUES ('lost u2', 2);"
+                 "INSERT INTO posts(author_id, title) VALUES (2, 'lost p2'); COMMIT;",
+        current_sql="INSERT INTO users(name) VALUES ('current u2'); INSERT INTO posts(author_id, title) VALUES (2, 'current p2');",
+    )
+    u, p = plan.key_map["users"][(2,)][0], plan.key_map["posts"][(2,)][0]
+    assert (u, p) == (3, 3)
+    assert db.tables["users"][(u,)]["pinned_post"] == p and db.tables["posts"][(p,)]["author_id"] == u
+    assert db.tables["users"][(2,)]["name"] == "current u2" and db.tables["posts"][(2,)]["author_id"] == 2
