@@ -14,8 +14,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from ..engines.sqlite import pages
 from ..engines.sqlite.diff import DatabaseDiff, SchemaChange, TableDiff, diff_files
+from ..engines.sqlite.vault_vfs import ChunkCache, VirtualImage
 from ..errors import UsageError
 from ..model import Target
 from ..vault import Manifest, Vault
@@ -69,20 +69,20 @@ def resolve_pair(ws: Workspace | None, target: Target | None, from_spec: str, to
     return refs  # type: ignore[return-value]
 
 
-def vault_image(vault: Vault, m: Manifest, cache: pages.ChunkCache | None = None) -> pages.VirtualImage:
+def vault_image(vault: Vault, m: Manifest, cache: ChunkCache | None = None) -> VirtualImage:
     """A vault state readable by the diff without restoring it."""
     if m.engine != "sqlite":
         raise UsageError(f"restore point {m.id} is a {m.engine} state; diff reads SQLite states")
-    cache = cache or pages.ChunkCache(lambda cids: vault.iter_chunks(cids))
-    return pages.VirtualImage(f"restore point {m.id}", m.page_size, m.page_count, vault.page_ids(m), cache,
-                              vault.codec.chunk_id)
+    cache = cache or ChunkCache(lambda cids: vault.iter_chunks(cids))
+    return VirtualImage(f"restore point {m.id}", m.page_size, m.page_count, vault.page_ids(m), cache,
+                        vault.codec.chunk_id)
 
 
 @contextmanager
 def open_states(ws: Workspace | None, target: Target | None, from_spec: str, to_spec: str):
     """Yield ((FROM ref, TO ref), (FROM state, TO state)): file paths, or vault images read in place."""
     refs = resolve_pair(ws, target, from_spec, to_spec)
-    cache = pages.ChunkCache(lambda cids: ws.vault.iter_chunks(cids)) if ws is not None else None
+    cache = ChunkCache(lambda cids: ws.vault.iter_chunks(cids)) if ws is not None else None
     yield refs, tuple(vault_image(ws.vault, r.manifest, cache) if r.manifest is not None else r.path for r in refs)
 
 

@@ -1,7 +1,7 @@
 """Row-level difference between two SQLite files.
 
 Both states (files, or vault restore points served page by page, see
-:mod:`.pages`) are attached read-only to one in-memory connection (``a`` is
+:mod:`.vault_vfs`) are attached read-only to one in-memory connection (``a`` is
 FROM, ``b`` is TO) inside one read transaction, so each side is one consistent
 state.
 Rows are paired by the declared primary key with three joins that scan in key
@@ -25,39 +25,14 @@ import apsw
 
 from ...errors import IntegrityError, NotADatabase, NotFound
 from . import pages as pg
-from .identity import is_internal
+from . import vault_vfs
+from .diff_schema import SchemaChange, TableSchema, compare_schema, read_schema
 
 INSERT, UPDATE, DELETE = "insert", "update", "delete"
 
 
 def q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-@dataclass
-class TableSchema:
-    name: str
-    sql: str
-    columns: list[str]
-    types: list[str]
-    key: list[str]  # declared primary key in key order; [] when keyless
-    rowid: bool  # a rowid table (False for WITHOUT ROWID)
-    rootpage: int
-
-
-@dataclass
-class SchemaChange:
-    """One schema object that differs: added, removed or changed."""
-
-    kind: str  # added | removed | changed
-    type: str  # table | index | view | trigger
-    name: str
-    table: str
-    before: str | None = None
-    after: str | None = None
-    columns_added: list[str] = field(default_factory=list)
-    columns_removed: list[str] = field(default_factory=list)
-    key_changed: bool = False
 
 
 @dataclass
@@ -127,40 +102,16 @@ class DatabaseDiff:
         return {k: sum(getattr(t, k) for t in self.tables if not t.counters) for k in ("inserted", "updated", "deleted")}
 
 
-def read_schema(conn: apsw.Connection, db: str) -> tuple[dict[str, TableSchema], list[tuple[str, str, str, str]]]:
-    """User tables of one attached state, and its other objects (type, name, table, sql)."""
-    kinds = {r[1]: (r[2], r[4]) for r in conn.execute(f"PRAGMA {db}.table_list")}
-    tables: dict[str, TableSchema] = {}
-    others = []
-    for typ, name, tbl, root, sql in conn.execute(f"SELECT type, name, tbl_name, rootpage, sql FROM {db}.sqlite_schema"):
-        if is_internal(tbl) or is_internal(name) or (name.startswith("sqlite_") and name != "sqlite_sequence"):
-            continue
-        if typ != "table":
-            if sql:
-                others.append((typ, name, tbl, sql))
-            continue
-        kind, wr = kinds.get(name, ("table", 0))
-        if kind == "virtual":
-            others.append(("virtual table", name, tbl, sql))
-            continue
-        info = conn.execute(f"SELECT name, type, pk FROM pragma_table_info(?, ?)", (name, db)).fetchall()
-        key = [c for c, _, p in sorted((r for r in info if r[2]), key=lambda r: r[2])]
-        if name == "sqlite_sequence":
-            key = ["name"]
-        tables[name] = TableSchema(name, sql or "", [r[0] for r in info], [r[1] or "" for r in info], key, not wr, root or 0)
-    return tables, others
-
-
 class StatePair:
     """Two states opened read-only side by side in one read transaction.
 
-    A state is a path to a SQLite file, or a :class:`~.pages.VirtualImage` (a
+    A state is a path to a SQLite file, or a :class:`~.vault_vfs.VirtualImage` (a
     vault state, read page by page without being restored).
     """
 
     def __init__(self, from_state, to_state, *, compare_pages: bool = True):
         self.sources = (from_state, to_state)
-        self.paths = tuple(s.path if isinstance(s, pg.VirtualImage) else str(s) for s in self.sources)
+        self.paths = tuple(s.path if isinstance(s, vault_vfs.VirtualImage) else str(s) for s in self.sources)
         self.compare_pages = compare_pages
         self.images: list = []
         self.uris: list[str] = []
@@ -168,13 +119,13 @@ class StatePair:
 
     def __enter__(self) -> "StatePair":
         for s in self.sources:
-            if not isinstance(s, pg.VirtualImage) and not os.path.isfile(s):
+            if not isinstance(s, vault_vfs.VirtualImage) and not os.path.isfile(s):
                 raise NotFound(f"no database file at {s}", hint="check the path, or give live, a snapshot id or @TIME")
         try:
             for s in self.sources:  # descriptors first: see the POSIX-lock note in pages.py
-                if isinstance(s, pg.VirtualImage):
+                if isinstance(s, vault_vfs.VirtualImage):
                     self.images.append(s)
-                    self.uris.append(pg.serve(s))
+                    self.uris.append(vault_vfs.serve(s))
                 else:
                     self.images.append(pg.FileImage.open(str(s)) if self.compare_pages else None)
                     self.uris.append("file:" + urllib.parse.quote(os.path.abspath(s)) + "?mode=ro")
@@ -206,7 +157,7 @@ class StatePair:
             if img is not None:
                 img.close()
         for uri in self.uris:
-            pg.unserve(uri)
+            vault_vfs.unserve(uri)
         self.images, self.uris = [], []
 
     def rows(self, db: str, table: str, columns: list[str]):
@@ -251,33 +202,6 @@ def _rowid_name(t: TableSchema) -> str | None:
 
 def _keys_match(a: TableSchema, b: TableSchema, common: list[str]) -> bool:
     return bool(a.key) and [k.lower() for k in a.key] == [k.lower() for k in b.key] and all(k in common for k in a.key)
-
-
-def compare_schema(pair: StatePair, names: set[str] | None) -> list[SchemaChange]:
-    out: list[SchemaChange] = []
-    for name in sorted(set(pair.schema_a) | set(pair.schema_b)):
-        if names is not None and name not in names:
-            continue
-        ta, tb = pair.schema_a.get(name), pair.schema_b.get(name)
-        if ta is None or tb is None:
-            out.append(SchemaChange("added" if ta is None else "removed", "table", name, name,
-                                    ta.sql if ta else None, tb.sql if tb else None))
-        elif ta.sql != tb.sql:
-            la, lb = [c.lower() for c in ta.columns], [c.lower() for c in tb.columns]
-            out.append(SchemaChange("changed", "table", name, name, ta.sql, tb.sql,
-                                    [c for c in tb.columns if c.lower() not in la],
-                                    [c for c in ta.columns if c.lower() not in lb], ta.key != tb.key))
-    oa = {(t, n): (tbl, sql) for t, n, tbl, sql in pair.others_a}
-    ob = {(t, n): (tbl, sql) for t, n, tbl, sql in pair.others_b}
-    for typ, name in sorted(set(oa) | set(ob)):
-        tbl = (oa.get((typ, name)) or ob.get((typ, name)))[0]
-        if names is not None and tbl not in names:
-            continue
-        before, after = oa.get((typ, name), (None, None))[1], ob.get((typ, name), (None, None))[1]
-        if before != after:
-            kind = "added" if before is None else "removed" if after is None else "changed"
-            out.append(SchemaChange(kind, typ, name, tbl, before, after))
-    return out
 
 
 def diff_pair(pair: StatePair, *, tables: list[str] | None = None, limit: int | None = None,

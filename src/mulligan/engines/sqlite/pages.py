@@ -1,9 +1,9 @@
 """Page-level comparison of two SQLite states, so a diff costs what changed.
 
 A state is a file (:class:`FileImage`: in WAL mode, the main file overlaid with
-the WAL's committed frames) or a vault restore point (:class:`VirtualImage`:
-chunk ids per page, pages fetched only when read, and served to SQLite by a
-read-only VFS so the rows can be queried without restoring anything).
+the WAL's committed frames) or a vault restore point (``vault_vfs.VirtualImage``:
+chunk ids per page, pages fetched only when read, served to SQLite by the
+read-only VFS in :mod:`.vault_vfs`).
 
 Which pages differ is found by comparing two files block by block (a memory
 comparison is cheaper than hashing both), by comparing chunk ids for vault
@@ -36,22 +36,14 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
-
-import apsw
+from typing import Callable
 
 from . import wal, walindex
+from .btree import PageMapError, accounted_pages, leaf_rowid_range, walk
 
 BLOCK_PAGES = 256
 SUB_PAGES = 16
-INTERIOR_TABLE, INTERIOR_INDEX, LEAF_TABLE, LEAF_INDEX = 0x05, 0x02, 0x0D, 0x0A
-LOCK_BYTE_OFFSET = 1073741824
 CACHE_PAGES = 16384  # differing pages kept in memory from the comparison, per file
-_u32 = struct.Struct(">I").unpack_from
-
-
-class PageMapError(Exception):
-    """The page structure is not what the walk expects; compare rows instead."""
 
 
 @dataclass
@@ -178,70 +170,6 @@ class FileImage:
         return out
 
 
-class ChunkCache:
-    """Pages of vault states by chunk id, shared by both sides (identical pages are fetched once)."""
-
-    def __init__(self, load_many: Callable[[list[bytes]], Iterable[tuple[bytes, bytes]]], limit: int = 16384):
-        self.load_many, self.limit = load_many, limit
-        self.data: dict[bytes, bytes] = {}
-
-    def get(self, cids: list[bytes]) -> list[bytes]:
-        missing = [c for c in dict.fromkeys(cids) if c not in self.data]
-        if missing:
-            if len(self.data) + len(missing) > self.limit:
-                self.data.clear()
-            self.data.update(self.load_many(missing))
-        return [self.data[c] for c in cids]
-
-
-@dataclass
-class VirtualImage:
-    """A state held in a vault: its pages' chunk ids, fetched only when read."""
-
-    path: str  # a name for messages and for the VFS
-    page_size: int
-    page_count: int
-    page_ids: list[bytes]
-    chunks: ChunkCache
-    id_of: Callable[[bytes], bytes]
-
-    @property
-    def header(self) -> bytes:
-        return self.page(1)[:100]
-
-    @property
-    def usable(self) -> int:
-        return self.page_size - self.header[20]
-
-    def page(self, n: int) -> bytes:
-        if not 1 <= n <= self.page_count:
-            raise PageMapError(f"page {n} is outside {self.path}")
-        return self.chunks.get([self.page_ids[n - 1]])[0]
-
-    def prefetch(self, pages) -> None:
-        """Fetch pages about to be read in one pass over the vault's packs (when they fit the cache)."""
-        wanted = [self.page_ids[n - 1] for n in pages if 1 <= n <= self.page_count]
-        if len(wanted) <= self.chunks.limit // 2:
-            self.chunks.get(wanted)
-
-    def ids(self, id_of) -> list[bytes]:
-        return self.page_ids
-
-    def read(self, amount: int, offset: int) -> bytes:
-        ps = self.page_size
-        first, last = offset // ps + 1, min((offset + amount - 1) // ps + 1, self.page_count)
-        if first > last:
-            return b""
-        data = b"".join(self.chunks.get(self.page_ids[first - 1 : last]))
-        if first == 1 and data[18:20] == b"\x02\x02":  # WAL mode: read it as a plain file, there is no WAL
-            data = data[:18] + b"\x01\x01" + data[20:]
-        skip = offset - (first - 1) * ps
-        return data[skip : skip + amount]
-
-    def close(self) -> None:
-        pass
-
-
 def differing_pages(a, b) -> set[int]:
     """Page numbers whose bytes differ, including pages only one file has.
 
@@ -254,7 +182,7 @@ def differing_pages(a, b) -> set[int]:
     ps = a.page_size
     common = min(a.page_count, b.page_count)
     out = set(range(common + 1, max(a.page_count, b.page_count) + 1))
-    virtual = next((img for img in (a, b) if isinstance(img, VirtualImage)), None)
+    virtual = next((img for img in (a, b) if not isinstance(img, FileImage)), None)  # a vault_vfs.VirtualImage
     if virtual is not None:  # compare chunk ids (a file's pages are hashed the vault's way)
         ia, ib = a.ids(virtual.id_of), b.ids(virtual.id_of)
         out.update(i + 1 for i in range(common) if ia[i] != ib[i])
@@ -285,116 +213,6 @@ def differing_pages(a, b) -> set[int]:
             out.add(pno)
             if len(a.cache) < CACHE_PAGES:
                 a.cache[pno], b.cache[pno] = px, py
-    return out
-
-
-@dataclass
-class Tree:
-    """The pages of one b-tree, found from its interior pages alone."""
-
-    interior: list[int] = field(default_factory=list)
-    leaves: list[int] = field(default_factory=list)
-
-    def pages(self) -> set[int]:
-        return set(self.interior) | set(self.leaves)
-
-
-def _header_offset(n: int) -> int:
-    return 100 if n == 1 else 0
-
-
-def walk(img: FileImage, root: int) -> Tree:
-    """Every page of the b-tree at ``root``, reading interior pages only.
-
-    All leaves of a SQLite b-tree are at the same depth, so one look at the
-    first page of a level says whether the whole level is leaves.
-    """
-    tree = Tree()
-    level = [root]
-    seen: set[int] = set()
-    while level:
-        h = _header_offset(level[0])
-        kind = img.page(level[0])[h]
-        if kind in (LEAF_TABLE, LEAF_INDEX):
-            tree.leaves = level
-            break
-        if kind not in (INTERIOR_TABLE, INTERIOR_INDEX):
-            raise PageMapError(f"page {level[0]} of {img.path} is not a b-tree page")
-        below: list[int] = []
-        for n in level:
-            if n in seen:
-                raise PageMapError(f"b-tree page {n} of {img.path} is reached twice")
-            seen.add(n)
-            page = img.page(n)
-            h = _header_offset(n)
-            if page[h] != kind:
-                raise PageMapError(f"the b-tree at page {root} of {img.path} is not balanced")
-            ncells = struct.unpack_from(">H", page, h + 3)[0]
-            cells = struct.unpack_from(f">{ncells}H", page, h + 12)
-            below.extend([_u32(page, o)[0] for o in cells])
-            below.append(_u32(page, h + 8)[0])
-        tree.interior.extend(level)
-        level = below
-    if len(set(tree.leaves)) != len(tree.leaves) or set(tree.leaves) & seen:
-        raise PageMapError(f"the b-tree at page {root} of {img.path} reaches a page twice")
-    if any(not 1 <= n <= img.page_count for n in tree.leaves):
-        raise PageMapError(f"the b-tree at page {root} of {img.path} points outside the file")
-    return tree
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    v = 0
-    for k in range(8):
-        c = buf[i + k]
-        v = (v << 7) | (c & 0x7F)
-        if c < 0x80:
-            return v, i + k + 1
-    v = (v << 8) | buf[i + 8]
-    return v, i + 9
-
-
-def _signed(v: int) -> int:
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def leaf_rowid_range(img: FileImage, n: int) -> tuple[int, int] | None:
-    """Smallest and largest rowid on a table leaf page (None when it is empty)."""
-    page = img.page(n)
-    h = _header_offset(n)
-    if page[h] != LEAF_TABLE:
-        raise PageMapError(f"page {n} of {img.path} is not a table leaf")
-    ncells = struct.unpack_from(">H", page, h + 3)[0]
-    if ncells == 0:
-        return None
-
-    def rowid(i: int) -> int:
-        off = struct.unpack_from(">H", page, h + 8 + 2 * i)[0]
-        _, j = _varint(page, off)
-        return _signed(_varint(page, j)[0])
-
-    return rowid(0), rowid(ncells - 1)
-
-
-def accounted_pages(img: FileImage, trees: list[Tree]) -> set[int]:
-    """Pages whose role is known without reading leaf cells: everything but overflow pages."""
-    out: set[int] = set()
-    for t in trees:
-        out |= t.pages()
-    trunk = struct.unpack_from(">I", img.header, 32)[0]
-    seen = 0
-    while trunk:
-        if trunk in out or seen > img.page_count:
-            raise PageMapError(f"the freelist of {img.path} is damaged")
-        seen += 1
-        out.add(trunk)
-        page = img.page(trunk)
-        nxt, count = struct.unpack_from(">II", page, 0)
-        out.update(struct.unpack_from(f">{count}I", page, 8))
-        trunk = nxt
-    if struct.unpack_from(">I", img.header, 52)[0]:  # auto-vacuum: pointer-map pages
-        step = img.usable // 5 + 1
-        out.update(range(2, img.page_count + 1, step))
-    out.add(LOCK_BYTE_OFFSET // img.page_size + 1)
     return out
 
 
@@ -480,78 +298,3 @@ def plan_tables(
         merged = _merge(ranges)
         plans[name] = TablePlan("ranges" if merged else "skip", merged, len(loose), total)
     return plans
-
-
-# ---- serving vault states to SQLite ---------------------------------------------------
-VFS_NAME = "mulligan-pages"
-_served: dict[str, VirtualImage] = {}
-_vfs: "apsw.VFS | None" = None
-
-
-class _ServedFile:
-    """A read-only SQLite file whose pages come from a VirtualImage."""
-
-    def __init__(self, image: VirtualImage):
-        self.image = image
-
-    def xRead(self, amount: int, offset: int) -> bytes:
-        return self.image.read(amount, offset)
-
-    def xFileSize(self) -> int:
-        return self.image.page_count * self.image.page_size
-
-    def xDeviceCharacteristics(self) -> int:
-        return apsw.SQLITE_IOCAP_IMMUTABLE
-
-    def xSectorSize(self) -> int:
-        return 4096
-
-    def xCheckReservedLock(self) -> bool:
-        return False
-
-    def xFileControl(self, op: int, ptr: int) -> bool:
-        return False
-
-    def xLock(self, level: int) -> None:
-        pass
-
-    def xUnlock(self, level: int) -> None:
-        pass
-
-    def xSync(self, flags: int) -> None:
-        pass
-
-    def xClose(self) -> None:
-        pass
-
-    def xWrite(self, data, offset: int) -> None:
-        raise apsw.ReadOnlyError("a vault state is read-only")
-
-    def xTruncate(self, size: int) -> None:
-        raise apsw.ReadOnlyError("a vault state is read-only")
-
-
-class _ServingVFS(apsw.VFS):
-    def __init__(self) -> None:
-        super().__init__(VFS_NAME, "")
-
-    def xOpen(self, name, flags):
-        key = name.filename() if isinstance(name, apsw.URIFilename) else name
-        if key in _served:
-            flags[1] = apsw.SQLITE_OPEN_READONLY
-            return _ServedFile(_served[key])
-        return super().xOpen(name, flags)
-
-
-def serve(image: VirtualImage) -> str:
-    """Make a vault state readable by SQLite; return the URI to ATTACH (until ``unserve``)."""
-    global _vfs
-    if _vfs is None:
-        _vfs = _ServingVFS()
-    key = f"/mulligan-state/{os.urandom(6).hex()}"
-    _served[key] = image
-    return f"file:{key}?vfs={VFS_NAME}&mode=ro&immutable=1"
-
-
-def unserve(uri: str) -> None:
-    _served.pop(uri.split("?", 1)[0][len("file:") :], None)
