@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import apsw
 import pytest
 
 from mulligan.errors import MulliganError
 from mulligan.ops.recover import RecoveryOptions, apply_recovery, plan_recovery
+from mulligan.report.recover import recovery_sql
 from test_recover_support import Db, check_invariants, connect, copy_db, file_digest
 
 
@@ -35,10 +37,16 @@ def make(tmp_path, schema: str, base_sql: str = "", lost_sql: str = "", current_
 
 
 def merged(tmp_path, *args, options=None, **kw):
+    """Apply a recovery, check the invariants, and check that the plan's SQL script does the same."""
     base, lost, current = make(tmp_path, *args, **kw)
     before = copy_db(current, tmp_path / "before.db")
+    script = recovery_sql(plan_recovery(base, lost, current, options))
     res = apply_recovery(base, lost, current, options)
     check_invariants(base, lost, before, current, res)
+    conn = apsw.Connection(before)
+    conn.execute(script)
+    conn.close()
+    assert Db(before).tables == Db(current).tables, "the SQL script does not do what the apply did"
     return res.plan, Db(current)
 
 
@@ -350,3 +358,16 @@ def test_tables_referring_to_each_other_are_remapped_together(tmp_path):
     assert (u, p) == (3, 3)
     assert db.tables["users"][(u,)]["pinned_post"] == p and db.tables["posts"][(p,)]["author_id"] == u
     assert db.tables["users"][(2,)]["name"] == "current u2" and db.tables["posts"][(2,)]["author_id"] == 2
+
+
+def test_names_that_need_quoting_are_merged_like_any_other(tmp_path):
+    schema = ('CREATE TABLE "user data"("id" INTEGER PRIMARY KEY AUTOINCREMENT, "select" TEXT UNIQUE, "we""ird" TEXT);'
+              'CREATE TABLE "order"(id INTEGER PRIMARY KEY AUTOINCREMENT, "by" INTEGER REFERENCES "user data"(id), "from" TEXT);')
+    plan, db = merged(tmp_path, schema, "INSERT INTO \"user data\"(\"select\") VALUES ('a');",
+                      lost_sql="INSERT INTO \"user data\"(\"select\", \"we\"\"ird\") VALUES ('b', 'x''y');"
+                               "INSERT INTO \"order\"(\"by\", \"from\") VALUES (2, 'lost')",
+                      current_sql="INSERT INTO \"user data\"(\"select\") VALUES ('c');"
+                                  "INSERT INTO \"order\"(\"by\", \"from\") VALUES (2, 'current')")
+    new_user = plan.key_map["user data"][(2,)][0]
+    assert db.tables["user data"][(new_user,)] == {"id": new_user, "select": "b", 'we"ird': "x'y"}
+    assert db.tables["order"][plan.key_map["order"][(1,)]]["by"] == new_user
