@@ -35,7 +35,7 @@ from ..model import Identity, Target
 from ..timeparse import from_iso, iso, utc_now
 from ..vault import KIND_UNDO, Manifest
 from ..vault.locks import Lease, live_leases
-from . import guards
+from . import guards, liveuse
 from .snapshot import take_snapshot
 from .workspace import Workspace
 
@@ -52,7 +52,7 @@ class Plan:
     point: Manifest
     identity: Identity | None
     last_write: dict
-    live: guards.LiveUse
+    live: liveuse.LiveUse
     loss: dict
     newer_points: int
     commits_since: int | None = None  # commits by others captured by watch after the point
@@ -60,7 +60,7 @@ class Plan:
     refusals: list[str] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)  # what to do about the refusals
     force_live: bool = False
-    window: float = guards.LIVE_WINDOW
+    window: float = liveuse.LIVE_WINDOW
     scratch: str = ""
 
     def to_json(self) -> dict:
@@ -115,11 +115,11 @@ def last_undo_point(ws: Workspace, target: Target) -> Manifest:
 
 @contextmanager
 def prepare(ws: Workspace, target: Target, point: Manifest, *, action: str = "restore", force_live: bool = False,
-            allow_cross_target: bool = False, window: float = guards.LIVE_WINDOW) -> Iterator[Plan]:
+            allow_cross_target: bool = False, window: float = liveuse.LIVE_WINDOW) -> Iterator[Plan]:
     """Yield the plan with the point written to a scratch file beside the target; refuse with the plan as evidence."""
     path = target.path
     file_format = sqlite_replace.journal_mode_and_page_size(path)  # raises NotFound / NotADatabase first
-    live = guards.live_use(path, ws.vault, target.id, window)  # file-level facts before any connection of ours
+    live = liveuse.live_use(path, ws.vault, target.id, window)  # file-level facts before any connection of ours
     wrote_at, wrote_what = sqlite_replace.last_write(path)
     identity = ws.engine(target).read_identity(path)
     scratch_dir = tempfile.mkdtemp(prefix=".mulligan-inplace-", dir=os.path.dirname(path))
@@ -236,7 +236,7 @@ def apply(ws: Workspace, plan: Plan, *, confirmed_by: str) -> InplaceResult:
     started = time.monotonic()
     t = plan.target
     if not plan.force_live:
-        live = guards.live_use(t.path, ws.vault, t.id, plan.window)
+        live = liveuse.live_use(t.path, ws.vault, t.id, plan.window)
         if live.live:
             raise GuardRefused(f"{t.path} came into live use while the plan was shown: {live.evidence()}",
                                unchanged=f"{t.path} was not changed and no undo point was taken",
@@ -248,8 +248,8 @@ def apply(ws: Workspace, plan: Plan, *, confirmed_by: str) -> InplaceResult:
         undo = _take_undo_point(ws, t)
         replaced = sqlite_replace.replace_content(t.path, plan.scratch)
         marker = sqlite_replace.commit_marker(t.path)  # before the digest read: a later commit must not pass as ours
-        guards.record_own_write(ws.vault, t, by=f"{plan.action} in place", marker=marker,
-                                digest=guards.state_digest(t.path, ws.vault.codec),
+        liveuse.record_own_write(ws.vault, t, by=f"{plan.action} in place", marker=marker,
+                                 digest=liveuse.state_digest(t.path, ws.vault.codec),
                                 detail={"point": plan.point.id, "undo_point": undo.id,
                                         "generation": replaced.identity_after.generation})
     return InplaceResult(plan, undo, replaced.identity_after, confirmed_by, time.monotonic() - started)
@@ -278,7 +278,7 @@ def _take_undo_point(ws: Workspace, t: Target) -> Manifest:
     for _ in range(3):
         before = sqlite_replace.commit_marker(t.path)
         undo = take_snapshot(ws, t, tag=UNDO_TAG, kind=KIND_UNDO)
-        if sqlite_replace.commit_marker(t.path) == before or guards.state_digest(t.path, ws.vault.codec) == undo.root:
+        if sqlite_replace.commit_marker(t.path) == before or liveuse.state_digest(t.path, ws.vault.codec) == undo.root:
             return undo
     raise GuardRefused(f"{t.path} kept changing while the undo point was taken: it is in live use",
                        unchanged=f"{t.path} was not changed", hint="stop the application first, then run the command again")

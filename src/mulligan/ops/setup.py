@@ -96,7 +96,7 @@ def protect(ws: Workspace, path: str, name: str, env: str, engine: str = "sqlite
     target = Target(name=name, path=path, env=env, id="t-" + os.urandom(6).hex(), engine=engine)
     identity = Identity(target_id=target.id, name=name, env=env, stamped_at=iso(utc_now()), generation=1)
     eng.write_identity(path, identity)
-    from .guards import record_own_write  # the stamp is Mulligan's own write, never "live use"
+    from .liveuse import record_own_write  # the stamp is Mulligan's own write, never "live use"
 
     record_own_write(ws.vault, target, by="protect")
     ws.config.add_target(target)

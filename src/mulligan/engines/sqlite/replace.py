@@ -17,7 +17,7 @@ files without any SQLite lock:
   rollback-journal mode), the file size and the main file's mtime in ns.
 
 A checkpoint changes the marker without changing content; the callers then
-compare content digests (ops/guards.py). Both functions here open and close
+compare content digests (ops/liveuse.py). Both functions here open and close
 the database file: never call them in a process that holds SQLite locks on
 it (POSIX locks belong to the process; closing any descriptor drops them).
 """
