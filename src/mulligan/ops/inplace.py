@@ -250,8 +250,8 @@ def apply(ws: Workspace, plan: Plan, *, confirmed_by: str) -> InplaceResult:
         marker = sqlite_replace.commit_marker(t.path)  # before the digest read: a later commit must not pass as ours
         liveuse.record_own_write(ws.vault, t, by=f"{plan.action} in place", marker=marker,
                                  digest=liveuse.state_digest(t.path, ws.vault.codec),
-                                detail={"point": plan.point.id, "undo_point": undo.id,
-                                        "generation": replaced.identity_after.generation})
+                                 detail={"point": plan.point.id, "undo_point": undo.id,
+                                         "generation": replaced.identity_after.generation})
     return InplaceResult(plan, undo, replaced.identity_after, confirmed_by, time.monotonic() - started)
 
 
