@@ -371,3 +371,26 @@ def test_names_that_need_quoting_are_merged_like_any_other(tmp_path):
     new_user = plan.key_map["user data"][(2,)][0]
     assert db.tables["user data"][(new_user,)] == {"id": new_user, "select": "b", 'we"ird': "x'y"}
     assert db.tables["order"][plan.key_map["order"][(1,)]]["by"] == new_user
+
+
+def test_the_foreign_key_check_rolls_back_a_merge_that_would_leave_orphans(tmp_path):
+    """The last line of defence: were the plan ever wrong, nothing it wrote is kept."""
+    from mulligan.engines.sqlite.merge_apply import apply_on_file
+    from mulligan.engines.sqlite.merge_diff import read_lost_changes
+    from mulligan.engines.sqlite.merge_model import Write
+    from mulligan.errors import IntegrityError
+
+    schema = ("CREATE TABLE users(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT);"
+              "CREATE TABLE posts(id INTEGER PRIMARY KEY AUTOINCREMENT, author_id INTEGER REFERENCES users(id));")
+    base, lost, current = make(tmp_path, schema, "INSERT INTO users(name) VALUES ('a'), ('b');"
+                               "INSERT INTO posts(author_id) VALUES (1);",
+                               lost_sql="INSERT INTO users(name) VALUES ('c')")
+    before = file_digest(current)
+
+    def sabotage(plan):  # a wrong plan: delete a user who still has a post
+        plan.writes.insert(0, Write("users", "delete", (1,), old={"id": 1, "name": "a"}))
+
+    with pytest.raises(IntegrityError) as exc:
+        apply_on_file(current, read_lost_changes(base, lost), accept=sabotage)
+    assert "rolled back" in exc.value.one_line()
+    assert file_digest(current) == before

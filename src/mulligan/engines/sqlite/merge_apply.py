@@ -197,47 +197,49 @@ def _batches(plan: MergePlan):
 def _check(conn: apsw.Connection, plan: MergePlan) -> list[dict]:
     """foreign_key_check and integrity_check of what the merge touched; raise on a failure it caused.
 
-    Violations that do not involve a row the merge wrote or a parent it
-    deleted were there before and are returned, not fatal.
+    A violation is the merge's when the referring row is one it wrote, or the
+    row referred to is one it deleted or whose referred-to columns it changed.
+    Others were there before: returned, not fatal.
     """
-    written = {}
-    deleted = {}
+    written: dict[str, list] = {}
+    gone: dict[str, list] = {}  # parent table -> (rows as they were, columns the merge changed or None: all)
     for w in plan.writes:
-        (deleted if w.op == "delete" else written).setdefault(w.table, set()).add(w.key)
+        if w.op in ("insert", "update"):
+            written.setdefault(w.table, []).append(w)
+        if w.op in ("update", "delete"):
+            gone.setdefault(w.table, []).append((w.old, set(w.values) if w.op == "update" else None))
     schema = read_schema(conn, "main")
     tables = set(written)
-    for parent in deleted:
+    for parent in gone:
         tables |= {fk.child for fk in schema.children_of(parent)}
     ours, theirs = [], []
-    for table in sorted(tables):
-        if table not in schema.tables:
-            continue
+    for table in sorted(t for t in tables if t in schema.tables):
         info = schema.tables[table]
-        fks = {}
-        for fkid, seq, parent, frm, *_ in conn.execute(f"PRAGMA main.foreign_key_list({q(table)})"):
-            fks.setdefault(fkid, []).append((seq, frm))
+        fks: dict[int, list] = {}
+        for fkid, seq, parent, frm, to, *_ in conn.execute(f"PRAGMA main.foreign_key_list({q(table)})"):
+            fks.setdefault(fkid, []).append((seq, frm, to))
+        mine = {tuple(w.values.get(c) for c in (info.pk or info.columns)) for w in written.get(table, [])}
         for child, rowid, parent, fkid in conn.execute(f"PRAGMA main.foreign_key_check({q(table)})").fetchall():
             v = {"table": child, "rowid": rowid, "parent": parent}
-            if rowid is None:
+            if rowid is None:  # a WITHOUT ROWID child: cannot be told apart, so it counts
                 ours.append(v)
                 continue
-            if not info.pk:  # keyless: ours if it is one of the rows we wrote
-                full = dict(zip(info.columns, conn.execute(
-                    f"SELECT {', '.join(q(c) for c in info.columns)} FROM main.{q(table)} WHERE rowid = ?", (rowid,)
-                ).fetchone()))
-                mine = any(all(full.get(c) == x for c, x in w.values.items())
-                           for w in plan.writes if w.table == table and w.op == "insert")
-                (ours if mine else theirs).append({**v, "row": full})
-                continue
-            cols = [c for _, c in sorted(fks.get(fkid, []))]
-            sel = ", ".join(q(c) for c in info.pk + cols)
-            row = conn.execute(f"SELECT {sel} FROM main.{q(table)} WHERE rowid = ?", (rowid,)).fetchone()
-            key, ref = tuple(row[: len(info.pk)]), tuple(row[len(info.pk):])
-            v["key"], v["refers_to"] = list(key), list(ref)
-            if key in written.get(table, ()) or ref in deleted.get(parent, ()):
-                ours.append(v)
-            else:
-                theirs.append(v)
+            pairs = sorted(fks.get(fkid, []))
+            cols = [frm for _, frm, _ in pairs]
+            pinfo = schema.tables.get(parent)
+            pcols = [to for _, _, to in pairs] if all(to for _, _, to in pairs) else (pinfo.pk if pinfo else [])
+            full = dict(zip(info.columns, conn.execute(
+                f"SELECT {', '.join(q(c) for c in info.columns)} FROM main.{q(table)} WHERE rowid = ?", (rowid,)
+            ).fetchone()))
+            ref = tuple(full[c] for c in cols)
+            v["key"] = [full[c] for c in (info.pk or info.columns)]
+            v["refers_to"] = list(ref)
+            own_row = tuple(v["key"]) in mine
+            lost_parent = any(
+                (changed is None or set(pcols) & changed) and tuple(old.get(c) for c in pcols) == ref
+                for old, changed in gone.get(parent, [])
+            )
+            (ours if own_row or lost_parent else theirs).append(v)
     if ours:
         raise IntegrityError(
             f"the merge would leave {len(ours)} row(s) referring to rows that do not exist "

@@ -74,7 +74,7 @@ def emit_deletes(p) -> None:
         p.outcome(table, "delete", key, SKIPPED, key, why)
     for table, keys in p.planned_deletes.items():
         for key in sorted(keys, key=sort_key):
-            p.deletes[table].append(Write(table, "delete", key))
+            p.deletes[table].append(Write(table, "delete", key, old=p.lost.tables[table].deletes[key]))
             p.outcome(table, "delete", key, REPLAYED, None)
 
 

@@ -31,7 +31,7 @@ def plan_keyless(p, name: str) -> None:
         key = tuple(row.values())
         gone = min(base_n - lost_n, count_rows(p, name, row))
         if gone:
-            p.deletes[name].append(Write(name, "delete", key, row, gone))
+            p.deletes[name].append(Write(name, "delete", key, row, gone, old=row))
             p.outcome(name, "delete", key, REPLAYED, None, f"{gone} cop{'y' if gone == 1 else 'ies'}")
         if gone < base_n - lost_n:
             p.outcome(name, "delete", key, PRESENT, None, "CURRENT had already removed it")

@@ -52,6 +52,7 @@ class Write:
     key: tuple  # key in CURRENT
     values: dict = field(default_factory=dict)  # insert: every column; update: the changed ones
     count: int = 1  # delete from a keyless table: how many copies of the row (``values``)
+    old: dict = field(default_factory=dict)  # update: the row as CURRENT had it; delete: as BASE had it
 
 
 @dataclass

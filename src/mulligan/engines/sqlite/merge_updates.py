@@ -218,7 +218,7 @@ def _emit(p, name: str, pd: _Pending) -> None:
             rows={"base": pd.base, "lost": pd.lost, "current": pd.cur},
         )
     if pd.sets:
-        p.updates[name].append(Write(name, "update", pd.key, pd.sets))
+        p.updates[name].append(Write(name, "update", pd.key, pd.sets, old=pd.cur))
     if pd.cells:
         p.outcome(name, "update", pd.key, CONFLICT, pd.key, "other columns replayed" if pd.sets else "")
     elif pd.sets:
