@@ -174,3 +174,9 @@ def test_a_second_apply_of_the_same_recovery_exits_3_and_the_plan_warns(app):
     assert [m.id for m in env.ws.vault.manifests(env.ws.target("app").id) if m.kind == "undo"] == undo_points
     plan = env.run("recover", "app", "--base", base, "--lost", lost, "--json")
     assert plan.code == 0 and plan.json["already_applied"]["writes"] > 0
+
+
+def test_a_plan_with_nothing_lost_says_so(app):
+    env, base, lost, current = app
+    res = env.run("recover", "app", "--base", base, "--lost", base)
+    assert res.code == 0 and "Nothing to recover" in res.out

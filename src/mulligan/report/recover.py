@@ -160,6 +160,9 @@ def render_recovery_text(obj: RecoveryPlan | RecoveryResult, out: Console, *, li
         out.print(f"[bold]Recovery plan[/] for {plan.current} (nothing written; --apply runs it)")
     out.print(f"BASE {plan.base}\nLOST {plan.lost}")
 
+    if not plan.rows:
+        out.print("Nothing to recover: LOST has no changes since BASE in the tables CURRENT has.")
+        return
     t = table("table", "inserts", "updates", "deletes", "remapped", "conflicts", "skipped", "already there")
     for name, p in plan.tables.items():
         t.add_row(name, *(str(getattr(p, k)) for k in COUNT_KEYS))
