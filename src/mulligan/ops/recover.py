@@ -18,6 +18,7 @@ from typing import Callable
 
 import apsw
 
+from ..engines.sqlite import identity
 from ..engines.sqlite import merge_model as m
 from ..engines.sqlite.merge_apply import already_applied_error, applied_before, apply_on_file, plan_on_file
 from ..engines.sqlite.merge_diff import LostChanges, read_lost_changes
@@ -115,7 +116,7 @@ def stamp_warnings(path: str, role: str) -> list[str]:
             f"{role} ({path}) is not a SQLite database: {exc}",
             hint="BASE, LOST and CURRENT must be SQLite files or vault states",
         ) from None
-    if not any(n.startswith("_mulligan") for n in names):
+    if identity.TABLE not in names:
         return [f"{role} ({path}) carries no Mulligan identity stamp: it is used as a plain SQLite file"]
     return []
 
