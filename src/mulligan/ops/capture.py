@@ -230,7 +230,7 @@ class TargetCapture:
     def _check(self, obs: Observation, *, mass: bool, where: str, lkg: tuple | None = None,
                discontinuity: bool = False, final: bool = False, states: list | None = None,
                lkg_ids: list | None = None) -> None:
-        sig = detect.compare(self.obs, obs)
+        sig = detect.compare(self.obs, obs, self._own_generation)
         suspicious = mass or discontinuity or bool(self.suspects)
         if sig.any and not suspicious and not final and not self._deferred:
             # Signals but the commit that caused them may not be captured yet: look again next poll,
@@ -290,6 +290,7 @@ class TargetCapture:
 
     _clean_point: tuple | None = None
     _deferred: bool = False
+    _own_generation: int | None = None
     _mass: tuple | None = None
     _pre: dict = {}
     _pre_len: int = 0
@@ -569,6 +570,7 @@ class TargetCapture:
     def _bump_generation(self) -> None:
         try:
             before, gen = self.tailer.bump_generation()
+            self._own_generation = gen
             self._own_write("identity generation advanced")
             self._apply_poll(before)
             self._t["gen"] = time.time()
@@ -585,7 +587,8 @@ class TargetCapture:
         if gap:
             meta["gap_before"] = gap
         self.base = cs.save_base(self.vault, self.target, self.tailer.page_size, ids, time=now, meta=meta)
-        self.seg = cs.SegmentWriter(self.vault, self.target.id, self.base.id, self.tailer.page_size)
+        self.seg = cs.SegmentWriter(self.vault, self.target.id, self.base.id, self.tailer.page_size,
+                                    recent=self.seg.recent if self.seg is not None else {})
         self.last_point = (self.base.id, now)
         self._clean_point = self.last_point
         self.stats.bases += 1

@@ -88,6 +88,10 @@ class SegmentWriter:
     writer: PackWriter | None = None
     bytes_stored: int = 0
     objects_stored: int = 0
+    # Chunks stored by recent flushes, for dedup, bounded: the vault's in-memory index is not
+    # grown by captured pages, so the watcher's memory does not grow with its history.
+    recent: dict = field(default_factory=dict)
+    RECENT_MAX = 1 << 16
 
     def next_commit_id(self) -> str:
         return commit_id(self.base_id, self.seq, len(self.pending))
@@ -103,10 +107,11 @@ class SegmentWriter:
             self.writer = PackWriter(vault.storage)
         ids: dict[int, bytes] = {}
         fresh: dict[bytes, bytes] = {}
+        recent = self.recent
         for pgno, data in pages.items():
             cid = vault.codec.chunk_id(data)
             ids[pgno] = cid
-            if cid not in idx and not self.writer.has(cid) and cid not in fresh:
+            if cid not in idx and cid not in recent and not self.writer.has(cid) and cid not in fresh:
                 fresh[cid] = data
         if fresh:
             for (cid, data), blob in zip(fresh.items(), vault.codec.pack_blobs(list(fresh.values()))):
@@ -130,7 +135,9 @@ class SegmentWriter:
         w = self.writer
         if w is not None:
             w.flush()
-            self.vault._absorb(w)
+            if len(self.recent) > self.RECENT_MAX:
+                self.recent = dict(list(self.recent.items())[self.RECENT_MAX // 2:])
+            self.recent.update(dict.fromkeys(w.written, True))
             self.bytes_stored += w.bytes_written
             self.objects_stored += w.objects_written
         seg = {

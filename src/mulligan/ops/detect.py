@@ -42,7 +42,8 @@ class Signals:
         return bool(self.strong or self.weak)
 
 
-def compare(lkg: Observation | None, cur: Observation) -> Signals:
+def compare(lkg: Observation | None, cur: Observation, own_generation: int | None = None) -> Signals:
+    """``own_generation``: the generation the watcher itself last wrote (a rise to it is ours)."""
     s = Signals()
     if lkg is None:
         return s
@@ -53,7 +54,7 @@ def compare(lkg: Observation | None, cur: Observation) -> Signals:
     if lkg.generation is not None and cur.generation is not None:
         if cur.generation < lkg.generation:
             s.strong.append(f"the identity generation went down from {lkg.generation} to {cur.generation}")
-        elif cur.generation > lkg.generation:
+        elif cur.generation > max(lkg.generation, own_generation or 0):
             s.generation_up = True
     fell = [f"{t} {v}→{cur.seq.get(t, 0)}" for t, v in sorted(lkg.seq.items()) if cur.seq.get(t, 0) < v]
     if fell:

@@ -1,0 +1,57 @@
+"""The watch, status and incidents commands' surface (in-process, fast)."""
+
+from __future__ import annotations
+
+from mulligan.ops import incidents as inc_mod
+from test_watch_kit import make_app_db
+
+
+def test_watch_refuses_an_unknown_target(project):
+    r = project.call("watch", "nope")
+    assert r.code == 1 and "no target named 'nope'" in r.err
+
+
+def test_status_of_a_target_never_watched_says_so(project):
+    project.protect(make_app_db(project.dir / "app.db"))
+    r = project.call("status", "--json")
+    assert r.code == 0
+    t = r.json["targets"][0]
+    assert t["stale"] and not t["watch"]["running"] and t["coverage"]["from"] is None
+    assert "no watch has ever captured this target" in t["problems"]
+    text = project.call("status")
+    assert text.code == 0 and "not running" in text.out
+
+
+def test_incidents_lists_each_incident_with_its_last_good_point_and_rollback_target(project):
+    res = project.protect(make_app_db(project.dir / "app.db"))
+    assert project.call("incidents", "--json").json == {"incidents": []}
+    inc_mod.open_incident(project.ws.vault, res.target, kind="rollback", title="went back",
+                          last_good={"time": "2026-11-21T10:00:00.000Z", "point": "0123456789abcdef.3.4"},
+                          rolled_back_to={"snapshot_id": "fedcba9876543210", "time": "2026-11-20T17:00:00.000Z",
+                                          "age_seconds": 61200.0})
+    rows = project.call("incidents", "app", "--json").json["incidents"]
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["target"], r["kind"], r["status"]) == ("app", "rollback", "open")
+    assert r["last_good_time"] == "2026-11-21T10:00:00.000Z" and r["rolled_back_to_snapshot"] == "fedcba9876543210"
+    assert r["opened_at"] and r["id"].startswith("inc-")
+    text = project.call("incidents", "--open")
+    assert text.code == 0 and r["id"] in text.out and "fedcba9876543210" in text.out
+
+
+def test_a_commit_point_id_is_recognised():
+    from mulligan.ops.capture_store import commit_id, is_commit_id
+
+    assert is_commit_id(commit_id("0123456789abcdef", 12, 3))
+    assert not is_commit_id("0123456789abcdef") and not is_commit_id("app.db")
+
+
+def test_a_generation_rise_written_by_the_watcher_is_not_taken_for_an_in_place_restore():
+    from mulligan.engines.sqlite.capture import Observation
+    from mulligan.ops.detect import compare
+
+    lkg = Observation("t-1", 5, {"posts": 10}, {"posts": 10}, {"posts"})
+    cur = Observation("t-1", 6, {"posts": 3}, {"posts": 3}, {"posts"})
+    assert compare(lkg, cur).generation_up
+    sig = compare(lkg, cur, own_generation=6)
+    assert not sig.generation_up and sig.strong
