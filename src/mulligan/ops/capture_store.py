@@ -91,6 +91,7 @@ class SegmentWriter:
     # Chunks stored by recent flushes, for dedup, bounded: the vault's in-memory index is not
     # grown by captured pages, so the watcher's memory does not grow with its history.
     recent: dict = field(default_factory=dict)
+    fresh: dict = field(default_factory=dict)
     RECENT_MAX = 1 << 16
 
     def next_commit_id(self) -> str:
@@ -103,19 +104,15 @@ class SegmentWriter:
         # vault's index objects at every commit would cost more than the capture itself. A chunk
         # another process stored meanwhile may be stored twice; dedup is an economy, not a rule.
         idx = vault._index if vault._index is not None else vault.index()
-        if self.writer is None:
-            self.writer = PackWriter(vault.storage)
         ids: dict[int, bytes] = {}
-        fresh: dict[bytes, bytes] = {}
+        fresh = self.fresh  # compressed together at the flush (one multi-threaded call)
         recent = self.recent
+        chunk_id = vault.codec.chunk_id
         for pgno, data in pages.items():
-            cid = vault.codec.chunk_id(data)
+            cid = chunk_id(data)
             ids[pgno] = cid
-            if cid not in idx and cid not in recent and not self.writer.has(cid) and cid not in fresh:
+            if cid not in fresh and cid not in idx and cid not in recent:
                 fresh[cid] = data
-        if fresh:
-            for (cid, data), blob in zip(fresh.items(), vault.codec.pack_blobs(list(fresh.values()))):
-                self.writer.add(cid, T_PAGE, blob, len(data))
         refs = []
         for pgno in sorted(ids):
             cid = ids[pgno]
@@ -132,6 +129,10 @@ class SegmentWriter:
         """Packs, their index, then the segment object. Returns its key (None when empty)."""
         if not self.pending:
             return None
+        if self.fresh:
+            w = self.writer = PackWriter(self.vault.storage)
+            for (cid, data), blob in zip(self.fresh.items(), self.vault.codec.pack_blobs(list(self.fresh.values()))):
+                w.add(cid, T_PAGE, blob, len(data))
         w = self.writer
         if w is not None:
             w.flush()
@@ -152,7 +153,7 @@ class SegmentWriter:
         self.bytes_stored += len(body)
         self.objects_stored += 1
         self.seq += 1
-        self.pending, self.chunk_list, self.chunk_pos, self.writer = [], [], {}, None
+        self.pending, self.chunk_list, self.chunk_pos, self.writer, self.fresh = [], [], {}, None, {}
         return key
 
 
