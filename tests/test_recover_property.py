@@ -38,6 +38,7 @@ class Table:
         self.self_ref = False
         self.on_delete = "CASCADE"
         self.without_rowid = False
+        self.unique_pair = False  # UNIQUE (v1, v2): a composite natural key, NULLs never equal
 
     @property
     def pk(self) -> list[str]:
@@ -70,6 +71,8 @@ class Table:
         cons = []
         if self.kind == "link":
             cons.append("PRIMARY KEY (a, b)")
+        if self.unique_pair:
+            cons.append("UNIQUE (v1, v2)")
         for c, parent, _, ref in self.fks:
             cons.append(
                 f"FOREIGN KEY ({', '.join(c)}) REFERENCES {parent.name}({', '.join(ref)}) ON DELETE {self.on_delete}"
@@ -107,6 +110,7 @@ def schemas(draw):
             t.self_ref = t.kind in ("auto", "plain") and draw(st.booleans())
         t.unique = draw(st.booleans())
         t.without_rowid = t.kind in ("natural", "link") and draw(st.booleans())
+        t.unique_pair = draw(st.integers(0, 3)) == 0
         t.on_delete = draw(st.sampled_from(["CASCADE", "SET NULL", "NO ACTION"]))
         if t.on_delete == "SET NULL" and any(not nullable for _, _, nullable, _ in t.fks):
             t.on_delete = "CASCADE"
