@@ -8,17 +8,12 @@ import shutil
 import pytest
 from conftest import make_db
 from test_guards import holder
-from test_inplace import settle, write_rows
+from test_inplace import quiet_target, settle
 
 
 @pytest.fixture
 def app(project):
-    db = make_db(project.dir / "app.db", rows=10)
-    project.protect(db, "app", "production")
-    assert project.call("snapshot", "app").code == 0
-    write_rows(db, 2)
-    settle(db)
-    project.db = db
+    project.db = quiet_target(project, later=2)
     return project
 
 

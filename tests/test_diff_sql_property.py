@@ -66,6 +66,16 @@ def apply(path: str, ops) -> None:
     conn.close()
 
 
+def two_states(d, before, after) -> tuple[str, str]:
+    """A (the schema after BEFORE's row operations) and B (a copy of A after AFTER's)."""
+    a = build(d / "a.db", SCHEMA)
+    apply(a, before)
+    b = str(d / "b.db")
+    shutil.copyfile(a, b)
+    apply(b, after)
+    return a, b
+
+
 def sequences(path: str) -> list:
     conn = apsw.Connection(path)
     try:
@@ -78,11 +88,7 @@ def sequences(path: str) -> list:
 @given(before=row_ops, after=row_ops, changes=schema_ops, late=row_ops)
 def test_the_sql_script_turns_from_into_to(tmp_path_factory, before, after, changes, late):
     d = tmp_path_factory.mktemp("sql")
-    a = build(d / "a.db", SCHEMA)
-    apply(a, before)
-    b = str(d / "b.db")
-    shutil.copyfile(a, b)
-    apply(b, after)
+    a, b = two_states(d, before, after)
     conn = apsw.Connection(b)
     for change in changes:
         run(conn, change)
@@ -109,11 +115,7 @@ def finite(ops):
 def test_the_changes_found_are_the_ones_sqldiff_finds(tmp_path_factory, before, after):
     before, after = finite(before), finite(after)
     d = tmp_path_factory.mktemp("agree")
-    a = build(d / "a.db", SCHEMA)
-    apply(a, before)
-    b = str(d / "b.db")
-    shutil.copyfile(a, b)
-    apply(b, after)
+    a, b = two_states(d, before, after)
     keyed = ["k", "c2", "w"]  # sqldiff pairs keyless tables by rowid, so only keyed tables are compared
     ours = {c for c in our_changes(diff(None, None, a, b).diff) if c[0] in keyed}
     theirs = sqldiff_changes(a, b, d, tables=keyed)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import apsw
 import pytest
 from conftest import make_db
-from test_inplace import content, settle, write_rows
+from test_inplace import content, quiet_target, settle, write_rows
 
 from mulligan import config as cfg
 from mulligan.errors import GuardRefused
@@ -45,12 +45,7 @@ def holder(db: str, *, argv: list[str] | None = None, prelude: str = ""):
 
 @pytest.fixture
 def app(project):
-    db = make_db(project.dir / "app.db", rows=10)
-    project.protect(db, "app", "production")
-    assert project.call("snapshot", "app").code == 0
-    write_rows(db, 3)
-    settle(db)
-    project.db = db
+    project.db = quiet_target(project, later=3)
     return project
 
 

@@ -38,18 +38,24 @@ def write_rows(path: str, n: int) -> None:
     make_db(path, rows=n)
 
 
-@pytest.fixture
-def app(project):
-    """Production target 'app' with one snapshot, then 5 more rows written by 'the app' a minute ago."""
-    db = make_db(project.dir / "app.db", rows=20)
-    project.protect(db, "app", "production")
-    snap = project.call("--json", "snapshot", "app")
+def quiet_target(project, name: str = "app", env: str = "production", *, rows: int = 10, later: int = 3) -> str:
+    """Target NAME (NAME.db, ROWS rows) with one snapshot, then LATER more rows written by 'the app'
+    a minute ago. Sets ``project.snapshot_id`` and ``project.state_at_snapshot``; returns the path."""
+    db = make_db(project.dir / f"{name}.db", rows=rows)
+    project.protect(db, name, env)
+    snap = project.call("--json", "snapshot", name)
     assert snap.code == 0, snap.err
     project.snapshot_id = snap.json["id"]
     project.state_at_snapshot = dump(db)
-    write_rows(db, 5)
+    write_rows(db, later)
     settle(db)
-    project.db = db
+    return db
+
+
+@pytest.fixture
+def app(project):
+    """Production target 'app' with one snapshot, then 5 more rows written by 'the app' a minute ago."""
+    project.db = quiet_target(project, rows=20, later=5)
     return project
 
 
@@ -186,11 +192,7 @@ def test_a_database_without_a_stamp_is_refused(app):
 
 
 def test_other_environments_need_yes_or_a_prompt(project):
-    db = make_db(project.dir / "stage.db", rows=5)
-    project.protect(db, "stage", "staging")
-    assert project.call("snapshot", "stage").code == 0
-    write_rows(db, 2)
-    settle(db)
+    db = quiet_target(project, "stage", "staging", rows=5, later=2)
     before = content(db)
     r = project.run("restore", "stage", "--latest", "--in-place", input="")
     assert r.code == 3 and "--yes" in r.err

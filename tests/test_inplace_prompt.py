@@ -7,8 +7,8 @@ import sys
 
 import pexpect
 import pytest
-from conftest import dump, make_db
-from test_inplace import content, settle, write_rows
+from conftest import dump
+from test_inplace import content, quiet_target
 
 
 def spawn(project, *args: str) -> pexpect.spawn:
@@ -25,13 +25,7 @@ def finish(child: pexpect.spawn) -> int:
 
 @pytest.fixture
 def app(project):
-    db = make_db(project.dir / "app.db", rows=10)
-    project.protect(db, "app", "production")
-    assert project.call("snapshot", "app").code == 0
-    project.at_snapshot = dump(db)
-    write_rows(db, 4)
-    settle(db)
-    project.db = db
+    project.db = quiet_target(project, later=4)
     return project
 
 
@@ -41,7 +35,7 @@ def test_production_is_replaced_when_its_name_is_typed_at_the_prompt(app):
     child.expect(r"Type the target's name to replace production database 'app' \[no\]: ")
     child.sendline("app")
     assert finish(child) == 0
-    assert dump(app.db) == app.at_snapshot
+    assert dump(app.db) == app.state_at_snapshot
 
 
 @pytest.mark.parametrize("answer", ["", "y", "yes", "App"])
@@ -74,11 +68,7 @@ def test_yes_alone_is_refused_even_at_a_terminal(app):
 
 
 def test_a_staging_database_asks_yes_or_no_with_no_as_the_default(project):
-    db = make_db(project.dir / "stage.db", rows=5)
-    project.protect(db, "stage", "staging")
-    assert project.call("snapshot", "stage").code == 0
-    write_rows(db, 1)
-    settle(db)
+    db = quiet_target(project, "stage", "staging", rows=5, later=1)
     before = content(db)
     child = spawn(project, "restore", "stage", "--latest", "--in-place")
     child.expect(r"Replace staging database 'stage'\? \[y/N\]: ")
