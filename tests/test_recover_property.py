@@ -39,6 +39,7 @@ class Table:
         self.on_delete = "CASCADE"
         self.without_rowid = False
         self.unique_pair = False  # UNIQUE (v1, v2): a composite natural key, NULLs never equal
+        self.on_update_cascade = False  # a parent's referenced value changing carries its children along
 
     @property
     def pk(self) -> list[str]:
@@ -76,6 +77,7 @@ class Table:
         for c, parent, _, ref in self.fks:
             cons.append(
                 f"FOREIGN KEY ({', '.join(c)}) REFERENCES {parent.name}({', '.join(ref)}) ON DELETE {self.on_delete}"
+                + (" ON UPDATE CASCADE" if self.on_update_cascade else "")
             )
         if self.self_ref:
             cons.append(f"FOREIGN KEY (parent_id) REFERENCES {self.name}(id) ON DELETE CASCADE")
@@ -111,6 +113,7 @@ def schemas(draw):
         t.unique = draw(st.booleans())
         t.without_rowid = t.kind in ("natural", "link") and draw(st.booleans())
         t.unique_pair = draw(st.integers(0, 3)) == 0
+        t.on_update_cascade = draw(st.booleans())
         t.on_delete = draw(st.sampled_from(["CASCADE", "SET NULL", "NO ACTION"]))
         if t.on_delete == "SET NULL" and any(not nullable for _, _, nullable, _ in t.fks):
             t.on_delete = "CASCADE"

@@ -394,3 +394,13 @@ def test_the_foreign_key_check_rolls_back_a_merge_that_would_leave_orphans(tmp_p
         apply_on_file(current, read_lost_changes(base, lost), accept=sabotage)
     assert "rolled back" in exc.value.one_line()
     assert file_digest(current) == before
+
+
+def test_a_cell_merge_that_would_make_two_rows_equal_on_a_unique_pair_is_a_conflict(tmp_path):
+    schema = "CREATE TABLE slots(id INTEGER PRIMARY KEY, day INTEGER, room TEXT, UNIQUE (day, room));"
+    plan, db = merged(tmp_path, schema, "INSERT INTO slots VALUES (1, 3, 'y'), (2, 1, 'x');",
+                      lost_sql="UPDATE slots SET room = 'x' WHERE id = 1; UPDATE slots SET day = 2 WHERE id = 2",
+                      current_sql="UPDATE slots SET day = 2 WHERE id = 1")  # row 1 would merge into (2, 'x')
+    assert [c.kind for c in plan.conflicts] == ["unique"]
+    rows = sorted((r["day"], r["room"]) for r in db.tables["slots"].values())
+    assert len(set(rows)) == 2

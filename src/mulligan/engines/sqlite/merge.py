@@ -81,6 +81,8 @@ class _Planner:
         self.updates: dict[str, list[Write]] = {n: [] for n in self.tables}
         self.inserts: dict[str, list[Write]] = {n: [] for n in self.tables}
         self.moved: dict[str, dict[tuple, dict]] = {n: {} for n in self.tables}  # key -> values its update sets
+        self.taken: dict[str, dict] = {n: {} for n in self.tables}  # (UNIQUE group, values) -> (key, row) after updates
+        self.units_of: dict[str, list[tuple[str, ...]]] = {}  # columns merged together, per table
         self.delete_skips: dict[tuple[str, tuple], str] = {}  # (table, key) -> why LOST's delete is not replayed
         self.updates_planned = False
         self.conflicts: dict[str, list[Conflict]] = {n: [] for n in self.tables}
@@ -154,7 +156,7 @@ class _Planner:
             before = ({n: dict(self.key_map[n]) for n in comp}, {n: set(self.blocked[n]) for n in comp})
             self.alloc.restore(start)
             for n in comp:
-                self.inserts[n], self.updates[n], self.moved[n] = [], [], {}
+                self.inserts[n], self.updates[n], self.moved[n], self.taken[n] = [], [], {}, {}
                 self.outcomes[n] = [o for o in self.outcomes[n] if o.change == "delete"]
                 self.conflicts[n] = [c for c in self.conflicts[n] if c.kind == DELETE_UPDATED]
             # Updates first: they run first, and may free a UNIQUE value a lost insert takes.
@@ -318,6 +320,9 @@ class _Planner:
                 if moved is not None and tuple(moved.get(c, other[c]) for c in group) != vals:
                     continue
                 return group, other
+            taken = self.taken[name].get((group, vals))  # a value a replayed update gives another row
+            if taken is not None and taken[0] != own_key:
+                return group, taken[1]
         return None
 
     # -- bookkeeping -----------------------------------------------------

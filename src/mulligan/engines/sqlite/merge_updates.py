@@ -57,7 +57,7 @@ def plan_updates(p, name: str) -> None:
     info = p.tables[name]
     tc = p.lost.tables[name]
     cols = [c for c in tc.compare_columns if c in info.columns and c not in info.pk]
-    groups = units(p, name, cols)
+    groups = p.units_of[name] = units(p, name, cols)
     pending: list[_Pending] = []
     for key, (base_row, lost_row) in tc.updates.items():
         cur = p.current_row(name, key)
@@ -156,20 +156,68 @@ def _settle_unique(p, name: str, pending: list[_Pending]) -> list[_Pending]:
             clash = p.unique_clash(name, {**pd.cur, **pd.sets}, pd.key, touched=pd.sets)
             if clash is not None:
                 group, other = clash
-                unit = tuple(c for c in group if c in pd.sets)
+                unit = _expand(p, name, [c for c in group if c in pd.sets])
                 why = f"CURRENT's row {fmt_key(tuple(other[c] for c in info.pk))} already has that value"
                 _refuse_cells(pd, unit, (UNIQUE, why), {c: pd.sets.pop(c) for c in unit})
                 changed = True
+        changed |= _refuse_merged_duplicates(p, name, pending)
         if changed:
             continue
+        _record_taken(p, name, pending)
         ordered, cycle = _order(p, name, pending)
         if not cycle:
             return ordered
         for pd in cycle:
-            unit = tuple(c for g in info.uniques for c in g if c in pd.sets)
+            unit = _expand(p, name, [c for g in info.uniques for c in g if c in pd.sets])
             _refuse_cells(pd, unit, (UNIQUE, "a UNIQUE value swapped between rows: a human decides the order"),
                           {c: pd.sets.pop(c) for c in unit})
     raise RuntimeError("UNIQUE moves did not settle")  # pragma: no cover - every pass refuses at least one cell
+
+
+def _expand(p, name: str, cols: list[str]) -> tuple[str, ...]:
+    """The columns, grown to whole units: part of a composite foreign key is never refused alone."""
+    out = set(cols)
+    for unit in p.units_of.get(name, []):
+        if out & set(unit):
+            out |= set(unit)
+    return tuple(c for c in p.tables[name].columns if c in out)
+
+
+def _refuse_merged_duplicates(p, name: str, pending: list[_Pending]) -> bool:
+    """Two rows that would end with the same UNIQUE values: a cell merge can make a pair neither side had."""
+    info = p.tables[name]
+    refused = False
+    for group in info.uniques:
+        seen: dict[tuple, _Pending] = {}
+        for pd in pending:
+            row = {**pd.cur, **pd.sets}
+            vals = tuple(row[c] for c in group)
+            if any(v is None for v in vals):
+                continue
+            first = seen.setdefault(vals, pd)
+            if first is pd:
+                continue
+            loser = pd if any(c in pd.sets for c in group) else first
+            unit = _expand(p, name, [c for c in group if c in loser.sets])
+            other = first if loser is pd else pd
+            why = f"row {fmt_key(other.key)} would end with the same {', '.join(group)}"
+            _refuse_cells(loser, unit, (UNIQUE, why), {c: loser.sets.pop(c) for c in unit if c in loser.sets})
+            refused = True
+    return refused
+
+
+def _record_taken(p, name: str, pending: list[_Pending]) -> None:
+    """UNIQUE values the replayed updates give rows, which lost inserts must not take as well."""
+    taken = p.taken[name] = {}
+    for pd in pending:
+        if not pd.sets:
+            continue
+        row = {**pd.cur, **pd.sets}
+        for group in p.tables[name].uniques:
+            if any(c in pd.sets for c in group):
+                vals = tuple(row[c] for c in group)
+                if not any(v is None for v in vals):
+                    taken[(group, vals)] = (pd.key, row)
 
 
 def _order(p, name: str, pending: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
