@@ -66,3 +66,60 @@ def test_stale_capture_alerts_when_a_target_cannot_be_captured(project):
     assert got[0] - t0 < 4
     assert "stale" in got[1]["text"] and "app" in got[1]["text"] and got[1]["error"]
     assert "ALERT stale-capture" in w.text()
+
+
+class _SMTP(threading.Thread):
+    """A minimal SMTP server on 127.0.0.1 that keeps the messages it receives."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.messages: list[str] = []
+
+    def run(self):
+        conn, _ = self.sock.accept()
+        f = conn.makefile("rwb")
+
+        def say(line: str):
+            f.write((line + "\r\n").encode())
+            f.flush()
+
+        say("220 test ESMTP")
+        data, in_data = [], False
+        for raw in f:
+            line = raw.decode().rstrip("\r\n")
+            if in_data:
+                if line == ".":
+                    self.messages.append("\n".join(data))
+                    in_data = False
+                    say("250 ok")
+                else:
+                    data.append(line)
+                continue
+            cmd = line.split(" ")[0].upper()
+            if cmd in ("EHLO", "HELO"):
+                say("250 test")
+            elif cmd == "DATA":
+                in_data = True
+                say("354 go on")
+            elif cmd == "QUIT":
+                say("221 bye")
+                break
+            else:
+                say("250 ok")
+        conn.close()
+
+
+def test_an_alert_is_mailed_through_smtp_when_configured():
+    srv = _SMTP()
+    srv.start()
+    a = Alerter({"smtp": f"127.0.0.1:{srv.port}", "email_to": "oncall@example.com"}, Log(io.StringIO()))
+    rec = a.alert("rollback", "production went back in time", {"incident": {"id": "inc-2"}})
+    assert "email" in rec["channels"]
+    srv.join(10)
+    assert srv.messages and "production went back in time" in srv.messages[0] and "inc-2" in srv.messages[0]
