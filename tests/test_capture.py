@@ -168,12 +168,16 @@ def test_configuration_sets_intervals(project):
 
 def test_prune_keeps_the_capture_chain_and_verify_checks_it(app_env):
     env, db = app_env
+    configure(env, capture={"flush_interval": 0.005, "poll_interval": 0.005})  # > 64 flushes: indexes get merged
     app = App(db, env.dir / "app.log", rate=100)
     w = Watch(env, "app")
-    time.sleep(1.5)
+    time.sleep(2.0)
     assert w.term() == 0
     app.stop()
     log = app.log()
+    segments = list((env.dir / ".mulligan" / "vault" / "capture").rglob("0*"))
+    indexes = list((env.dir / ".mulligan" / "vault" / "index").iterdir())
+    assert len(segments) > 64 and len(indexes) < len(segments)
     assert env.run("snapshot", "app").code == 0
     r = env.run("prune", "app", "--keep-last", "1", "--json")
     assert r.code == 0, r.err

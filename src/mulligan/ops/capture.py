@@ -150,6 +150,8 @@ class TargetCapture:
                 except MulliganError:
                     pass
             self.flush()
+            if self.seg is not None:
+                self.seg.merge_indexes()
             self.write_status(stopping=True)
         finally:
             if self.tailer is not None:
@@ -579,6 +581,8 @@ class TargetCapture:
 
     def _new_base(self, gap: dict | None, reason: str, bump: bool = True) -> None:
         self.flush()
+        if self.seg is not None:
+            self.seg.merge_indexes()
         ids = self._fill(self.ids)
         now = time.time()
         meta = {"reason": reason, "journal_mode": "wal",
@@ -587,8 +591,10 @@ class TargetCapture:
         if gap:
             meta["gap_before"] = gap
         self.base = cs.save_base(self.vault, self.target, self.tailer.page_size, ids, time=now, meta=meta)
+        prev = self.seg
         self.seg = cs.SegmentWriter(self.vault, self.target.id, self.base.id, self.tailer.page_size,
-                                    recent=self.seg.recent if self.seg is not None else {})
+                                    recent=prev.recent if prev is not None else {},
+                                    merged_keys=prev.merged_keys if prev is not None else [])
         self.last_point = (self.base.id, now)
         self._clean_point = self.last_point
         self.stats.bases += 1

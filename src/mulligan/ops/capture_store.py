@@ -23,6 +23,7 @@ snapshot id is (``restore --snapshot``, STATE arguments).
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,7 +37,7 @@ from ..timeparse import from_iso, iso
 from ..vault import KIND_UNDO, Manifest, Vault, tree
 from ..vault.codec import ID_LEN
 from ..vault.manifest import new_snapshot_id
-from ..vault.packs import T_PAGE, T_TREE, PackWriter
+from ..vault.packs import T_PAGE, T_TREE, PackWriter, encode_index, index_key
 
 PREFIX = "capture/"
 KIND_COMMIT = "commit"
@@ -92,6 +93,11 @@ class SegmentWriter:
     # grown by captured pages, so the watcher's memory does not grow with its history.
     recent: dict = field(default_factory=dict)
     fresh: dict = field(default_factory=dict)
+    # Index objects written by recent flushes, merged into one every MERGE_EVERY flushes so the
+    # vault keeps few objects (each flush would otherwise leave a small index object behind).
+    index_parts: list = field(default_factory=list)
+    MERGE_EVERY = 64
+    merged_keys: list = field(default_factory=list)
     RECENT_MAX = 1 << 16
 
     def next_commit_id(self) -> str:
@@ -136,6 +142,7 @@ class SegmentWriter:
         w = self.writer
         if w is not None:
             w.flush()
+            self.index_parts.append((list(w.index_keys), dict(w.written)))
             if len(self.recent) > self.RECENT_MAX:
                 self.recent = dict(list(self.recent.items())[self.RECENT_MAX // 2:])
             self.recent.update(dict.fromkeys(w.written, True))
@@ -154,7 +161,30 @@ class SegmentWriter:
         self.objects_stored += 1
         self.seq += 1
         self.pending, self.chunk_list, self.chunk_pos, self.writer, self.fresh = [], [], {}, None, {}
+        if len(self.index_parts) >= self.MERGE_EVERY:
+            self.merge_indexes()
         return key
+
+    def merge_indexes(self) -> None:
+        """One index object for the last flushes' packs (written first), then the small ones go."""
+        parts, self.index_parts = self.index_parts, []
+        if len(parts) < 2:
+            return
+        by_pack: dict[bytes, list] = {}
+        for _keys, written in parts:
+            for cid, e in written.items():
+                by_pack.setdefault(e.pack, []).append((cid, *tuple(e)[1:]))  # Entry minus its pack
+        for entries in by_pack.values():
+            entries.sort(key=lambda x: x[2])
+        key = index_key(os.urandom(16))
+        self.vault.storage.put(key, encode_index(by_pack.items()))
+        self.vault._loaded_index_keys.add(key)
+        self.objects_stored += 1
+        # The small ones of the *previous* merge go now: a reader that listed them a moment ago
+        # may still be about to read them, and the merged copy has been there since.
+        for k in self.merged_keys:
+            self.vault.storage.delete(k)
+        self.merged_keys = [k for keys, _written in parts for k in keys]
 
 
 def save_base(vault: Vault, target: Target, page_size: int, ids: list[bytes], *, time: float, meta: dict,

@@ -85,6 +85,9 @@ class Watcher:
                                          "everything seen is stored")
                     except MulliganError as exc:
                         self.log("error", f"{slot.target.name}: could not store the last commits: {exc.one_line()}")
+                    except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others' flush
+                        self.log("error", f"{slot.target.name}: could not store the last commits: "
+                                          f"{exc.__class__.__name__}: {exc}")
             self.alerter.drain(3.0)
             self.lease.release()
             if self.metrics_server is not None:
