@@ -218,21 +218,28 @@ class _Planner:
                 if pkey in self.planned_deletes[fk.parent] or self.current_row(fk.parent, pkey) is None:
                     missing.append(label)
             else:  # a reference by natural columns (REFERENCES users(username)): values never change
-                lost_parent = self._lost_inserts_by(fk.parent, fk.parent_columns).get(vals)
+                lost_parent = self.lost_inserts_by(fk.parent, fk.parent_columns).get(vals)
                 if lost_parent is not None and lost_parent in self.blocked[fk.parent]:
                     blocked.append(label)  # never let it fall onto CURRENT's row with the same name
-                elif lost_parent is None and not self._will_have(fk.parent, fk.parent_columns, vals):
+                elif lost_parent is None and not self.will_have(fk.parent, fk.parent_columns, vals):
                     missing.append(label)
         return out, blocked, missing
 
-    def _will_have(self, table: str, columns: tuple[str, ...], vals: tuple) -> bool:
-        """CURRENT has a row with these values, or a replayed update gives one these values."""
+    def will_have(self, table: str, columns: tuple[str, ...], vals: tuple) -> bool:
+        """After the replay a row has these values: a replayed update gives them, or a row of CURRENT
+        has them and the replay neither deletes it nor changes them."""
+        info = self.tables[table]
         for sets in self.moved[table].values():
             if all(c in sets for c in columns) and all(same(sets[c], v) for c, v in zip(columns, vals)):
                 return True
-        return bool(self.rows_where(table, columns, vals))
+        for row in self.rows_where(table, columns, vals):
+            key = tuple(row[c] for c in info.pk)
+            sets = self.moved[table].get(key, {})
+            if key not in self.planned_deletes[table] and all(same(sets.get(c, row[c]), row[c]) for c in columns):
+                return True
+        return False
 
-    def _lost_inserts_by(self, table: str, columns: tuple[str, ...]) -> dict[tuple, tuple]:
+    def lost_inserts_by(self, table: str, columns: tuple[str, ...]) -> dict[tuple, tuple]:
         """LOST's inserted rows of ``table`` by the values of ``columns`` -> their lost key."""
         ck = ("by", table, columns)
         if ck not in self._stmt_cache:

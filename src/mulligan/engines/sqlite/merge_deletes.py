@@ -59,6 +59,8 @@ def keep_parents_of_new_children(p) -> bool:
                 for pkey, child_key in _children(p, fk, keys):
                     if pkey not in keys or _child_moves_away(p, fk, child_key, pkey):
                         continue
+                    if not fk.through_key and _value_provided(p, fk, p.lost.tables[parent].deletes[pkey]):
+                        continue  # referred to by value, and the replay gives that value to another row
                     keys.discard(pkey)
                     reasons[(parent, pkey)] = (
                         f"not replayed: {fk.child} row {fmt_key(child_key)} still refers to it in CURRENT"
@@ -101,6 +103,24 @@ def _children(p, fk: ForeignKey, keys: set[tuple]):
         out.append((by_value[tuple(r[:n])], tuple(r[n:])))
     p.conn.execute("DROP TABLE temp._mulligan_keys")
     return out
+
+
+def _value_provided(p, fk: ForeignKey, deleted_row: dict) -> bool:
+    """After the replay another row of fk.parent has the values the deleted row had in fk.parent_columns.
+
+    Before updates are planned this trusts LOST (a lost insert, or a lost update, gives the value);
+    afterwards it counts only what is replayed.
+    """
+    cols = fk.parent_columns
+    vals = tuple(deleted_row.get(c) for c in cols)
+    tc = p.lost.tables[fk.parent]
+    if p.updates_planned:
+        if any(all(same(w.values.get(c), v) for c, v in zip(cols, vals)) for w in p.inserts[fk.parent]):
+            return True
+        return any(all(c in sets and same(sets[c], v) for c, v in zip(cols, vals)) for sets in p.moved[fk.parent].values())
+    if vals in p.lost_inserts_by(fk.parent, cols):
+        return True
+    return any(all(same(lost_row.get(c), v) for c, v in zip(cols, vals)) for _, lost_row in tc.updates.values())
 
 
 def _child_moves_away(p, fk: ForeignKey, child_key: tuple, pkey: tuple) -> bool:
