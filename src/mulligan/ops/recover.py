@@ -5,8 +5,9 @@ nothing is written. ``apply_recovery`` runs the guards the caller supplies
 (confirmation, undo point, audit), then plans again under CURRENT's write lock
 and applies in one transaction (see :mod:`mulligan.engines.sqlite.merge`).
 
-Every input is a SQLite file path; turning vault states into files is the
-caller's business (:func:`mulligan.ops.states.materialize`).
+Both take SQLite file paths. ``recover_target`` is the command's use case: STATE
+specs of a protected target (vault states materialised as files), the
+incident record, the identity check, the undo point.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..engines.sqlite import merge_model as m
 from ..engines.sqlite.merge_apply import already_applied_error, applied_before, apply_on_file, plan_on_file
 from ..engines.sqlite.merge_diff import LostChanges, read_lost_changes
 from ..engines.sqlite.merge_owner import owners
-from ..errors import NotADatabase, NotFound
+from ..errors import GuardRefused, NotADatabase, NotFound, UsageError
 
 
 @dataclass
@@ -85,6 +86,7 @@ class RecoveryResult:
     check_seconds: float = 0.0
     seconds: float = 0.0
     preexisting_fk_violations: list[dict] = field(default_factory=list)
+    confirmed_by: str | None = None  # how the write was confirmed (typed name, --confirm, --yes)
 
 
 @dataclass
@@ -210,3 +212,88 @@ def apply_recovery(
             "remapped": sum(t.remapped for t in plan.tables.values()),
         })
     return result
+
+
+# ---- a protected target: vault states, the incident, the undo point ------------------------
+
+
+def recover_target(
+    ws,
+    target,
+    *,
+    base: str | None = None,
+    lost: str | None = None,
+    current: str = "live",
+    incident_id: str | None = None,
+    options: RecoveryOptions | None = None,
+    apply: bool = False,
+    confirm: Callable[[RecoveryPlan], str] | None = None,
+    say: Callable[[str], None] = lambda message: None,
+) -> RecoveryPlan | RecoveryResult:
+    """``recover NAME``: BASE, LOST and CURRENT as STATE specs (``live``, a snapshot, ``@TIME``, a file).
+
+    With an incident, BASE and LOST default to the ones it records (keeping the
+    outcome in it is the caller's, with the JSON of report/recover.py). Applying into the target itself checks its
+    identity stamp, asks ``confirm`` (which returns how it was confirmed, or
+    raises GuardRefused), takes an undo point, and records the merge as
+    Mulligan's own write. A CURRENT other than ``live`` is a rehearsal on a
+    copy: confirmed, but no undo point.
+    """
+    from contextlib import ExitStack
+
+    from . import guards, incidents
+    from .states import materialize
+
+    options = options or RecoveryOptions()
+    if incident_id:
+        inc = incidents.get(ws.vault, incident_id)
+        inc_base, inc_lost = incidents.recovery_states(inc)
+        base, lost = base or inc_base, lost or inc_lost
+    if not base or not lost:
+        raise UsageError("recover needs --base STATE and --lost STATE, or --incident ID",
+                         hint="BASE is the state that was restored by mistake, LOST the last good state before it")
+    with ExitStack() as stack:
+        say(f"reading BASE ({base}) and LOST ({lost})")
+        base_path = stack.enter_context(materialize(ws.vault, target, base))
+        lost_path = stack.enter_context(materialize(ws.vault, target, lost))
+        current_path = target.path if current == "live" else stack.enter_context(materialize(ws.vault, target, current))
+        into_target = current_path == target.path
+        if not apply:
+            return _labelled(plan_recovery(base_path, lost_path, current_path, options), base, lost, current)
+        confirmed = {}
+
+        def check_and_confirm(plan: RecoveryPlan) -> None:
+            if into_target:
+                problems = guards.identity_problems(target, ws.engine(target).read_identity(target.path))
+                if problems:
+                    raise GuardRefused(problems[0], unchanged="nothing was written and no undo point was taken")
+            if confirm is not None:
+                confirmed["by"] = confirm(_labelled(plan, base, lost, current))
+
+        def undo_point() -> str:
+            from ..vault import KIND_UNDO
+            from .inplace import UNDO_TAG
+            from .snapshot import take_snapshot
+
+            say("taking an undo point before writing")
+            return take_snapshot(ws, target, kind=KIND_UNDO, tag=UNDO_TAG).id
+
+        hooks = ApplyHooks(confirm=check_and_confirm, take_undo_point=undo_point if into_target else None)
+        say(f"merging into {current_path}: planned again under its write lock, checked, one transaction")
+        result = apply_recovery(base_path, lost_path, current_path, options, hooks)
+        result.confirmed_by = confirmed.get("by")
+        _labelled(result.plan, base, lost, current)
+        if into_target:
+            try:  # the merge is Mulligan's own commit: it must never count as live use afterwards
+                guards.record_own_write(ws.vault, target, by="recover", detail={"undo_point": result.undo_point})
+            except Exception as exc:  # bookkeeping after the commit must not hide that the merge is done
+                result.plan.warnings.append(f"could not record the merge as Mulligan's own write: {exc}")
+        return result
+
+
+def _labelled(plan: RecoveryPlan, base: str, lost: str, current: str) -> RecoveryPlan:
+    """Name the states as the user gave them, not by the scratch files they were read from."""
+    plan.base, plan.lost = base, lost
+    if current != "live":
+        plan.current = current
+    return plan
