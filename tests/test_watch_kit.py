@@ -19,6 +19,20 @@ import apsw
 
 from conftest import MULLIGAN, Env
 
+_STARTED: list[subprocess.Popen] = []
+
+
+def _reap() -> None:
+    """Processes a failed test left running (its assertion came before term()/stop())."""
+    for p in _STARTED:
+        if p.poll() is None:
+            p.kill()
+
+
+import atexit  # noqa: E402
+
+atexit.register(_reap)
+
 APP = textwrap.dedent('''
     import apsw, os, signal, sys, time
     path, logpath, rate = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -74,6 +88,7 @@ class App:
         self.logpath = Path(logpath)
         self.proc = subprocess.Popen([sys.executable, str(script), db, str(logpath), str(rate)],
                                      stdout=subprocess.PIPE, text=True)
+        _STARTED.append(self.proc)
         assert self.proc.stdout.readline().strip() == "ready"
 
     def log(self) -> list[tuple[int, float]]:
@@ -169,6 +184,7 @@ class Watch:
         self.err = open(self.errpath, "w")
         self.proc = subprocess.Popen(MULLIGAN + ["-v", "watch", *args], cwd=env.dir, stdout=subprocess.DEVNULL,
                                      stderr=self.err, env=e)
+        _STARTED.append(self.proc)
         assert self.wait_for(ready, 15), self.text()
 
     def text(self) -> str:
