@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import apsw
 
-from .merge_deletes import emit_deletes, keep_parents_of_new_children, plan_deletes
+from .merge_deletes import emit_deletes, keep_parents_of_new_children, plan_deletes, value_provided
 from .merge_diff import LostChanges
 from .merge_keyless import plan_keyless
 from .merge_updates import plan_updates
@@ -85,6 +85,10 @@ class _Planner:
         self.units_of: dict[str, list[tuple[str, ...]]] = {}  # columns merged together, per table
         self.delete_skips: dict[tuple[str, tuple], str] = {}  # (table, key) -> why LOST's delete is not replayed
         self.updates_planned = False
+        # Referenced values LOST moved to another row: (table, key, fk, value) taken on trust, checked after;
+        # rows whose value must stay because the row meant to take it over is not replayed.
+        self.value_deps: list[tuple] = []
+        self.keep_values: set[tuple[str, tuple]] = set()
         self.conflicts: dict[str, list[Conflict]] = {n: [] for n in self.tables}
         self.outcomes: dict[str, list[Outcome]] = {n: [] for n in self.tables}
         self.seq = self._sequences()
@@ -137,6 +141,7 @@ class _Planner:
         start = self.alloc.snapshot()
         while True:
             self.alloc.restore(start)
+            self.value_deps = []
             for component in self.schema.order():
                 comp = [n for n in component if n in self.tables]
                 if comp:
@@ -144,10 +149,23 @@ class _Planner:
             self.updates_planned = True
             # A delete that counted on an update moving its children away, which turned out to
             # be a conflict, is dropped; the rest is planned again against the deletes that stand.
-            if not keep_parents_of_new_children(self):
+            dropped = keep_parents_of_new_children(self)
+            if not self._unprovided_values() and not dropped:
                 break
         emit_deletes(self)
         return self._finish()
+
+    def _unprovided_values(self) -> bool:
+        """Updates that moved a referenced value away, counting on a row that is not replayed to take it."""
+        found = False
+        for name, key, fk, old in self.value_deps:
+            sets = self.moved[name].get(key, {})
+            if any(c in sets for c in fk.parent_columns) and not value_provided(
+                self, fk, dict(zip(fk.parent_columns, old)), trust_lost=False
+            ):
+                self.keep_values.add((name, key))
+                found = True
+        return found
 
     def _plan_component(self, comp: list[str]) -> None:
         cyclic = len(comp) > 1 or any(fk.parent == comp[0] for fk in self.tables[comp[0]].fks)

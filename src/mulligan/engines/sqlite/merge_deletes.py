@@ -59,7 +59,7 @@ def keep_parents_of_new_children(p) -> bool:
                 for pkey, child_key in _children(p, fk, keys):
                     if pkey not in keys or _child_moves_away(p, fk, child_key, pkey):
                         continue
-                    if not fk.through_key and _value_provided(p, fk, p.lost.tables[parent].deletes[pkey]):
+                    if not fk.through_key and value_provided(p, fk, p.lost.tables[parent].deletes[pkey]):
                         continue  # referred to by value, and the replay gives that value to another row
                     keys.discard(pkey)
                     reasons[(parent, pkey)] = (
@@ -105,16 +105,16 @@ def _children(p, fk: ForeignKey, keys: set[tuple]):
     return out
 
 
-def _value_provided(p, fk: ForeignKey, deleted_row: dict) -> bool:
-    """After the replay another row of fk.parent has the values the deleted row had in fk.parent_columns.
+def value_provided(p, fk: ForeignKey, row: dict, *, trust_lost: bool | None = None) -> bool:
+    """After the replay another row of fk.parent has the values ``row`` has in fk.parent_columns.
 
-    Before updates are planned this trusts LOST (a lost insert, or a lost update, gives the value);
-    afterwards it counts only what is replayed.
+    Trusting LOST (before the plan is known) a lost insert or a lost update giving the
+    values is enough; otherwise only a replayed insert or update counts.
     """
     cols = fk.parent_columns
-    vals = tuple(deleted_row.get(c) for c in cols)
+    vals = tuple(row.get(c) for c in cols)
     tc = p.lost.tables[fk.parent]
-    if p.updates_planned:
+    if not (not p.updates_planned if trust_lost is None else trust_lost):
         if any(all(same(w.values.get(c), v) for c, v in zip(cols, vals)) for w in p.inserts[fk.parent]):
             return True
         return any(all(c in sets and same(sets[c], v) for c, v in zip(cols, vals)) for sets in p.moved[fk.parent].values())

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from .merge_deletes import value_provided
 from .merge_model import (
     CELL, CONFLICT, MERGED, MISSING_PARENT, PARENT_CONFLICT, PRESENT, REFERENCED, REPLAYED, UNIQUE, UPDATE_DELETED,
     Write, fmt_key, same,
@@ -88,7 +89,7 @@ def _merge_cells(p, name: str, groups, pd: _Pending) -> None:
             continue
         if all(same(pd.cur[c], mapped[c]) for c in unit):
             continue
-        refusal = _unit_refusal(p, name, unit, pd.lost) or _still_referenced(p, name, unit, pd.cur)
+        refusal = _unit_refusal(p, name, unit, pd.lost) or _still_referenced(p, name, unit, pd.key, pd.cur)
         if refusal is None and cur_changed:
             refusal = (CELL, "changed differently in LOST and CURRENT; CURRENT's value stays")
         if refusal is not None:
@@ -113,35 +114,46 @@ def _unit_refusal(p, name: str, unit: tuple[str, ...], lost_row: dict) -> tuple[
     return None
 
 
-def _still_referenced(p, name: str, unit: tuple[str, ...], cur: dict) -> tuple[str, str] | None:
+def _still_referenced(p, name: str, unit: tuple[str, ...], key: tuple, cur: dict) -> tuple[str, str] | None:
     """A column other rows refer to by value (REFERENCES t(handle)) must not change under them.
 
     Rows of CURRENT that refer to the old value stay with it unless the replay
-    deletes them or LOST itself pointed them elsewhere (and CURRENT did not).
+    deletes them, LOST itself pointed them elsewhere (and CURRENT did not), or
+    the replay gives the old value to another row (LOST moved it there). The
+    last is taken on trust here and checked once the plan is known.
     """
     for fk in p.schema.children_of(name):
         if fk.through_key or fk.child not in p.tables or not set(fk.parent_columns) & set(unit):
             continue
         old = tuple(cur.get(c) for c in fk.parent_columns)
-        if any(v is None for v in old):
+        if any(v is None for v in old) or not _referrers_stay(p, fk, old):
             continue
-        child = p.tables[fk.child]
-        lost_child = p.lost.tables[fk.child]
-        for row in p.rows_where(fk.child, fk.columns, old):
-            if child.keyless:
-                if any(all(same(r.get(c), row[c]) for c in r) for r, _, _ in lost_child.removed):
-                    continue
-            else:
-                ck = tuple(row[c] for c in child.pk)
-                if ck in p.planned_deletes[fk.child]:
-                    continue
-                upd = lost_child.updates.get(ck)
-                if upd is not None and all(c in upd[1] for c in fk.columns) \
-                        and any(not same(upd[1][c], upd[0][c]) for c in fk.columns) \
-                        and all(same(row[c], upd[0][c]) for c in fk.columns):
-                    continue
-            return REFERENCED, f"CURRENT's {fk.child} rows still refer to the old value; CURRENT's value stays"
+        if (name, key) not in p.keep_values and value_provided(p, fk, dict(zip(fk.parent_columns, old)), trust_lost=True):
+            p.value_deps.append((name, key, fk, old))
+            continue
+        return REFERENCED, f"CURRENT's {fk.child} rows still refer to the old value; CURRENT's value stays"
     return None
+
+
+def _referrers_stay(p, fk, old: tuple) -> bool:
+    """Some row of CURRENT refers to ``old`` and the replay neither deletes it nor points it elsewhere."""
+    child = p.tables[fk.child]
+    lost_child = p.lost.tables[fk.child]
+    for row in p.rows_where(fk.child, fk.columns, old):
+        if child.keyless:
+            if any(all(same(r.get(c), row[c]) for c in r) for r, _, _ in lost_child.removed):
+                continue
+            return True
+        ck = tuple(row[c] for c in child.pk)
+        if ck in p.planned_deletes[fk.child]:
+            continue
+        upd = lost_child.updates.get(ck)
+        if upd is not None and all(c in upd[1] for c in fk.columns) \
+                and any(not same(upd[1][c], upd[0][c]) for c in fk.columns) \
+                and all(same(row[c], upd[0][c]) for c in fk.columns):
+            continue
+        return True
+    return False
 
 
 def _settle_unique(p, name: str, pending: list[_Pending]) -> list[_Pending]:
