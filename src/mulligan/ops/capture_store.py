@@ -136,9 +136,10 @@ class SegmentWriter:
         if not self.pending:
             return None
         if self.fresh:
-            w = self.writer = PackWriter(self.vault.storage)
-            for (cid, data), blob in zip(self.fresh.items(), self.vault.codec.pack_blobs(list(self.fresh.values()))):
-                w.add(cid, T_PAGE, blob, len(data))
+            # Compressed in 64 KiB blocks of pages, as snapshots are: fewer, better-compressed blobs.
+            w = self.writer = PackWriter(self.vault.storage, codec=self.vault.codec)
+            for cid, data in self.fresh.items():
+                w.add_raw(cid, T_PAGE, data)
         w = self.writer
         if w is not None:
             w.flush()
