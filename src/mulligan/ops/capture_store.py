@@ -98,7 +98,7 @@ class SegmentWriter:
     index_parts: list = field(default_factory=list)
     MERGE_EVERY = 64
     merged_keys: list = field(default_factory=list)
-    RECENT_MAX = 1 << 16
+    RECENT_MAX = 1 << 14
 
     def next_commit_id(self) -> str:
         return commit_id(self.base_id, self.seq, len(self.pending))
@@ -143,7 +143,7 @@ class SegmentWriter:
         w = self.writer
         if w is not None:
             w.flush()
-            self.index_parts.append((list(w.index_keys), dict(w.written)))
+            self.index_parts.append((list(w.index_keys), [(cid, *e) for cid, e in w.written.items()]))
             if len(self.recent) > self.RECENT_MAX:
                 self.recent = dict(list(self.recent.items())[self.RECENT_MAX // 2:])
             self.recent.update(dict.fromkeys(w.written, True))
@@ -162,7 +162,7 @@ class SegmentWriter:
         self.objects_stored += 1
         self.seq += 1
         self.pending, self.chunk_list, self.chunk_pos, self.writer, self.fresh = [], [], {}, None, {}
-        if len(self.index_parts) >= self.MERGE_EVERY:
+        if len(self.index_parts) >= self.MERGE_EVERY or sum(len(w) for _, w in self.index_parts) >= 20000:
             self.merge_indexes()
         return key
 
@@ -173,8 +173,8 @@ class SegmentWriter:
             return
         by_pack: dict[bytes, list] = {}
         for _keys, written in parts:
-            for cid, e in written.items():
-                by_pack.setdefault(e.pack, []).append((cid, *tuple(e)[1:]))  # Entry minus its pack
+            for cid, pack, *rest in written:  # (chunk id, *Entry): the index entry is the Entry minus its pack
+                by_pack.setdefault(pack, []).append((cid, *rest))
         for entries in by_pack.values():
             entries.sort(key=lambda x: x[2])
         key = index_key(os.urandom(16))
