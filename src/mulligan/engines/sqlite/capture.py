@@ -224,7 +224,7 @@ class Tailer:
                     raise NotADatabase(f"{self.path} is empty")
                 hdr = parse_header(raw, size_now, self.path)
                 ps, count = hdr.page_size, hdr.page_count
-            step = 1024
+            step = 256
             for start in range(1, count + 1, step):
                 n = min(step, count - start + 1)
                 blob = os.pread(self.db_fd, ps * n, (start - 1) * ps)
