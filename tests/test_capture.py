@@ -78,6 +78,12 @@ def test_restore_at_a_random_past_time_is_the_database_as_it_was_then(app_env):
         last = max(app_ids) if app_ids else 0
         if last in times and last - 1 in times:
             assert times[last - 1] <= when, "a commit made after TIME is present"
+    # @TIME in STATE arguments (diff, impact, recover) resolves to the same captured commit
+    from mulligan.ops.states import resolve_state
+    from mulligan.timeparse import iso
+
+    ref = resolve_state("@" + iso(when), env.ws.vault, env.ws.target("app"))
+    assert ref.manifest.kind == "commit" and ref.manifest.time <= iso(when)
 
 
 def test_an_application_truncate_checkpoint_is_handled_not_fought(app_env):
@@ -180,6 +186,8 @@ def test_prune_keeps_the_capture_chain_and_verify_checks_it(app_env):
     indexes = list((env.dir / ".mulligan" / "vault" / "index").iterdir())
     assert len(segments) > 64 and len(indexes) < len(segments)
     assert env.run("snapshot", "app").code == 0
+    r = env.run("prune", "app", "--keep-within", "1h", "--json")
+    assert r.code == 0 and r.json["removed"] == []
     r = env.run("prune", "app", "--keep-last", "1", "--json")
     assert r.code == 0, r.err
     assert any(k["reason"] for k in r.json["kept"] if k["kind"] == "snapshot")
