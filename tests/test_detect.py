@@ -196,3 +196,18 @@ def test_an_in_place_restore_through_mulligan_is_recorded_not_alarmed(scene):
     entries = env.run("audit", "--json").json
     entries = entries.get("entries", entries) if isinstance(entries, dict) else entries
     assert any(e.get("outcome") == "in-place restore observed" for e in entries), entries
+
+
+def test_a_mass_delete_by_the_app_is_not_a_rollback(scene):
+    env, db, hook = scene
+    w = Watch(env, "app")
+    conn = apsw.Connection(db)
+    conn.set_busy_timeout(5000)
+    with conn:
+        conn.execute("DELETE FROM posts WHERE id > 5")
+    conn.execute("VACUUM")
+    conn.close()
+    time.sleep(1.2)
+    assert w.term() == 0
+    assert hook.wait("rollback", 0.2) is None
+    assert env.run("incidents", "--json").json["incidents"] == []

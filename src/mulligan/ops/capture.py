@@ -261,7 +261,9 @@ class TargetCapture:
                 rolled_to = m
             self.log("debug", f"{self.target.name}: best older match {m.id if m else None} ({score:.2f}), "
                               f"last good state {lkg_score:.2f}; signals {sig.strong + sig.weak}")
-        is_rollback = bool(sig.strong) or (suspicious and (bool(sig.weak) or rolled_to is not None))
+        # Largest keys falling alone is what a mass DELETE does too: it is reported with a
+        # rollback, never enough for one.
+        is_rollback = bool(sig.strong) or (suspicious and rolled_to is not None)
         if is_rollback and sig.generation_up and not any(x.startswith("the identity stamp") for x in sig.strong):
             detect.record(self.vault, self.target, "in-place restore observed",
                           {"signals": sig.strong + sig.weak, "where": where})

@@ -89,6 +89,11 @@ class Watcher:
                         self.log("error", f"{slot.target.name}: could not store the last commits: "
                                           f"{exc.__class__.__name__}: {exc}")
             self.alerter.drain(3.0)
+            from .detect import record
+
+            for slot in self.slots:
+                record(self.ws.vault, slot.target, "stopped",
+                       {"commits": slot.capture.stats.commits if slot.capture else 0})
             self.lease.release()
             if self.metrics_server is not None:
                 self.metrics_server.shutdown()

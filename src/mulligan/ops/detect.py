@@ -8,9 +8,10 @@ strong, any one is a rollback:
   * the identity stamp inside names another target;
   * the identity generation went down (the watcher advances it every minute);
   * an AUTOINCREMENT counter (``sqlite_sequence``) went down;
-weak, a rollback only together with a mass rewrite or a WAL discontinuity:
-  * the largest key of a table fell;
-  * the new state's pages match an older snapshot better than the last good state.
+together with a mass rewrite or a WAL discontinuity, a rollback:
+  * the new state's pages match an older snapshot better than the last good state;
+reported, never enough alone (a mass DELETE does it too):
+  * the largest key of a table fell.
 
 A state whose generation went *up* in the same change came from Mulligan's own
 in-place restore (it advances the generation): recorded, not an alarm.
