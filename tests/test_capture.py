@@ -196,3 +196,26 @@ def test_prune_keeps_the_capture_chain_and_verify_checks_it(app_env):
     assert set(i for i, t in log if t <= when - 0.3) <= set(got)
     v = env.run("verify", "app", "--json")
     assert v.code == 0 and v.json["ok"], v.out
+
+
+def test_one_watch_captures_every_target(project):
+    a = make_app_db(project.dir / "a.db")
+    b = make_app_db(project.dir / "b.db")
+    project.protect(a, name="a")
+    project.protect(b, name="b", env="staging")
+    w = Watch(project)  # no NAME: every target
+    assert w.wait_for("capturing " + b, 10) and w.wait_for("capturing " + a, 10)
+    for path, n in ((a, 3), (b, 5)):
+        conn = apsw.Connection(path)
+        conn.set_busy_timeout(5000)
+        with conn:
+            for _ in range(n):
+                conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'x')")
+        conn.close()
+    time.sleep(0.4)
+    assert w.term() == 0
+    for name, n in (("a", 3), ("b", 5)):
+        out = project.dir / f"{name}-r.db"
+        r = project.run("restore", name, "--latest", "--to", str(out))
+        assert r.code == 0, r.err
+        assert len(ids_in(str(out))) == 50 + n
