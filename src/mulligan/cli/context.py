@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from .. import config as cfg
-from ..ops.workspace import Workspace
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..ops.workspace import Workspace
 
 
-def _console(stream) -> Console:
+def _console(stream) -> "Console":
+    from rich.console import Console  # imported when first needed: start-up time matters
+
     tty = stream.isatty()
     return Console(file=stream, highlight=False, width=None if tty else 160, soft_wrap=not tty)
 
@@ -30,9 +35,21 @@ class Ctx:
     audit_target: object = None
     audit_detail: object = None
     _config: cfg.Config | None = None
-    _ws: Workspace | None = None
-    out: Console = field(default_factory=lambda: _console(sys.stdout))
-    err: Console = field(default_factory=lambda: _console(sys.stderr))
+    _ws: "Workspace | None" = None
+    _out: "Console | None" = None
+    _err: "Console | None" = None
+
+    @property
+    def out(self) -> "Console":
+        if self._out is None:
+            self._out = _console(sys.stdout)
+        return self._out
+
+    @property
+    def err(self) -> "Console":
+        if self._err is None:
+            self._err = _console(sys.stderr)
+        return self._err
 
     @property
     def config_path(self) -> Path:
@@ -45,8 +62,10 @@ class Ctx:
         return self._config
 
     @property
-    def ws(self) -> Workspace:
+    def ws(self) -> "Workspace":
         if self._ws is None:
+            from ..ops.workspace import Workspace
+
             self._ws = Workspace.open(self.config)
         return self._ws
 
@@ -69,9 +88,11 @@ class Ctx:
     @contextmanager
     def progress(self, description: str, total: int | None):
         """A rich progress bar on standard error; yields advance(n, total)."""
-        if self.verbosity < 0 or not self.err.is_terminal:
+        if self.verbosity < 0 or not sys.stderr.isatty():
             yield lambda n, t=None: None
             return
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
             console=self.err, transient=True,

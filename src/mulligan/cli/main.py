@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .. import __version__
 from ..errors import EXIT_ERROR, EXIT_USAGE, GuardRefused, MulliganError
 from .context import Ctx
 
@@ -98,7 +99,7 @@ def split_globals(argv: list[str]) -> tuple[dict, list[str]]:
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="mulligan", prog_name="mulligan")
+@click.version_option(version=__version__, prog_name="mulligan")
 @click.option("--config", "config_arg", metavar="PATH", help="Configuration file (else MULLIGAN_CONFIG, else ./mulligan.toml).")
 @click.option("--json", "json_", is_flag=True, help="Machine-readable JSON on standard output.")
 @click.option("-v", "--verbose", count=True, help="More narration on standard error.")
