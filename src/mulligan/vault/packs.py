@@ -107,7 +107,7 @@ class PackWriter:
     alone (its own block).
     """
 
-    def __init__(self, storage: Storage, target_size: int = 16 << 20, codec=None):
+    def __init__(self, storage: Storage, target_size: int = 8 << 20, codec=None):
         self.storage = storage
         self.target_size = target_size
         self.codec = codec
@@ -120,6 +120,7 @@ class PackWriter:
         self._open_size = 0
         self._raw_size = 0
         self._inflight: list[tuple[list, Future]] = []
+        self._stores: list[tuple[Future, list]] = []
         self.written: dict[bytes, Entry] = {}
         self.bytes_written = 0
         self.stored_bytes = 0  # compressed bytes of new chunks and blocks
@@ -139,7 +140,7 @@ class PackWriter:
         self._size += len(blob)
         self.stored_bytes += len(blob)
         if self._size + self._raw_size >= self.target_size:
-            self.flush()
+            self.flush(wait=False)
 
     def add_raw(self, chunk_id: bytes, type_: int, data: bytes) -> None:
         if self.has(chunk_id):
@@ -152,7 +153,27 @@ class PackWriter:
             if len(self._raw_blocks) >= 64:
                 self._compress()
         if self._size + self._raw_size >= self.target_size:
-            self.flush()
+            self.flush(wait=False)
+
+    def add_raw_many(self, items: list[tuple[bytes, bytes]], type_: int) -> int:
+        """``add_raw`` for many (id, data) pairs; returns how many were new to this writer."""
+        n = 0
+        pending, written = self._pending_ids, self.written
+        for cid, data in items:
+            if cid in pending or cid in written:
+                continue
+            n += 1
+            pending.add(cid)
+            self._open.append((cid, type_, data))
+            self._open_size += len(data)
+            if self._open_size >= BLOCK_TARGET:
+                self._seal()
+                if len(self._raw_blocks) >= 64:
+                    self._compress()
+                if self._size + self._raw_size >= self.target_size:
+                    self.flush(wait=False)
+                    pending = self._pending_ids
+        return n
 
     def _seal(self) -> None:
         if self._open:
@@ -187,24 +208,36 @@ class PackWriter:
             self.stored_bytes += len(blob)
             self._raw_size -= sum(len(d) for _, _, d in blk) // 3
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
+        """Cut a pack from what is pending and store it (pack, then its index) in a
+        background thread; with ``wait``, return only when every pack is stored."""
         self._seal()
         self._compress()
         self._drain()
-        if not self._entries:
-            return
-        pack_id = os.urandom(ID_LEN)
-        trailer = encode_index([(pack_id, self._entries)])
-        body = b"".join(self._parts) + trailer + struct.pack("<I", len(trailer)) + PACK_MAGIC
+        if self._entries:
+            pack_id = os.urandom(ID_LEN)
+            entries, parts = self._entries, self._parts
+            for cid, t, off, slen, ln, inner in entries:
+                self.written[cid] = Entry(pack_id, t, off, slen, ln, inner)
+            self._parts, self._entries, self._size, self._pending_ids = [], [], 0, set()
+            self._raw_size = 0
+            self._stores.append((worker("store").submit(self._store, pack_id, parts, entries), entries))
+        while len(self._stores) > (0 if wait else 1):
+            future, entries = self._stores.pop(0)
+            try:
+                future.result()
+            except BaseException:
+                for e in entries:  # not stored: a later write must store these chunks again
+                    self.written.pop(e[0], None)
+                raise
+
+    def _store(self, pack_id: bytes, parts: list[bytes], entries: list[tuple]) -> None:
+        trailer = encode_index([(pack_id, entries)])
+        body = b"".join(parts) + trailer + struct.pack("<I", len(trailer)) + PACK_MAGIC
         self.storage.put(pack_key(pack_id), body)
-        index_id = os.urandom(ID_LEN)
-        ikey = index_key(index_id)
-        self.storage.put(ikey, encode_index([(pack_id, self._entries)]))
+        ikey = index_key(os.urandom(ID_LEN))
+        self.storage.put(ikey, encode_index([(pack_id, entries)]))
         self.index_keys.append(ikey)
-        for cid, t, off, slen, ln, inner in self._entries:
-            self.written[cid] = Entry(pack_id, t, off, slen, ln, inner)
         self.bytes_written += len(body)
         self.objects_written += 2
-        self._parts, self._entries, self._size, self._pending_ids = [], [], 0, set()
-        self._raw_size = 0
 

@@ -187,14 +187,14 @@ class Vault:
             ids = bytearray()
             stats = SaveStats()
             page_count = 0
+            chunk_id = self.codec.chunk_id
             for batch in batches:
-                batch_ids = [self.codec.chunk_id(p) for p in batch]
+                batch_ids = [chunk_id(p) for p in batch]
                 ids += b"".join(batch_ids)
                 page_count += len(batch)
-                for cid, p in zip(batch_ids, batch):
-                    if cid not in idx and not writer.has(cid):
-                        writer.add_raw(cid, T_PAGE, p)
-                        stats.new_chunks += 1
+                fresh = [(cid, p) for cid, p in zip(batch_ids, batch) if cid not in idx]
+                if fresh:
+                    stats.new_chunks += writer.add_raw_many(fresh, T_PAGE)
                 if progress:
                     progress(len(batch))
 
