@@ -36,6 +36,10 @@ class SaveStats:
     new_objects: int = 0
 
 
+def _inner(pair) -> int:
+    return pair[0].inner
+
+
 class Vault:
     def __init__(self, storage: Storage, config: dict):
         self.storage = storage
@@ -149,7 +153,7 @@ class Vault:
             decoded = pending.result()
             pending = pool.submit(self._read_part, *parts[i + 1]) if i + 1 < len(parts) else None
             for o, block in zip(part, decoded):
-                for e, c in blocks[o]:
+                for e, c in sorted(blocks[o], key=_inner):
                     yield c, check(block[e.inner : e.inner + e.length], c, e.length)
 
     def _read_part(self, pack_id: bytes, blocks: dict, part: list[int]) -> list[bytes]:
