@@ -27,6 +27,7 @@ from . import capture_store as cs
 from . import detect
 from . import incidents as inc_mod
 from .alerts import Alerter, Log
+from .capture_detect import RollbackDetector
 from .workspace import Workspace
 
 
@@ -85,11 +86,9 @@ class TargetCapture:
         self.seg: cs.SegmentWriter | None = None
         self.base = None
         self.stats = CaptureStats()
-        self.obs: Observation | None = None  # at the last good point
         self.last_point: tuple[str, float] | None = None  # (point id, seen time) of the last commit
-        self.suspects: list[tuple[str | None, float | None, str]] = []  # mass commits since the last clean check
         self.wal_pages: dict[int, int] = {}
-        self.matcher = detect.SnapshotMatcher(self.vault)
+        self.det = RollbackDetector(self)
         self._t = {"flush": 0.0, "base": 0.0, "gen": 0.0, "sample": 0.0, "status": 0.0}
         self._swapped: dict | None = None  # the path names another file; we keep capturing ours
         self._stale_alerted = False
@@ -112,13 +111,13 @@ class TargetCapture:
             if prev is not None and prev["ids"] != ids:
                 gap = {"from": iso(prev["time"]), "to": iso(time.time()),
                        "reason": "the database changed while watch was not running"}
-            self.obs = prev["obs"] if prev is not None else None
+            self.det.obs = prev["obs"] if prev is not None else None
             self._new_base(gap=gap, reason="watch started", bump=False)
             if prev is not None and gap is not None:
-                self._check(obs, mass=False, where="the database changed while watch was not running",
+                self.det.check(obs, mass=False, where="the database changed while watch was not running",
                             lkg=(prev["point"], prev["time"]), discontinuity=True, final=True,
                             states=[ids, self._main_file_ids()], lkg_ids=prev["ids"])
-            self._clean(obs)
+            self.det.clean(obs)
             self._bump_generation()
             self.log("info", f"{self.target.name}: capturing {self.target.path} ({count} pages, base {self.base.id})")
             self.stats.last_ok = time.time()
@@ -193,13 +192,13 @@ class TargetCapture:
         for c in res.commits:
             before = self.last_point
             point, ids = self.seg.add(c.seen, c.frame, c.db_pages, c.pages, c.by)
-            first_mass = c.by == "app" and len(c.pages) >= max(4, 0.5 * c.db_pages) and self._mass is None
+            first_mass = c.by == "app" and len(c.pages) >= max(4, 0.5 * c.db_pages) and self.det.mass is None
             if first_mass:
                 lkg_ids = list(self.ids)
             self._apply_ids(c.db_pages, ids)
             if first_mass:
                 # The states just before and just after the first mass rewrite: what the match compares.
-                self._mass = (lkg_ids, list(self.ids))
+                self.det.mass = (lkg_ids, list(self.ids))
             for pgno in c.pages:
                 self.wal_pages[pgno] = c.frame
             self.last_point = (point, c.seen)
@@ -209,14 +208,14 @@ class TargetCapture:
                 self.stats.oldest_pending = c.seen
             if c.by == "app" and len(c.pages) >= max(4, 0.5 * c.db_pages):
                 mass = True
-                self.suspects.append((before[0] if before else None, before[1] if before else None, point))
+                self.det.suspects.append((before[0] if before else None, before[1] if before else None, point))
         if all(c.by != "app" for c in res.commits):
-            self.obs = self.tailer.observe()
+            self.det.obs = self.tailer.observe()
             return
-        self._check(self.tailer.observe(), mass=mass, where="during capture")
+        self.det.check(self.tailer.observe(), mass=mass, where="during capture")
 
     def _apply_ids(self, n: int, ids: dict[int, bytes]) -> None:
-        pre = self._pre
+        pre = self.det.pre
         for pgno in ids:
             if pgno not in pre and pgno <= len(self.ids):
                 pre[pgno] = self.ids[pgno - 1]
@@ -227,129 +226,6 @@ class TargetCapture:
         for pgno, cid in ids.items():
             if pgno <= n:
                 self.ids[pgno - 1] = cid
-
-    # ---- rollback detection ----------------------------------------------------------------
-    def _check(self, obs: Observation, *, mass: bool, where: str, lkg: tuple | None = None,
-               discontinuity: bool = False, final: bool = False, states: list | None = None,
-               lkg_ids: list | None = None) -> None:
-        sig = detect.compare(self.obs, obs, self._own_generation)
-        suspicious = mass or discontinuity or bool(self.suspects)
-        if sig.any and not suspicious and not final and not self._deferred:
-            # Signals but the commit that caused them may not be captured yet: look again next poll,
-            # so the last good point is exact.
-            self._deferred = True
-            return
-        rolled_to, score = None, 0.0
-        if suspicious or sig.strong:
-            m, score, lkg_score = None, 0.0, 0.0
-            if self._mass is not None:
-                before_ids, after = self._mass
-                m, score = self._match(obs, after)
-                lkg_score = self.matcher.score(after, before_ids)
-            elif lkg_ids is not None:
-                # After a discontinuity: the state now, and the main file alone (a copied file before
-                # the application wrote on top of it); keep the one that matches an older point best.
-                for cand in states or [self.ids]:
-                    cm, cs_ = self._match(obs, cand)
-                    cl = self.matcher.score(cand, lkg_ids)
-                    if cm is not None and cs_ - cl > score - lkg_score:
-                        m, score, lkg_score = cm, cs_, cl
-            else:
-                m, score = self._match(obs, self.ids)
-                lkg_score = self._lkg_score()
-            if m is not None and score >= detect.MATCH_MIN and score > lkg_score:
-                rolled_to = m
-            self.log("debug", f"{self.target.name}: best older match {m.id if m else None} ({score:.2f}), "
-                              f"last good state {lkg_score:.2f}; signals {sig.strong + sig.weak}")
-        # Largest keys falling alone is what a mass DELETE does too: it is reported with a
-        # rollback, never enough for one.
-        is_rollback = bool(sig.strong) or (suspicious and rolled_to is not None)
-        if is_rollback and sig.generation_up and not any(x.startswith("the identity stamp") for x in sig.strong):
-            detect.record(self.vault, self.target, "in-place restore observed",
-                          {"signals": sig.strong + sig.weak, "where": where})
-            self.log("notice", f"{self.target.name}: an in-place restore by Mulligan was observed (generation "
-                               "advanced); recorded, not an alarm")
-            is_rollback = False
-        if is_rollback:
-            if lkg is None:
-                lkg = (self.suspects[0][0], self.suspects[0][1]) if self.suspects else self._clean_point
-            self._rollback(obs, sig.strong + sig.weak, lkg, rolled_to, score, where)
-        self._clean(obs)
-
-    def _clean(self, obs: Observation) -> None:
-        self.obs = obs
-        self._clean_point = self.last_point
-        self.suspects = []
-        self._deferred = False
-        self._mass = None
-        self._pre = {}
-        self._pre_len = len(self.ids)
-
-    def _lkg_score(self) -> float:
-        """How much the state now matches the last good state (pages rewritten with new content differ)."""
-        n_new, n_old = len(self.ids), self._pre_len
-        common = min(n_new, n_old)
-        differ = sum(1 for p, old in self._pre.items() if p <= common and self.ids[p - 1] != old)
-        return (common - differ) / max(n_new, n_old, 1)
-
-    _clean_point: tuple | None = None
-    _deferred: bool = False
-    _own_generation: int | None = None
-    _mass: tuple | None = None
-    _pre: dict = {}
-    _pre_len: int = 0
-
-    def _match(self, obs: Observation, ids: list[bytes]):
-        try:
-            tids = [self.target.id, obs.target_id] if obs else [self.target.id]
-            exclude = self.base.id if self.base is not None and self.base.meta.get("reason") != "periodic" else None
-            return self.matcher.best(ids, tids, before=time.time(), exclude=exclude)
-        except MulliganError as exc:
-            self.log("warning", f"{self.target.name}: could not compare with older snapshots: {exc.message}")
-            return None, 0.0
-
-    def _rollback(self, obs: Observation, signals: list[str], lkg, rolled_to, score, where: str,
-                  raise_now: bool = True) -> dict:
-        now = time.time()
-        self.flush()  # the last good commit must be stored before the incident names it
-        chain_base = None
-        if lkg and lkg[0] and cs.is_commit_id(lkg[0]):
-            chain_base = lkg[0].split(".")[0]
-        elif lkg and lkg[0]:
-            chain_base = lkg[0]
-        rb = detect.Rollback(signals=signals, detected_at=now, last_good_point=lkg[0] if lkg else None,
-                             last_good_time=lkg[1] if lkg else None, rolled_back_to=rolled_to, match=score,
-                             chain_base=chain_base, detail=where)
-        inc = detect.open_rollback(self.vault, self.target, rb)
-        self.stats.incidents_opened += 1
-        raised, no_counter, detail = {}, [], {}
-        lost = self.obs
-        if lost is not None and raise_now:
-            plan, no_counter, detail = detect.counter_plan(lost, obs)
-            try:
-                if plan:
-                    before, raised = self.tailer.write("counters", lambda c: detect.apply_counters(c, plan))
-                    self._own_write("counters raised")
-                    self._apply_poll_quiet(before)
-            except MulliganError as exc:
-                inc_mod.add_event(self.vault, inc, "counters not raised", exc.message)
-        inc["counters"] = {"raised": raised, "no_counter": no_counter, "no_counter_detail": detail,
-                           **({"deferred": "raised when the application reopens the file at the path"} if not raise_now else {})}
-        text = detect.describe(self.target, rb) + f". Incident {inc['id']}."
-        if raised:
-            text += " Counters raised: " + ", ".join(f"{t}→{v}" for t, v in raised.items()) + "."
-        if no_counter:
-            text += " No counter to raise (ids will be reused): " + ", ".join(no_counter) + "."
-        payload = {"incident": {k: inc.get(k) for k in ("id", "target_name", "kind", "opened_at", "last_good",
-                                                         "rolled_back_to", "counters")}}
-        inc.setdefault("alerts", []).append(self.alerter.alert("rollback", text, payload))
-        inc["timeline"].append({"time": iso(now), "event": "alert sent", "detail": text})
-        if raised:
-            inc["timeline"].append({"time": iso(time.time()), "event": "counters raised", "detail": raised})
-        inc_mod.save(self.vault, inc)
-        detect.record(self.vault, self.target, "counters raised" if raised else "rollback alert",
-                      {"incident": inc["id"], "raised": raised, "no_counter": no_counter})
-        return inc
 
     def _apply_poll_quiet(self, res: Poll) -> None:
         for c in res.commits:
@@ -449,13 +325,13 @@ class TargetCapture:
         except MulliganError as exc:
             ids, pages = [], []
             self.log("warning", f"{self.target.name}: cannot read the file now at the path: {exc.message}")
-        m, score = self.matcher.best(ids, [self.target.id], before=now) if ids else (None, 0.0)
+        m, score = self.det.matcher.best(ids, [self.target.id], before=now) if ids else (None, 0.0)
         self.flush()
         lkg = self.last_point or (self.base.id, cs._ts(self.base))
-        inc = self._rollback(self.obs or self.tailer.observe(), [
+        inc = self.det.respond(self.det.obs or self.tailer.observe(), [
             f"the file at {self.target.path} is no longer the file being captured (inode changed)"],
             lkg, m if score >= detect.MATCH_MIN else None, score, "file moved over the path", raise_now=False)
-        self._swapped = {"incident": inc["id"], "at": now, "lost": self.obs}
+        self._swapped = {"incident": inc["id"], "at": now, "lost": self.det.obs}
 
     def _switch_to_path(self) -> None:
         """The application let go of the old file: capture the file now at the path."""
@@ -489,7 +365,7 @@ class TargetCapture:
             inc_mod.add_event(self.vault, inc, "capture switched to the file at the path", {"counters_raised": raised})
         except MulliganError:
             pass
-        self.obs = self.tailer.observe()
+        self.det.obs = self.tailer.observe()
 
     def _own_write(self, by: str) -> None:
         """Tell the live-use guard that the last commit is Mulligan's own (by its WAL position)."""
@@ -533,7 +409,7 @@ class TargetCapture:
         gap = {"from": iso(lkg[1]) if lkg else None, "to": iso(time.time()), "reason": why}
         obs = t.observe()
         self._new_base(gap=gap, reason=why, bump=False)
-        self._check(obs, mass=False, where=why, lkg=lkg, discontinuity=True, final=True,
+        self.det.check(obs, mass=False, where=why, lkg=lkg, discontinuity=True, final=True,
                     states=[ids, self._main_file_ids()], lkg_ids=prev_ids)
         self._bump_generation()
 
@@ -541,7 +417,7 @@ class TargetCapture:
     def flush(self) -> None:
         if self.seg is None:
             return
-        end = {"observation": self.obs.to_json() if self.obs else None}
+        end = {"observation": self.det.obs.to_json() if self.det.obs else None}
         before_b, before_o = self.seg.bytes_stored, self.seg.objects_stored
         key = self.seg.flush(end)
         if key:
@@ -574,7 +450,7 @@ class TargetCapture:
     def _bump_generation(self) -> None:
         try:
             before, gen = self.tailer.bump_generation()
-            self._own_generation = gen
+            self.det.own_generation = gen
             self._own_write("identity generation advanced")
             self._apply_poll(before)
             self._t["gen"] = time.time()
@@ -588,8 +464,8 @@ class TargetCapture:
         ids = self._fill(self.ids)
         now = time.time()
         meta = {"reason": reason, "journal_mode": "wal",
-                "observation": self.obs.to_json() if self.obs else None,
-                "generation": self.obs.generation if self.obs else None}
+                "observation": self.det.obs.to_json() if self.det.obs else None,
+                "generation": self.det.obs.generation if self.det.obs else None}
         if gap:
             meta["gap_before"] = gap
         self.base = cs.save_base(self.vault, self.target, self.tailer.page_size, ids, time=now, meta=meta)
@@ -598,7 +474,7 @@ class TargetCapture:
                                     recent=prev.recent if prev is not None else {},
                                     merged_keys=prev.merged_keys if prev is not None else [])
         self.last_point = (self.base.id, now)
-        self._clean_point = self.last_point
+        self.det.clean_point = self.last_point
         self.stats.bases += 1
         self._t["base"] = now
         if bump:
