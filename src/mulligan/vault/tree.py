@@ -29,11 +29,16 @@ def build(ids: bytes, store: Callable[[bytes], bytes]) -> tuple[bytes, int]:
         level = parents
 
 
-def expand(root: bytes, depth: int, load: Callable[[bytes], bytes]) -> bytes:
-    """Return the concatenated leaf ids under ``root``."""
+def expand(root: bytes, depth: int, load: Callable[[bytes], bytes],
+           load_many: Callable[[list[bytes]], dict[bytes, bytes]] | None = None) -> bytes:
+    """Return the concatenated leaf ids under ``root`` (``load_many`` fetches a level at once)."""
     level = [root]
     for _ in range(depth):
-        level_bytes = b"".join(load(n) for n in level)
+        if load_many is not None and len(level) > 1:
+            got = load_many(level)
+            level_bytes = b"".join(got[n] for n in level)
+        else:
+            level_bytes = b"".join(load(n) for n in level)
         level = [level_bytes[i : i + ID_LEN] for i in range(0, len(level_bytes), ID_LEN)]
     return b"".join(level)
 

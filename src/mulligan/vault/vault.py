@@ -137,8 +137,9 @@ class Vault:
     def iter_chunks(self, wanted: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
         """Yield (id, data) for each wanted chunk, reading each pack once, verified."""
         by_pack: dict[bytes, dict[int, list[tuple[Entry, bytes]]]] = defaultdict(lambda: defaultdict(list))
+        idx = self.index()
         for cid in set(wanted):
-            e = self._where(cid)
+            e = idx.get(cid) or self._where(cid)
             by_pack[e.pack][e.offset].append((e, cid))
         check = self.codec.check
         parts = []
@@ -246,7 +247,8 @@ class Vault:
         resolved = getattr(m, "resolved_ids", None)  # a captured commit point (ops/capture_store.py)
         if resolved is not None:
             return list(resolved)
-        flat = tree.expand(bytes.fromhex(m.root), m.depth, self.load_chunk)
+        flat = tree.expand(bytes.fromhex(m.root), m.depth, self.load_chunk,
+                           lambda level: dict(self.iter_chunks(level)))
         ids = [flat[i : i + ID_LEN] for i in range(0, len(flat), ID_LEN)]
         if len(ids) != m.page_count:
             raise IntegrityError(
