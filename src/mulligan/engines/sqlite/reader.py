@@ -106,10 +106,9 @@ class StateMoved(DatabaseBusy):
 class ConsistentReader:
     """Context manager: ``with ConsistentReader(path) as state: state.batches()``."""
 
-    def __init__(self, path: str, busy_timeout_ms: int = 5000, retries: int = 5):
+    def __init__(self, path: str, busy_timeout_ms: int = 5000):
         self.path = os.path.abspath(path)
         self.busy_timeout_ms = busy_timeout_ms
-        self.retries = retries
         self._db_fd: int | None = None
         self._wal_fd: int | None = None
         self._shm_fd: int | None = None
@@ -175,7 +174,8 @@ class ConsistentReader:
             # opening one now is safe (closing it later, after the connection, is what matters).
             try:
                 self._wal_fd = os.open(self.path + "-wal", os.O_RDONLY)
-                self._shm_fd = self._shm_fd or os.open(self.path + "-shm", os.O_RDONLY)
+                if self._shm_fd is None:
+                    self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
             except FileNotFoundError:
                 pass
         self._plan(state)
