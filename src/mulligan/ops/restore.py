@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
+from ..engines.base import engine_for
 from ..errors import GuardRefused, UsageError
-from ..model import ENVIRONMENTS, RESTORED_ENV, Identity, Target
+from ..model import ENVIRONMENTS, RESTORED_ENV, Identity
 from ..timeparse import iso, utc_now
 from ..vault import Manifest
 from .workspace import Workspace
@@ -90,7 +91,7 @@ def restore_new(
     )
     if os.path.exists(to):  # an empty file: replace it through the same no-clobber link
         os.unlink(to)
-    engine = ws.engine(Target(name=point.target_name, path=to, env=new_env, id="", engine=point.engine))
+    engine = engine_for(point.engine)
     total = point.page_count
     cb = (lambda n: progress(n, total)) if progress else None
     engine.write_new(to, point.page_size, point.page_count, ws.vault.iter_pages(point), progress=cb,
