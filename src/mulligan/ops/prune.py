@@ -9,6 +9,8 @@ few live chunks stays (repacking is future work).
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -156,8 +158,6 @@ def _collect(ws: Workspace, refs: set[bytes], res: PruneResult) -> None:
         if any(p in dead_packs for p in packs):
             remaining = [(p, e) for p, e in packs.items() if p not in dead_packs]
             if remaining:
-                import os
-
                 st.put(index_key(os.urandom(16)), encode_index(remaining))
             st.delete(key)
     for pid in dead_packs:

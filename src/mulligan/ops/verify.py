@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from ..errors import IntegrityError, MulliganError
 from ..storage import ObjectMissing
 from ..vault import tree
-from ..vault.codec import ID_LEN
 from ..vault.packs import decode_index, decode_pack_trailer, pack_key
 from .workspace import Workspace
 
@@ -163,8 +162,6 @@ def raise_if_bad(res: VerifyResult) -> None:
             details=res.to_json(),
         )
 
-
-_ = ID_LEN
 
 
 from . import capture_retention as _capture_retention  # noqa: E402  (capture segments are checked too)
