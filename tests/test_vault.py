@@ -154,3 +154,46 @@ def test_memory_storage_is_shared_by_name():
     a = MemoryStorage("shared-x")
     a.put("k", b"v")
     assert MemoryStorage("shared-x").get("k") == b"v"
+
+
+def test_a_long_lived_vault_does_not_dedup_against_chunks_a_prune_removed_meanwhile():
+    """A Vault object keeps its chunk index between snapshots (a long-running process: Django, a
+    library user). A prune in another process may delete packs in between; the next snapshot
+    must not deduplicate against them, or its manifest names data that no longer exists."""
+    from types import SimpleNamespace
+
+    from mulligan.ops.prune import PruneResult, _collect, referenced_chunks
+
+    name = os.urandom(6).hex()
+    v1 = Vault.create(f"memory://{name}")
+    pages = [os.urandom(PS) for _ in range(20)]
+    m1 = save(v1, pages)
+    # Another process prunes the only restore point and its data.
+    v2 = Vault.open(f"memory://{name}")
+    v2.delete_manifest(m1)
+    ws = SimpleNamespace(vault=v2)
+    res = PruneResult(target="t")
+    _collect(ws, referenced_chunks(ws), res)
+    assert res.packs_removed >= 1
+    m2 = save(v1, pages)
+    fresh = Vault.open(f"memory://{name}")
+    assert read_back(fresh, fresh.manifest("t-1", m2.id)) == pages
+
+
+def test_an_index_removed_between_listing_and_reading_is_skipped():
+    """Index objects are replaced (prune rewrites them, watch merges the small ones): one that
+    vanishes after the listing is not an error for a reader; a later miss lists again."""
+    v = new_vault()
+    m = save(v, [os.urandom(PS) for _ in range(5)])
+    st = v.storage
+    real_list = st.list
+
+    def list_with_ghost(prefix=""):
+        items = list(real_list(prefix))
+        if prefix == "index/":
+            items.append(("index/ffffffffffffffffffffffffffffffff", 10))
+        return iter(sorted(items))
+
+    st.list = list_with_ghost
+    reader = Vault(st, v.config)
+    assert len(read_back(reader, m)) == 5

@@ -99,8 +99,29 @@ class Vault:
             for key, _ in self.storage.list("index/"):
                 if key in self._loaded_index_keys:
                     continue
-                self._add_index(key, self.storage.get(key))
+                try:
+                    data = self.storage.get(key)
+                except ObjectMissing:
+                    # Replaced since the listing (prune rewrites indexes, watch merges small ones):
+                    # the replacement was written first, and a later miss lists again.
+                    continue
+                self._add_index(key, data)
         return self._index
+
+    def revalidate_index(self) -> None:
+        """Drop the cached index if an index object it was loaded from is gone.
+
+        A writer calls this once its lease is held: a prune that ran since the index was loaded
+        (in another process, while this one held no lease) may have deleted packs, and
+        deduplicating against their chunks would make a manifest name data that no longer
+        exists. Prune rewrites an index before deleting a pack it names, so a deleted pack
+        always shows as a vanished index key."""
+        if self._index is None:
+            return
+        present = {key for key, _ in self.storage.list("index/")}
+        if not self._loaded_index_keys <= present:
+            self._index = None
+            self._loaded_index_keys = set()
 
     def _add_index(self, key: str, data: bytes) -> None:
         assert self._index is not None
@@ -187,6 +208,7 @@ class Vault:
     ) -> Manifest:
         """Store a state given as page batches in page order; return its manifest."""
         with writer_lease(self.storage, f"{kind} of {target_name}"):
+            self.revalidate_index()
             idx = self.index()
             writer = PackWriter(self.storage, codec=self.codec)
             ids = bytearray()
