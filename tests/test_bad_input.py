@@ -193,3 +193,28 @@ def test_unknown_options_are_usage_errors_with_exit_2(project):
     assert r.code == 2
     r = project.run("restore", "app", "--latest", "--at", "-1h", "--to", "x.db")
     assert r.code in (1, 2)
+
+
+@pytest.mark.parametrize("args", [
+    ["snapshots"],                                   # missing argument
+    ["restore", "app", "--latest", "--to", "x.db", "--bogus"],  # unknown option
+    ["nosuchcommand"],                               # unknown command
+    ["postmortem", "inc-x", "--format", "pdf"],      # bad choice
+])
+def test_click_usage_errors_are_one_line_exit_2_and_json_with_json(project, args):
+    r = project.run(*args)
+    assert r.code == 2 and r.out == ""
+    assert len(r.err.strip().splitlines()) == 1 and r.err.startswith("mulligan: "), r.err
+    r = project.run(*args, "--json")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1
+    assert r.json["error"] == "usage" and r.json["exit_code"] == 2
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_guard_on_a_file_that_is_not_a_database_says_so_on_stderr(project, json_flag):
+    (project.dir / "notes.txt").write_text("not a database\n" * 20)
+    r = project.run("guard", "notes.txt", *json_flag)
+    assert r.code == 1
+    assert "not a SQLite database" in one_line(r.err)
+    if json_flag:
+        assert r.json["database"] is False

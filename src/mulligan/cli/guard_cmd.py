@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 from rich.markup import escape
@@ -44,8 +45,14 @@ def guard(cctx: click.Context, path):
     report = guards.inspect_file(path, conf, window=live_window(ctx) if conf is not None else guards.LIVE_WINDOW)
     if ctx.json:
         ctx.emit_json(report.to_json())
+        # the answer is on standard output; a refusal or an error is also one line on standard error
+        if not report.is_database:
+            sys.stderr.write(f"mulligan: {'; '.join(report.notes) or 'not a database'}\n")
+        elif report.problems:
+            sys.stderr.write(f"mulligan: refused: {'; '.join(report.problems)}\n")
     elif not report.is_database:
         click.echo(f"{report.path}: not a database ({'; '.join(report.notes)})")
+        sys.stderr.write(f"mulligan: {'; '.join(report.notes) or 'not a database'}\n")
     else:
         live = report.live.live if report.live else False
         click.echo(f"{report.path}: {report.name or 'unprotected database'} ({report.env or 'environment unknown'}), "

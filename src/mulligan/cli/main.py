@@ -8,7 +8,7 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import EXIT_ERROR, EXIT_USAGE, GuardRefused, MulliganError
+from ..errors import EXIT_ERROR, EXIT_USAGE, GuardRefused, MulliganError, UsageError
 from .context import Ctx
 
 # Commands that change state are written to the audit log with their outcome.
@@ -143,8 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         sys.stderr.write("mulligan: aborted; nothing was changed\n")
         return EXIT_ERROR
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # `mulligan` alone: the help, on standard error
+        return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        # Click's own errors (a missing argument, an unknown option or command, a bad
+        # choice) follow the contract too: one line on standard error, JSON with --json.
+        message = exc.format_message().rstrip(".")
+        message = message[:1].lower() + message[1:]
+        sub = getattr(exc, "ctx", None)
+        hint = f"see '{sub.command_path} --help'" if sub is not None else ""
+        err = (UsageError if exc.exit_code == EXIT_USAGE else MulliganError)(message, hint=hint)
+        err.exit_code = exc.exit_code
+        if ctx_obj.json:
+            ctx_obj.emit_json(err.to_json())
+        sys.stderr.write(f"mulligan: {err.one_line()}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("mulligan: interrupted\n")
