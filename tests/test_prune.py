@@ -76,3 +76,38 @@ def test_prune_defers_data_removal_while_a_snapshot_is_running(project):
         lease.release()
     assert res["data_removal"] == "deferred"
     assert project.run("verify").code == 0
+
+
+def test_a_released_lease_is_not_brought_back_by_a_heartbeat_in_flight(monkeypatch):
+    """release() while the heartbeat thread is in the middle of re-writing the lease: the lease
+    must be gone afterwards (a resurrected writer lease looks live for two minutes and makes
+    every prune meanwhile defer its data removal), and the heartbeat thread must end."""
+    import os
+    import threading
+
+    from mulligan.storage.memory import MemoryStorage
+    from mulligan.vault import locks
+
+    monkeypatch.setattr(locks, "HEARTBEAT", 0.01)
+    entered, go = threading.Event(), threading.Event()
+    main = threading.current_thread()
+
+    class Slow(MemoryStorage):
+        def put(self, key, data, *, overwrite=False):
+            if threading.current_thread() is not main and not go.is_set():
+                entered.set()
+                go.wait(5)
+            super().put(key, data, overwrite=overwrite)
+
+    st = Slow(os.urandom(6).hex())
+    lease = Lease(st, "writer", "test").acquire()
+    assert entered.wait(5)
+    releaser = threading.Thread(target=lease.release)
+    releaser.start()
+    releaser.join(0.2)
+    go.set()
+    releaser.join(5)
+    lease._thread.join(5)
+    assert not lease._thread.is_alive()
+    assert st.stat(lease.key) is None
+    assert locks.live_leases(st, "writer") == []

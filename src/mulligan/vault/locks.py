@@ -48,6 +48,10 @@ class Lease:
         while not self._stop.wait(HEARTBEAT):
             try:
                 self.storage.put(self.key, self._body(), overwrite=True)
+                if self._stop.is_set():
+                    # release() ran while this put was in flight and may have deleted the lease
+                    # before it landed: do not leave it looking live for STALE_AFTER.
+                    self.storage.delete(self.key)
             except Exception:
                 pass
 
@@ -57,6 +61,8 @@ class Lease:
             self.storage.delete(self.key)
         except Exception:
             pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
 
     def __enter__(self) -> "Lease":
         return self.acquire()
