@@ -111,3 +111,37 @@ def test_a_released_lease_is_not_brought_back_by_a_heartbeat_in_flight(monkeypat
     assert not lease._thread.is_alive()
     assert st.stat(lease.key) is None
     assert locks.live_leases(st, "writer") == []
+
+
+def test_watch_waits_for_a_running_prune_before_it_loads_the_index(project):
+    """watch is a writer like snapshot: when a prune is removing data, it must wait for it before
+    loading the chunk index, or it could deduplicate against a pack being deleted."""
+    import io
+    import threading
+    import time
+
+    from mulligan.ops.alerts import Alerter, Log
+    from mulligan.ops.capture import CaptureOptions
+    from mulligan.ops.capture_watch import Watcher
+
+    db = make_db(project.dir / "app.db")
+    project.protect(db)
+    ws = project.ws
+    prune_lease = Lease(ws.vault.storage, "prune", "prune app (another process)").acquire()
+    log = Log(io.StringIO())
+    w = Watcher(ws, [ws.target("app")], CaptureOptions(), Alerter({}, log), log)
+    th = threading.Thread(target=w.run, daemon=True)
+    th.start()
+    try:
+        time.sleep(1.0)
+        assert all(s.capture is None for s in w.slots), "capture started while a prune was removing data"
+        prune_lease.release()
+        deadline = time.time() + 10
+        while time.time() < deadline and not any(s.capture is not None for s in w.slots):
+            time.sleep(0.05)
+        assert any(s.capture is not None for s in w.slots)
+    finally:
+        prune_lease.release()
+        w.stop()
+        th.join(10)
+    assert not th.is_alive()

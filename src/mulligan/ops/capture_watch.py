@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ..errors import MulliganError
 from ..model import Target
 from ..timeparse import human_age, iso
-from ..vault.locks import STALE_AFTER, Lease, live_leases
+from ..vault.locks import STALE_AFTER, Lease, live_leases, writer_lease
 from .alerts import Alerter, Log
 from .capture import CaptureOptions, TargetCapture
 from .targets import open_incident_count
@@ -66,7 +66,11 @@ class Watcher:
     # ---- the loop -------------------------------------------------------------------
     def run(self) -> None:
         names = ",".join(s.target.name for s in self.slots)
-        self.lease = Lease(self.ws.vault.storage, "writer", f"{WATCH_PURPOSE} {names}").acquire()
+        storage = self.ws.vault.storage
+        if live_leases(storage, "prune"):
+            self.log("notice", "a prune is removing data from the vault: capture starts when it is done")
+        # Like any writer, wait for a prune that is removing data before loading the chunk index.
+        self.lease = writer_lease(storage, f"{WATCH_PURPOSE} {names}", stop=self._stop)
         self.log("info", f"watch started (pid {os.getpid()}) for {names}; poll every "
                          f"{self.options.poll_interval * 1000:.0f} ms, store every {self.options.flush_interval:g} s")
         try:

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 
+from ..errors import StorageError
 from ..storage import Storage
 
 STALE_AFTER = 120.0
@@ -87,10 +88,28 @@ def live_leases(storage: Storage, kind: str, exclude: str | None = None) -> list
     return out
 
 
-def writer_lease(storage: Storage, purpose: str, wait: float = 600.0) -> Lease:
-    """Take a writer lease, waiting while a prune removes data."""
+def writer_lease(storage: Storage, purpose: str, wait: float = 600.0,
+                 stop: threading.Event | None = None) -> Lease:
+    """Take a writer lease, waiting while a prune removes data.
+
+    Going on while a prune still holds its lease could deduplicate against a pack it is
+    deleting, so a wait that runs out is an error, never a licence. ``stop`` (set by a
+    signal handler) ends the wait early; the caller then does no work."""
     lease = Lease(storage, "writer", purpose).acquire()
-    deadline = time.time() + wait
-    while live_leases(storage, "prune") and time.time() < deadline:
-        time.sleep(0.2)
+    try:
+        deadline = time.time() + wait
+        while live_leases(storage, "prune"):
+            if stop is not None and stop.is_set():
+                break
+            if time.time() >= deadline:
+                raise StorageError(
+                    f"a prune of the vault at {storage.url} has been removing data for more than {wait:.0f} s",
+                    unchanged="nothing was written",
+                    hint="wait for the prune to finish (a crashed prune's lease expires after "
+                         f"{STALE_AFTER:.0f} s), then run the command again",
+                )
+            time.sleep(0.2)
+    except BaseException:
+        lease.release()
+        raise
     return lease
