@@ -130,3 +130,14 @@ def test_schema_only_changes_are_listed_without_a_row_table(tmp_path):
     b = derive(a, tmp_path / "b.db", "CREATE INDEX ka ON k(a)")
     code, out, _ = mulligan("diff", a, b, cwd=tmp_path)
     assert code == 0 and "no row differs" in out and "added index ka" in out
+
+
+def test_json_with_another_format_is_a_usage_error_in_json_not_sql_or_csv_on_stdout(tmp_path):
+    a, b = pair(tmp_path)
+    for command, fmt in (("diff", "sql"), ("diff", "text"), ("impact", "csv")):
+        code, out, err = mulligan(command, a, b, "--format", fmt, "--json", cwd=tmp_path)
+        assert code == 2, (command, fmt, out, err)
+        assert json.loads(out)["error"] == "usage"
+        assert len(err.strip().splitlines()) == 1 and "--json" in err
+    code, out, _ = mulligan("diff", a, b, "--format", "json", "--json", cwd=tmp_path)
+    assert code == 0 and json.loads(out)["summary"]["inserted"] == 1

@@ -12,6 +12,13 @@ from .context import Ctx, pass_ctx
 STATE_HELP = "FROM and TO: live, a snapshot id or unique prefix, @TIME, or a path to a SQLite file."
 
 
+def _format(ctx: Ctx, fmt: str | None) -> str:
+    """--json is --format json; --json with another format is a contradiction, not a guess."""
+    if ctx.json and fmt not in (None, "json"):
+        raise UsageError(f"--json and --format {fmt} do not go together", hint="--json is the same as --format json")
+    return fmt or ("json" if ctx.json else "text")
+
+
 def _split(ctx: Ctx, args: tuple[str, ...], command: str):
     """[NAME] FROM TO -> (workspace or None, target or None, FROM, TO)."""
     if len(args) == 3:
@@ -41,7 +48,7 @@ def diff(ctx: Ctx, args, tables, summary, fmt, limit):
     from ..ops.diff import diff as diff_op
     from ..report import diff as rep
 
-    fmt = fmt or ("json" if ctx.json else "text")
+    fmt = _format(ctx, fmt)
     ws, target, a, b = _split(ctx, args, "diff")
     if fmt == "sql":
         if summary:
@@ -78,7 +85,7 @@ def impact(ctx: Ctx, args, fmt, users_table):
     from ..ops.impact import impact as impact_op
     from ..report import diff as rep
 
-    fmt = fmt or ("json" if ctx.json else "text")
+    fmt = _format(ctx, fmt)
     ws, target, a, b = _split(ctx, args, "impact")
     res = impact_op(ws, target, a, b, users_table=users_table)
     if fmt == "json":
