@@ -218,3 +218,31 @@ def test_guard_on_a_file_that_is_not_a_database_says_so_on_stderr(project, json_
     assert "not a SQLite database" in one_line(r.err)
     if json_flag:
         assert r.json["database"] is False
+
+
+def test_a_tailer_that_cannot_open_the_wal_files_fails_cleanly_and_leaks_nothing(tmp_path, monkeypatch):
+    """-wal or -shm removed (or unreadable) between the connections and the descriptors: an
+    expected failure (watch retries every two seconds), so no OSError traceback, and the four
+    connections and any descriptor already opened are closed, not leaked at every retry."""
+    from mulligan.engines.sqlite import capture as cap_mod
+    from mulligan.errors import MulliganError
+
+    db = make_db(tmp_path / "app.db")
+    keep = apsw.Connection(db)  # keeps -wal and -shm in place
+    real_open = os.open
+
+    def failing_open(path, *a, **k):
+        if str(path).endswith("-shm"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(cap_mod.os, "open", failing_open)
+    fds_before = set(os.listdir("/proc/self/fd"))
+    conns_before = len(apsw.connections())
+    t = cap_mod.Tailer(db)
+    with pytest.raises(MulliganError):
+        t.open()
+    assert len(apsw.connections()) == conns_before
+    assert set(os.listdir("/proc/self/fd")) <= fds_before
+    assert t.db_fd is None and t.wal_fd is None and t.shm_fd is None
+    keep.close()

@@ -142,10 +142,18 @@ class Tailer:
             self.close()
             raise NotADatabase(f"cannot open {self.path} for capture: {exc}") from None
         # The read transaction exists, so -wal and -shm exist. Open each once, for good.
-        self.db_fd = os.open(self.path, os.O_RDONLY)
-        self.wal_fd = os.open(self.path + "-wal", os.O_RDONLY)
-        self.shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
-        self.inodes = {s: _ino(os.fstat(fd)) for s, fd in (("", self.db_fd), ("-wal", self.wal_fd), ("-shm", self.shm_fd))}
+        try:
+            self.db_fd = os.open(self.path, os.O_RDONLY)
+            self.wal_fd = os.open(self.path + "-wal", os.O_RDONLY)
+            self.shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
+            self.inodes = {s: _ino(os.fstat(fd)) for s, fd in
+                           (("", self.db_fd), ("-wal", self.wal_fd), ("-shm", self.shm_fd))}
+        except OSError as exc:
+            # Removed or replaced under us: close the connections (then any descriptor opened),
+            # so a retry every few seconds leaks nothing.
+            self.close()
+            raise NotFound(f"cannot open {exc.filename or self.path} for capture: {exc.strerror}",
+                           unchanged="nothing was captured", hint="watch retries by itself") from None
 
     def close(self) -> None:
         for c in self._readers + [self._w, self._ck]:
