@@ -29,3 +29,18 @@ def test_the_product_contract_commands_all_exist():
 def test_docs_cli_md_is_generated_from_the_current_help():
     assert DOC.exists(), "run: python -m mulligan.cli.reference > docs/cli.md"
     assert DOC.read_text() == render(), "docs/cli.md is stale: python -m mulligan.cli.reference > docs/cli.md"
+
+
+def test_the_reference_shows_the_help_options_the_commands_accept():
+    from mulligan.cli.main import main
+
+    text = render()
+    assert "--help " not in text.replace("-h, --help", "")  # every command takes -h too
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["diff", "-h"]) == 0
+    assert "-h, --help" in out.getvalue()
+    assert render() == text  # running a command in-process first does not change the reference

@@ -8,7 +8,9 @@ from .main import COMMAND_MODULES, cli
 
 
 def _help(cmd: click.Command, path: list[str]) -> str:
-    ctx = click.Context(cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100)
+    # -h works on every command (the group's context settings reach its subcommands): say so
+    ctx = click.Context(cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100,
+                        help_option_names=cli.context_settings["help_option_names"])
     return cmd.get_help(ctx)
 
 
