@@ -246,3 +246,28 @@ def test_a_tailer_that_cannot_open_the_wal_files_fails_cleanly_and_leaks_nothing
     assert set(os.listdir("/proc/self/fd")) <= fds_before
     assert t.db_fd is None and t.wal_fd is None and t.shm_fd is None
     keep.close()
+
+
+def test_a_full_disk_while_stamping_the_restored_copy_is_a_storage_error_and_leaves_nothing(project, monkeypatch):
+    """The disk can fill up when SQLite writes the identity stamp into the restored copy (its
+    WAL), not only while pages are written: that is apsw.FullError, not OSError. It must be the
+    documented one-line 'disk is full' error, with no temporary file left beside the path."""
+    from mulligan.engines.sqlite import engine as eng_mod
+    from mulligan.errors import StorageError
+    from mulligan.ops.restore import restore_new
+
+    db = make_db(project.dir / "app.db")
+    project.protect(db)
+    project.call("snapshot", "app")
+    ws = project.ws
+    point = ws.vault.latest(ws.target("app").id)
+
+    def full(conn, identity):
+        raise apsw.FullError("database or disk is full")
+
+    monkeypatch.setattr(eng_mod.ident_mod, "write", full)
+    out = project.dir / "out"
+    out.mkdir()
+    with pytest.raises(StorageError, match="disk is full"):
+        restore_new(ws, point, str(out / "new.db"))
+    assert os.listdir(out) == []

@@ -138,6 +138,15 @@ class SqliteEngine(Engine):
                     hint="choose a new path",
                 ) from None
             _fsync_path(final.parent)
+        except (apsw.FullError, apsw.IOError) as exc:
+            # SQLite's own writes (the identity stamp, its WAL and checkpoint) fail this way.
+            if isinstance(exc, apsw.FullError):
+                raise StorageError(
+                    "the disk is full writing the restored database (SQLite: database or disk is full)",
+                    unchanged=f"nothing was left at {location}; the vault is unchanged",
+                    hint=f"free space on the disk holding {final.parent}, then run the restore again",
+                ) from None
+            raise StorageError(f"cannot write {location}: SQLite: {exc}", unchanged=f"nothing was left at {location}") from None
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise StorageError(
