@@ -271,3 +271,13 @@ def test_a_full_disk_while_stamping_the_restored_copy_is_a_storage_error_and_lea
     with pytest.raises(StorageError, match="disk is full"):
         restore_new(ws, point, str(out / "new.db"))
     assert os.listdir(out) == []
+
+
+def test_init_with_a_vault_that_cannot_be_made_fails_with_one_line_and_writes_no_config(tmp_path):
+    (tmp_path / "afile").write_text("a file where the vault folder should be")
+    for vault in (str(tmp_path / "afile" / "vault"), str(tmp_path / "afile")):
+        p = subprocess.run([sys.executable, "-m", "mulligan", "init", "--vault", vault], cwd=tmp_path,
+                           capture_output=True, text=True)
+        assert p.returncode == 1, p.stderr
+        assert "vault" in one_line(p.stderr) and len(p.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "mulligan.toml").exists()

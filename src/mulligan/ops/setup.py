@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import config as cfg
 from ..engines.base import engine_for
-from ..errors import GuardRefused, UsageError
+from ..errors import GuardRefused, MulliganError, NotFound, StorageError, UsageError
 from ..model import ENVIRONMENTS, Identity, Target
 from ..timeparse import iso, utc_now
 from ..vault import Vault
@@ -43,12 +43,25 @@ def init(config_path: Path, vault_url: str | None = None) -> InitResult:
     url = conf.vault_url
     created_vault = False
     try:
-        Vault.open(url)
-    except Exception:
-        if "://" not in url:
-            Path(url).mkdir(parents=True, exist_ok=True)
-        Vault.create(url)
-        created_vault = True
+        try:
+            Vault.open(url)
+        except NotFound:
+            try:
+                if "://" not in url:
+                    Path(url).mkdir(parents=True, exist_ok=True)
+                Vault.create(url)
+            except OSError as exc:
+                raise StorageError(f"cannot create the vault at {url}: {exc.strerror or exc}",
+                                   hint="choose a folder you can write with --vault") from None
+            created_vault = True
+        except OSError as exc:  # say, a file where the vault folder should be
+            raise StorageError(f"cannot open the vault at {url}: {exc.strerror or exc}",
+                               hint="choose a folder you can write with --vault") from None
+    except MulliganError as exc:
+        if created_config:  # no configuration naming a vault that is not there
+            config_path.unlink(missing_ok=True)
+            exc.unchanged = exc.unchanged or f"no configuration was written at {config_path}"
+        raise
     return InitResult(str(config_path), url, created_config, created_vault)
 
 
