@@ -141,3 +141,13 @@ def test_json_with_another_format_is_a_usage_error_in_json_not_sql_or_csv_on_std
         assert len(err.strip().splitlines()) == 1 and "--json" in err
     code, out, _ = mulligan("diff", a, b, "--format", "json", "--json", cwd=tmp_path)
     assert code == 0 and json.loads(out)["summary"]["inserted"] == 1
+
+
+def test_a_state_that_is_not_a_database_is_named_alone(tmp_path):
+    a, b = pair(tmp_path)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n" * 50)
+    for command in ("diff", "impact"):
+        code, out, err = mulligan(command, str(notes), b, cwd=tmp_path)
+        assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+        assert f"{notes} is not a SQLite database" in err and str(b) not in err

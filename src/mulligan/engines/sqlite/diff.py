@@ -102,6 +102,16 @@ class DatabaseDiff:
         return {k: sum(getattr(t, k) for t in self.tables if not t.counters) for k in ("inserted", "updated", "deleted")}
 
 
+def _sqlite_header(path: str) -> bool:
+    """An empty file or one that starts like a SQLite database (which file to name in an error)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return False
+    return head == b"" or head == b"SQLite format 3\x00"
+
+
 class StatePair:
     """Two states opened read-only side by side in one read transaction.
 
@@ -138,8 +148,11 @@ class StatePair:
             self.schema_b, self.others_b = read_schema(self.conn, "b")
         except apsw.NotADBError:
             self.__exit__(None, None, None)
-            raise NotADatabase(f"{self.paths[0]} or {self.paths[1]} is not a SQLite database",
-                               unchanged="neither file was changed", hint="check both paths") from None
+            bad = [p for s, p in zip(self.sources, self.paths)
+                   if not isinstance(s, vault_vfs.VirtualImage) and not _sqlite_header(p)]
+            which = " and ".join(bad) if bad else f"{self.paths[0]} or {self.paths[1]}"
+            raise NotADatabase(f"{which} {'are' if len(bad) > 1 else 'is'} not a SQLite database",
+                               unchanged="nothing was changed", hint="check the path") from None
         except BaseException:
             self.__exit__(None, None, None)
             raise
