@@ -180,3 +180,14 @@ def test_a_plan_with_nothing_lost_says_so(app):
     env, base, lost, current = app
     res = env.run("recover", "app", "--base", base, "--lost", base)
     assert res.code == 0 and "Nothing to recover" in res.out
+
+
+def test_an_unwritable_sql_out_is_refused_before_anything_is_applied(app, tmp_path):
+    env, base, lost, current = app
+    before = file_digest(current)
+    res = env.run("recover", "app", "--base", base, "--lost", lost, "--apply", "--confirm", "app",
+                  "--sql-out", str(tmp_path / "no-such-folder" / "plan.sql"), "--json")
+    assert res.code == 2, res.err
+    assert "Traceback" not in res.err and len(res.err.strip().splitlines()) == 1
+    assert json.loads(res.out)["error"] == "usage"
+    assert file_digest(current) == before

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
+from ..errors import UsageError
 from .context import Ctx, pass_ctx
 
 
@@ -42,6 +44,8 @@ def recover(ctx: Ctx, name, base, lost, incident_id, current, apply_, confirm_na
     target = ctx.ws.target(name)
     ctx.audit_target = target
     ctx.audit = bool(apply_)
+    if sql_out:
+        _check_writable(sql_out)  # before anything is planned or applied, not after
     options = RecoveryOptions(triggers=triggers, again=again,
                               users_table=users_table or target.options.get("users_table"),
                               owner_columns=dict(target.options.get("owner_columns", {})))
@@ -72,13 +76,26 @@ def _finish(ctx: Ctx, rep, obj, plan, sql_out, limit, data: dict) -> None:
     for w in plan.warnings:
         ctx.warn(w)
     if sql_out:
-        with open(sql_out, "w") as fh:
-            fh.write(rep.recovery_sql(plan))
-        ctx.say(f"SQL script written to {sql_out}")
+        try:
+            with open(sql_out, "w") as fh:
+                fh.write(rep.recovery_sql(plan))
+            ctx.say(f"SQL script written to {sql_out}")
+        except OSError as exc:  # the report below still says what was done
+            ctx.warn(f"could not write the SQL script to {sql_out}: {exc.strerror or exc}")
     if ctx.json:
         ctx.emit_json(data)
     else:
         rep.render_recovery_text(obj, ctx.out, limit=limit)
+
+
+def _check_writable(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--sql-out: no folder {folder}", unchanged="nothing was planned or written",
+                         hint="give a path in an existing folder")
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        raise UsageError(f"--sql-out: cannot write {path}", unchanged="nothing was planned or written",
+                         hint="give a path you can write")
 
 
 def register(cli: click.Group) -> None:
