@@ -281,3 +281,19 @@ def test_init_with_a_vault_that_cannot_be_made_fails_with_one_line_and_writes_no
         assert p.returncode == 1, p.stderr
         assert "vault" in one_line(p.stderr) and len(p.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "mulligan.toml").exists()
+
+
+def test_a_postmortem_to_a_missing_folder_and_a_full_stdout_are_one_line_errors(project):
+    r = project.run("incident", "open", "app", "--title", "t", "--json")
+    assert r.code == 1  # no target 'app' yet: one line, no traceback
+    db = make_db(project.dir / "app.db")
+    project.protect(db)
+    inc = project.run("incident", "open", "app", "--title", "t", "--json").json["id"]
+    r = project.run("postmortem", inc, "-o", str(project.dir / "no-such-folder" / "pm.md"))
+    assert r.code == 1 and "no such file or directory" in one_line(r.err)
+    assert len(r.err.strip().splitlines()) == 1
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "w") as full:
+            p = subprocess.run([sys.executable, "-m", "mulligan", "diff", db, db, "--format", "sql"],
+                               cwd=project.dir, stdout=full, stderr=subprocess.PIPE, text=True)
+        assert p.returncode == 1 and "no space left" in one_line(p.stderr)

@@ -164,6 +164,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        # The system said no (a missing folder for -o, a full disk under standard output):
+        # an error like any other, one line and exit 1, never a traceback.
+        where = f" ({exc.filename})" if exc.filename else ""
+        text = str(exc.strerror or exc)
+        err = MulliganError(f"{text[:1].lower()}{text[1:]}{where}")
+        _audit(ctx_obj, command, "failed", err.one_line(), argv)
+        if ctx_obj.json:
+            try:
+                ctx_obj.emit_json(err.to_json())
+            except OSError:
+                pass
+        sys.stderr.write(f"mulligan: {err.one_line()}\n")
+        return EXIT_ERROR
 
 
 def _audit(ctx: Ctx, command: str | None, outcome: str, detail, argv: list[str]) -> None:
