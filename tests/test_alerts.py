@@ -123,3 +123,31 @@ def test_an_alert_is_mailed_through_smtp_when_configured():
     assert "email" in rec["channels"]
     srv.join(10)
     assert srv.messages and "production went back in time" in srv.messages[0] and "inc-2" in srv.messages[0]
+
+
+def test_drain_on_shutdown_waits_for_a_delivery_in_flight():
+    """watch calls drain() before it exits (SIGTERM right after a rollback alert): the queue is
+    empty as soon as the delivery thread has taken the alert, but the POST is still under way.
+    drain must wait for it, or the process exits and the team never hears of the rollback."""
+    got = []
+
+    class SlowOk(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            time.sleep(0.6)
+            got.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), SlowOk)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        a = Alerter({"webhook": f"http://127.0.0.1:{srv.server_address[1]}/"}, Log(io.StringIO()))
+        a.alert("rollback", "production went back in time")
+        time.sleep(0.1)  # the delivery thread has taken it off the queue
+        a.drain(5.0)
+        assert a.sent == 1 and len(got) == 1
+    finally:
+        srv.shutdown()

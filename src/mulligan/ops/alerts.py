@@ -89,19 +89,24 @@ class Alerter:
         return rec
 
     def drain(self, timeout: float = 5.0) -> None:
-        """Give queued deliveries a moment on shutdown."""
+        """Give queued deliveries, and the one in flight, a moment on shutdown."""
         end = time.monotonic() + timeout
-        while not self._q.empty() and time.monotonic() < end:
+        # unfinished_tasks counts an alert until its delivery is done (task_done), not only
+        # while it waits in the queue: the POST under way at SIGTERM is waited for too.
+        while self._q.unfinished_tasks and time.monotonic() < end:
             time.sleep(0.05)
 
     # ---- delivery ------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             kind, text, payload = self._q.get()
-            if self.webhook:
-                self._deliver("webhook", lambda: self._post(kind, text, payload))
-            if self.smtp and self.email_to:
-                self._deliver("email", lambda: self._mail(kind, text, payload))
+            try:
+                if self.webhook:
+                    self._deliver("webhook", lambda: self._post(kind, text, payload))
+                if self.smtp and self.email_to:
+                    self._deliver("email", lambda: self._mail(kind, text, payload))
+            finally:
+                self._q.task_done()
 
     def _deliver(self, channel: str, fn) -> None:
         for i, wait in enumerate((0,) + RETRIES):
