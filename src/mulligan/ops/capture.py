@@ -8,6 +8,10 @@ WAL is sealed (write lock held for a few ms), its tail captured, then
 checkpointed passively. A new base snapshot is made from the page map kept in
 memory (its pages are already stored: only tree nodes are new) every
 ``base_interval``, at start, and whenever frames were missed.
+
+The files under a capture (the path, -wal or -shm replaced, the main file edited
+outside the WAL) are watched by ops/capture_files.py; rollback detection is
+ops/capture_detect.py.
 """
 
 from __future__ import annotations
@@ -18,16 +22,15 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from ..engines.sqlite.capture import Observation, Poll, Tailer, read_plain_pages
+from ..engines.sqlite.capture import Observation, Poll, Tailer
 from ..errors import DatabaseBusy, MulliganError
 from ..model import Target
 from ..timeparse import iso
 from ..vault.codec import ID_LEN
 from . import capture_store as cs
-from . import detect
-from . import incidents as inc_mod
 from .alerts import Alerter, Log
 from .capture_detect import RollbackDetector
+from .capture_files import FilesUnderCapture
 from .workspace import Workspace
 
 
@@ -77,7 +80,7 @@ class CaptureStats:
     incidents_opened: int = 0
 
 
-class TargetCapture:
+class TargetCapture(FilesUnderCapture):
     def __init__(self, ws: Workspace, target: Target, options: CaptureOptions, alerter: Alerter, log: Log):
         self.ws, self.vault, self.target = ws, ws.vault, target
         self.o, self.alerter, self.log = options, alerter, log
@@ -239,133 +242,13 @@ class TargetCapture:
             if self.stats.oldest_pending is None:
                 self.stats.oldest_pending = c.seen
 
-    # ---- files under us --------------------------------------------------------------------
-    def _check_files(self, sample: bool = True) -> bool:
-        """Path replaced, -wal/-shm replaced, main file edited outside SQLite. True if handled."""
-        t = self.tailer
-        replaced = t.replaced()
-        if self._swapped is not None:
-            if not t.others_attached():
-                self._switch_to_path()
-                return True
-            return False
-        if "db" in replaced:
-            self._on_swap()
-            return False
-        if replaced:
-            self.reopen(f"{', '.join(replaced)} beside the database was replaced or removed")
-            return True
-        if sample and self._main_mismatch():
-            self.reconcile("the main database file changed outside SQLite's WAL")
-            return True
-        return False
-
-    def _main_mismatch(self, in_restart: bool = False) -> bool:
-        t = self.tailer
-        h = t.last
-        nb = h.n_backfill if h is not None else 0
-        n = len(self.ids)
-        if not n:
-            return False
-        on_disk = t.db_stat()[0] // t.page_size
-        n = min(n, on_disk)  # pages past the main file's end live in the WAL
-        if n < 1:
-            return False
-        cands = [1] + [self._rng.randint(1, n) for _ in range(self.o.sample_pages)]
-        pgs = [p for p in dict.fromkeys(cands) if self.wal_pages.get(p, 0) <= nb]
-        if not pgs:
-            return False
-        for attempt in range(3):
-            pages = t.main_file_pages(pgs)
-            bad = [p for p, data in pages.items()
-                   if p <= len(self.ids) and self.vault.codec.chunk_id(data) != self.ids[p - 1]]
-            if not bad:
-                return False
-            # A checkpoint may have copied frames we have not captured yet (it may go up to our
-            # read's snapshot): capture up to now and look at those pages again.
-            time.sleep(0.01)
-            if attempt < 2 and not in_restart:
-                res = t.poll()
-                self._apply_poll(res)
-                if res.restarted:
-                    return False  # that poll judged the restart (and reconciled if it had to)
-            nb = t.last.n_backfill if t.last is not None else 0
-            pgs = [p for p in bad if self.wal_pages.get(p, 0) <= nb]
-            if not pgs:
-                return False
-        self.log("debug", f"{self.target.name}: main file pages {pgs[:8]} differ from the captured state "
-                          f"(WAL frame {t.frame}, backfilled {nb}, in restart: {in_restart})")
-        return True
-
+    # ---- reading everything, our own writes --------------------------------------------------
     def _read_all(self) -> tuple[int, list[bytes], int]:
         """The whole state, stored batch by batch: (page count, chunk ids, bytes newly stored)."""
         store = cs.PageStore(self.vault)
         count, _h = self.tailer.full_state(store.add, store.reset)
         nbytes = store.close()
         return count, store.ids, nbytes
-
-    def _main_file_ids(self) -> list[bytes]:
-        t = self.tailer
-        size, _ = t.db_stat()
-        n = size // t.page_size if t.page_size else 0
-        out = []
-        for start in range(1, n + 1, 1024):
-            batch = t.main_file_pages(list(range(start, min(n, start + 1023) + 1)))
-            out.extend(self.vault.codec.chunk_id(p) for p in batch.values())
-        return out
-
-    def _on_swap(self) -> None:
-        """Someone moved another file over the path while the app holds ours open."""
-        now = time.time()
-        self.log("error", f"{self.target.name}: {self.target.path} now names another file; "
-                          "still capturing what the application writes into the one it holds open")
-        try:
-            ps, pages = read_plain_pages(self.target.path)
-            ids = [self.vault.codec.chunk_id(p) for p in pages]
-        except MulliganError as exc:
-            ids, pages = [], []
-            self.log("warning", f"{self.target.name}: cannot read the file now at the path: {exc.message}")
-        m, score = self.det.matcher.best(ids, [self.target.id], before=now) if ids else (None, 0.0)
-        self.flush()
-        lkg = self.last_point or (self.base.id, cs._ts(self.base))
-        inc = self.det.respond(self.det.obs or self.tailer.observe(), [
-            f"the file at {self.target.path} is no longer the file being captured (inode changed)"],
-            lkg, m if score >= detect.MATCH_MIN else None, score, "file moved over the path", raise_now=False)
-        self._swapped = {"incident": inc["id"], "at": now, "lost": self.det.obs}
-
-    def _switch_to_path(self) -> None:
-        """The application let go of the old file: capture the file now at the path."""
-        info = self._swapped
-        self.log("notice", f"{self.target.name}: no process holds the replaced file any more; "
-                           f"capturing the file now at {self.target.path}")
-        lost = self.tailer.observe()  # the final state of the file the application let go of
-        self.flush()
-        if not self.tailer.truncate_wal():
-            self.log("warning", f"{self.target.name}: could not empty the -wal of the replaced file")
-        self.tailer.close()
-        self.tailer = None
-        self._swapped = None
-        self._reopen_tailer()
-        count, ids, nbytes = self._read_all()
-        self.stats.bytes_stored += nbytes
-        self.ids, self.wal_pages = ids, dict(self.tailer.overlay_frames)
-        obs = self.tailer.observe()
-        raised, no_counter = {}, []
-        if lost is not None:
-            plan, no_counter, _ = detect.counter_plan(lost, obs)
-            if plan:
-                before, raised = self.tailer.write("counters", lambda c: detect.apply_counters(c, plan))
-                self._own_write("counters raised")
-        self._new_base(gap=None, reason="switched to the file now at the path")
-        self._apply_poll(self.tailer.poll())
-        try:
-            inc = inc_mod.get(self.vault, info["incident"])
-            inc["counters"]["raised"] = raised
-            inc["counters"].pop("deferred", None)
-            inc_mod.add_event(self.vault, inc, "capture switched to the file at the path", {"counters_raised": raised})
-        except MulliganError:
-            pass
-        self.det.obs = self.tailer.observe()
 
     def _own_write(self, by: str) -> None:
         """Tell the live-use guard that the last commit is Mulligan's own (by its WAL position)."""
@@ -379,39 +262,6 @@ class TargetCapture:
         except Exception as exc:  # never let the guard's record stop capture
             self.log("debug", f"{self.target.name}: could not record our own commit: {exc}")
 
-    def _reopen_tailer(self) -> None:
-        t = Tailer(self.target.path)
-        t.open()
-        self.tailer = t
-
-    def reopen(self, why: str) -> None:
-        self.log("warning", f"{self.target.name}: {why}; opening the database again")
-        self.flush()
-        self.tailer.close()
-        self.tailer = None
-        self._reopen_tailer()
-        self.reconcile(why)
-
-    def reconcile(self, why: str) -> None:
-        """Read the whole state again; if it is not the captured one, start a new base and check it."""
-        t = self.tailer
-        count, ids, nbytes = self._read_all()
-        self.stats.bytes_stored += nbytes
-        self.wal_pages = dict(t.overlay_frames)
-        if ids == self.ids:
-            self.log("info", f"{self.target.name}: {why}; the state is the captured one, nothing was missed")
-            return
-        self.log("warning", f"{self.target.name}: {why}; the state differs from the captured one: new base snapshot")
-        lkg = self.last_point
-        prev_ids = self.ids
-        self.flush()
-        self.ids = ids
-        gap = {"from": iso(lkg[1]) if lkg else None, "to": iso(time.time()), "reason": why}
-        obs = t.observe()
-        self._new_base(gap=gap, reason=why, bump=False)
-        self.det.check(obs, mass=False, where=why, lkg=lkg, discontinuity=True, final=True,
-                    states=[ids, self._main_file_ids()], lkg_ids=prev_ids)
-        self._bump_generation()
 
     # ---- flush, checkpoint, base, generation -------------------------------------------------
     def flush(self) -> None:
