@@ -91,6 +91,15 @@ def test_a_wrong_confirm_name_is_refused(app):
     assert content(app.db) == before
 
 
+@pytest.mark.parametrize("extra", [["--env", "staging"], ["--check", "full"]])
+def test_options_of_a_restore_into_a_new_database_are_refused_with_in_place_not_ignored(app, extra):
+    before = content(app.db)
+    r = app.run("restore", "app", "--latest", "--in-place", "--confirm", "app", *extra)
+    assert r.code == 2 and "go with --to" in r.err
+    assert content(app.db) == before
+    assert undo_points(app) == []
+
+
 def test_confirm_with_the_name_restores_keeps_the_identity_and_leaves_an_undo_point(app):
     eng = SqliteEngine()
     ident_before = eng.read_identity(app.db)

@@ -27,9 +27,9 @@ from .context import Ctx, pass_ctx
 @click.option("--confirm", "confirm_name", metavar="NAME", help="With --in-place: the target's name, confirming without a prompt.")
 @click.option("--yes", is_flag=True, help="With --in-place: skip the prompt (never enough for production).")
 @click.option("--force-live", is_flag=True, help="With --in-place: replace even a database in live use.")
-@click.option("--env", "env", type=click.Choice(ENVIRONMENTS + (RESTORED_ENV,)), help="Environment stamped in the copy (default: restored).")
-@click.option("--check", "check", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
-              help="quick_check or integrity_check on the restored database.")
+@click.option("--env", "env", type=click.Choice(ENVIRONMENTS + (RESTORED_ENV,)), help="With --to: environment stamped in the copy (default: restored).")
+@click.option("--check", "check", type=click.Choice(["quick", "full"]), default=None,
+              help="With --to: quick_check (default) or integrity_check on the restored database.")
 @click.option("--allow-cross-target", is_flag=True, help="Allow a restore point of another target.")
 @pass_ctx
 def restore(ctx: Ctx, name, snapshot_id, at, latest, to, in_place, confirm_name, yes, force_live, env, check,
@@ -41,6 +41,10 @@ def restore(ctx: Ctx, name, snapshot_id, at, latest, to, in_place, confirm_name,
         raise UsageError("restore needs --to PATH (a new database)", hint="replacing the target itself needs --in-place")
     if not in_place and (confirm_name or yes or force_live):
         raise UsageError("--confirm, --yes and --force-live go with --in-place")
+    if in_place and (env or check):
+        # an in-place restore keeps the target's own identity and environment: never ignore what was asked
+        raise UsageError("--env and --check go with --to", unchanged="nothing was written",
+                         hint="an in-place restore keeps the target's identity and environment")
     ws = ctx.ws
     target = ws.target(name)
     ctx.audit_target = target
