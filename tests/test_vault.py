@@ -197,3 +197,48 @@ def test_an_index_removed_between_listing_and_reading_is_skipped():
     st.list = list_with_ghost
     reader = Vault(st, v.config)
     assert len(read_back(reader, m)) == 5
+
+
+def test_verify_while_index_objects_and_packs_are_replaced_reports_no_damage(project):
+    """watch merges its small index objects and prune rewrites indexes then deletes packs, while
+    verify may be running: an index or pack that was listed and is gone when verify reads it was
+    replaced or pruned, not damaged. verify notes it; it is not an integrity failure (exit 4)."""
+    from conftest import make_db
+
+    from mulligan.ops.verify import verify
+
+    db = make_db(project.dir / "app.db")
+    project.protect(db)
+    project.call("snapshot", "app")
+    ws = project.ws
+    st = ws.vault.storage
+    real_list = st.list
+
+    def list_with_ghosts(prefix=""):
+        items = list(real_list(prefix))
+        if prefix == "index/":
+            items.append(("index/" + "ab" * 16, 10))
+        if prefix == "packs/":
+            items.append(("packs/cd/" + "cd" * 16, 10))
+        return iter(sorted(items))
+
+    st.list = list_with_ghosts
+    res = verify(ws)
+    assert res.ok, res.problems
+    assert any("ab" * 16 in n for n in res.notes) and any("cd" * 16 in n for n in res.notes)
+
+
+def test_verify_still_reports_a_pack_that_an_index_names_and_is_gone(project):
+    from conftest import make_db
+
+    from mulligan.ops.verify import verify
+
+    db = make_db(project.dir / "app.db")
+    project.protect(db)
+    project.call("snapshot", "app")
+    st = project.ws.vault.storage
+    for key, _ in list(st.list("packs/")):
+        st.delete(key)
+    res = verify(project.ws)
+    assert not res.ok
+    assert any(p["problem"] == "pack named by an index is missing" for p in res.problems)

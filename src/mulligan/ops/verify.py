@@ -55,9 +55,18 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
     res = VerifyResult()
     good: set[bytes] = set()
     indexed: dict[bytes, tuple] = {}
+    naming: dict[bytes, list[str]] = {}  # pack id -> index objects that name it
     for key, _ in st.list("index/"):
         try:
-            for pack_id, entries in decode_index(st.get(key), key).items():
+            data = st.get(key)
+        except ObjectMissing:
+            # watch merges its small index objects and prune rewrites indexes (the replacement
+            # is written first): listed a moment ago, gone now, is not damage.
+            res.notes.append(f"{key} was replaced while verify ran")
+            continue
+        try:
+            for pack_id, entries in decode_index(data, key).items():
+                naming.setdefault(pack_id, []).append(key)
                 for e in entries:
                     indexed[e[0]] = (pack_id,) + e[1:]
         except MulliganError as exc:
@@ -68,6 +77,10 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
         res.packs += 1
         try:
             body = st.get(key)
+        except ObjectMissing:
+            res.notes.append(f"{key} was removed while verify ran (prune)")
+            continue
+        try:
             res.bytes_read += len(body)
             entries = decode_pack_trailer(body, key)
         except MulliganError as exc:
@@ -97,6 +110,10 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
             progress(1, len(packs))
     for pack_id in indexed_packs:
         if st.stat(pack_key(pack_id)) is None:
+            if all(st.stat(k) is None for k in naming.get(pack_id, [])):
+                # prune rewrote the index, then deleted the pack, while verify ran
+                res.notes.append(f"{pack_key(pack_id)} was removed with its index while verify ran (prune)")
+                continue
             res.problem(pack_key(pack_id), "pack named by an index is missing")
     target_id = ws.target(target_name).id if target_name else None
     for m in _manifests(ws, target_id, res):
