@@ -191,3 +191,14 @@ def test_an_unwritable_sql_out_is_refused_before_anything_is_applied(app, tmp_pa
     assert "Traceback" not in res.err and len(res.err.strip().splitlines()) == 1
     assert json.loads(res.out)["error"] == "usage"
     assert file_digest(current) == before
+
+
+def test_base_and_lost_given_with_an_incident_that_records_neither_are_used(app):
+    env, base, lost, current = app
+    inc = env.run("incident", "open", "app", "--title", "rolled back by hand", "--json").json["id"]
+    res = env.run("recover", "app", "--incident", inc, "--base", base, "--lost", lost, "--json")
+    assert res.code == 0, res.err
+    assert json.loads(res.out)["kind"] == "recovery-plan"
+    res = env.run("incident", "impact", inc, "--base", base, "--lost", lost, "--json")
+    assert res.code == 0, res.err
+    assert json.loads(res.out)["base"] == base

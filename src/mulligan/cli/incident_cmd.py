@@ -110,15 +110,17 @@ def summary(ctx: Ctx, incident_id, send):
 
 @incident.command("impact")
 @click.argument("incident_id", metavar="ID")
+@click.option("--base", metavar="STATE", help="The state production was rolled back to (default: from the record).")
+@click.option("--lost", metavar="STATE", help="The last good state before the mistake (default: from the record).")
 @click.option("--users-table", metavar="T", help="The table of users (default: configured, or auth_user, users, accounts).")
 @pass_ctx
-def impact_(ctx: Ctx, incident_id, users_table):
+def impact_(ctx: Ctx, incident_id, base, lost, users_table):
     """Which users lost data: impact between the incident's BASE and LOST, kept in the record."""
     from ..ops.impact import impact
     from ..report.diff import impact_json, render_impact_text
 
     inc = _load(ctx, incident_id)
-    base, lost = inc_ops.recovery_states(inc)
+    base, lost = inc_ops.recovery_states(inc, base, lost)
     res = impact(ctx.ws, ctx.ws.target(inc["target_name"]), base, lost, users_table=users_table)
     inc = inc_ops.record_impact(ctx.ws.vault, inc, impact_json(res), base=base, lost=lost)
     if ctx.json:

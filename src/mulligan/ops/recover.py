@@ -247,8 +247,9 @@ def recover_target(
     options = options or RecoveryOptions()
     if incident_id:
         inc = incidents.get(ws.vault, incident_id)
-        inc_base, inc_lost = incidents.recovery_states(inc)
-        base, lost = base or inc_base, lost or inc_lost
+        if not (base and lost):  # what the user gave wins; the record fills in only what is missing
+            inc_base, inc_lost = incidents.recovery_states(inc)
+            base, lost = base or inc_base, lost or inc_lost
     if not base or not lost:
         raise UsageError("recover needs --base STATE and --lost STATE, or --incident ID",
                          hint="BASE is the state that was restored by mistake, LOST the last good state before it")
