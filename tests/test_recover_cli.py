@@ -202,3 +202,16 @@ def test_base_and_lost_given_with_an_incident_that_records_neither_are_used(app)
     res = env.run("incident", "impact", inc, "--base", base, "--lost", lost, "--json")
     assert res.code == 0, res.err
     assert json.loads(res.out)["base"] == base
+
+
+def test_apply_into_a_restore_point_given_as_current_is_refused_not_reported_done(app):
+    env, base, lost, current = app
+    point = env.run("snapshot", "app", "--json").json["id"]
+    live = file_digest(current)
+    res = env.run("recover", "app", "--base", base, "--lost", lost, "--current", point, "--apply", "--confirm", "app",
+                  "--json")
+    assert res.code == 2, res.out + res.err
+    assert json.loads(res.out)["error"] == "usage" and "read-only" in res.err
+    assert file_digest(current) == live
+    res = env.run("recover", "app", "--base", base, "--lost", lost, "--current", point, "--json")  # a plan is fine
+    assert res.code == 0, res.err

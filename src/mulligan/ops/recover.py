@@ -242,7 +242,7 @@ def recover_target(
     from contextlib import ExitStack
 
     from . import guards, incidents
-    from .states import materialize
+    from .states import materialize, resolve_state
 
     options = options or RecoveryOptions()
     if incident_id:
@@ -253,6 +253,12 @@ def recover_target(
     if not base or not lost:
         raise UsageError("recover needs --base STATE and --lost STATE, or --incident ID",
                          hint="BASE is the state that was restored by mistake, LOST the last good state before it")
+    if apply and current != "live" and resolve_state(current, ws.vault, target).kind != "file":
+        # a vault state is read into a scratch file deleted afterwards: a merge written there is lost
+        raise UsageError(f"--apply cannot write into {current!r}: a restore point is read-only",
+                         unchanged="nothing was planned or written",
+                         hint="merge into live, or rehearse on a file: restore the point with --to PATH, "
+                              "then pass --current PATH")
     with ExitStack() as stack:
         say(f"reading BASE ({base}) and LOST ({lost})")
         base_path = stack.enter_context(materialize(ws.vault, target, base))
