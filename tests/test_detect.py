@@ -211,3 +211,29 @@ def test_a_mass_delete_by_the_app_is_not_a_rollback(scene):
     assert w.term() == 0
     assert hook.wait("rollback", 0.2) is None
     assert env.run("incidents", "--json").json["incidents"] == []
+
+
+def test_the_snapshot_matcher_keeps_page_lists_only_of_the_points_it_still_compares():
+    """watch makes a base every ten minutes and compares states with the newest restore points at
+    each suspicious change: the cached page id lists (16 bytes a page) of points that fell out of
+    that window must go, or a daemon's memory grows with its history."""
+    from types import SimpleNamespace
+
+    from mulligan.ops.detect import SnapshotMatcher
+
+    class FakeVault:
+        def __init__(self):
+            self.ms = []
+
+        def manifests(self, tid):
+            return list(self.ms)
+
+        def page_ids(self, m):
+            return [b"x" * 16] * 10
+
+    v = FakeVault()
+    matcher = SnapshotMatcher(v, limit=3)
+    for i in range(10):
+        v.ms.append(SimpleNamespace(id=f"m{i:02d}", time=f"2026-01-01T00:{i:02d}:00.000Z", kind="snapshot"))
+        matcher.best([b"x" * 16] * 10, ["t-1"])
+    assert set(matcher._ids) <= {"m07", "m08", "m09"}

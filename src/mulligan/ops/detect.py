@@ -94,8 +94,12 @@ class SnapshotMatcher:
         for tid in dict.fromkeys(t for t in target_ids if t):
             cands += [m for m in self.vault.manifests(tid) if m.kind != KIND_UNDO]
         cands.sort(key=lambda m: m.time, reverse=True)
+        window = cands[: self.limit]
+        keep = {m.id for m in window}
+        for mid in [k for k in self._ids if k not in keep]:
+            del self._ids[mid]  # out of the window for good (newer points only arrive)
         best, best_score = None, 0.0
-        for m in cands[: self.limit]:
+        for m in window:
             if (before is not None and _ts(m) > before) or m.id == exclude:
                 continue
             sc = self.score(ids, self.ids(m))
