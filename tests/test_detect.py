@@ -237,3 +237,38 @@ def test_the_snapshot_matcher_keeps_page_lists_only_of_the_points_it_still_compa
         v.ms.append(SimpleNamespace(id=f"m{i:02d}", time=f"2026-01-01T00:{i:02d}:00.000Z", kind="snapshot"))
         matcher.best([b"x" * 16] * 10, ["t-1"])
     assert set(matcher._ids) <= {"m07", "m08", "m09"}
+
+
+def test_a_file_moved_over_the_path_opens_an_incident_even_when_older_points_cannot_be_compared(project, monkeypatch):
+    """Finding which snapshot the file at the path matches is a nicety: a damaged or unreadable
+    restore point must not keep the rollback incident from being opened (it used to raise out
+    of the poll, and every later poll tried again and failed the same way)."""
+    import io
+
+    from mulligan.errors import IntegrityError
+    from mulligan.ops import incidents as inc_mod
+    from mulligan.ops.alerts import Alerter, Log
+    from mulligan.ops.capture import CaptureOptions, TargetCapture
+
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    ws = project.ws
+    target = ws.target("app")
+    old = str(project.dir / "old.db")
+    shutil.copy(db, old)
+    log = Log(io.StringIO())
+    cap = TargetCapture(ws, target, CaptureOptions(), Alerter({}, log), log)
+    app = apsw.Connection(db)  # the application holds the file it has open
+    cap.start()
+    try:
+        def broken(*a, **k):
+            raise IntegrityError("manifest snapshots/x is damaged")
+
+        monkeypatch.setattr(cap.det.matcher, "best", broken)
+        os.replace(old, db)
+        cap.step(time.time())
+        incs = inc_mod.list_incidents(ws.vault, target.id)
+        assert len(incs) == 1 and incs[0]["kind"] == "rollback"
+    finally:
+        cap.stop()
+        app.close()

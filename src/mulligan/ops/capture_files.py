@@ -104,7 +104,12 @@ class FilesUnderCapture:
         except MulliganError as exc:
             ids, pages = [], []
             self.log("warning", f"{self.target.name}: cannot read the file now at the path: {exc.message}")
-        m, score = self.det.matcher.best(ids, [self.target.id], before=now) if ids else (None, 0.0)
+        m, score = None, 0.0
+        if ids:
+            try:
+                m, score = self.det.matcher.best(ids, [self.target.id], before=now)
+            except MulliganError as exc:  # which snapshot it matches is a detail: the incident comes first
+                self.log("warning", f"{self.target.name}: could not compare with older snapshots: {exc.message}")
         self.flush()
         lkg = self.last_point or (self.base.id, cs._ts(self.base))
         inc = self.det.respond(self.det.obs or self.tailer.observe(), [
