@@ -215,3 +215,14 @@ def test_apply_into_a_restore_point_given_as_current_is_refused_not_reported_don
     assert file_digest(current) == live
     res = env.run("recover", "app", "--base", base, "--lost", lost, "--current", point, "--json")  # a plan is fine
     assert res.code == 0, res.err
+
+
+def test_a_rehearsal_on_a_copy_is_kept_in_the_incident_as_a_plan_not_as_applied(app, tmp_path):
+    env, base, lost, current = app
+    copy = copy_db(current, tmp_path / "copy.db")
+    inc = env.run("incident", "open", "app", "--title", "t", "--base", base, "--lost", lost, "--json").json["id"]
+    res = env.run("recover", "app", "--incident", inc, "--current", copy, "--apply", "--confirm", "app")
+    assert res.code == 0, res.err
+    record = env.run("incident", "show", inc, "--json").json["incident"]
+    assert record["recovery"]["applied"] is False
+    assert not any(e["event"] == "recovery applied" for e in record["timeline"])

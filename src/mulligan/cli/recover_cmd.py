@@ -68,7 +68,10 @@ def recover(ctx: Ctx, name, base, lost, incident_id, current, apply_, confirm_na
         ctx.audit_detail = {"confirmed_by": res.confirmed_by, "conflicts": len(data["conflicts"]),
                             **{k: data[k] for k in ("undo_point", "rows_recovered", "remapped", "totals")}}
     if incident_id:
-        incidents.record_recovery(ctx.ws.vault, incidents.get(ctx.ws.vault, incident_id), data, applied=apply_)
+        # a merge into a copy (--current FILE) is a rehearsal: the incident keeps it as a plan, never as applied
+        into_target = current == "live" or os.path.abspath(current) == os.path.abspath(target.path)
+        incidents.record_recovery(ctx.ws.vault, incidents.get(ctx.ws.vault, incident_id),
+                                  data if into_target else data | {"applied": False}, applied=apply_ and into_target)
     _finish(ctx, rep, res, res.plan if apply_ else res, sql_out, limit, data)
 
 
