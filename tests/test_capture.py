@@ -219,3 +219,41 @@ def test_one_watch_captures_every_target(project):
         r = project.run("restore", name, "--latest", "--to", str(out))
         assert r.code == 0, r.err
         assert len(ids_in(str(out))) == 50 + n
+
+
+def test_stop_stores_the_commits_already_seen_even_when_the_last_poll_fails(project, monkeypatch):
+    """When the database breaks under watch (a SQLite or I/O error), the watcher stops that
+    capture: the commits it already saw but had not stored yet must still be stored, not
+    dropped because the final look at the database failed."""
+    import io
+    import time
+
+    import apsw
+
+    from mulligan.ops import capture_store as cs
+    from mulligan.ops.alerts import Alerter, Log
+    from mulligan.ops.capture import CaptureOptions, TargetCapture
+    from test_watch_kit import make_app_db
+
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    ws = project.ws
+    target = ws.target("app")
+    log = Log(io.StringIO())
+    opts = CaptureOptions(flush_interval=3600, status_interval=3600, sample_interval=3600, idle_checkpoint=3600)
+    cap = TargetCapture(ws, target, opts, Alerter({}, log), log)
+    cap.start()
+    app = apsw.Connection(db)
+    app.execute("INSERT INTO posts(user_id, body) VALUES (1, 'seen, not yet stored')")
+    cap._t["flush"] = time.time()
+    cap.step(time.time())
+    assert cap.seg.pending, "the commit should be seen and waiting for the next flush"
+
+    def broken():
+        raise apsw.IOError("disk I/O error")
+
+    monkeypatch.setattr(cap.tailer, "poll", broken)
+    cap.stop()
+    app.close()
+    base = cs.capture_bases(ws.vault, target.id)[-1]
+    assert cs.last_commit(ws.vault, base) is not None

@@ -149,8 +149,10 @@ class TargetCapture(FilesUnderCapture):
             if self.tailer is not None and self._swapped is None:
                 try:
                     self._apply_poll(self.tailer.poll())
-                except MulliganError:
-                    pass
+                except Exception as exc:  # noqa: BLE001 - a broken database (SQLite, I/O) must not cost
+                    # the commits already seen: they are stored below whatever the last look gave.
+                    msg = exc.one_line() if isinstance(exc, MulliganError) else f"{exc.__class__.__name__}: {exc}"
+                    self.log("warning", f"{self.target.name}: last look at the database failed: {msg}")
             self.flush()
             if self.seg is not None:
                 self.seg.merge_indexes()
