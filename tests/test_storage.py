@@ -83,3 +83,20 @@ def test_local_storage_leaves_no_temporary_files_behind(tmp_path):
     s.put("a", b"x" * 10000)
     assert list((tmp_path / "store" / ".tmp").iterdir()) == []
     assert [k for k, _ in s.list("")] == ["a"]
+
+
+def test_local_storage_turns_unreadable_objects_into_storage_errors(tmp_path):
+    """An object the OS will not read (permissions, an I/O error, a folder where a file should
+    be) is a StorageError with the path, never an OSError traceback from the CLI."""
+    from mulligan.errors import StorageError
+    from mulligan.storage.local import LocalStorage
+
+    s = LocalStorage(tmp_path / "v")
+    (tmp_path / "v" / "index").mkdir(parents=True)
+    (tmp_path / "v" / "index" / "odd").mkdir()
+    with pytest.raises(StorageError, match="index/odd"):
+        s.get("index/odd")
+    with pytest.raises(StorageError, match="index/odd"):
+        s.get_range("index/odd", 0, 4)
+    with pytest.raises(StorageError, match="index/odd"):
+        s.delete("index/odd")

@@ -30,6 +30,8 @@ class LocalStorage(Storage):
                 return fh.read()
         except FileNotFoundError:
             raise ObjectMissing(f"object {key} is missing from the vault at {self.root}") from None
+        except OSError as exc:
+            raise self._unreadable(key, exc) from None
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         try:
@@ -38,6 +40,12 @@ class LocalStorage(Storage):
                 return fh.read(length)
         except FileNotFoundError:
             raise ObjectMissing(f"object {key} is missing from the vault at {self.root}") from None
+        except OSError as exc:
+            raise self._unreadable(key, exc) from None
+
+    def _unreadable(self, key: str, exc: OSError) -> StorageError:
+        return StorageError(f"cannot read {key} in the vault at {self.root}: {exc.strerror or exc}",
+                            hint="check the vault folder's permissions and the disk holding it")
 
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
         final = self._path(key)
@@ -101,6 +109,9 @@ class LocalStorage(Storage):
             os.unlink(self._path(key))
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise StorageError(f"cannot delete {key} in the vault at {self.root}: {exc.strerror or exc}",
+                               hint="check the vault folder's permissions") from None
 
     def stat(self, key: str) -> int | None:
         try:
