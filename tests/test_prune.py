@@ -145,3 +145,21 @@ def test_watch_waits_for_a_running_prune_before_it_loads_the_index(project):
         w.stop()
         th.join(10)
     assert not th.is_alive()
+
+
+def test_a_writer_lease_used_as_a_context_manager_runs_one_heartbeat():
+    """save_pages does ``with writer_lease(...)``: writer_lease has acquired the lease already,
+    and entering it must not acquire it again (a second heartbeat thread, never joined)."""
+    import os
+    import threading
+
+    from mulligan.storage.memory import MemoryStorage
+    from mulligan.vault.locks import writer_lease
+
+    st = MemoryStorage(os.urandom(6).hex())
+    before = threading.active_count()
+    with writer_lease(st, "test") as lease:
+        assert threading.active_count() == before + 1
+        assert len(list(st.list("locks/"))) == 1
+    assert not lease._thread.is_alive()
+    assert threading.active_count() == before

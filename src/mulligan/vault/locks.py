@@ -40,6 +40,8 @@ class Lease:
         ).encode()
 
     def acquire(self) -> "Lease":
+        if self._thread is not None:  # already held (writer_lease acquires, then `with` enters)
+            return self
         self.storage.put(self.key, self._body(), overwrite=True)
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
