@@ -151,3 +151,18 @@ def test_a_state_that_is_not_a_database_is_named_alone(tmp_path):
         code, out, err = mulligan(command, str(notes), b, cwd=tmp_path)
         assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
         assert f"{notes} is not a SQLite database" in err and str(b) not in err
+
+
+def test_a_damaged_database_is_an_integrity_failure_in_one_line(tmp_path):
+    good = build(tmp_path / "good.db", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);"
+                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) "
+                 "INSERT INTO t(v) SELECT printf('%.200c', 'x') FROM n")
+    bad = tmp_path / "bad.db"
+    data = bytearray(open(good, "rb").read())
+    data[4096 * 3:4096 * 8] = b"\xff" * (4096 * 5)
+    bad.write_bytes(bytes(data))
+    for command in ("diff", "impact"):
+        code, out, err = mulligan(command, good, str(bad), "--json", cwd=tmp_path)
+        assert code == 4, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert json.loads(out)["error"] == "integrity"

@@ -8,7 +8,7 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import EXIT_ERROR, EXIT_USAGE, GuardRefused, MulliganError, UsageError
+from ..errors import EXIT_ERROR, EXIT_USAGE, GuardRefused, IntegrityError, MulliganError, UsageError
 from .context import Ctx
 
 # Commands that change state are written to the audit log with their outcome.
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as exc:
         # The system said no (a missing folder for -o, a full disk under standard output):
-        # an error like any other, one line and exit 1, never a traceback.
+        # one line, exit 4 for damage and 1 otherwise. never a traceback.
         where = f" ({exc.filename})" if exc.filename else ""
         text = str(exc.strerror or exc)
         err = MulliganError(f"{text[:1].lower()}{text[1:]}{where}")
@@ -178,6 +178,20 @@ def main(argv: list[str] | None = None) -> int:
                 pass
         sys.stderr.write(f"mulligan: {err.one_line()}\n")
         return EXIT_ERROR
+    except Exception as exc:
+        if type(exc).__module__ != "apsw":  # a bug: the traceback is what a report needs
+            raise
+        # SQLite refused something no op translated (a damaged page, a full disk mid-write):
+        # one line, exit 4 for damage and 1 otherwise.
+        if type(exc).__name__ == "CorruptError":  # a damaged database is an integrity failure (exit 4)
+            err = IntegrityError(f"SQLite: {exc}", hint="check it with PRAGMA integrity_check")
+        else:
+            err = MulliganError(f"SQLite: {exc}")
+        _audit(ctx_obj, command, "failed", err.one_line(), argv)
+        if ctx_obj.json:
+            ctx_obj.emit_json(err.to_json())
+        sys.stderr.write(f"mulligan: {err.one_line()}\n")
+        return err.exit_code
 
 
 def _audit(ctx: Ctx, command: str | None, outcome: str, detail, argv: list[str]) -> None:
