@@ -55,3 +55,37 @@ def test_a_generation_rise_written_by_the_watcher_is_not_taken_for_an_in_place_r
     assert compare(lkg, cur).generation_up
     sig = compare(lkg, cur, own_generation=6)
     assert not sig.generation_up and sig.strong
+
+
+def test_watch_closes_its_metrics_socket_when_it_stops(project):
+    """Watcher.run used from Python (a test, a supervisor thread) must not leave the metrics port
+    bound after it returns: shutdown() stops serving, server_close() frees the socket."""
+    import io
+    import socket
+    import threading
+    import time
+
+    from mulligan.ops.alerts import Alerter, Log
+    from mulligan.ops.capture import CaptureOptions
+    from mulligan.ops.capture_watch import Watcher
+
+    from conftest import make_db
+
+    db = make_db(project.dir / "app.db")
+    project.protect(db)
+    ws = project.ws
+    log = Log(io.StringIO())
+    w = Watcher(ws, [ws.target("app")], CaptureOptions(), Alerter({}, log), log)
+    port = w.serve_metrics(0)
+    th = threading.Thread(target=w.run, daemon=True)
+    th.start()
+    time.sleep(0.5)
+    w.stop()
+    th.join(10)
+    assert not th.is_alive()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))  # fails with EADDRINUSE while the old listening socket is open
+    finally:
+        s.close()

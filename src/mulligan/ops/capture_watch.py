@@ -101,6 +101,7 @@ class Watcher:
             self.lease.release()
             if self.metrics_server is not None:
                 self.metrics_server.shutdown()
+                self.metrics_server.server_close()  # free the port, not only stop serving
             self.log("info", "watch stopped")
 
     def _step(self, slot: Slot) -> None:
