@@ -297,3 +297,41 @@ def test_a_postmortem_to_a_missing_folder_and_a_full_stdout_are_one_line_errors(
             p = subprocess.run([sys.executable, "-m", "mulligan", "diff", db, db, "--format", "sql"],
                                cwd=project.dir, stdout=full, stderr=subprocess.PIPE, text=True)
         assert p.returncode == 1 and "no space left" in one_line(p.stderr)
+
+
+def test_protect_under_a_name_already_taken_leaves_the_database_unstamped(project):
+    from mulligan.engines.sqlite.engine import SqliteEngine
+
+    project.protect(make_db(project.dir / "app.db"))
+    other = make_db(project.dir / "other.db")
+    r = project.run("protect", other, "--name", "app", "--env", "test")
+    assert r.code == 3 and "already registered" in one_line(r.err)
+    assert SqliteEngine().read_identity(other) is None
+    r = project.run("protect", other, "--name", "other", "--env", "test")
+    assert r.code == 0, r.err
+
+
+def test_a_failed_stamp_commit_reports_its_own_error_not_the_rollback_after_it(tmp_path):
+    """When SQLite has already rolled the transaction back (a full disk or an I/O error at
+    COMMIT), the stamp's cleanup must not replace that error with 'cannot rollback - no
+    transaction is active': the disk-full handling upstream keys on the real error."""
+    from mulligan.engines.sqlite import identity as ident_mod
+    from mulligan.model import Identity
+
+    db = make_db(tmp_path / "app.db")
+    real = apsw.Connection(db)
+
+    class FullAtCommit:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def execute(self, sql, *a):
+            if sql == "COMMIT":
+                real.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL
+                raise apsw.FullError("database or disk is full")
+            return real.execute(sql, *a)
+
+    ident = Identity(target_id="t-1", name="app", env="test", stamped_at="2026-01-01T00:00:00Z")
+    with pytest.raises(apsw.FullError):
+        ident_mod.write(FullAtCommit(), ident)
+    real.close()

@@ -91,6 +91,10 @@ def protect(ws: Workspace, path: str, name: str, env: str, engine: str = "sqlite
     path = os.path.abspath(path)
     eng = engine_for(engine)
     eng.check(path)
+    if name in ws.config.targets:  # before the stamp is written, not after (add_target checks too late)
+        raise GuardRefused(f"a target named {name!r} is already registered",
+                           unchanged="the configuration and the database were left as they were",
+                           hint="choose another --name, or remove the old section from mulligan.toml first")
     for other in ws.config.targets.values():
         if os.path.abspath(other.path) == path:
             raise GuardRefused(
