@@ -64,7 +64,8 @@ def write(conn: apsw.Connection, ident: Identity) -> None:
         )
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already (a full disk at COMMIT)
+            conn.execute("ROLLBACK")
         raise
 
 
