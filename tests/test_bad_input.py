@@ -335,3 +335,19 @@ def test_a_failed_stamp_commit_reports_its_own_error_not_the_rollback_after_it(t
     with pytest.raises(apsw.FullError):
         ident_mod.write(FullAtCommit(), ident)
     real.close()
+
+
+def test_stamping_a_database_on_a_full_disk_is_a_storage_error(tmp_path, monkeypatch):
+    from mulligan.engines.sqlite import engine as eng_mod
+    from mulligan.errors import StorageError
+    from mulligan.model import Identity
+
+    db = make_db(tmp_path / "app.db")
+
+    def full(conn, identity):
+        raise apsw.FullError("database or disk is full")
+
+    monkeypatch.setattr(eng_mod.ident_mod, "write", full)
+    ident = Identity(target_id="t-1", name="app", env="test", stamped_at="2026-01-01T00:00:00Z")
+    with pytest.raises(StorageError, match="disk .*full"):
+        eng_mod.SqliteEngine().write_identity(db, ident)

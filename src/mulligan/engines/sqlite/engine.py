@@ -60,6 +60,11 @@ class SqliteEngine(Engine):
             raise StorageError(
                 f"{location} is read-only", unchanged="the database was not stamped", hint="run as a user that can write it"
             ) from None
+        except apsw.FullError:
+            raise StorageError(
+                f"the disk holding {location} is full", unchanged="the database was not stamped",
+                hint="free space on that disk, then run the command again",
+            ) from None
         finally:
             conn.close()
 
