@@ -243,3 +243,16 @@ def test_inspect_file_is_the_same_answer_for_python_callers(app):
     report = guards.inspect_file(plain)
     assert report.exit_code == 0 and report.identity is None
     assert any("not protected" in n for n in report.notes)
+
+
+def test_guard_through_a_symlink_still_compares_the_file_with_its_configured_target(project):
+    db = make_db(project.dir / "stage.db", rows=3)
+    project.protect(db, "stage", "staging")
+    os.replace(make_db(project.dir / "plain.db", rows=1), db)  # someone put another file there
+    settle(db)
+    link = project.dir / "current.db"
+    link.symlink_to(db)
+    r = project.run("--json", "guard", str(link))
+    assert r.code == 3, r.out
+    assert r.json["configured_target"] == "stage"
+    assert any("no identity stamp" in p for p in r.json["problems"])

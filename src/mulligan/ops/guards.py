@@ -141,7 +141,8 @@ def inspect_file(path: str, config=None, *, window: float = LIVE_WINDOW) -> Guar
     report.is_database = True
     vault = None
     if config is not None:
-        report.target = next((t for t in config.targets.values() if os.path.abspath(t.path) == path), None)
+        real = os.path.realpath(path)  # a symlink on either side still names the same file
+        report.target = next((t for t in config.targets.values() if os.path.realpath(t.path) == real), None)
         try:
             vault = Vault.open(config.vault_url)
         except MulliganError as exc:
