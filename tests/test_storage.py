@@ -100,3 +100,25 @@ def test_local_storage_turns_unreadable_objects_into_storage_errors(tmp_path):
         s.get_range("index/odd", 0, 4)
     with pytest.raises(StorageError, match="index/odd"):
         s.delete("index/odd")
+
+
+def test_local_storage_makes_new_folders_durable_before_an_object_in_them_counts(tmp_path, monkeypatch):
+    """A put that creates packs/ab/ must fsync the folders whose entries it added (packs/ and
+    the vault root), not only packs/ab/: after a power cut the pack's folder entry could be
+    lost while the index written after it survives, an index naming a missing pack."""
+    from mulligan.storage import local
+
+    synced = []
+    real = local._fsync_dir
+    monkeypatch.setattr(local, "_fsync_dir", lambda p: (synced.append(str(p)), real(p)))
+    s = LocalStorage(tmp_path / "v")
+    s.put("config", b"{}")
+    synced.clear()
+    s.put("packs/ab/abcdef", b"pack")
+    root = str(tmp_path / "v")
+    assert root + "/packs/ab" in synced
+    assert root + "/packs" in synced
+    assert root in synced
+    synced.clear()
+    s.put("packs/ab/abcdeg", b"pack")  # the folders exist already: only the object's own folder
+    assert synced == [root + "/packs/ab"]

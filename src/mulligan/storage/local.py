@@ -53,7 +53,8 @@ class LocalStorage(Storage):
         tmp = tmpdir / f"{os.getpid()}-{id(data):x}-{os.urandom(4).hex()}"
         try:
             tmpdir.mkdir(parents=True, exist_ok=True)
-            final.parent.mkdir(parents=True, exist_ok=True)
+            if not final.parent.is_dir():
+                self._make_folders(final.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 view = memoryview(data)
@@ -82,6 +83,22 @@ class LocalStorage(Storage):
                     hint=f"free space on the disk holding {self.root}, then run the command again",
                 ) from None
             raise StorageError(f"cannot write {key} in the vault at {self.root}: {exc.strerror}") from None
+
+    def _make_folders(self, folder: Path) -> None:
+        """Create ``folder`` and missing parents, fsyncing each parent that got a new entry: an
+        object is durable only if every folder entry on its path is (a power cut must not lose
+        packs/ab/ while the index written after the pack survives)."""
+        missing = []
+        p = folder
+        while not p.is_dir() and p != p.parent:
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                pass  # another writer made it; it fsyncs its parent, and so do we below
+            _fsync_dir(d.parent)
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         base = self.root
