@@ -122,3 +122,20 @@ def test_local_storage_makes_new_folders_durable_before_an_object_in_them_counts
     synced.clear()
     s.put("packs/ab/abcdeg", b"pack")  # the folders exist already: only the object's own folder
     assert synced == [root + "/packs/ab"]
+
+
+def test_local_storage_delete_is_durable_before_it_returns(tmp_path, monkeypatch):
+    """prune deletes an index, then the packs it named: if the index's removal were not durable
+    first, a power cut could bring the index back while its pack stays gone."""
+    from mulligan.storage import local
+
+    s = LocalStorage(tmp_path / "v")
+    s.put("index/abc", b"x")
+    synced = []
+    real = local._fsync_dir
+    monkeypatch.setattr(local, "_fsync_dir", lambda p: (synced.append(str(p)), real(p)))
+    s.delete("index/abc")
+    assert synced == [str(tmp_path / "v" / "index")]
+    synced.clear()
+    s.delete("index/abc")  # already gone: nothing to make durable
+    assert synced == []

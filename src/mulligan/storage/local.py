@@ -122,13 +122,16 @@ class LocalStorage(Storage):
         yield from sorted(out)
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         try:
-            os.unlink(self._path(key))
+            os.unlink(path)
         except FileNotFoundError:
-            pass
+            return
         except OSError as exc:
             raise StorageError(f"cannot delete {key} in the vault at {self.root}: {exc.strerror or exc}",
                                hint="check the vault folder's permissions") from None
+        # Durable before the caller goes on: prune removes an index, then the packs it named.
+        _fsync_dir(path.parent)
 
     def stat(self, key: str) -> int | None:
         try:
