@@ -81,7 +81,7 @@ def test_the_summary_says_what_is_unknown_and_the_next_step(app):
     assert lines[0].startswith(f"Incident {iid} on app")
     assert [l.split(":")[0] for l in lines[1:]] == ["What happened", "Data at risk", "Users affected", "Status", "Next step"]
     assert "Users affected: not assessed yet" in res.out
-    assert "mulligan impact app BASE LOST" in res.out  # a manual incident does not know its states
+    assert f"mulligan incident impact {iid} --base STATE --lost STATE" in res.out  # a manual incident does not know its states
 
 
 def test_summary_send_posts_slack_compatible_json_to_the_configured_webhook(app, channel):

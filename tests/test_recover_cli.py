@@ -196,12 +196,21 @@ def test_an_unwritable_sql_out_is_refused_before_anything_is_applied(app, tmp_pa
 def test_base_and_lost_given_with_an_incident_that_records_neither_are_used(app):
     env, base, lost, current = app
     inc = env.run("incident", "open", "app", "--title", "rolled back by hand", "--json").json["id"]
-    res = env.run("recover", "app", "--incident", inc, "--base", base, "--lost", lost, "--json")
-    assert res.code == 0, res.err
-    assert json.loads(res.out)["kind"] == "recovery-plan"
+    summary = env.run("incident", "summary", inc, "--json").json
+    assert f"mulligan incident impact {inc} --base STATE --lost STATE" in summary["next_step"]
     res = env.run("incident", "impact", inc, "--base", base, "--lost", lost, "--json")
     assert res.code == 0, res.err
     assert json.loads(res.out)["base"] == base
+    # the next step the summary names now works: BASE and LOST come from the impact in the record
+    summary = env.run("incident", "summary", inc, "--json").json
+    assert f"mulligan recover app --incident {inc}." in summary["next_step"]
+    res = env.run("recover", "app", "--incident", inc, "--json")
+    assert res.code == 0, res.err
+    assert json.loads(res.out)["base"] == base
+    other = env.run("incident", "open", "app", "--title", "another", "--json").json["id"]
+    res = env.run("recover", "app", "--incident", other, "--base", base, "--lost", lost, "--json")
+    assert res.code == 0, res.err  # given states win over a record that has none
+    assert json.loads(res.out)["kind"] == "recovery-plan"
 
 
 def test_apply_into_a_restore_point_given_as_current_is_refused_not_reported_done(app):

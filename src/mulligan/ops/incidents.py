@@ -181,9 +181,11 @@ def recovery_counts(rec: dict | None) -> dict:
 def recovery_states(inc: dict, base: str | None = None, lost: str | None = None) -> tuple[str, str]:
     """BASE and LOST for ``recover --incident``: the snapshot restored by mistake, the last good point
     (``base`` and ``lost``, given by the user, win over the record)."""
-    base = base or inc.get("base") or (inc.get("rolled_back_to") or {}).get("snapshot_id")
+    impact = inc.get("impact") or {}  # the states an impact was computed between (incident impact --base/--lost)
+    base = base or inc.get("base") or (inc.get("rolled_back_to") or {}).get("snapshot_id") or impact.get("base")
     last_good = inc.get("last_good") or {}
-    lost = lost or inc.get("lost") or last_good.get("point") or (f"@{last_good['time']}" if last_good.get("time") else None)
+    lost = (lost or inc.get("lost") or last_good.get("point") or (f"@{last_good['time']}" if last_good.get("time") else None)
+            or impact.get("lost"))
     missing = [n for n, v in (("BASE (the state production was rolled back to)", base),
                                ("LOST (the last good state)", lost)) if not v]
     if missing:

@@ -93,7 +93,8 @@ def next_step(inc: dict) -> str:
         try:
             recovery_states(inc)
         except UsageError:
-            return f"find the states to compare (mulligan snapshots {target}), then who lost data: mulligan impact {target} BASE LOST."
+            return (f"find the states to compare (mulligan snapshots {target}), then who lost data: "
+                    f"mulligan incident impact {iid} --base STATE --lost STATE.")
         return f"find who lost data: mulligan incident impact {iid}."
     if not rec:
         return f"plan the recovery: mulligan recover {target} --incident {iid}."
