@@ -242,3 +242,33 @@ def test_verify_still_reports_a_pack_that_an_index_names_and_is_gone(project):
     res = verify(project.ws)
     assert not res.ok
     assert any(p["problem"] == "pack named by an index is missing" for p in res.problems)
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"a string"'])
+def test_a_damaged_manifest_is_an_integrity_error_wherever_it_is_read(body):
+    """restore --snapshot ID, a prefix, the ref to the latest point: a damaged manifest is exit 4
+    with a hint, never a JSONDecodeError or AttributeError traceback."""
+    v = new_vault()
+    m = save(v, [os.urandom(PS) for _ in range(3)])
+    v.storage.put(m.key, body, overwrite=True)
+    with pytest.raises(IntegrityError):
+        v.manifest("t-1", m.id)
+    with pytest.raises(IntegrityError):
+        v.resolve(m.id[:6])
+    with pytest.raises(IntegrityError):
+        v.manifests("t-1")
+
+
+def test_verify_reports_a_manifest_that_is_json_but_not_an_object(project):
+    from conftest import make_db
+
+    from mulligan.ops.verify import verify
+
+    db = make_db(project.dir / "app.db")
+    project.protect(db)
+    project.call("snapshot", "app")
+    st = project.ws.vault.storage
+    key = next(k for k, _ in st.list("snapshots/"))
+    st.put(key, b"[1, 2]", overwrite=True)
+    res = verify(project.ws)
+    assert any(p["object"] == key for p in res.problems)

@@ -143,8 +143,10 @@ def _manifests(ws: Workspace, target_id, res: VerifyResult):
     for key, _ in ws.vault.storage.list(f"snapshots/{target_id}/" if target_id else "snapshots/"):
         try:
             yield Manifest.decode(ws.vault.storage.get(key))
-        except (ValueError, TypeError, ObjectMissing):
+        except (ValueError, TypeError, AttributeError):
             res.problem(key, "manifest is damaged")
+        except ObjectMissing:
+            res.notes.append(f"{key} was removed while verify ran (prune)")
 
 
 def _restore_test(ws: Workspace, target_name: str | None) -> dict:

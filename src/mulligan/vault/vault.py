@@ -36,6 +36,13 @@ class SaveStats:
     new_objects: int = 0
 
 
+def _decode_manifest(key: str, data: bytes) -> Manifest:
+    try:
+        return Manifest.decode(data)
+    except (ValueError, TypeError, AttributeError):
+        raise IntegrityError(f"manifest {key} is damaged", hint="run 'mulligan verify'") from None
+
+
 def _inner(pair) -> int:
     return pair[0].inner
 
@@ -294,18 +301,17 @@ class Vault:
         prefix = f"snapshots/{target_id}/" if target_id else "snapshots/"
         out = []
         for key, _ in self.storage.list(prefix):
-            try:
-                out.append(Manifest.decode(self.storage.get(key)))
-            except (ValueError, TypeError):
-                raise IntegrityError(f"manifest {key} is damaged", hint="run 'mulligan verify'") from None
+            out.append(_decode_manifest(key, self.storage.get(key)))
         out.sort(key=lambda m: (m.time, m.id))
         return out
 
     def manifest(self, target_id: str, snapshot_id: str) -> Manifest:
+        key = manifest_key(target_id, snapshot_id)
         try:
-            return Manifest.decode(self.storage.get(manifest_key(target_id, snapshot_id)))
+            data = self.storage.get(key)
         except ObjectMissing:
             raise NotFound(f"no restore point {snapshot_id}", hint="list them with 'mulligan snapshots NAME'") from None
+        return _decode_manifest(key, data)
 
     def resolve(self, prefix: str) -> Manifest:
         """A snapshot id or a unique prefix of one, across the whole vault."""
@@ -320,7 +326,7 @@ class Vault:
                 f"the id prefix {prefix!r} matches {len(hits)} restore points",
                 hint="give more characters of the id",
             )
-        return Manifest.decode(self.storage.get(hits[0]))
+        return _decode_manifest(hits[0], self.storage.get(hits[0]))
 
     def latest(self, target_id: str) -> Manifest | None:
         """Newest restore point of a target's own history (never an undo point)."""
