@@ -89,3 +89,103 @@ def test_watch_closes_its_metrics_socket_when_it_stops(project):
         s.bind(("127.0.0.1", port))  # fails with EADDRINUSE while the old listening socket is open
     finally:
         s.close()
+
+
+def test_a_lease_counts_a_heartbeat_that_lands_after_a_long_gap(monkeypatch):
+    import os
+    import time
+
+    from mulligan.errors import StorageError
+    from mulligan.storage.memory import MemoryStorage
+    from mulligan.vault import locks
+
+    monkeypatch.setattr(locks, "HEARTBEAT", 0.02)
+    monkeypatch.setattr(locks, "LAPSE_AFTER", 0.15)
+    down = {"on": False}
+
+    class Flaky(MemoryStorage):
+        def put(self, key, data, *, overwrite=False):
+            if down["on"]:
+                raise StorageError("vault unreachable")
+            super().put(key, data, overwrite=overwrite)
+
+    lease = locks.Lease(Flaky(os.urandom(6).hex()), "writer", "watch t").acquire()
+    try:
+        time.sleep(0.1)
+        assert lease.lapses == 0 and not lease.lapsed()
+        down["on"] = True
+        time.sleep(0.3)
+        assert lease.lapsed()
+        down["on"] = False
+        time.sleep(0.15)
+        assert lease.lapses == 1 and not lease.lapsed()
+    finally:
+        lease.release()
+
+
+def test_after_its_lease_lapsed_watch_does_not_dedup_against_data_a_prune_removed(project):
+    """The watcher's lease lapsed (vault unreachable, process paused) and a prune ran meanwhile:
+    chunks the watcher's cached index names may be gone. A page that goes back to such content
+    must be stored again, or the captured commit names a deleted chunk and cannot be restored."""
+    import io
+    import threading
+    import time
+    from datetime import timedelta
+
+    import apsw
+
+    from mulligan.ops.alerts import Alerter, Log
+    from mulligan.ops.capture import CaptureOptions
+    from mulligan.ops.capture_watch import Watcher
+    from mulligan.ops.prune import prune
+    from mulligan.ops.restore import restore_new
+    from mulligan.ops.capture_store import latest_point
+    from test_watch_kit import make_app_db
+
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+
+    def note(text):
+        c = apsw.Connection(db)
+        c.set_busy_timeout(5000)
+        with c:
+            c.execute("INSERT OR REPLACE INTO notes(id, body) VALUES (1, ?)", (text,))
+        c.close()
+
+    note("B" * 300)
+    project.call("snapshot", "app")
+    note("A" * 300)
+    project.call("snapshot", "app")  # its pack holds only the pages that changed: the one with A...
+    note("B" * 300)  # ...which no later state holds
+    ws = project.ws
+    target = ws.target("app")
+    log = Log(io.StringIO())
+    w = Watcher(ws, [target], CaptureOptions(flush_interval=0.1), Alerter({}, log), log)
+    th = threading.Thread(target=w.run, daemon=True)
+    th.start()
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline and not (w.slots[0].capture and w.slots[0].capture.base):
+            time.sleep(0.05)
+        time.sleep(0.3)
+        # The lease goes overdue: capture pauses; others take the lease for dead; prune removes S0's data.
+        w.lease.lapsed = lambda: True
+        time.sleep(0.3)
+        ws.vault.storage.delete(w.lease.key)
+        pws = project.ws
+        res = prune(pws, pws.target("app"), keep_within=timedelta(seconds=0))
+        assert res.data_removal == "done" and res.packs_removed >= 1
+        # The heartbeat lands again; then the page goes back to S0's content.
+        del w.lease.lapsed
+        w.lease.lapses += 1
+        time.sleep(0.5)
+        note("A" * 300)
+        time.sleep(1.0)
+    finally:
+        w.stop()
+        th.join(15)
+    point = latest_point(ws.vault, target)
+    restore_new(project.ws, point, str(project.dir / "restored.db"))
+    c = apsw.Connection(str(project.dir / "restored.db"))
+    assert c.execute("SELECT body FROM notes WHERE id = 1").fetchone()[0] == "A" * 300
+    c.close()

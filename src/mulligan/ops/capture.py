@@ -265,6 +265,22 @@ class TargetCapture(FilesUnderCapture):
             self.log("debug", f"{self.target.name}: could not record our own commit: {exc}")
 
 
+    def after_lease_lapse(self) -> None:
+        """The vault's cached index was dropped (our lease lapsed; a prune may have removed
+        chunks): forget the chunks recent flushes stored, then read the whole state again, which
+        stores every page no longer in the vault, and start a new base from it."""
+        self.flush()
+        if self.seg is not None:
+            self.seg.recent = {}
+        self._zero = None
+        if self._swapped is None:
+            self._apply_poll(self.tailer.poll())
+            self.flush()
+            count, ids, nbytes = self._read_all()  # PageStore checks the reloaded index
+            self.stats.bytes_stored += nbytes
+            self.ids, self.wal_pages = ids, dict(self.tailer.overlay_frames)
+        self._new_base(gap=None, reason="the watcher's lease lapsed: pages stored again where missing")
+
     # ---- flush, checkpoint, base, generation -------------------------------------------------
     def flush(self) -> None:
         if self.seg is None:

@@ -58,6 +58,8 @@ class Watcher:
         self.retry_every = retry_every
         self._stop = threading.Event()
         self.lease: Lease | None = None
+        self._lapses_seen = 0
+        self._overdue = False
         self.metrics_server: ThreadingHTTPServer | None = None
 
     def stop(self) -> None:
@@ -76,6 +78,9 @@ class Watcher:
         try:
             while not self._stop.is_set():
                 t0 = time.monotonic()
+                if self._lease_lapsed():
+                    self._stop.wait(self.options.poll_interval)
+                    continue
                 for slot in self.slots:
                     self._step(slot)
                 spent = time.monotonic() - t0
@@ -103,6 +108,47 @@ class Watcher:
                 self.metrics_server.shutdown()
                 self.metrics_server.server_close()  # free the port, not only stop serving
             self.log("info", "watch stopped")
+
+    def _lease_lapsed(self) -> bool:
+        """Our lease could not be renewed for a while (vault unreachable, process paused): a prune
+        may take it for dead and remove data our cached index still names. While it is overdue,
+        capture nothing (deduplicating now could name a chunk being deleted); once it lands
+        again, wait out any prune, forget every cached index entry and read each database again,
+        storing every page that is no longer in the vault."""
+        lease = self.lease
+        if lease is None:
+            return False
+        if lease.lapsed():
+            if not self._overdue:
+                self._overdue = True
+                self.log("warning", "the watcher's lease in the vault is overdue (the vault cannot be written?): "
+                                    "capture pauses until it is renewed")
+            return True
+        if lease.lapses == self._lapses_seen:
+            return False
+        storage = self.ws.vault.storage
+        while live_leases(storage, "prune") and not self._stop.is_set():
+            time.sleep(0.2)
+        self._lapses_seen, self._overdue = lease.lapses, False
+        vault = self.ws.vault
+        vault._index, vault._loaded_index_keys = None, set()
+        self.log("warning", "the watcher's lease was overdue, so a prune may have removed data: "
+                            "reading every database again")
+        for slot in self.slots:
+            cap = slot.capture
+            if cap is None:
+                continue
+            try:
+                cap.after_lease_lapse()
+            except Exception as exc:  # noqa: BLE001 - the slot restarts from scratch instead
+                self._failed(slot, f"{exc.__class__.__name__}: {exc}")
+                if slot.capture is not None:
+                    try:
+                        slot.capture.stop()
+                    except Exception:  # noqa: BLE001
+                        pass
+                    slot.capture = None
+        return False
 
     def _step(self, slot: Slot) -> None:
         now = time.time()

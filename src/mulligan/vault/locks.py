@@ -22,6 +22,9 @@ from ..storage import Storage
 
 STALE_AFTER = 120.0
 HEARTBEAT = 30.0
+# A heartbeat gap this long may have made others take the lease for dead (a prune may then
+# have removed data): the holder is told through ``Lease.lapses``.
+LAPSE_AFTER = STALE_AFTER * 0.75
 
 
 class Lease:
@@ -33,6 +36,8 @@ class Lease:
         self.key = f"locks/{self.id}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.renewed = 0.0  # when the lease was last stored
+        self.lapses = 0  # heartbeats that landed after a gap of LAPSE_AFTER or more
 
     def _body(self) -> bytes:
         return json.dumps(
@@ -43,6 +48,7 @@ class Lease:
         if self._thread is not None:  # already held (writer_lease acquires, then `with` enters)
             return self
         self.storage.put(self.key, self._body(), overwrite=True)
+        self.renewed = time.time()
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
         return self
@@ -51,12 +57,20 @@ class Lease:
         while not self._stop.wait(HEARTBEAT):
             try:
                 self.storage.put(self.key, self._body(), overwrite=True)
+                now = time.time()
+                if now - self.renewed >= LAPSE_AFTER:
+                    self.lapses += 1  # the vault was unreachable, or this process was paused
+                self.renewed = now
                 if self._stop.is_set():
                     # release() ran while this put was in flight and may have deleted the lease
                     # before it landed: do not leave it looking live for STALE_AFTER.
                     self.storage.delete(self.key)
             except Exception:
                 pass
+
+    def lapsed(self) -> bool:
+        """Is the lease overdue now (others may soon, or already, take it for dead)?"""
+        return time.time() - self.renewed >= LAPSE_AFTER
 
     def release(self) -> None:
         self._stop.set()
