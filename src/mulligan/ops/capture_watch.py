@@ -5,8 +5,8 @@ poll); alert delivery and the metrics endpoint have their own threads so
 neither can hold up capture. ``stop()`` (SIGTERM) makes the loop take a last
 poll of every target, store it and exit.
 
-While it runs, the watcher holds a writer lease in the vault (prune defers data
-removal) whose purpose starts with ``watch`` and carries the pid: guards use
+While it runs, the watcher holds a writer lease in the vault (it steps aside when a
+prune wants to remove data: see vault/locks.py) whose purpose starts with ``watch`` and carries the pid: guards use
 :func:`watcher_pids` to tell the watcher's own connections from live use.
 """
 
@@ -81,6 +81,8 @@ class Watcher:
                 if self._lease_lapsed():
                     self._stop.wait(self.options.poll_interval)
                     continue
+                if self._yield_to_prune():
+                    continue
                 for slot in self.slots:
                     self._step(slot)
                 spent = time.monotonic() - t0
@@ -109,6 +111,54 @@ class Watcher:
                 self.metrics_server.server_close()  # free the port, not only stop serving
             self.log("info", "watch stopped")
 
+    def _yield_to_prune(self) -> bool:
+        """A prune wants to remove data: store what every target holds, mark the lease yielded,
+        wait for the prune to end (the read transactions stay held, so no commit is missed),
+        then forget the cached index and store again every page that is no longer in the vault."""
+        storage = self.ws.vault.storage
+        if not live_leases(storage, "prune") or self.lease is None:
+            return False
+        self.log("notice", "a prune is removing data from the vault: capture stores what it holds and waits")
+        for slot in self.slots:
+            if slot.capture is not None:
+                slot.capture.flush()
+        self.lease.set_yielded(True)
+        stopping_since = None
+        while live_leases(storage, "prune"):
+            # Even when asked to stop, give the prune time to finish: the last flush on the way
+            # out must not deduplicate against a pack the prune is deleting.
+            if self._stop.is_set():
+                stopping_since = stopping_since or time.monotonic()
+                if time.monotonic() - stopping_since > 30:
+                    break
+            time.sleep(0.2)
+        self.lease.set_yielded(False)
+        if self._stop.is_set():
+            vault = self.ws.vault
+            vault._index, vault._loaded_index_keys = None, set()
+            return True
+        self._reread("the prune is over")
+        return True
+
+    def _reread(self, why: str) -> None:
+        vault = self.ws.vault
+        vault._index, vault._loaded_index_keys = None, set()
+        self.log("notice", f"{why}: reading every database again to store pages no longer in the vault")
+        for slot in self.slots:
+            cap = slot.capture
+            if cap is None:
+                continue
+            try:
+                cap.after_lease_lapse()
+            except Exception as exc:  # noqa: BLE001 - the slot restarts from scratch instead
+                self._failed(slot, f"{exc.__class__.__name__}: {exc}")
+                if slot.capture is not None:
+                    try:
+                        slot.capture.stop()
+                    except Exception:  # noqa: BLE001
+                        pass
+                    slot.capture = None
+
     def _lease_lapsed(self) -> bool:
         """Our lease could not be renewed for a while (vault unreachable, process paused): a prune
         may take it for dead and remove data our cached index still names. While it is overdue,
@@ -130,24 +180,7 @@ class Watcher:
         while live_leases(storage, "prune") and not self._stop.is_set():
             time.sleep(0.2)
         self._lapses_seen, self._overdue = lease.lapses, False
-        vault = self.ws.vault
-        vault._index, vault._loaded_index_keys = None, set()
-        self.log("warning", "the watcher's lease was overdue, so a prune may have removed data: "
-                            "reading every database again")
-        for slot in self.slots:
-            cap = slot.capture
-            if cap is None:
-                continue
-            try:
-                cap.after_lease_lapse()
-            except Exception as exc:  # noqa: BLE001 - the slot restarts from scratch instead
-                self._failed(slot, f"{exc.__class__.__name__}: {exc}")
-                if slot.capture is not None:
-                    try:
-                        slot.capture.stop()
-                    except Exception:  # noqa: BLE001
-                        pass
-                    slot.capture = None
+        self._reread("the watcher's lease was overdue, so a prune may have removed data")
         return False
 
     def _step(self, slot: Slot) -> None:

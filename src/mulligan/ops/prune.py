@@ -18,9 +18,12 @@ from ..errors import UsageError
 from ..model import Target
 from ..timeparse import from_iso, utc_now
 from ..vault import KIND_UNDO, Manifest, tree
-from ..vault.locks import Lease, live_leases
+from ..vault.locks import Lease, busy_writers
 from ..vault.packs import decode_index, encode_index, index_key, pack_key
 from .workspace import Workspace
+
+# How long prune waits for running writers (watch) to store what they hold and step aside.
+YIELD_WAIT = 10.0
 
 # Other record kinds (capture segments) add the chunk ids they reference here:
 # each is a function (workspace) -> set of 16-byte chunk ids.
@@ -126,7 +129,7 @@ def prune(ws: Workspace, target: Target, *, keep_within: timedelta | None = None
         for m in manifests:
             if m.id not in keep:
                 vault.delete_manifest(m)
-        if live_leases(st, "writer"):
+        if busy_writers(st, wait=YIELD_WAIT):  # a running watch steps aside within a poll or two
             res.data_removal = "deferred"
             return res
         refs = referenced_chunks(ws)

@@ -7,6 +7,13 @@ removes no data this time. A writer that finds a live prune lease waits for it.
 Both write before they look, so at least one of them sees the other. A lease
 whose heartbeat is older than ``STALE_AFTER`` belongs to a crashed process and
 is ignored.
+
+A long-lived writer (``watch``) does not make every prune wait forever: when it
+sees a prune lease it stores everything it has, marks its lease *yielded* (it
+references nothing it has not stored, and deduplicates against nothing until the
+prune is over), and prune waits a few seconds for that before it decides to defer.
+Afterwards the writer forgets its cached index and stores again whatever pages
+are missing.
 """
 
 from __future__ import annotations
@@ -38,11 +45,19 @@ class Lease:
         self._thread: threading.Thread | None = None
         self.renewed = 0.0  # when the lease was last stored
         self.lapses = 0  # heartbeats that landed after a gap of LAPSE_AFTER or more
+        self.yielded = False  # the holder stored everything and waits for a prune
 
     def _body(self) -> bytes:
         return json.dumps(
-            {"kind": self.kind, "purpose": self.purpose, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+            {"kind": self.kind, "purpose": self.purpose, "host": socket.gethostname(), "pid": os.getpid(),
+             "heartbeat": time.time(), "yielded": self.yielded}
         ).encode()
+
+    def set_yielded(self, flag: bool) -> None:
+        """Say (now, not at the next heartbeat) whether this writer has stepped aside for a prune."""
+        self.yielded = flag
+        self.storage.put(self.key, self._body(), overwrite=True)
+        self.renewed = time.time()
 
     def acquire(self) -> "Lease":
         if self._thread is not None:  # already held (writer_lease acquires, then `with` enters)
@@ -102,6 +117,16 @@ def live_leases(storage: Storage, kind: str, exclude: str | None = None) -> list
             body["key"] = key
             out.append(body)
     return out
+
+
+def busy_writers(storage: Storage, wait: float = 0.0) -> list[dict]:
+    """Live writer leases that have not yielded, after waiting up to ``wait`` s for them to."""
+    deadline = time.time() + wait
+    while True:
+        busy = [w for w in live_leases(storage, "writer") if not w.get("yielded")]
+        if not busy or time.time() >= deadline:
+            return busy
+        time.sleep(0.2)
 
 
 def writer_lease(storage: Storage, purpose: str, wait: float = 600.0,
