@@ -120,3 +120,8 @@ def test_restore_at_a_time_picks_the_newest_point_at_or_before_it(project):
     assert r.json["snapshot"]["id"] == second["id"]
     r = project.run("restore", "app", "--at", "2001-01-01T00:00:00Z", "--to", "c.db")
     assert r.code == 1 and "no restore point" in r.err
+
+
+def test_a_state_path_that_does_not_exist_is_an_error_not_a_usage_error(project):
+    r = project.run("diff", "missing-a.db", "missing-b.db")
+    assert r.code == 1 and "no file at" in r.err and len(r.err.strip().splitlines()) == 1

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..errors import UsageError
+from ..errors import NotFound, UsageError
 from ..model import Target
 from ..timeparse import parse_time
 from ..vault import Manifest, Vault
@@ -51,7 +51,8 @@ def resolve_state(spec: str, vault: Vault | None, target: Target | None) -> Stat
         return StateRef("live", spec, path=target.path)
     if looks_like_file(spec):
         if not os.path.exists(spec):
-            raise UsageError(f"no file at {spec}")
+            raise NotFound(f"no file at {spec}", unchanged="nothing was read or written",
+                           hint="give a path to a SQLite file, 'live', a restore point id or @TIME")
         return StateRef("file", spec, path=os.path.abspath(spec))
     if vault is None:
         raise UsageError(f"{spec!r} is not a file; vault states need a configuration and a target NAME")
