@@ -143,17 +143,7 @@ class PackWriter:
             self.flush(wait=False)
 
     def add_raw(self, chunk_id: bytes, type_: int, data: bytes) -> None:
-        if self.has(chunk_id):
-            return
-        self._pending_ids.add(chunk_id)
-        self._open.append((chunk_id, type_, data))
-        self._open_size += len(data)
-        if self._open_size >= BLOCK_TARGET:
-            self._seal()
-            if len(self._raw_blocks) >= 64:
-                self._compress()
-        if self._size + self._raw_size >= self.target_size:
-            self.flush(wait=False)
+        self.add_raw_many([(chunk_id, data)], type_)
 
     def add_raw_many(self, items: list[tuple[bytes, bytes]], type_: int) -> int:
         """``add_raw`` for many (id, data) pairs; returns how many were new to this writer."""
