@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from ..engines.sqlite.sqltext import sql_literal
 from .tables import table
 
 KIND_MARK = {"insert": "+", "update": "~", "delete": "-"}
@@ -36,30 +37,6 @@ def show_value(v: Any, width: int = 40) -> str:
         s = v if len(v) <= width else v[: width - 1] + "…"
         return "'" + s.replace("\n", "\\n") + "'"
     return repr(v)
-
-
-def sql_literal(v: Any) -> str:
-    if v is None:
-        return "NULL"
-    if isinstance(v, bool):
-        return str(int(v))
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if v != v:
-            return "NULL"
-        if math.isinf(v):
-            return "1e999" if v > 0 else "-1e999"
-        return repr(v)
-    if isinstance(v, bytes):
-        return f"X'{v.hex()}'"
-    try:
-        encoded = v.encode("utf-8")
-    except UnicodeEncodeError:
-        encoded = v.encode("utf-8", "surrogatepass")
-    if "\x00" in v or len(encoded) != len(v.encode("utf-8", "surrogatepass")):
-        return f"CAST(X'{encoded.hex()}' AS TEXT)"
-    return "'" + v.replace("'", "''") + "'"
 
 
 def q(name: str) -> str:

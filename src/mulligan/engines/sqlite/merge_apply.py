@@ -15,7 +15,6 @@ connection setting: ``SQLITE_DBCONFIG_ENABLE_TRIGGER``).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -29,6 +28,7 @@ from .merge import plan_merge
 from .merge_model import MergePlan, Write
 from .merge_diff import LostChanges
 from .merge_schema import q, read_schema
+from .sqltext import sql_literal as literal
 
 
 @dataclass
@@ -264,24 +264,6 @@ def _check(conn: apsw.Connection, plan: MergePlan) -> list[dict]:
 
 
 # -- the reviewable SQL script ---------------------------------------------
-
-
-def literal(v) -> str:
-    if v is None:
-        return "NULL"
-    if isinstance(v, bool):
-        return str(int(v))
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "NULL"
-        if math.isinf(v):
-            return "9e999" if v > 0 else "-9e999"
-        return repr(v)
-    if isinstance(v, bytes):
-        return "X'" + v.hex() + "'"
-    return "'" + str(v).replace("'", "''") + "'"
 
 
 def sql_script(plan: MergePlan, *, header: str = "", triggers: bool = False) -> str:
