@@ -1,6 +1,5 @@
 """A snapshot killed at any moment leaves whole restore points or none."""
 
-import os
 import random
 import signal
 import subprocess

@@ -79,7 +79,7 @@ def _story(drill: Drill, say: Say, messages: list[str], started: float, lost_sec
     say("   from a separate process that never stops for anyone.")
 
     nightly = drill.nightly_backup()
-    say(f"4. Last night's backup. The nightly job copies blog.db to backups/blog-nightly.db; Mulligan holds the")
+    say("4. Last night's backup. The nightly job copies blog.db to backups/blog-nightly.db; Mulligan holds the")
     say(f"   same moment as snapshot {nightly.id[:8]}. In the story that copy is 17 hours old; here it is seconds old.")
     time.sleep(lost_seconds / 2)
     hedy, edit = _as_users(drill.db, (blog.sign_up, {"username": "hedy"}),

@@ -99,7 +99,7 @@ def find_users_table(tables: dict[str, TableSchema], configured: str | None) -> 
 
 def _foreign_keys(conn, db: str, table: str) -> list[Hop]:
     groups: dict[int, Hop] = {}
-    for fid, _seq, parent, col, to, *_ in conn.execute(f"SELECT * FROM pragma_foreign_key_list(?, ?)", (table, db)):
+    for fid, _seq, parent, col, to, *_ in conn.execute("SELECT * FROM pragma_foreign_key_list(?, ?)", (table, db)):
         hop = groups.setdefault(fid, Hop([], parent, []))
         hop.columns.append(col)
         hop.parent_columns.append(to)

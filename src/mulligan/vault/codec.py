@@ -9,7 +9,6 @@ compressed blob with an AEAD; everything above this module only calls
 
 from __future__ import annotations
 
-import struct
 import threading
 
 import blake3

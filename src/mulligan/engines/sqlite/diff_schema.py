@@ -63,7 +63,7 @@ def read_schema(conn: apsw.Connection, db: str) -> tuple[dict[str, TableSchema],
         if kind == "virtual":
             others.append(("virtual table", name, tbl, sql))
             continue
-        info = conn.execute(f"SELECT name, type, pk FROM pragma_table_info(?, ?)", (name, db)).fetchall()
+        info = conn.execute("SELECT name, type, pk FROM pragma_table_info(?, ?)", (name, db)).fetchall()
         key = [c for c, _, p in sorted((r for r in info if r[2]), key=lambda r: r[2])]
         if name == "sqlite_sequence":
             key = ["name"]
