@@ -204,13 +204,7 @@ class TargetCapture(FilesUnderCapture):
             if first_mass:
                 # The states just before and just after the first mass rewrite: what the match compares.
                 self.det.mass = (lkg_ids, list(self.ids))
-            for pgno in c.pages:
-                self.wal_pages[pgno] = c.frame
-            self.last_point = (point, c.seen)
-            self.stats.commits += 1
-            self.stats.last_commit = c.seen
-            if self.stats.oldest_pending is None:
-                self.stats.oldest_pending = c.seen
+            self._note_commit(c, point)
             if c.by == "app" and len(c.pages) >= max(4, 0.5 * c.db_pages):
                 mass = True
                 self.det.suspects.append((before[0] if before else None, before[1] if before else None, point))
@@ -218,6 +212,16 @@ class TargetCapture(FilesUnderCapture):
             self.det.obs = self.tailer.observe()
             return
         self.det.check(self.tailer.observe(), mass=mass, where="during capture")
+
+    def _note_commit(self, c, point: str) -> None:
+        """Bookkeeping of one captured commit: where its pages are, the last point, stats."""
+        for pgno in c.pages:
+            self.wal_pages[pgno] = c.frame
+        self.last_point = (point, c.seen)
+        self.stats.commits += 1
+        self.stats.last_commit = c.seen
+        if self.stats.oldest_pending is None:
+            self.stats.oldest_pending = c.seen
 
     def _apply_ids(self, n: int, ids: dict[int, bytes]) -> None:
         pre = self.det.pre
@@ -236,13 +240,7 @@ class TargetCapture(FilesUnderCapture):
         for c in res.commits:
             point, ids = self.seg.add(c.seen, c.frame, c.db_pages, c.pages, c.by)
             self._apply_ids(c.db_pages, ids)
-            for pgno in c.pages:
-                self.wal_pages[pgno] = c.frame
-            self.last_point = (point, c.seen)
-            self.stats.commits += 1
-            self.stats.last_commit = c.seen
-            if self.stats.oldest_pending is None:
-                self.stats.oldest_pending = c.seen
+            self._note_commit(c, point)
 
     # ---- reading everything, our own writes --------------------------------------------------
     def _read_all(self) -> tuple[int, list[bytes], int]:
