@@ -272,3 +272,31 @@ def test_verify_reports_a_manifest_that_is_json_but_not_an_object(project):
     st.put(key, b"[1, 2]", overwrite=True)
     res = verify(project.ws)
     assert any(p["object"] == key for p in res.problems)
+
+
+@pytest.mark.parametrize("failing", ["packs/", "index/", "snapshots/"])
+def test_a_write_failing_at_any_step_of_a_snapshot_leaves_no_restore_point_and_the_next_one_works(tmp_path, failing):
+    """The ordering invariant with a storage that fails: pack, then index, then manifest.
+    Whichever write fails, no manifest names missing data, and a retry stores a good point."""
+    from mulligan.errors import StorageError
+    from mulligan.storage.faulty import FaultyStorage
+    from mulligan.storage.local import LocalStorage
+    from mulligan.ops.verify import verify
+    from mulligan.ops.workspace import Workspace
+
+    good = Vault.create(str(tmp_path / "v"))
+    broken = Vault(FaultyStorage(LocalStorage(tmp_path / "v"), fail_put=lambda key: key.startswith(failing)),
+                   good.config)
+    pages = [os.urandom(PS) for _ in range(300)]
+    with pytest.raises(StorageError):
+        save(broken, pages)
+    fresh = Vault.open(str(tmp_path / "v"))
+    assert fresh.manifests() == []
+    m = save(fresh, pages)
+    assert read_back(Vault.open(str(tmp_path / "v")), m) == pages
+
+    class _Config:
+        targets: dict = {}
+
+    res = verify(Workspace(_Config(), Vault.open(str(tmp_path / "v"))))
+    assert res.ok, res.problems

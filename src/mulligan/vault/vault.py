@@ -33,7 +33,6 @@ Progress = Callable[[int], None]
 class SaveStats:
     new_chunks: int = 0
     new_bytes: int = 0
-    new_objects: int = 0
 
 
 def _decode_manifest(key: str, data: bytes) -> Manifest:
@@ -262,8 +261,7 @@ class Vault:
                 parent=parent.id if parent else None,
                 meta=meta or {},
             )
-            body = m.encode()
-            m.new_bytes += len(body)
+            m.new_bytes += len(m.encode())  # the manifest itself counts as newly stored
             self.storage.put(m.key, m.encode())
             if kind != KIND_UNDO:
                 current = self.latest(target_id)
