@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from mulligan.errors import IntegrityError, UnsupportedFormat
 from mulligan.storage.memory import MemoryStorage
 from mulligan.vault import Vault, tree
-from mulligan.vault.packs import decode_index, decode_pack_trailer, encode_index
+from mulligan.vault.packs import ChunkIndex, Entry, decode_index, decode_pack_trailer, encode_index
 
 PS = 512
 
@@ -68,6 +68,35 @@ def test_the_chunk_id_tree_expands_to_exactly_the_ids_it_was_built_from(ids):
 def test_pack_indexes_decode_to_what_was_encoded(entries):
     pid = os.urandom(16)
     assert decode_index(encode_index([(pid, entries)])) == {pid: entries}
+
+
+entry_lists = st.lists(st.tuples(st.binary(min_size=16, max_size=16), st.integers(0, 2), st.integers(0, 2**40),
+                                 st.integers(0, 2**31), st.integers(0, 2**31), st.integers(0, 2**31)), max_size=30)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(entry_lists, min_size=1, max_size=4), st.integers(0, 3))
+def test_the_chunk_index_finds_what_each_index_object_says_the_latest_one_winning(objects, n_written):
+    # the second pack of each object repeats the first entry: it wins, being later
+    idx2, want = ChunkIndex(), {}
+    for entries in objects:
+        packs = [(os.urandom(16), entries), (os.urandom(16), entries[:1])]
+        idx2.add_index(encode_index(packs))
+        for pid, ents in packs:
+            want.update((e[0], Entry(pid, *e[1:])) for e in ents)
+    written = {os.urandom(16): Entry(os.urandom(16), 0, 1, 2, 3, 4) for _ in range(n_written)}
+    idx2.update(written)
+    want.update(written)
+    assert len(idx2) == len(want) and set(idx2) == set(want)
+    assert all(idx2[c] == e and idx2.get(c) == e and c in idx2 for c, e in want.items())
+    assert idx2.get(b"x" * 16) is None and b"x" * 16 not in idx2
+
+
+def test_a_damaged_index_object_is_an_integrity_error():
+    data = encode_index([(os.urandom(16), [(os.urandom(16), 0, 0, 10, 4096, 0)] * 3)])
+    for bad in (b"junk" + data[4:], data[:-5]):
+        with pytest.raises(IntegrityError):
+            ChunkIndex().add_index(bad)
 
 
 def test_a_second_snapshot_of_unchanged_pages_stores_no_new_chunks():

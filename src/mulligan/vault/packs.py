@@ -88,6 +88,77 @@ def decode_index(data: bytes, key: str = "index") -> dict[bytes, list[tuple[byte
     return out
 
 
+class ChunkIndex:
+    """Chunk id -> :class:`Entry`, loaded from index objects without unpacking them.
+
+    An index object's entries stay in its bytes; the mapping holds only
+    id -> (segment << 32 | offset of the entry), and an :class:`Entry` is built
+    when one is asked for. Loading is one slice per chunk and one dict insert,
+    and memory is the dict plus the index bytes themselves (about 70 bytes a
+    chunk instead of a tuple of six objects), which matters because the index
+    grows with the number of distinct pages in the vault.
+    """
+
+    __slots__ = ("_where", "_segments", "_written")
+
+    def __init__(self) -> None:
+        self._where: dict[bytes, int] = {}
+        self._segments: list[tuple[bytes, bytes]] = []  # (pack id, index object bytes)
+        self._written: dict[bytes, Entry] = {}  # chunks this process stored
+
+    def add_index(self, data: bytes, key: str = "index") -> None:
+        if not data.startswith(INDEX_MAGIC):
+            raise IntegrityError(f"{key} is not a Mulligan index object", hint="run 'mulligan verify'")
+        pos, size, where = len(INDEX_MAGIC), _ENTRY.size, self._where
+        try:
+            while pos < len(data):
+                pack_id, count = _PACK_HDR.unpack_from(data, pos)
+                pos += _PACK_HDR.size
+                end = pos + count * size
+                if end > len(data):
+                    raise struct.error("truncated")
+                seg = len(self._segments) << 32
+                self._segments.append((pack_id, data))
+                where.update(zip([data[p : p + ID_LEN] for p in range(pos, end, size)], range(seg | pos, seg | end, size)))
+                pos = end
+        except struct.error:
+            raise IntegrityError(f"{key} is truncated or damaged", hint="run 'mulligan verify'") from None
+
+    def update(self, written: dict[bytes, Entry]) -> None:
+        self._written.update(written)
+        self._where.update(dict.fromkeys(written, -1))
+
+    def get(self, cid: bytes, default=None) -> Entry | None:
+        h = self._where.get(cid)
+        if h is None:
+            return default
+        if h < 0:
+            return self._written[cid]
+        pack_id, data = self._segments[h >> 32]
+        return Entry(pack_id, *_ENTRY.unpack_from(data, h & 0xFFFFFFFF)[1:])
+
+    def __getitem__(self, cid: bytes) -> Entry:
+        e = self.get(cid)
+        if e is None:
+            raise KeyError(cid)
+        return e
+
+    def __contains__(self, cid: object) -> bool:
+        return cid in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def items(self):
+        return ((cid, self[cid]) for cid in self._where)
+
+    def values(self):
+        return (e for _, e in self.items())
+
+
 def decode_pack_trailer(data: bytes, key: str) -> list[tuple[bytes, int, int, int, int]]:
     if len(data) < 8 or data[-4:] != PACK_MAGIC:
         raise IntegrityError(f"pack {key} is truncated or damaged (no trailer)", hint="run 'mulligan verify'")

@@ -24,7 +24,7 @@ from .codec import ID_LEN, PlainCodec
 from .locks import writer_lease
 from .workers import worker
 from .manifest import KIND_UNDO, Manifest, manifest_key, new_snapshot_id
-from .packs import T_PAGE, T_TREE, Entry, PackWriter, decode_index, pack_key
+from .packs import T_PAGE, T_TREE, ChunkIndex, Entry, PackWriter, pack_key
 
 Progress = Callable[[int], None]
 
@@ -51,7 +51,7 @@ class Vault:
         self.storage = storage
         self.config = config
         self.codec = PlainCodec(level=int(config.get("zstd_level", 1)))
-        self._index: dict[bytes, Entry] | None = None
+        self._index: ChunkIndex | None = None
         self._loaded_index_keys: set[str] = set()
 
     # ---- opening -------------------------------------------------------
@@ -95,11 +95,11 @@ class Vault:
         return cls(storage, config)
 
     # ---- chunk index -----------------------------------------------------
-    def index(self, refresh: bool = False) -> dict[bytes, Entry]:
+    def index(self, refresh: bool = False) -> ChunkIndex:
         """Chunk id -> where it is. Loaded once; a stale index only costs a duplicate
         write (dedup is an optimisation), and a read that misses refreshes it."""
         if self._index is None:
-            self._index = {}
+            self._index = ChunkIndex()
             refresh = True
         if refresh:
             for key, _ in self.storage.list("index/"):
@@ -131,9 +131,7 @@ class Vault:
 
     def _add_index(self, key: str, data: bytes) -> None:
         assert self._index is not None
-        idx = self._index
-        for pack_id, entries in decode_index(data, key).items():
-            idx.update((e[0], Entry(pack_id, *e[1:])) for e in entries)
+        self._index.add_index(data, key)
         self._loaded_index_keys.add(key)
 
     def _where(self, cid: bytes) -> Entry:
@@ -146,7 +144,7 @@ class Vault:
 
     def _absorb(self, writer: PackWriter) -> None:
         if self._index is None:
-            self._index = {}
+            self._index = ChunkIndex()
         self._index.update(writer.written)
         self._loaded_index_keys.update(writer.index_keys)
 
