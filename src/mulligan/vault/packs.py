@@ -129,13 +129,18 @@ class ChunkIndex:
         self._where.update(dict.fromkeys(written, -1))
 
     def get(self, cid: bytes, default=None) -> Entry | None:
+        e = self.raw(cid)
+        return default if e is None else Entry(*e)
+
+    def raw(self, cid: bytes) -> tuple | None:
+        """The entry as a plain tuple (pack, type, offset, stored_len, length, inner): the hot path."""
         h = self._where.get(cid)
         if h is None:
-            return default
+            return None
         if h < 0:
             return self._written[cid]
         pack_id, data = self._segments[h >> 32]
-        return Entry(pack_id, *_ENTRY.unpack_from(data, h & 0xFFFFFFFF)[1:])
+        return (pack_id, *_ENTRY.unpack_from(data, h & 0xFFFFFFFF)[1:])
 
     def __getitem__(self, cid: bytes) -> Entry:
         e = self.get(cid)

@@ -42,10 +42,6 @@ def _decode_manifest(key: str, data: bytes) -> Manifest:
         raise IntegrityError(f"manifest {key} is damaged", hint="run 'mulligan verify'") from None
 
 
-def _inner(pair) -> int:
-    return pair[0].inner
-
-
 class Vault:
     def __init__(self, storage: Storage, config: dict):
         self.storage = storage
@@ -161,11 +157,12 @@ class Vault:
 
     def iter_chunks(self, wanted: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
         """Yield (id, data) for each wanted chunk, reading each pack once, verified."""
-        by_pack: dict[bytes, dict[int, list[tuple[Entry, bytes]]]] = defaultdict(lambda: defaultdict(list))
-        idx = self.index()
+        # pack -> block offset -> [(inner, length, id, block stored length)]
+        by_pack: dict[bytes, dict[int, list[tuple[int, int, bytes, int]]]] = defaultdict(lambda: defaultdict(list))
+        raw = self.index().raw
         for cid in set(wanted):
-            e = idx.get(cid) or self._where(cid)
-            by_pack[e.pack][e.offset].append((e, cid))
+            e = raw(cid) or self._where(cid)
+            by_pack[e[0]][e[2]].append((e[5], e[4], cid, e[3]))
         check = self.codec.check
         parts = []
         for pack_id, blocks in by_pack.items():
@@ -179,20 +176,23 @@ class Vault:
             decoded = pending.result()
             pending = pool.submit(self._read_part, *parts[i + 1]) if i + 1 < len(parts) else None
             for o, block in zip(part, decoded):
-                for e, c in sorted(blocks[o], key=_inner):
-                    yield c, check(block[e.inner : e.inner + e.length], c, e.length)
+                chunks = blocks[o]
+                if len(chunks) > 1:
+                    chunks.sort()
+                for inner, length, c, _ in chunks:
+                    yield c, check(block[inner : inner + length], c, length)
 
     def _read_part(self, pack_id: bytes, blocks: dict, part: list[int]) -> list[bytes]:
         key = pack_key(pack_id)
         lo = part[0]
-        hi = max(o + blocks[o][0][0].stored_len for o in part)
+        hi = max(o + blocks[o][0][3] for o in part)
         try:
             body = self.storage.get_range(key, lo, hi - lo)
         except ObjectMissing:
             raise IntegrityError(f"pack {key} is missing from the vault", hint="run 'mulligan verify'") from None
         if len(body) < hi - lo:
             raise IntegrityError(f"pack {key} is truncated", hint="run 'mulligan verify'")
-        raws = [body[o - lo : o - lo + blocks[o][0][0].stored_len] for o in part]
+        raws = [body[o - lo : o - lo + blocks[o][0][3]] for o in part]
         return self.codec.decompress_many(raws, f"in {key}")
 
     # ---- writing states --------------------------------------------------

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+from concurrent.futures import wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
 import apsw
 
+from ... import fsio
 from ...errors import DatabaseBusy, IntegrityError, NotADatabase, StorageError
 from ...model import Identity
 from ..base import Engine
@@ -97,27 +99,24 @@ class SqliteEngine(Engine):
         tmp = final.with_name(f".{final.name}.mulligan-{os.getpid()}-{os.urandom(3).hex()}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            sync = None
             try:
-                os.ftruncate(fd, page_count * page_size)
-                run: list[bytes] = []
-                run_start = run_next = 0
+                fsio.reserve(fd, page_count * page_size)  # a full disk shows here, before any page is written
+                out = fsio.RunWriter(fd, page_size)
                 for pgnos, data in pages:
                     for pgno in pgnos:
-                        if run and pgno == run_next and len(run) < 1024:
-                            run.append(data)
-                        else:
-                            if run:
-                                _pwrite_all(fd, b"".join(run), (run_start - 1) * page_size)
-                            run, run_start = [data], pgno
-                        run_next = pgno + 1
+                        out.add(pgno, data)
                     if progress:
                         progress(len(pgnos))
-                if run:
-                    _pwrite_all(fd, b"".join(run), (run_start - 1) * page_size)
-                os.fsync(fd)
+                out.close()
+                # The check reads the file from the page cache while the fsync writes it out.
+                sync = fsio.fsync_async(fd)
+                problems = self.check_integrity(str(tmp), full=full_check)
+                sync.result()
             finally:
+                if sync is not None:
+                    wait([sync])
                 os.close(fd)
-            problems = self.check_integrity(str(tmp), full=full_check)
             if problems:
                 raise IntegrityError(
                     f"the restored database fails {'integrity_check' if full_check else 'quick_check'}: {problems[0]}",
@@ -174,14 +173,6 @@ class SqliteEngine(Engine):
             yield conn
         finally:
             conn.close()
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
 
 
 def _fsync_path(p: Path) -> None:
