@@ -55,15 +55,19 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-_fsync_pool = None
+_sync_pool: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _sync_pool
+    if _sync_pool is None:
+        _sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mulligan-sync")
+    return _sync_pool
 
 
 def fsync_async(fd: int) -> Future:
     """fsync in a background thread (it releases the GIL), for overlapping it with a check."""
-    global _fsync_pool
-    if _fsync_pool is None:
-        _fsync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mulligan-fsync")
-    return _fsync_pool.submit(os.fsync, fd)
+    return _pool().submit(os.fsync, fd)
 
 
 def pwritev_all(fd: int, bufs: list, offset: int) -> None:
@@ -79,37 +83,76 @@ def pwritev_all(fd: int, bufs: list, offset: int) -> None:
 
 
 class RunWriter:
-    """Write pages (numbered from 1) into ``fd``, consecutive ones in one call."""
+    """Write pages (numbered from 1) into ``fd``.
 
-    def __init__(self, fd: int, page_size: int):
-        self.fd, self.page_size = fd, page_size
-        self._run: list = []
-        self._start = self._next = 0
+    Pages arrive in the order the vault holds them, which for a captured history is
+    scattered over the file; they are gathered (up to ``window`` pages, whose bytes
+    are held anyway until written) and written sorted, consecutive pages in one
+    ``pwritev``. Every few MiB the kernel is asked, from a background thread, to
+    start writing back what is done, so the final fsync has little left to do.
+    """
+
+    def __init__(self, fd: int, page_size: int, window: int = 4096):
+        self.fd, self.page_size, self.window = fd, page_size, window
+        self._pending: list[tuple[int, object]] = []
         self._since_writeback = 0
-        self._written_lo: int | None = None
-        self._written_hi = 0
+        self._lo: int | None = None
+        self._hi = 0
+        self._writeback: Future | None = None
+        self.calls = 0
 
     def add(self, pgno: int, data) -> None:
-        if self._run and pgno == self._next and len(self._run) < _IOV_MAX:
-            self._run.append(data)
-        else:
-            self._flush_run()
-            self._run, self._start = [data], pgno
-        self._next = pgno + 1
+        self._pending.append((pgno, data))
+        if len(self._pending) >= self.window:
+            self._write_pending()
 
-    def _flush_run(self) -> None:
-        if not self._run:
+    def _write_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
             return
-        off = (self._start - 1) * self.page_size
-        pwritev_all(self.fd, self._run, off)
-        n = len(self._run) * self.page_size
-        lo = off if self._written_lo is None else min(self._written_lo, off)
-        self._written_lo, self._written_hi = lo, max(self._written_hi, off + n)
-        self._since_writeback += n
-        self._run = []
+        pending.sort(key=_first)
+        ps = self.page_size
+        run: list = []
+        start = nxt = 0
+        for pgno, data in pending:
+            if run and pgno == nxt and len(run) < _IOV_MAX:
+                run.append(data)
+            else:
+                if run:
+                    self._write_run(start, run)
+                run, start = [data], pgno
+            nxt = pgno + 1
+        self._write_run(start, run)
         if self._since_writeback >= _WRITEBACK_EVERY:
-            start_writeback(self.fd, self._written_lo, self._written_hi - self._written_lo)
-            self._since_writeback, self._written_lo, self._written_hi = 0, None, 0
+            self._start_writeback()
+
+    def _write_run(self, start: int, run: list) -> None:
+        off = (start - 1) * self.page_size
+        pwritev_all(self.fd, run, off)
+        self.calls += 1
+        end = off + len(run) * self.page_size
+        self._lo = off if self._lo is None else min(self._lo, off)
+        self._hi = max(self._hi, end)
+        self._since_writeback += end - off
+
+    def _start_writeback(self) -> None:
+        if self._writeback is not None and not self._writeback.done():
+            return  # the kernel is still at the last range: let it be
+        lo, hi = self._lo or 0, self._hi
+        self._since_writeback, self._lo, self._hi = 0, None, 0
+        self._writeback = _pool().submit(_writeback_and_close, os.dup(self.fd), lo, hi - lo)
 
     def close(self) -> None:
-        self._flush_run()
+        """Write what is pending (a writeback request still running holds its own descriptor)."""
+        self._write_pending()
+
+
+def _writeback_and_close(fd: int, offset: int, length: int) -> None:
+    try:
+        start_writeback(fd, offset, length)
+    finally:
+        os.close(fd)
+
+
+def _first(item):
+    return item[0]

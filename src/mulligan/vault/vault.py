@@ -192,7 +192,8 @@ class Vault:
             raise IntegrityError(f"pack {key} is missing from the vault", hint="run 'mulligan verify'") from None
         if len(body) < hi - lo:
             raise IntegrityError(f"pack {key} is truncated", hint="run 'mulligan verify'")
-        raws = [body[o - lo : o - lo + blocks[o][0][3]] for o in part]
+        view = memoryview(body)
+        raws = [view[o - lo : o - lo + blocks[o][0][3]] for o in part]
         return self.codec.decompress_many(raws, f"in {key}")
 
     # ---- writing states --------------------------------------------------

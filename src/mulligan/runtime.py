@@ -1,0 +1,42 @@
+"""Process-wide settings made once at start-up by the command line.
+
+glibc's allocator hands large blocks (128 KiB and up, after its own dynamic
+adjustment) straight back to the kernel when they are freed and trims the heap
+eagerly, so a restore that streams 8 MiB packs through ~1 MiB buffers pays a
+fresh page fault for every 4 KiB it touches, again and again: on a virtual
+machine that was half of a restore's time. Keeping blocks up to 32 MiB in the
+heap and up to 64 MiB of free heap before trimming removes most of those faults
+(measured: 152,000 -> 60,000 faults, decompression 5x faster); it does not raise
+the peak, since freed memory is reused rather than returned and taken again.
+Nothing changes where the allocator is not glibc, or where the user set
+``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 64 << 20
+_done = False
+
+
+def tune_allocator() -> bool:
+    """Apply the allocator settings once; True if they were applied."""
+    global _done
+    if _done or not sys.platform.startswith("linux"):
+        return False
+    _done = True
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError, ImportError):
+        return False  # not glibc
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
