@@ -46,6 +46,9 @@ def test_any_list_of_pages_round_trips_through_the_vault(pages):
     m = save(v, pages)
     assert m.page_count == len(pages)
     assert read_back(v, m) == pages
+    pairs = [pair for batch in v.iter_page_batches(m) for pair in batch]
+    assert sorted(p for p, _ in pairs) == list(range(1, len(pages) + 1)), "every page exactly once"
+    assert all(pages[p - 1] == data for p, data in pairs)
 
 
 @settings(max_examples=40, deadline=None)

@@ -106,6 +106,11 @@ class RunWriter:
         if len(self._pending) >= self.window:
             self._write_pending()
 
+    def add_many(self, pages: list[tuple[int, object]]) -> None:
+        self._pending.extend(pages)
+        if len(self._pending) >= self.window:
+            self._write_pending()
+
     def _write_pending(self) -> None:
         pending, self._pending = self._pending, []
         if not pending:

@@ -33,9 +33,10 @@ class Engine(ABC):
 
     @abstractmethod
     def write_new(
-        self, location: str, page_size: int, page_count: int, pages: Iterable[tuple[list[int], bytes]], progress=None
+        self, location: str, page_size: int, page_count: int, pages: Iterable[list[tuple[int, bytes]]], progress=None
     ) -> None:
-        """Write pages into a new database at ``location`` (which must not exist)."""
+        """Write batches of (page number from 1, page bytes) into a new database at ``location``
+        (which must not exist)."""
 
     @abstractmethod
     def check_integrity(self, location: str, full: bool = False) -> list[str]:

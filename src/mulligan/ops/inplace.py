@@ -125,7 +125,7 @@ def prepare(ws: Workspace, target: Target, point: Manifest, *, action: str = "re
     scratch_dir = tempfile.mkdtemp(prefix=".mulligan-inplace-", dir=os.path.dirname(path))
     try:
         scratch = os.path.join(scratch_dir, "point.db")
-        ws.engine(target).write_new(scratch, point.page_size, point.page_count, ws.vault.iter_pages(point))
+        ws.engine(target).write_new(scratch, point.page_size, point.page_count, ws.vault.iter_page_batches(point))
         history = ws.vault.manifests(target.id)
         newer = sum(1 for m in history if m.kind != KIND_UNDO and m.time > point.time)
         plan = Plan(action, target, socket.gethostname(), point, identity,

@@ -94,7 +94,7 @@ def restore_new(
     engine = engine_for(point.engine)
     total = point.page_count
     cb = (lambda n: progress(n, total)) if progress else None
-    engine.write_new(to, point.page_size, point.page_count, ws.vault.iter_pages(point), progress=cb,
+    engine.write_new(to, point.page_size, point.page_count, ws.vault.iter_page_batches(point), progress=cb,
                      identity=ident, full_check=full_check)
     return RestoreResult(to, point, ident, "integrity_check" if full_check else "quick_check",
                          os.path.getsize(to), warnings)

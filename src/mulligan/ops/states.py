@@ -83,7 +83,7 @@ def materialize(vault: Vault | None, target: Target | None, spec: str | StateRef
     d = tempfile.mkdtemp(prefix="mulligan-state-")
     try:
         path = os.path.join(d, f"{m.id}.db")
-        engine_for(m.engine).write_new(path, m.page_size, m.page_count, vault.iter_pages(m))
+        engine_for(m.engine).write_new(path, m.page_size, m.page_count, vault.iter_page_batches(m))
         yield path
     finally:
         shutil.rmtree(d, ignore_errors=True)

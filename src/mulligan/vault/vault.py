@@ -157,6 +157,11 @@ class Vault:
 
     def iter_chunks(self, wanted: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
         """Yield (id, data) for each wanted chunk, reading each pack once, verified."""
+        for batch in self.iter_chunk_batches(wanted):
+            yield from batch
+
+    def iter_chunk_batches(self, wanted: Iterable[bytes]) -> Iterator[list[tuple[bytes, bytes]]]:
+        """Lists of (id, data) of the wanted chunks, a few MiB at a time, each verified."""
         # pack -> block offset -> [(inner, length, id, block stored length)]
         by_pack: dict[bytes, dict[int, list[tuple[int, int, bytes, int]]]] = defaultdict(lambda: defaultdict(list))
         raw = self.index().raw
@@ -175,12 +180,13 @@ class Vault:
         for i, (pack_id, blocks, part) in enumerate(parts):
             decoded = pending.result()
             pending = pool.submit(self._read_part, *parts[i + 1]) if i + 1 < len(parts) else None
+            out = []
             for o, block in zip(part, decoded):
                 chunks = blocks[o]
                 if len(chunks) > 1:
                     chunks.sort()
-                for inner, length, c, _ in chunks:
-                    yield c, check(block[inner : inner + length], c, length)
+                out.extend((c, check(block[inner : inner + length], c, length)) for inner, length, c, _ in chunks)
+            yield out
 
     def _read_part(self, pack_id: bytes, blocks: dict, part: list[int]) -> list[bytes]:
         key = pack_key(pack_id)
@@ -285,13 +291,39 @@ class Vault:
 
     def iter_pages(self, m: Manifest) -> Iterator[tuple[list[int], bytes]]:
         """Yield (page numbers starting at 1, page bytes) for every distinct page, verified."""
+        where = self._page_places(m)
+        for batch in self.iter_chunk_batches(where.keys()):
+            for cid, data in batch:
+                self._check_page(m, cid, data)
+                yield where[cid], data
+
+    def iter_page_batches(self, m: Manifest) -> Iterator[list[tuple[int, bytes]]]:
+        """Lists of (page number starting at 1, page bytes) covering every page once, verified;
+        pages come in the order the vault holds them, a few MiB at a time."""
+        where = self._page_places(m)
+        ps = m.page_size
+        for batch in self.iter_chunk_batches(where.keys()):
+            out = []
+            for cid, data in batch:
+                if len(data) != ps:
+                    self._check_page(m, cid, data)
+                pgnos = where[cid]
+                if len(pgnos) == 1:
+                    out.append((pgnos[0], data))
+                else:
+                    out.extend((p, data) for p in pgnos)
+            yield out
+
+    def _page_places(self, m: Manifest) -> dict[bytes, list[int]]:
         where: dict[bytes, list[int]] = defaultdict(list)
-        for i, cid in enumerate(self.page_ids(m)):
-            where[cid].append(i + 1)
-        for cid, data in self.iter_chunks(where.keys()):
-            if len(data) != m.page_size:
-                raise IntegrityError(f"chunk {cid.hex()} has {len(data)} bytes, not a {m.page_size}-byte page")
-            yield where[cid], data
+        for i, cid in enumerate(self.page_ids(m), 1):
+            where[cid].append(i)
+        return where
+
+    @staticmethod
+    def _check_page(m: Manifest, cid: bytes, data: bytes) -> None:
+        if len(data) != m.page_size:
+            raise IntegrityError(f"chunk {cid.hex()} has {len(data)} bytes, not a {m.page_size}-byte page")
 
     # ---- manifests -----------------------------------------------------------
     def manifests(self, target_id: str | None = None) -> list[Manifest]:

@@ -89,12 +89,13 @@ class SqliteEngine(Engine):
         location: str,
         page_size: int,
         page_count: int,
-        pages: Iterable[tuple[list[int], bytes]],
+        pages: Iterable[list[tuple[int, bytes]]],
         progress=None,
         identity: Identity | None = None,
         full_check: bool = False,
     ) -> None:
-        """Write pages to a temporary file beside ``location``, fsync, check, stamp, rename."""
+        """Write batches of (page number, bytes) to a temporary file beside ``location``, fsync,
+        check, stamp, rename."""
         final = Path(location)
         tmp = final.with_name(f".{final.name}.mulligan-{os.getpid()}-{os.urandom(3).hex()}")
         try:
@@ -103,11 +104,10 @@ class SqliteEngine(Engine):
             try:
                 fsio.reserve(fd, page_count * page_size)  # a full disk shows here, before any page is written
                 out = fsio.RunWriter(fd, page_size)
-                for pgnos, data in pages:
-                    for pgno in pgnos:
-                        out.add(pgno, data)
+                for batch in pages:
+                    out.add_many(batch)
                     if progress:
-                        progress(len(pgnos))
+                        progress(len(batch))
                 out.close()
                 # The check reads the file from the page cache while the fsync writes it out.
                 sync = fsio.fsync_async(fd)
