@@ -36,6 +36,9 @@ from pathlib import Path
 
 import apsw
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _setup import byte_compile  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 MULLIGAN = [sys.executable, "-m", "mulligan"]
 LITESTREAM = str(VENV_BIN / "litestream") if (VENV_BIN / "litestream").exists() else shutil.which("litestream")
@@ -282,6 +285,7 @@ def phase2(template: Path, history: float, samples: int, rate: float = 100) -> l
 
 
 def main() -> None:
+    byte_compile()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default="100,1000")
     ap.add_argument("--duration", type=float, default=30.0)

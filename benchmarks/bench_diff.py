@@ -38,6 +38,9 @@ from mulligan.ops import setup as setup_ops  # noqa: E402
 from mulligan.ops.snapshot import take_snapshot  # noqa: E402
 from mulligan.ops.workspace import Workspace  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _setup import byte_compile  # noqa: E402
+
 PY = sys.executable
 SQLDIFF = [PY, "-c", "import sys, sqldiff; sys.stdout.write(sqldiff.diff(sys.argv[1], sys.argv[2], primary_key=True))"]
 MULLIGAN = [PY, "-m", "mulligan"]
@@ -135,6 +138,7 @@ def two_snapshots(d: str, rows: int, changes: int, repeat: int, tables: int = 10
 
 
 def main() -> None:
+    byte_compile()
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--changes", type=int, default=1000)

@@ -31,6 +31,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from mulligan.ops.recover import ApplyHooks, apply_recovery, plan_recovery  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _setup import byte_compile  # noqa: E402
+
 SCHEMA = """
 
 CREATE TABLE users(id INTEGER PRIMARY KEY AUTOINCREMENT, username TEXT NOT NULL UNIQUE, email TEXT, bio TEXT);
@@ -93,6 +96,7 @@ def write_history(path: str, tag: str, n_new: int, sizes: tuple[int, int, int], 
 
 
 def main(argv=None) -> dict:
+    byte_compile()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--lost", type=int, default=10_000)

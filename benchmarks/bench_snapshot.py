@@ -28,6 +28,9 @@ import time
 
 import apsw
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _setup import byte_compile  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
 
@@ -91,6 +94,7 @@ def median(xs):
 
 
 def main() -> None:
+    byte_compile()
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)

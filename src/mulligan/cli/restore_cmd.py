@@ -5,11 +5,8 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.markup import escape
-
 from ..errors import GuardRefused, MulliganError, UsageError
 from ..model import ENVIRONMENTS, RESTORED_ENV
-from ..ops import guards, inplace
 from ..ops.points import resolve_point
 from ..ops.restore import restore_new
 from ..report.tables import env_label
@@ -71,6 +68,8 @@ def restore(ctx: Ctx, name, snapshot_id, at, latest, to, in_place, confirm_name,
 
 def run_inplace(ctx: Ctx, target, point, *, action: str, confirm_name, yes, force_live, allow_cross_target=False):
     """Plan, confirm, apply; every refusal shows the plan (stderr, or in the JSON error) and is audited."""
+    from ..ops import guards, inplace  # only the in-place path needs them (start-up of restore --to)
+
     ws = ctx.ws
     plan = None
     try:
@@ -105,8 +104,10 @@ def run_inplace(ctx: Ctx, target, point, *, action: str, confirm_name, yes, forc
 
 def live_window(ctx: Ctx) -> float:
     """[guards] live_window_seconds: how recent a foreign commit makes a database live (default 10)."""
+    from ..ops.liveuse import LIVE_WINDOW
+
     try:
-        return float(ctx.config.section("guards").get("live_window_seconds", guards.LIVE_WINDOW))
+        return float(ctx.config.section("guards").get("live_window_seconds", LIVE_WINDOW))
     except (TypeError, ValueError):
         raise UsageError("[guards] live_window_seconds must be a number of seconds") from None
 
@@ -131,6 +132,8 @@ def _audit_summary(plan_json: dict | None) -> dict:
 
 def render_plan(ctx: Ctx, plan: dict) -> None:
     """The plan, on standard error (shown even with -q: it is what the user confirms)."""
+    from rich.markup import escape
+
     t, p, lw, loss = plan["target"], plan["point"], plan["last_write"], plan["loss"]
     ident = plan.get("identity") or {}
     out = ctx.err

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from rich.table import Table
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
-def table(*columns: str, title: str | None = None) -> Table:
+def table(*columns: str, title: str | None = None) -> "Table":
+    from rich.table import Table  # imported when a table is drawn, not at start-up
+
     t = Table(title=title, title_justify="left", header_style="bold", show_edge=False, pad_edge=False)
     for c in columns:
         t.add_column(c, overflow="fold")
