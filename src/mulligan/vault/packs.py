@@ -288,7 +288,7 @@ class PackWriter:
             self._parts, self._entries, self._size, self._pending_ids = [], [], 0, set()
             self._raw_size = 0
             self._stores.append((worker("store").submit(self._store, pack_id, parts, entries), entries))
-        while len(self._stores) > (0 if wait else 1):
+        while len(self._stores) > (0 if wait else 3):
             future, entries = self._stores.pop(0)
             try:
                 future.result()
