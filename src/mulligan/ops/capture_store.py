@@ -226,7 +226,7 @@ class PageStore:
     def __init__(self, vault: Vault):
         self.vault = vault
         self.idx = vault.index()
-        self.writer = PackWriter(vault.storage, target_size=4 << 20)  # bounded memory while reading
+        self.writer = PackWriter(vault.storage, target_size=4 << 20, codec=vault.codec)  # bounded memory while reading
         self.ids: list[bytes] = []
 
     def reset(self) -> None:
@@ -236,13 +236,10 @@ class PageStore:
         vault, writer = self.vault, self.writer
         bids = [vault.codec.chunk_id(p) for p in batch]
         self.ids.extend(bids)
-        fresh = {}
-        for cid, p in zip(bids, batch):
-            if cid not in self.idx and not writer.has(cid) and cid not in fresh:
-                fresh[cid] = p
-        if fresh:
-            for (cid, p), blob in zip(fresh.items(), vault.codec.pack_blobs(list(fresh.values()))):
-                writer.add(cid, T_PAGE, blob, len(p))
+        idx = self.idx
+        # New pages go to the writer, which compresses them 16 to a block in the background
+        # (as a snapshot does): a base read back later comes out in a few large reads.
+        writer.add_raw_many([(cid, p) for cid, p in zip(bids, batch) if cid not in idx], T_PAGE)
 
     def close(self) -> int:
         self.writer.flush()
@@ -253,19 +250,13 @@ class PageStore:
 def store_pages(vault: Vault, pages: list[bytes]) -> tuple[list[bytes], int]:
     """Store (deduplicated) pages read in full; return their chunk ids and bytes newly stored."""
     idx = vault.index()
-    writer = PackWriter(vault.storage)
+    writer = PackWriter(vault.storage, codec=vault.codec)
     ids = []
     for start in range(0, len(pages), 512):
         batch = pages[start:start + 512]
         bids = [vault.codec.chunk_id(p) for p in batch]
         ids.extend(bids)
-        fresh = {}
-        for cid, p in zip(bids, batch):
-            if cid not in idx and not writer.has(cid) and cid not in fresh:
-                fresh[cid] = p
-        if fresh:
-            for (cid, p), blob in zip(fresh.items(), vault.codec.pack_blobs(list(fresh.values()))):
-                writer.add(cid, T_PAGE, blob, len(p))
+        writer.add_raw_many([(cid, p) for cid, p in zip(bids, batch) if cid not in idx], T_PAGE)
     writer.flush()
     vault._absorb(writer)
     return ids, writer.bytes_written

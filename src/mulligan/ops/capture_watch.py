@@ -28,6 +28,9 @@ from .targets import open_incident_count
 from .workspace import Workspace
 
 WATCH_PURPOSE = "watch"
+# How often the loop looks for a prune lease (a listing and a read): prune waits up to
+# YIELD_WAIT (10 s) for writers to step aside, so once a second is ample.
+PRUNE_CHECK_EVERY = 1.0
 
 
 def watcher_pids(ws: Workspace, host: str | None = None) -> list[dict]:
@@ -61,6 +64,7 @@ class Watcher:
         self._lapses_seen = 0
         self._overdue = False
         self.metrics_server: ThreadingHTTPServer | None = None
+        self._prune_checked = float("-inf")
 
     def stop(self) -> None:
         self._stop.set()
@@ -81,8 +85,10 @@ class Watcher:
                 if self._lease_lapsed():
                     self._stop.wait(self.options.poll_interval)
                     continue
-                if self._yield_to_prune():
-                    continue
+                if t0 - self._prune_checked >= PRUNE_CHECK_EVERY:
+                    self._prune_checked = t0
+                    if self._yield_to_prune():
+                        continue
                 for slot in self.slots:
                     self._step(slot)
                 spent = time.monotonic() - t0

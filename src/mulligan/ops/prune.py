@@ -129,7 +129,7 @@ def prune(ws: Workspace, target: Target, *, keep_within: timedelta | None = None
         for m in manifests:
             if m.id not in keep:
                 vault.delete_manifest(m)
-        if busy_writers(st, wait=YIELD_WAIT):  # a running watch steps aside within a poll or two
+        if busy_writers(st, wait=YIELD_WAIT):  # a running watch steps aside within about a second
             res.data_removal = "deferred"
             return res
         refs = referenced_chunks(ws)

@@ -106,7 +106,7 @@ class Lease:
 def live_leases(storage: Storage, kind: str, exclude: str | None = None) -> list[dict]:
     out = []
     now = time.time()
-    for key, _ in storage.list("locks/"):
+    for key, _ in storage.list(f"locks/{kind}-"):  # lease ids start with their kind
         if key == exclude:
             continue
         try:
