@@ -138,8 +138,7 @@ class SegmentWriter:
         if self.fresh:
             # Compressed in 64 KiB blocks of pages, as snapshots are: fewer, better-compressed blobs.
             w = self.writer = PackWriter(self.vault.storage, codec=self.vault.codec)
-            for cid, data in self.fresh.items():
-                w.add_raw(cid, T_PAGE, data)
+            w.add_raw_many(list(self.fresh.items()), T_PAGE)
         w = self.writer
         if w is not None:
             w.flush()
