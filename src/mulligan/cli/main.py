@@ -220,7 +220,4 @@ def _audit(ctx: Ctx, command: str | None, outcome: str, detail, argv: list[str])
 
 
 def run() -> None:
-    from ..runtime import tune_allocator
-
-    tune_allocator()
     sys.exit(main())

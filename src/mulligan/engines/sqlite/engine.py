@@ -12,6 +12,7 @@ from typing import Iterable
 import apsw
 
 from ... import fsio
+from ...runtime import tune_allocator
 from ...errors import DatabaseBusy, IntegrityError, NotADatabase, StorageError
 from ...model import Identity
 from ..base import Engine
@@ -96,6 +97,7 @@ class SqliteEngine(Engine):
     ) -> None:
         """Write batches of (page number, bytes) to a temporary file beside ``location``, fsync,
         check, stamp, rename."""
+        tune_allocator()  # pages stream through large buffers: keep them in the heap
         final = Path(location)
         tmp = final.with_name(f".{final.name}.mulligan-{os.getpid()}-{os.urandom(3).hex()}")
         try:
