@@ -23,9 +23,10 @@ def test_pages_written_in_any_order_land_at_their_place(n, rnd):
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
     try:
         fsio.reserve(fd, n * PS)
-        w = fsio.RunWriter(fd, PS)
-        for pgno in order:
-            w.add(pgno, pgno.to_bytes(4, "little") * (PS // 4))
+        w = fsio.RunWriter(fd, PS, window=1000)
+        pairs = [(pgno, pgno.to_bytes(4, "little") * (PS // 4)) for pgno in order]
+        for i in range(0, n, 700):  # batches of any size, against the writer's window
+            w.add_many(pairs[i : i + 700])
         w.close()
         data = os.pread(fd, n * PS + 1, 0)
     finally:

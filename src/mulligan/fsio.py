@@ -99,12 +99,6 @@ class RunWriter:
         self._lo: int | None = None
         self._hi = 0
         self._writeback: Future | None = None
-        self.calls = 0
-
-    def add(self, pgno: int, data) -> None:
-        self._pending.append((pgno, data))
-        if len(self._pending) >= self.window:
-            self._write_pending()
 
     def add_many(self, pages: list[tuple[int, object]]) -> None:
         self._pending.extend(pages)
@@ -116,7 +110,6 @@ class RunWriter:
         if not pending:
             return
         pending.sort(key=_first)
-        ps = self.page_size
         run: list = []
         start = nxt = 0
         for pgno, data in pending:
@@ -134,7 +127,6 @@ class RunWriter:
     def _write_run(self, start: int, run: list) -> None:
         off = (start - 1) * self.page_size
         pwritev_all(self.fd, run, off)
-        self.calls += 1
         end = off + len(run) * self.page_size
         self._lo = off if self._lo is None else min(self._lo, off)
         self._hi = max(self._hi, end)

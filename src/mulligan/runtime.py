@@ -4,12 +4,12 @@ glibc's allocator hands large blocks (128 KiB and up, after its own dynamic
 adjustment) straight back to the kernel when they are freed and trims the heap
 eagerly, so a restore that streams 8 MiB packs through ~1 MiB buffers pays a
 fresh page fault for every 4 KiB it touches, again and again: on a virtual
-machine that was half of a restore's time. Keeping blocks up to 32 MiB in the
+machine that was 10-25% of a restore's time. Keeping blocks up to 32 MiB in the
 heap and up to 64 MiB of free heap before trimming removes most of those faults
-(measured: 152,000 -> 60,000 faults, decompression 5x faster). Restores call
-it before they write. ``watch`` does not: a daemon that reads a whole database
-at start and then works in small steps would keep the freed heap (its peak
-went from 67 to 161 MB with these settings).
+(measured on a captured 93 MiB restore: 113,000-136,000 faults -> 19,000-25,000,
+1.14-1.40 s -> 1.04-1.09 s; docs/benchmarks.md). Restores call
+it before they write. ``watch`` does not: a daemon would hold up to 64 MiB of
+freed heap for good, for no measured gain.
 Nothing changes where the allocator is not glibc, or where the user set
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` themselves.
 """

@@ -69,11 +69,12 @@ def encode_index(packs: Iterable[tuple[bytes, list[tuple]]]) -> bytes:
     return b"".join(out)
 
 
-def decode_index(data: bytes, key: str = "index") -> dict[bytes, list[tuple[bytes, int, int, int, int]]]:
+def _pack_spans(data: bytes, key: str) -> list[tuple[bytes, int, int]]:
+    """(pack id, start, end) of each pack's entries in an index object, checked whole first."""
     if not data.startswith(INDEX_MAGIC):
         raise IntegrityError(f"{key} is not a Mulligan index object", hint="run 'mulligan verify'")
     pos = len(INDEX_MAGIC)
-    out: dict[bytes, list] = {}
+    spans = []
     try:
         while pos < len(data):
             pack_id, count = _PACK_HDR.unpack_from(data, pos)
@@ -81,11 +82,15 @@ def decode_index(data: bytes, key: str = "index") -> dict[bytes, list[tuple[byte
             end = pos + count * _ENTRY.size
             if end > len(data):
                 raise struct.error("truncated")
-            out[pack_id] = list(_ENTRY.iter_unpack(data[pos:end]))
+            spans.append((pack_id, pos, end))
             pos = end
     except struct.error:
         raise IntegrityError(f"{key} is truncated or damaged", hint="run 'mulligan verify'") from None
-    return out
+    return spans
+
+
+def decode_index(data: bytes, key: str = "index") -> dict[bytes, list[tuple[bytes, int, int, int, int]]]:
+    return {pack_id: list(_ENTRY.iter_unpack(data[pos:end])) for pack_id, pos, end in _pack_spans(data, key)}
 
 
 class ChunkIndex:
@@ -107,22 +112,11 @@ class ChunkIndex:
         self._written: dict[bytes, Entry] = {}  # chunks this process stored
 
     def add_index(self, data: bytes, key: str = "index") -> None:
-        if not data.startswith(INDEX_MAGIC):
-            raise IntegrityError(f"{key} is not a Mulligan index object", hint="run 'mulligan verify'")
-        pos, size, where = len(INDEX_MAGIC), _ENTRY.size, self._where
-        try:
-            while pos < len(data):
-                pack_id, count = _PACK_HDR.unpack_from(data, pos)
-                pos += _PACK_HDR.size
-                end = pos + count * size
-                if end > len(data):
-                    raise struct.error("truncated")
-                seg = len(self._segments) << 32
-                self._segments.append((pack_id, data))
-                where.update(zip([data[p : p + ID_LEN] for p in range(pos, end, size)], range(seg | pos, seg | end, size)))
-                pos = end
-        except struct.error:
-            raise IntegrityError(f"{key} is truncated or damaged", hint="run 'mulligan verify'") from None
+        size, where = _ENTRY.size, self._where
+        for pack_id, pos, end in _pack_spans(data, key):  # a damaged object raises before any entry is added
+            seg = len(self._segments) << 32
+            self._segments.append((pack_id, data))
+            where.update(zip([data[p : p + ID_LEN] for p in range(pos, end, size)], range(seg | pos, seg | end, size)))
 
     def update(self, written: dict[bytes, Entry]) -> None:
         self._written.update(written)
