@@ -48,3 +48,16 @@ class Identity:
             "source_target_id": self.source_target_id,
             "source_snapshot": self.source_snapshot,
         }
+
+
+class PageBatch(list):
+    """Consecutive pages of a database state (a list of ``bytes``), with the buffer they were
+    cut from: ``raw`` holds the pages end to end as read from the main file, and ``patched``
+    the indexes of pages that came from elsewhere (the WAL) and so differ from ``raw``."""
+
+    __slots__ = ("raw", "patched")
+
+    def __init__(self, pages, raw: bytes | None = None, patched=()):
+        super().__init__(pages)
+        self.raw = raw
+        self.patched = patched

@@ -8,7 +8,7 @@ from ..engines.sqlite.reader import StateMoved
 from ..errors import GuardRefused
 from ..model import Target
 from ..timeparse import iso, utc_now
-from ..vault import KIND_SNAPSHOT, Manifest
+from ..vault import KIND_SNAPSHOT, Manifest, blocks
 from .workspace import Workspace
 
 Progress = Callable[[int, int], None]  # (pages done in this step, total pages)
@@ -40,6 +40,8 @@ def take_snapshot(
 ) -> Manifest:
     stamp = check_identity(ws, target) if check_stamp else {}
     eng = ws.engine(target)
+    cache = ws.cache_file(target, "blocks")
+    previous = blocks.load(cache)
     for attempt in range(5):
         with eng.consistent_state(target.path) as state:
             seen_at = iso(utc_now())
@@ -58,8 +60,10 @@ def take_snapshot(
                     tag=tag,
                     meta=meta,
                     progress=cb,
+                    previous=previous,
                 )
             except StateMoved:
                 continue
+            blocks.save(cache, m.block_digests)  # best effort: without it the next snapshot hashes every page
             return m
     raise StateMoved(f"the WAL of {target.path} kept restarting during the snapshot", hint="run the command again")

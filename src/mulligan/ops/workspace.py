@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import Config
 from ..engines.base import Engine, engine_for
@@ -17,6 +18,10 @@ class Workspace:
 
     def target(self, name: str) -> Target:
         return self.config.target(name)
+
+    def cache_file(self, target: Target, kind: str) -> Path:
+        """A local, disposable file that speeds up work on ``target`` (never part of the vault)."""
+        return self.config.dir / ".mulligan" / "cache" / f"{target.id}.{kind}"
 
     def engine(self, target: Target) -> Engine:
         return engine_for(target.engine)

@@ -20,6 +20,7 @@ from ..errors import IntegrityError, NotFound, StorageError, UsageError
 from ..storage import ObjectMissing, Storage, open_storage
 from . import format as fmt
 from . import tree
+from .blocks import BLOCK_PAGES, BlockDigests
 from .codec import ID_LEN, PlainCodec
 from .locks import writer_lease
 from .workers import worker
@@ -216,25 +217,56 @@ class Vault:
         meta: dict | None = None,
         progress: Progress | None = None,
         snapshot_id: str | None = None,
+        previous: BlockDigests | None = None,
     ) -> Manifest:
-        """Store a state given as page batches in page order; return its manifest."""
+        """Store a state given as page batches in page order; return its manifest.
+
+        A batch may also carry ``raw`` (its pages end to end, as read) and ``patched``
+        (indexes of pages not taken from ``raw``): whole blocks are then hashed
+        without copying. ``previous`` (vault/blocks.py) lets unchanged blocks take
+        their page ids from an earlier snapshot; the returned manifest carries the
+        new snapshot's digests as ``block_digests``."""
         with writer_lease(self.storage, f"{kind} of {target_name}"):
             self.revalidate_index()
             idx = self.index()
             writer = PackWriter(self.storage, codec=self.codec)
             ids = bytearray()
+            digests: dict[int, bytes] = {}
             stats = SaveStats()
             page_count = 0
             chunk_id = self.codec.chunk_id
+            reuse = self._reusable(target_id, page_size, previous)
+            B = BLOCK_PAGES
             for batch in batches:
-                batch_ids = [chunk_id(p) for p in batch]
-                ids += b"".join(batch_ids)
-                page_count += len(batch)
-                fresh = [(cid, p) for cid, p in zip(batch_ids, batch) if cid not in idx]
+                first, n = page_count, len(batch)
+                page_count += n
+                raw = getattr(batch, "raw", None)
+                view = memoryview(raw) if raw is not None and len(raw) >= n * page_size else None
+                patched = {i // B for i in getattr(batch, "patched", ())}
+                fresh: list[tuple[bytes, bytes]] = []
+                if reuse is None:
+                    batch_ids = [chunk_id(p) for p in batch]
+                    ids += b"".join(batch_ids)
+                    fresh = [(cid, p) for cid, p in zip(batch_ids, batch) if cid not in idx]
+                for k in range(0, n - n % B if first % B == 0 else 0, B):  # whole blocks
+                    block = (first + k) // B
+                    data = view[k * page_size : (k + B) * page_size] if view is not None and k // B not in patched \
+                        else b"".join(batch[k : k + B])
+                    d = digests[block] = chunk_id(data)
+                    if reuse is None:
+                        continue
+                    if reuse.digests[block * ID_LEN : (block + 1) * ID_LEN] == d:
+                        ids += reuse.ids[(first + k) * ID_LEN : (first + k + B) * ID_LEN]
+                        continue
+                    self._hash_pages(batch[k : k + B], ids, fresh, idx)
+                if reuse is not None:  # pages outside whole blocks
+                    done = n - n % B if first % B == 0 else 0
+                    if done < n:
+                        self._hash_pages(batch[done:], ids, fresh, idx)
                 if fresh:
                     stats.new_chunks += writer.add_raw_many(fresh, T_PAGE)
                 if progress:
-                    progress(len(batch))
+                    progress(n)
 
             def store_node(node: bytes) -> bytes:
                 cid = self.codec.chunk_id(node)
@@ -268,11 +300,37 @@ class Vault:
             )
             m.new_bytes += len(m.encode())  # the manifest itself counts as newly stored
             self.storage.put(m.key, m.encode())
+            zero = bytes(ID_LEN)  # a block without a digest (the reader's batches were not aligned to blocks)
+            m.block_digests = BlockDigests(m.id, m.root, page_size, bytes(ids),
+                                           b"".join(digests.get(b, zero) for b in range(page_count // B)))
             if kind != KIND_UNDO:
                 current = self.latest(target_id)
                 if current is None or (current.time, current.id) <= (m.time, m.id):
                     self.storage.put(f"refs/{target_id}/latest", m.id.encode(), overwrite=True)
             return m
+
+    def _hash_pages(self, pages: list[bytes], ids: bytearray, fresh: list, idx: ChunkIndex) -> None:
+        chunk_id = self.codec.chunk_id
+        page_ids = [chunk_id(p) for p in pages]
+        ids += b"".join(page_ids)
+        fresh.extend((cid, p) for cid, p in zip(page_ids, pages) if cid not in idx)
+
+    def _reusable(self, target_id: str, page_size: int, previous: BlockDigests | None) -> BlockDigests | None:
+        """``previous`` if its snapshot is still in the vault as it describes it, else None.
+
+        Called with the writer lease held: a prune cannot remove that snapshot's chunks
+        until this write is over, so page ids taken from it name stored chunks."""
+        if previous is None or previous.page_size != page_size or previous.block_pages != BLOCK_PAGES:
+            return None
+        try:
+            m = self.manifest(target_id, previous.snapshot_id)
+        except (NotFound, IntegrityError):
+            return None
+        if m.root != previous.root or m.page_size != page_size or m.page_count != previous.page_count:
+            return None
+        if len(previous.digests) // ID_LEN > m.page_count // BLOCK_PAGES:
+            return None
+        return previous
 
     # ---- reading states ----------------------------------------------------
     def page_ids(self, m: Manifest) -> list[bytes]:

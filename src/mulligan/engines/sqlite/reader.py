@@ -34,6 +34,7 @@ from typing import Iterator
 import apsw
 
 from ...errors import DatabaseBusy, IntegrityError, NotADatabase, NotFound
+from ...model import PageBatch
 from . import wal, walindex
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -249,10 +250,13 @@ class ConsistentReader:
             raw = os.pread(self._db_fd, ps * count, (start - 1) * ps)
             if len(raw) < ps * count:
                 raw = raw + bytes(ps * count - len(raw))
-            pages = [raw[i * ps : (i + 1) * ps] for i in range(count)]
+            pages = PageBatch([raw[i * ps : (i + 1) * ps] for i in range(count)], raw)
             if overlay:
+                patched = []
                 for i in range(count):
                     fr = overlay.get(start + i)
                     if fr is not None:
                         pages[i] = wal.read_frame_page(self._wal_fd, fr, ps)
+                        patched.append(i)
+                pages.patched = patched
             yield pages
