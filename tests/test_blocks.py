@@ -4,6 +4,8 @@ the manifest that hashing every page would give."""
 import os
 import sqlite3
 
+import pytest
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,9 +29,9 @@ def batches_of(pages, size, patched=(), stale=b"\xee" * PS):
     out = []
     for start in range(0, len(pages), size):
         part = pages[start : start + size]
-        mine = [i - start for i in patched if start <= i < start + size]
+        mine = {i - start: part[i - start] for i in patched if start <= i < start + size}
         raw = b"".join(stale if i in mine else p for i, p in enumerate(part))
-        out.append(PageBatch(part, raw, mine))
+        out.append(PageBatch(raw, PS, len(part), mine))
     return out
 
 
@@ -216,3 +218,23 @@ def test_snapshots_of_a_live_wal_database_use_the_cache_and_restore_exactly(tmp_
     finally:
         app.stdin.close()
         app.wait(timeout=30)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(min_size=4, max_size=4), max_size=20), st.data())
+def test_a_page_batch_is_the_list_of_its_pages_however_it_is_read(pages, data):
+    patched = data.draw(st.dictionaries(st.integers(0, max(len(pages) - 1, 0)), st.binary(min_size=4, max_size=4))) \
+        if pages else {}
+    want = [patched.get(i, p) for i, p in enumerate(pages)]
+    raw = b"".join(pages)
+    lazy = PageBatch(raw, 4, len(pages), patched)
+    i = data.draw(st.integers(-len(pages) - 1, len(pages)))
+    sl = slice(data.draw(st.integers(-25, 25)), data.draw(st.integers(-25, 25)))
+    assert len(lazy) == len(want)
+    assert lazy[sl] == want[sl]
+    if -len(want) <= i < len(want):
+        assert lazy[i] == want[i]
+    else:
+        with pytest.raises(IndexError):
+            lazy[i]
+    assert list(lazy) == want and lazy[sl] == want[sl]  # the same once cut whole

@@ -95,7 +95,7 @@ class PageState:
     meta: dict = field(default_factory=dict)
     _reader: "ConsistentReader | None" = None
 
-    def batches(self, size: int = BATCH) -> Iterator[list[bytes]]:
+    def batches(self, size: int = BATCH) -> Iterator[PageBatch]:
         assert self._reader is not None
         yield from self._reader._batches(self, size)
 
@@ -228,7 +228,7 @@ class ConsistentReader:
         h = wal.read_header(self._wal_fd)
         return h is None or h.salts != self._scan.header.salts
 
-    def _batches(self, state: PageState, size: int) -> Iterator[list[bytes]]:
+    def _batches(self, state: PageState, size: int) -> Iterator[PageBatch]:
         """Stream the pages; raise :class:`StateMoved` at the end if the WAL was
         restarted during the read (the caller reads again: nothing it stored is
         referenced until its manifest is written)."""
@@ -242,7 +242,7 @@ class ConsistentReader:
         if state.journal_mode != "wal":
             state.meta["writer_pause_ms"] = round((time.monotonic() - self._began) * 1000, 1)
 
-    def _read_all(self, state: PageState, size: int) -> Iterator[list[bytes]]:
+    def _read_all(self, state: PageState, size: int) -> Iterator[PageBatch]:
         ps, n = state.page_size, state.page_count
         overlay = self._overlay
         for start in range(1, n + 1, size):
@@ -250,13 +250,10 @@ class ConsistentReader:
             raw = os.pread(self._db_fd, ps * count, (start - 1) * ps)
             if len(raw) < ps * count:
                 raw = raw + bytes(ps * count - len(raw))
-            pages = PageBatch([raw[i * ps : (i + 1) * ps] for i in range(count)], raw)
+            patched = {}
             if overlay:
-                patched = []
                 for i in range(count):
                     fr = overlay.get(start + i)
                     if fr is not None:
-                        pages[i] = wal.read_frame_page(self._wal_fd, fr, ps)
-                        patched.append(i)
-                pages.patched = patched
-            yield pages
+                        patched[i] = wal.read_frame_page(self._wal_fd, fr, ps)
+            yield PageBatch(raw, ps, count, patched)
