@@ -7,10 +7,10 @@ fresh page fault for every 4 KiB it touches, again and again: on a virtual
 machine that was 10-25% of a restore's time. Keeping blocks up to 32 MiB in the
 heap and up to 64 MiB of free heap before trimming removes most of those faults
 (measured on a captured 93 MiB restore: 113,000-136,000 faults -> 19,000-25,000,
-1.14-1.40 s -> 1.04-1.09 s; docs/benchmarks.md). Restores call
-it before they write, and the ``snapshot`` command before it reads (a full
-snapshot of 239 MiB: ~78,000 -> ~27,000 faults). ``watch`` does not: a daemon would hold up to 64 MiB of
-freed heap for good, for no measured gain.
+1.14-1.40 s -> 1.04-1.09 s; docs/benchmarks.md). Restores call it before they
+write, and the ``snapshot`` command before it reads (a full snapshot of 239 MiB:
+~78,000 -> ~27,000 faults). ``watch`` does not: a daemon would hold up to 64 MiB
+of freed heap for good, for no measured gain.
 Nothing changes where the allocator is not glibc, or where the user set
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` themselves.
 """

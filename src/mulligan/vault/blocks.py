@@ -1,8 +1,8 @@
 """Block digests: what lets an incremental snapshot skip hashing pages that did not change.
 
 A page's chunk id is a hash of 4 KiB, and BLAKE3 is ~5x slower per byte on
-inputs that small than on 64 KiB ones (fewer 1 KiB chunks to hash side by side,
-plus a call per page). A snapshot therefore also hashes each run of
+inputs that small than on 32 KiB ones (fewer of its 1 KiB chunks to hash side by
+side, plus a call per page). A snapshot therefore also hashes each run of
 ``BLOCK_PAGES`` consecutive pages as one input and keeps those block digests
 with the page ids it recorded. The next snapshot of the same target hashes the
 blocks again, and where a block's digest is unchanged it takes the block's page
