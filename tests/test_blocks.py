@@ -85,18 +85,31 @@ def test_a_page_the_wal_holds_is_never_judged_by_the_main_file_bytes():
     assert v.page_ids(m2) == ids_of(v, pages)
 
 
+def save_counting(v, pages, previous, size=2 * B):
+    """Save ``pages``; return (manifest, how many pages were hashed one by one). The manifest
+    must hold exactly ``pages`` whichever way its ids were found."""
+    calls = []
+    plain = v.codec.chunk_id
+    v.codec.chunk_id = lambda d: calls.append(len(d)) or plain(d)
+    try:
+        m = save(v, batches_of(pages, size), previous=previous)
+    finally:
+        del v.codec.chunk_id
+    assert v.page_ids(m) == ids_of(v, pages)
+    return m, sum(1 for n in calls if n == PS)
+
+
+def _reused(v, pages, previous):
+    return save_counting(v, pages, previous)[1] < len(pages)
+
+
 def test_unchanged_blocks_are_not_hashed_page_by_page():
     v = new_vault()
     pages = [os.urandom(PS) for _ in range(8 * B)]
     m1 = save(v, batches_of(pages, 4 * B))
     pages[3] = os.urandom(PS)  # one page of the first block changes
-    calls = []
-    plain = v.codec.chunk_id
-    v.codec.chunk_id = lambda d: calls.append(len(d)) or plain(d)
-    m2 = save(v, batches_of(pages, 4 * B), previous=m1.block_digests)
-    page_calls = sum(1 for n in calls if n == PS)
-    assert page_calls == B, "only the changed block's pages are hashed one by one"
-    assert v.page_ids(m2) == ids_of(v, pages)
+    m2, hashed = save_counting(v, pages, m1.block_digests, size=4 * B)
+    assert hashed == B, "only the changed block's pages are hashed one by one"
     assert m2.new_chunks >= 1
 
 
@@ -104,23 +117,7 @@ def test_without_digests_every_page_is_hashed():
     v = new_vault()
     pages = [os.urandom(PS) for _ in range(4 * B)]
     save(v, batches_of(pages, 2 * B))
-    calls = []
-    plain = v.codec.chunk_id
-    v.codec.chunk_id = lambda d: calls.append(len(d)) or plain(d)
-    save(v, batches_of(pages, 2 * B), previous=None)
-    assert sum(1 for n in calls if n == PS) == len(pages)
-
-
-def _reused(v, pages, previous):
-    calls = []
-    plain = v.codec.chunk_id
-    v.codec.chunk_id = lambda d: calls.append(len(d)) or plain(d)
-    try:
-        m = save(v, batches_of(pages, 2 * B), previous=previous)
-    finally:
-        del v.codec.chunk_id
-    assert v.page_ids(m) == ids_of(v, pages)
-    return sum(1 for n in calls if n == PS) < len(pages)
+    assert save_counting(v, pages, None)[1] == len(pages)
 
 
 def test_digests_of_a_snapshot_no_longer_in_the_vault_are_not_used():
