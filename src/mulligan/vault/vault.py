@@ -248,7 +248,8 @@ class Vault:
                     batch_ids = [chunk_id(p) for p in batch]
                     ids += b"".join(batch_ids)
                     fresh = [(cid, p) for cid, p in zip(batch_ids, batch) if cid not in idx]
-                for k in range(0, n - n % B if first % B == 0 else 0, B):  # whole blocks
+                whole = n - n % B if first % B == 0 else 0  # pages in whole blocks (batches start on one)
+                for k in range(0, whole, B):
                     block = (first + k) // B
                     data = view[k * page_size : (k + B) * page_size] if view is not None and k // B not in patched \
                         else b"".join(batch[k : k + B])
@@ -259,10 +260,8 @@ class Vault:
                         ids += reuse.ids[(first + k) * ID_LEN : (first + k + B) * ID_LEN]
                         continue
                     self._hash_pages(batch[k : k + B], ids, fresh, idx)
-                if reuse is not None:  # pages outside whole blocks
-                    done = n - n % B if first % B == 0 else 0
-                    if done < n:
-                        self._hash_pages(batch[done:], ids, fresh, idx)
+                if reuse is not None and whole < n:  # pages outside whole blocks
+                    self._hash_pages(batch[whole:], ids, fresh, idx)
                 if fresh:
                     stats.new_chunks += writer.add_raw_many(fresh, T_PAGE)
                 if progress:
