@@ -82,6 +82,24 @@ def test_sqlite_restore_of_an_old_copy_while_the_app_runs(scene):
     assert any("counters went down" in s or "match" in s or "keys fell" in s for s in row["signals"])
 
 
+def wait_checkpointed(db: str, timeout: float = 10.0) -> None:
+    """Wait until the watcher has checkpointed the idle WAL (what the stopped-app scenarios
+    start from): every frame in the -wal backfilled into the main file."""
+    from mulligan.engines.sqlite.wal import read_index_header
+
+    fd = os.open(db + "-shm", os.O_RDONLY)
+    try:
+        end = time.time() + timeout
+        while time.time() < end:
+            h = read_index_header(fd)
+            if h is not None and h.n_backfill >= h.mx_frame:
+                return
+            time.sleep(0.05)
+    finally:
+        os.close(fd)
+    raise AssertionError(f"the WAL of {db} was not checkpointed within {timeout:.0f} s")
+
+
 def test_copy_over_the_file_while_the_app_is_stopped(scene):
     env, db, hook = scene
     app = App(db, env.dir / "app.log", rate=100)
@@ -90,7 +108,8 @@ def test_copy_over_the_file_while_the_app_is_stopped(scene):
     time.sleep(0.8)
     app.stop()
     lost_max = max(i for i, _ in app.log())
-    time.sleep(1.3)  # the watcher checkpoints the idle WAL
+    time.sleep(1.3)
+    wait_checkpointed(db)  # the watcher checkpoints the idle WAL (later when the machine is busy)
     assert os.path.exists(db + "-wal") and os.path.exists(db + "-shm")  # stale ones stay beside it
     t0 = time.time()
     shutil.copyfile(old, db)
@@ -113,6 +132,7 @@ def test_copy_over_the_file_and_removed_wal_and_shm_while_the_app_is_stopped(sce
     app.stop()
     lost_max = max(i for i, _ in app.log())
     time.sleep(1.3)
+    wait_checkpointed(db)
     t0 = time.time()
     os.unlink(db + "-wal")
     os.unlink(db + "-shm")
