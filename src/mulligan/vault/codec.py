@@ -60,14 +60,22 @@ class PlainCodec:
                 hint="run 'mulligan verify' to list every damaged object",
             ) from None
 
-    def decompress_many(self, blobs: list, where: str = "") -> list[bytes]:
-        # One thread: zstd's own threads cost more than they save on blocks this small
-        # (measured 2-3x slower), and the caller already runs this beside its hashing.
-        dctx = self._dctx
+    def decompress_many(self, blobs: list, where: str = "") -> list:
+        """Decompress many blocks in one call, returned as read-only buffers.
+
+        One call releases the GIL once for the whole list: block by block it changed hands
+        once a block, and with page hashing (BLAKE3 also lets the GIL go on every page)
+        running in another thread the two threads spent their time waking each other (a
+        captured restore ran 10-30% faster with no reading thread at all than with one that
+        decompressed block by block). zstd's own threads are not used: on blocks this small
+        they cost more than they save (measured 2-3x slower)."""
+        if not blobs:
+            return []
         try:
-            return [dctx.decompress(b) for b in blobs]
-        except zstandard.ZstdError:
-            return [self.decompress(b, where) for b in blobs]  # find and name the damaged one
+            out = self._dctx.multi_decompress_to_buffer(blobs, threads=1)
+            return [memoryview(out[i]) for i in range(len(out))]
+        except (zstandard.ZstdError, ValueError):  # ValueError: a frame header too damaged to give its size
+            return [self.decompress(b, where) for b in blobs]  # one at a time: find and name the damaged one
 
     def check(self, data: bytes, expected_id: bytes, length: int) -> bytes:
         if len(data) != length or self.chunk_id(data) != expected_id:

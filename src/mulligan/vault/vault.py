@@ -186,7 +186,7 @@ class Vault:
                 chunks = blocks[o]
                 if len(chunks) > 1:
                     chunks.sort()
-                out.extend((c, check(block[inner : inner + length], c, length)) for inner, length, c, _ in chunks)
+                out.extend((c, check(bytes(block[inner : inner + length]), c, length)) for inner, length, c, _ in chunks)
             yield out
 
     def _read_part(self, pack_id: bytes, blocks: dict, part: list[int]) -> list[bytes]:
