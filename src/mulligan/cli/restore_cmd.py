@@ -10,6 +10,7 @@ from ..model import ENVIRONMENTS, RESTORED_ENV
 from ..ops.points import resolve_point
 from ..ops.restore import restore_new
 from ..report.tables import env_label
+from ..runtime import tune_gc
 from ..timeparse import human_age
 from .context import Ctx, pass_ctx
 
@@ -45,6 +46,7 @@ def restore(ctx: Ctx, name, snapshot_id, at, latest, to, in_place, confirm_name,
     ws = ctx.ws
     target = ws.target(name)
     ctx.audit_target = target
+    tune_gc()  # a one-shot process allocating a few objects per page (runtime.py)
     if in_place:
         try:
             point = resolve_point(ws.vault, target, snapshot=snapshot_id, at=at, latest=latest,

@@ -6,7 +6,7 @@ import click
 
 from ..ops.snapshot import take_snapshot
 from ..report.tables import size, table
-from ..runtime import tune_allocator
+from ..runtime import tune_allocator, tune_gc
 from .context import Ctx, pass_ctx
 
 
@@ -29,6 +29,7 @@ def snapshot(ctx: Ctx, name, tag):
     target = ws.target(name)
     ctx.audit_target = target
     tune_allocator()  # a one-shot process streaming pages through large buffers (runtime.py)
+    tune_gc()
     with ctx.progress(f"snapshot {name}", None) as advance:
         m = take_snapshot(ws, target, tag=tag, progress=advance)
     row = manifest_row(m)
