@@ -125,3 +125,29 @@ def test_restore_at_a_time_picks_the_newest_point_at_or_before_it(project):
 def test_a_state_path_that_does_not_exist_is_an_error_not_a_usage_error(project):
     r = project.run("diff", "missing-a.db", "missing-b.db")
     assert r.code == 1 and "no file at" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_narration_prints_names_as_they_are_and_needs_no_rich_when_piped(tmp_path):
+    """A warning about a path with brackets in it keeps them (rich would read them as markup),
+    and narration to a pipe does not load rich."""
+    code = ("import sys\nfrom mulligan.cli.context import Ctx\n"
+            "c = Ctx(verbosity=1)\nc.warn('/data/[bold]x[/]/app.db is old')\nc.say('kept [vault] at v')\nc.debug('[dim]d')\n"
+            "print('rich.console' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stderr.splitlines() == ["warning: /data/[bold]x[/]/app.db is old", "kept [vault] at v", "[dim]d"]
+    assert r.stdout.strip() == "False"
+
+
+def test_narration_on_a_terminal_is_styled_and_keeps_brackets():
+    import io
+
+    from rich.console import Console
+
+    from mulligan.cli.context import Ctx
+
+    buf = io.StringIO()
+    c = Ctx(verbosity=1)
+    c._err = Console(file=buf, force_terminal=True, width=100)
+    c.warn("/data/[bold]x[/] old")
+    c.debug("d [x]")
+    assert buf.getvalue() == "\x1b[1;33mwarning: \x1b[0m/data/[bold]x[/] old\n\x1b[2md [x]\x1b[0m\n"

@@ -61,7 +61,7 @@ def guard(cctx: click.Context, path):
         for p in report.problems:
             ctx.err.print(f"  [bold red]refused[/] {escape(p)}")
         for n in report.notes:
-            ctx.say(f"  note: {escape(n)}")
+            ctx.say(f"  note: {n}")
     cctx.exit(report.exit_code)
 
 
