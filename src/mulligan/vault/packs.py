@@ -174,7 +174,9 @@ class PackWriter:
 
     ``add_raw`` takes plain chunk bytes and compresses them in blocks, many
     blocks at once in parallel; ``add`` takes a chunk its caller compressed
-    alone (its own block).
+    alone (its own block). Bookkeeping is per block, not per chunk, until a
+    pack is cut: a full snapshot adds tens of thousands of chunks, and a tuple
+    or two per chunk on the way was a tenth of its main thread.
     """
 
     def __init__(self, storage: Storage, target_size: int = 8 << 20, codec=None):
@@ -182,16 +184,18 @@ class PackWriter:
         self.target_size = target_size
         self.codec = codec
         self._parts: list[bytes] = []  # compressed blocks, in pack order
-        self._entries: list[tuple] = []
+        self._blocks: list[tuple] = []  # (type, ids, lengths, offset, stored length) per block, in pack order
         self._size = 0
         self._pending_ids: set[bytes] = set()
-        self._raw_blocks: list[list[tuple[bytes, int, bytes]]] = []  # blocks waiting for compression
-        self._open: list[tuple[bytes, int, bytes]] = []
+        self._raw_blocks: list[tuple[int, list[bytes], list]] = []  # (type, ids, data) waiting for compression
+        self._open_ids: list[bytes] = []
+        self._open_data: list = []
+        self._open_type = T_PAGE
         self._open_size = 0
         self._raw_size = 0
         self._inflight: list[tuple[list, Future]] = []
         self._stores: list[tuple[Future, list]] = []
-        self.written: dict[bytes, Entry] = {}
+        self.written: dict[bytes, tuple] = {}  # id -> (pack, type, offset, stored_len, length, inner)
         self.bytes_written = 0
         self.stored_bytes = 0  # compressed bytes of new chunks and blocks
         self.objects_written = 0
@@ -205,7 +209,7 @@ class PackWriter:
             return
         self._drain()  # keep pack order: blocks already handed to the compressor come first
         self._pending_ids.add(chunk_id)
-        self._entries.append((chunk_id, type_, self._size, len(blob), length, 0))
+        self._blocks.append((type_, [chunk_id], [length], self._size, len(blob)))
         self._parts.append(blob)
         self._size += len(blob)
         self.stored_bytes += len(blob)
@@ -217,17 +221,23 @@ class PackWriter:
 
     def add_raw_many(self, items: list[tuple[bytes, bytes]], type_: int) -> int:
         """``add_raw`` for many (id, data) pairs; returns how many were new to this writer."""
+        if type_ != self._open_type:
+            self._seal()  # a block holds one type of chunk
+            self._open_type = type_
         n = 0
         pending, written = self._pending_ids, self.written
+        ids, datas = self._open_ids, self._open_data
         for cid, data in items:
             if cid in pending or cid in written:
                 continue
             n += 1
             pending.add(cid)
-            self._open.append((cid, type_, data))
+            ids.append(cid)
+            datas.append(data)
             self._open_size += len(data)
             if self._open_size >= BLOCK_TARGET:
                 self._seal()
+                ids, datas = self._open_ids, self._open_data
                 if len(self._raw_blocks) >= 64:
                     self._compress()
                 if self._size + self._raw_size >= self.target_size:
@@ -236,10 +246,10 @@ class PackWriter:
         return n
 
     def _seal(self) -> None:
-        if self._open:
-            self._raw_blocks.append(self._open)
+        if self._open_ids:
+            self._raw_blocks.append((self._open_type, self._open_ids, self._open_data))
             self._raw_size += self._open_size // 3  # rough compressed size, for the flush threshold
-            self._open, self._open_size = [], 0
+            self._open_ids, self._open_data, self._open_size = [], [], 0
 
     def _compress(self) -> None:
         """Hand the sealed blocks to a compressor thread (zstd releases the GIL), so
@@ -247,7 +257,7 @@ class PackWriter:
         if not self._raw_blocks:
             return
         blocks, self._raw_blocks = self._raw_blocks, []
-        raws = [b"".join(d for _, _, d in blk) for blk in blocks]
+        raws = [b"".join(datas) for _, _, datas in blocks]
         self._inflight.append((blocks, worker("zstd").submit(self.codec.pack_blobs, raws)))
         while len(self._inflight) > 2:
             self._place(*self._inflight.pop(0))
@@ -258,15 +268,13 @@ class PackWriter:
 
     def _place(self, blocks: list, future: Future) -> None:
         blobs = future.result()
-        for blk, blob in zip(blocks, blobs):
-            inner = 0
-            for cid, t, data in blk:
-                self._entries.append((cid, t, self._size, len(blob), len(data), inner))
-                inner += len(data)
+        for (t, ids, datas), blob in zip(blocks, blobs):
+            lengths = [len(d) for d in datas]
+            self._blocks.append((t, ids, lengths, self._size, len(blob)))
             self._parts.append(blob)
             self._size += len(blob)
             self.stored_bytes += len(blob)
-            self._raw_size -= sum(len(d) for _, _, d in blk) // 3
+            self._raw_size -= sum(lengths) // 3
 
     def flush(self, wait: bool = True) -> None:
         """Cut a pack from what is pending and store it (pack, then its index) in a
@@ -274,30 +282,40 @@ class PackWriter:
         self._seal()
         self._compress()
         self._drain()
-        if self._entries:
+        if self._blocks:
             pack_id = os.urandom(ID_LEN)
-            entries, parts = self._entries, self._parts
-            for cid, t, off, slen, ln, inner in entries:
-                self.written[cid] = Entry(pack_id, t, off, slen, ln, inner)
-            self._parts, self._entries, self._size, self._pending_ids = [], [], 0, set()
+            blocks, parts = self._blocks, self._parts
+            written = self.written
+            for t, ids, lengths, off, slen in blocks:
+                inner = 0
+                for cid, ln in zip(ids, lengths):
+                    written[cid] = (pack_id, t, off, slen, ln, inner)
+                    inner += ln
+            self._parts, self._blocks, self._size, self._pending_ids = [], [], 0, set()
             self._raw_size = 0
-            self._stores.append((worker("store").submit(self._store, pack_id, parts, entries), entries))
+            self._stores.append((worker("store").submit(self._store, pack_id, parts, blocks), blocks))
         while len(self._stores) > (0 if wait else 3):
-            future, entries = self._stores.pop(0)
+            future, blocks = self._stores.pop(0)
             try:
                 future.result()
             except BaseException:
-                for e in entries:  # not stored: a later write must store these chunks again
-                    self.written.pop(e[0], None)
+                for _, ids, _, _, _ in blocks:  # not stored: a later write must store these chunks again
+                    for cid in ids:
+                        self.written.pop(cid, None)
                 raise
 
-    def _store(self, pack_id: bytes, parts: list[bytes], entries: list[tuple]) -> None:
-        trailer = encode_index([(pack_id, entries)])
-        body = b"".join(parts) + trailer + struct.pack("<I", len(trailer)) + PACK_MAGIC
-        self.storage.put(pack_key(pack_id), body)
+    def _store(self, pack_id: bytes, parts: list[bytes], blocks: list[tuple]) -> None:
+        pack = _ENTRY.pack
+        entries = []
+        for t, ids, lengths, off, slen in blocks:
+            inner = 0
+            for cid, ln in zip(ids, lengths):
+                entries.append(pack(cid, t, off, slen, ln, inner))
+                inner += ln
+        index = b"".join([INDEX_MAGIC, _PACK_HDR.pack(pack_id, len(entries)), *entries])  # as encode_index
+        self.storage.put(pack_key(pack_id), b"".join([*parts, index, struct.pack("<I", len(index)), PACK_MAGIC]))
         ikey = index_key(os.urandom(ID_LEN))
-        self.storage.put(ikey, encode_index([(pack_id, entries)]))
+        self.storage.put(ikey, index)
         self.index_keys.append(ikey)
-        self.bytes_written += len(body)
+        self.bytes_written += sum(map(len, parts)) + len(index) + 8
         self.objects_written += 2
-
