@@ -44,11 +44,11 @@ class PlainCodec:
     def chunk_id(self, data: bytes) -> bytes:
         return blake3.blake3(data).digest(length=ID_LEN)
 
-    def pack_blobs(self, chunks: list[bytes]) -> list[bytes]:
-        """Compress (and, in an encrypted vault, seal) many chunks at once."""
+    def pack_blobs(self, chunks: list[bytes]) -> list:
+        """Compress (and, in an encrypted vault, seal) many chunks at once: bytes-like blobs."""
         if len(chunks) >= 64 and self.threads > 1:
             coll = self._cctx.multi_compress_to_buffer(chunks, threads=self.threads)
-            return [coll[i].tobytes() for i in range(len(coll))]
+            return [memoryview(coll[i]) for i in range(len(coll))]  # views: no copy made holding the GIL
         return [self._cctx.compress(c) for c in chunks]
 
     def decompress(self, blob: bytes, where: str = "") -> bytes:
