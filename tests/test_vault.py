@@ -360,3 +360,18 @@ def test_a_write_failing_at_any_step_of_a_snapshot_leaves_no_restore_point_and_t
 
     res = verify(Workspace(_Config(), Vault.open(str(tmp_path / "v"))))
     assert res.ok, res.problems
+
+
+def test_a_reader_whose_index_predates_a_write_finds_the_new_chunks():
+    """A vault opened (index loaded) before another writer stored a state reads that state:
+    a miss reloads the index objects instead of calling the chunks missing."""
+    name = os.urandom(6).hex()
+    writer = Vault.create(f"memory://{name}")
+    first = save(writer, [os.urandom(PS) for _ in range(30)])
+    reader = Vault.open(f"memory://{name}")
+    assert read_back(reader, first)  # index loaded now
+    pages = [os.urandom(PS) for _ in range(40)] + [bytes(PS)] * 3
+    second = save(Vault.open(f"memory://{name}"), pages)
+    assert read_back(reader, second) == pages
+    pairs = sorted(pair for batch in reader.iter_page_batches(second) for pair in batch)
+    assert pairs == list(enumerate(pages, 1))

@@ -136,6 +136,34 @@ class ChunkIndex:
         pack_id, data = self._segments[h >> 32]
         return (pack_id, *_ENTRY.unpack_from(data, h & 0xFFFFFFFF)[1:])
 
+    def group(self, wanted: dict) -> tuple[dict, list[bytes]]:
+        """Where the wanted chunks (id -> any tag) are, grouped for reading:
+        ``{pack id: {block offset: (block stored length, [(inner, length, id, tag), ...])}}``,
+        and the ids this index does not know. One pass, no Entry built: a restore asks this
+        for every page of a database."""
+        by_pack: dict[bytes, dict[int, tuple[int, list]]] = {}
+        missing = []
+        where, segments, written, unpack = self._where, self._segments, self._written, _ENTRY.unpack_from
+        for cid, tag in wanted.items():
+            h = where.get(cid)
+            if h is None:
+                missing.append(cid)
+                continue
+            if h < 0:
+                pack_id, _, off, slen, length, inner = written[cid]
+            else:
+                pack_id, data = segments[h >> 32]
+                _, _, off, slen, length, inner = unpack(data, h & 0xFFFFFFFF)
+            blocks = by_pack.get(pack_id)
+            if blocks is None:
+                blocks = by_pack[pack_id] = {}
+            block = blocks.get(off)
+            if block is None:
+                blocks[off] = (slen, [(inner, length, cid, tag)])
+            else:
+                block[1].append((inner, length, cid, tag))
+        return by_pack, missing
+
     def __getitem__(self, cid: bytes) -> Entry:
         e = self.get(cid)
         if e is None:

@@ -163,36 +163,44 @@ class Vault:
 
     def iter_chunk_batches(self, wanted: Iterable[bytes]) -> Iterator[list[tuple[bytes, bytes]]]:
         """Lists of (id, data) of the wanted chunks, a few MiB at a time, each verified."""
-        # pack -> block offset -> [(inner, length, id, block stored length)]
-        by_pack: dict[bytes, dict[int, list[tuple[int, int, bytes, int]]]] = defaultdict(lambda: defaultdict(list))
-        raw = self.index().raw
-        for cid in set(wanted):
-            e = raw(cid) or self._where(cid)
-            by_pack[e[0]][e[2]].append((e[5], e[4], cid, e[3]))
         check = self.codec.check
+        for part in self._read_blocks(dict.fromkeys(wanted)):
+            yield [(c, check(bytes(block[i : i + n]), c, n)) for block, chunks in part for i, n, c, _ in chunks]
+
+    def _read_blocks(self, wanted: dict) -> Iterator[list[tuple[memoryview, list]]]:
+        """The blocks holding the wanted chunks (id -> tag), decompressed, as lists of
+        (block, [(inner, length, id, tag), ...]): up to 256 blocks of one pack at a time,
+        the next ones read and decompressed in a worker thread meanwhile."""
+        idx = self.index()
+        by_pack, missing = idx.group(wanted)
+        if missing:  # written since the index was loaded: a read that misses refreshes it
+            more, missing = self.index(refresh=True).group({c: wanted[c] for c in missing})
+            if missing:
+                raise IntegrityError(f"chunk {missing[0].hex()} is not in any pack of the vault",
+                                     hint="run 'mulligan verify'")
+            for pack_id, blocks in more.items():
+                have = by_pack.setdefault(pack_id, {})
+                for off, (slen, chunks) in blocks.items():
+                    if off in have:
+                        have[off][1].extend(chunks)
+                    else:
+                        have[off] = (slen, chunks)
         parts = []
         for pack_id, blocks in by_pack.items():
             offsets = sorted(blocks)
             for start in range(0, len(offsets), 256):
                 parts.append((pack_id, blocks, offsets[start : start + 256]))
-        # Read and decompress the next part in a worker thread while this one is hashed.
         pool = worker("read")
         pending = pool.submit(self._read_part, *parts[0]) if parts else None
         for i, (pack_id, blocks, part) in enumerate(parts):
             decoded = pending.result()
             pending = pool.submit(self._read_part, *parts[i + 1]) if i + 1 < len(parts) else None
-            out = []
-            for o, block in zip(part, decoded):
-                chunks = blocks[o]
-                if len(chunks) > 1:
-                    chunks.sort()
-                out.extend((c, check(bytes(block[inner : inner + length]), c, length)) for inner, length, c, _ in chunks)
-            yield out
+            yield [(block, blocks[o][1]) for o, block in zip(part, decoded)]
 
-    def _read_part(self, pack_id: bytes, blocks: dict, part: list[int]) -> list[bytes]:
+    def _read_part(self, pack_id: bytes, blocks: dict, part: list[int]) -> list:
         key = pack_key(pack_id)
         lo = part[0]
-        hi = max(o + blocks[o][0][3] for o in part)
+        hi = max(o + blocks[o][0] for o in part)
         try:
             body = self.storage.get_range(key, lo, hi - lo)
         except ObjectMissing:
@@ -200,7 +208,7 @@ class Vault:
         if len(body) < hi - lo:
             raise IntegrityError(f"pack {key} is truncated", hint="run 'mulligan verify'")
         view = memoryview(body)
-        raws = [view[o - lo : o - lo + blocks[o][0][3]] for o in part]
+        raws = [view[o - lo : o - lo + blocks[o][0]] for o in part]
         return self.codec.decompress_many(raws, f"in {key}")
 
     # ---- writing states --------------------------------------------------
@@ -348,39 +356,43 @@ class Vault:
 
     def iter_pages(self, m: Manifest) -> Iterator[tuple[list[int], bytes]]:
         """Yield (page numbers starting at 1, page bytes) for every distinct page, verified."""
-        where = self._page_places(m)
-        for batch in self.iter_chunk_batches(where.keys()):
-            for cid, data in batch:
-                self._check_page(m, cid, data)
-                yield where[cid], data
+        where: dict[bytes, list[int]] = defaultdict(list)
+        for i, cid in enumerate(self.page_ids(m), 1):
+            where[cid].append(i)
+        check = self.codec.check
+        for part in self._read_blocks(where):
+            for block, chunks in part:
+                for inner, n, cid, pgnos in chunks:
+                    self._check_page(m, cid, n)
+                    yield pgnos, check(bytes(block[inner : inner + n]), cid, n)
 
     def iter_page_batches(self, m: Manifest) -> Iterator[list[tuple[int, bytes]]]:
         """Lists of (page number starting at 1, page bytes) covering every page once, verified;
         pages come in the order the vault holds them, a few MiB at a time."""
-        where = self._page_places(m)
-        ps = m.page_size
-        for batch in self.iter_chunk_batches(where.keys()):
+        ids = self.page_ids(m)
+        where = dict(zip(ids, range(1, len(ids) + 1)))  # id -> the last page holding it
+        also: dict[bytes, list[int]] = {}  # id -> the other pages with the same content
+        if len(where) < len(ids):
+            for pgno, cid in enumerate(ids, 1):
+                if where[cid] != pgno:
+                    also.setdefault(cid, []).append(pgno)
+        ps, check = m.page_size, self.codec.check
+        for part in self._read_blocks(where):
             out = []
-            for cid, data in batch:
-                if len(data) != ps:
-                    self._check_page(m, cid, data)
-                pgnos = where[cid]
-                if len(pgnos) == 1:
-                    out.append((pgnos[0], data))
-                else:
-                    out.extend((p, data) for p in pgnos)
+            for block, chunks in part:
+                for inner, n, cid, pgno in chunks:
+                    if n != ps:
+                        self._check_page(m, cid, n)
+                    data = check(bytes(block[inner : inner + n]), cid, n)
+                    out.append((pgno, data))
+                    if also and cid in also:
+                        out.extend((p, data) for p in also[cid])
             yield out
 
-    def _page_places(self, m: Manifest) -> dict[bytes, list[int]]:
-        where: dict[bytes, list[int]] = defaultdict(list)
-        for i, cid in enumerate(self.page_ids(m), 1):
-            where[cid].append(i)
-        return where
-
     @staticmethod
-    def _check_page(m: Manifest, cid: bytes, data: bytes) -> None:
-        if len(data) != m.page_size:
-            raise IntegrityError(f"chunk {cid.hex()} has {len(data)} bytes, not a {m.page_size}-byte page")
+    def _check_page(m: Manifest, cid: bytes, length: int) -> None:
+        if length != m.page_size:
+            raise IntegrityError(f"chunk {cid.hex()} has {length} bytes, not a {m.page_size}-byte page")
 
     # ---- manifests -----------------------------------------------------------
     def manifests(self, target_id: str | None = None) -> list[Manifest]:
