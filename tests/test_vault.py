@@ -371,7 +371,10 @@ def test_a_reader_whose_index_predates_a_write_finds_the_new_chunks():
     reader = Vault.open(f"memory://{name}")
     assert read_back(reader, first)  # index loaded now
     pages = [os.urandom(PS) for _ in range(40)] + [bytes(PS)] * 3
-    second = save(Vault.open(f"memory://{name}"), pages)
+    other = Vault.open(f"memory://{name}")
+    second = save(other, pages)
+    ids = other.page_ids(second)
+    assert dict(reader.iter_chunks(ids)) == dict(zip(ids, pages))  # the reader has not seen the new tree either
     assert read_back(reader, second) == pages
     pairs = sorted(pair for batch in reader.iter_page_batches(second) for pair in batch)
     assert pairs == list(enumerate(pages, 1))
