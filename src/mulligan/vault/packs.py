@@ -109,7 +109,7 @@ class ChunkIndex:
     def __init__(self) -> None:
         self._where: dict[bytes, int] = {}
         self._segments: list[tuple[bytes, bytes]] = []  # (pack id, index object bytes)
-        self._written: dict[bytes, Entry] = {}  # chunks this process stored
+        self._written: dict[bytes, tuple] = {}  # chunks this process stored (as PackWriter.written)
 
     def add_index(self, data: bytes, key: str = "index") -> None:
         size, where = _ENTRY.size, self._where
@@ -118,7 +118,8 @@ class ChunkIndex:
             self._segments.append((pack_id, data))
             where.update(zip([data[p : p + ID_LEN] for p in range(pos, end, size)], range(seg | pos, seg | end, size)))
 
-    def update(self, written: dict[bytes, Entry]) -> None:
+    def update(self, written: dict[bytes, tuple]) -> None:
+        """Chunks this process stored: id -> (pack, type, offset, stored_len, length, inner)."""
         self._written.update(written)
         self._where.update(dict.fromkeys(written, -1))
 
