@@ -1,5 +1,7 @@
 """A snapshot killed at any moment leaves whole restore points or none."""
 
+import json
+import os
 import random
 import signal
 import subprocess
@@ -51,9 +53,29 @@ def test_snapshots_killed_at_random_moments_leave_the_vault_verifiable_and_every
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 6000
         conn.close()
-    # A later snapshot and prune clean up what the killed ones left.
+    # A later snapshot and prune clean up what the killed ones left, once their leases have
+    # gone stale (two minutes without a heartbeat; aged here) and their temporary files are old
+    # enough that no write can still be using them.
     assert project.run("snapshot", "app").code == 0
-    assert project.run("prune", "app", "--keep-last", "1").code == 0
+    vault = project.dir / ".mulligan" / "vault"
+    for lock in (vault / "locks").glob("writer-*"):
+        lease = json.loads(lock.read_text())
+        lease["heartbeat"] -= 300
+        lock.write_text(json.dumps(lease))
+    tmp = vault / ".tmp"
+    (tmp / "999-half-a-pack").write_bytes(os.urandom(5000))  # as a write killed mid-way leaves it
+    left = list(tmp.iterdir())  # with whatever the killed snapshots left
+    aged = time.time() - 3600
+    for f in left:
+        os.utime(f, (aged, aged))
+    fresh = tmp / "123-in-progress"
+    fresh.write_bytes(b"x" * 1000)  # a write still going on: never touched
+    r = project.run("--json", "prune", "app", "--keep-last", "1")
+    assert r.code == 0, r.err
+    assert r.json["data_removal"] == "done", r.json
+    assert r.json["temp_files_removed"] == len(left)
+    assert r.json["temp_bytes_freed"] >= 5000
+    assert list(tmp.iterdir()) == [fresh]
     assert project.run("verify").code == 0
     final = project.run("--json", "snapshots", "app").json["snapshots"][-1]
     out = project.dir / "final.db"

@@ -139,3 +139,27 @@ def test_local_storage_delete_is_durable_before_it_returns(tmp_path, monkeypatch
     synced.clear()
     s.delete("index/abc")  # already gone: nothing to make durable
     assert synced == []
+
+
+def test_a_sweep_never_touches_objects(storage):
+    storage.put("a/b", b"kept")
+    assert storage.sweep(0) == (0, 0)
+    assert storage.get("a/b") == b"kept"
+
+
+def test_local_storage_sweeps_only_temporary_files_old_enough(tmp_path):
+    import os
+    import time
+
+    s = LocalStorage(tmp_path / "store")
+    s.put("packs/ab/x", b"object")
+    tmp = tmp_path / "store" / ".tmp"
+    old, new = tmp / "1-killed-mid-write", tmp / "2-writing-now"
+    old.write_bytes(b"a" * 700)
+    new.write_bytes(b"b" * 300)
+    aged = time.time() - 3600
+    os.utime(old, (aged, aged))
+    assert s.sweep(600) == (1, 700)
+    assert sorted(p.name for p in tmp.iterdir()) == ["2-writing-now"]
+    assert s.get("packs/ab/x") == b"object" and [k for k, _ in s.list()] == ["packs/ab/x"]
+    assert s.sweep(600) == (0, 0)

@@ -63,6 +63,9 @@ def prune(ctx: Ctx, name, keep_within, keep_last, keep_hourly, keep_daily, dry_r
         ctx.warn("a snapshot or capture was running: unreferenced data will be removed by the next prune")
     elif not dry_run:
         ctx.say(f"removed {res.packs_removed} packs, freed {size(res.bytes_freed)}")
+        if res.temp_files_removed:
+            ctx.say(f"removed {res.temp_files_removed} temporary files left by writes that never finished, "
+                    f"freed {size(res.temp_bytes_freed)}")
 
 
 def register(cli: click.Group) -> None:

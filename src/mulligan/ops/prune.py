@@ -24,6 +24,9 @@ from .workspace import Workspace
 
 # How long prune waits for running writers (watch) to store what they hold and step aside.
 YIELD_WAIT = 10.0
+# Temporary files of unfinished writes older than this are removed (a put writes its file in
+# well under a second; a writer paused longer than its lease's two minutes counts as dead).
+TEMP_AGE = 600.0
 
 # Other record kinds (capture segments) add the chunk ids they reference here:
 # each is a function (workspace) -> set of 16-byte chunk ids.
@@ -41,6 +44,8 @@ class PruneResult:
     bytes_freed: int = 0
     data_removal: str = "done"  # done | dry-run | deferred (a writer was running)
     dry_run: bool = False
+    temp_files_removed: int = 0  # left in the vault by writes that never finished
+    temp_bytes_freed: int = 0
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -134,6 +139,7 @@ def prune(ws: Workspace, target: Target, *, keep_within: timedelta | None = None
             return res
         refs = referenced_chunks(ws)
         _collect(ws, refs, res)
+        res.temp_files_removed, res.temp_bytes_freed = st.sweep(TEMP_AGE)
     finally:
         lease.release()
     return res

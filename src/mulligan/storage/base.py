@@ -1,7 +1,7 @@
 """The storage interface: immutable objects by key.
 
-Six methods, nothing else. Retries, fault injection and caching are wrappers
-around a backend, never inside the vault. Every backend passes the same
+Six methods, and ``sweep`` (optional: the default has nothing to sweep). Retries,
+fault injection and caching are wrappers around a backend, never inside the vault. Every backend passes the same
 conformance tests (tests/test_storage.py).
 
 Rules every backend keeps:
@@ -48,6 +48,13 @@ class Storage(ABC):
     @abstractmethod
     def stat(self, key: str) -> int | None:
         """Size of the object, or None when it does not exist."""
+
+    def sweep(self, older_than: float) -> tuple[int, int]:
+        """Remove what interrupted writes left out of sight of the keys (a local folder's
+        temporary files; an object store's unfinished uploads) that is older than
+        ``older_than`` seconds, so that no write still running loses its half. Returns
+        (how many, bytes)."""
+        return 0, 0
 
 
 _BACKENDS: dict[str, Callable[[str], Storage]] = {}

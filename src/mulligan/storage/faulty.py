@@ -47,6 +47,9 @@ class FaultyStorage(Storage):
     def stat(self, key: str) -> int | None:
         return self.inner.stat(key)
 
+    def sweep(self, older_than: float) -> tuple[int, int]:
+        return self.inner.sweep(older_than)
+
 
 def _flip(data: bytes) -> bytes:
     if not data:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -138,6 +139,34 @@ class LocalStorage(Storage):
             return self._path(key).stat().st_size
         except FileNotFoundError:
             return None
+
+    def sweep(self, older_than: float) -> tuple[int, int]:
+        """Temporary files of puts that never finished (the writer was killed, the disk filled)
+        and were last written more than ``older_than`` seconds ago: a put in progress writes
+        its file within a second of creating it."""
+        tmpdir = self.root / _TMP
+        try:
+            entries = list(os.scandir(tmpdir))
+        except FileNotFoundError:
+            return 0, 0
+        cutoff = time.time() - older_than
+        count = nbytes = 0
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+                if not e.is_file(follow_symlinks=False) or st.st_mtime >= cutoff:
+                    continue
+                os.unlink(e.path)
+            except FileNotFoundError:
+                continue  # its put finished (or another sweep took it) meanwhile
+            except OSError as exc:
+                raise StorageError(f"cannot remove the temporary file {e.name} in the vault at {self.root}: "
+                                   f"{exc.strerror or exc}", hint="check the vault folder's permissions") from None
+            count += 1
+            nbytes += st.st_size
+        if count:
+            _fsync_dir(tmpdir)
+        return count, nbytes
 
 
 def _unlink_quiet(p: Path) -> None:
