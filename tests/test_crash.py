@@ -58,9 +58,10 @@ def test_snapshots_killed_at_random_moments_leave_the_vault_verifiable_and_every
     # enough that no write can still be using them.
     assert project.run("snapshot", "app").code == 0
     vault = project.dir / ".mulligan" / "vault"
-    for lock in (vault / "locks").glob("writer-*"):
+    dead = list((vault / "locks").glob("writer-*"))
+    for lock in dead:  # killed mid-snapshot: their leases stay behind
         lease = json.loads(lock.read_text())
-        lease["heartbeat"] -= 300
+        lease["heartbeat"] -= 900  # stale after 2 minutes, removed after 10
         lock.write_text(json.dumps(lease))
     tmp = vault / ".tmp"
     (tmp / "999-half-a-pack").write_bytes(os.urandom(5000))  # as a write killed mid-way leaves it
@@ -76,6 +77,7 @@ def test_snapshots_killed_at_random_moments_leave_the_vault_verifiable_and_every
     assert r.json["temp_files_removed"] == len(left)
     assert r.json["temp_bytes_freed"] >= 5000
     assert list(tmp.iterdir()) == [fresh]
+    assert r.json["dead_leases_removed"] == len(dead) and not list((vault / "locks").iterdir())
     assert project.run("verify").code == 0
     final = project.run("--json", "snapshots", "app").json["snapshots"][-1]
     out = project.dir / "final.db"

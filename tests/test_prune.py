@@ -163,3 +163,24 @@ def test_a_writer_lease_used_as_a_context_manager_runs_one_heartbeat():
         assert len(list(st.list("locks/"))) == 1
     assert not lease._thread.is_alive()
     assert threading.active_count() == before
+
+
+def test_only_the_leases_of_dead_processes_are_removed():
+    import json as _json
+    import time as _time
+
+    from mulligan.storage.memory import MemoryStorage
+    from mulligan.vault.locks import Lease, live_leases, remove_dead_leases
+
+    st = MemoryStorage()
+    live = Lease(st, "writer", "snapshot of app").acquire()
+    try:
+        st.put("locks/writer-dead", _json.dumps({"kind": "writer", "heartbeat": _time.time() - 900}).encode())
+        st.put("locks/writer-stale", _json.dumps({"kind": "writer", "heartbeat": _time.time() - 300}).encode())
+        st.put("locks/writer-garbled", b"{not json")
+        assert remove_dead_leases(st) == 1
+        keys = {k for k, _ in st.list("locks/")}
+        assert keys == {live.key, "locks/writer-stale", "locks/writer-garbled"}
+        assert [w["key"] for w in live_leases(st, "writer")] == [live.key]
+    finally:
+        live.release()

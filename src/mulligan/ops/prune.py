@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..model import Target
 from ..timeparse import from_iso, utc_now
 from ..vault import KIND_UNDO, Manifest, tree
-from ..vault.locks import Lease, busy_writers
+from ..vault.locks import Lease, busy_writers, remove_dead_leases
 from ..vault.packs import decode_index, encode_index, index_key, pack_key
 from .workspace import Workspace
 
@@ -46,6 +46,7 @@ class PruneResult:
     dry_run: bool = False
     temp_files_removed: int = 0  # left in the vault by writes that never finished
     temp_bytes_freed: int = 0
+    dead_leases_removed: int = 0  # lease objects of processes killed while holding them
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -140,6 +141,7 @@ def prune(ws: Workspace, target: Target, *, keep_within: timedelta | None = None
         refs = referenced_chunks(ws)
         _collect(ws, refs, res)
         res.temp_files_removed, res.temp_bytes_freed = st.sweep(TEMP_AGE)
+        res.dead_leases_removed = remove_dead_leases(st)
     finally:
         lease.release()
     return res

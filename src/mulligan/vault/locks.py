@@ -119,6 +119,24 @@ def live_leases(storage: Storage, kind: str, exclude: str | None = None) -> list
     return out
 
 
+def remove_dead_leases(storage: Storage, older_than: float = STALE_AFTER * 5) -> int:
+    """Delete the lease objects of processes that died holding them (killed before they could
+    delete their own): heartbeat older than ``older_than`` s, long past ``STALE_AFTER``, so
+    nobody takes them for live. A holder that was only paused stores its lease again at its
+    next heartbeat and learns of the gap through ``Lease.lapses``. Returns how many."""
+    now, removed = time.time(), 0
+    for key, _ in storage.list("locks/"):
+        try:
+            body = json.loads(storage.get(key))
+            heartbeat = float(body["heartbeat"])
+        except Exception:
+            continue  # unreadable: not ours to judge
+        if now - heartbeat >= older_than:
+            storage.delete(key)
+            removed += 1
+    return removed
+
+
 def busy_writers(storage: Storage, wait: float = 0.0) -> list[dict]:
     """Live writer leases that have not yielded, after waiting up to ``wait`` s for them to."""
     deadline = time.time() + wait
