@@ -68,3 +68,14 @@ def tune_gc() -> bool:
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
     return True
+
+
+def hostname() -> str:
+    """This machine's name, as leases, audit entries and alerts record it (what
+    ``socket.gethostname()`` returns, without importing ``socket`` at start-up)."""
+    uname = getattr(os, "uname", None)
+    if uname is not None:
+        return uname().nodename
+    import socket
+
+    return socket.gethostname()

@@ -20,13 +20,13 @@ import json
 import os
 import queue
 import smtplib
-import socket
 import sys
 import threading
 import time
 import urllib.request
 from email.message import EmailMessage
 
+from ..runtime import hostname
 from ..timeparse import iso, parse_duration
 
 RETRIES = (0.5, 1, 2, 4, 8, 16)
@@ -63,7 +63,7 @@ class Alerter:
         self.webhook = section.get("webhook")
         self.smtp = section.get("smtp")
         self.email_to = section.get("email_to")
-        self.email_from = section.get("email_from", f"mulligan@{socket.gethostname()}")
+        self.email_from = section.get("email_from", f"mulligan@{hostname()}")
         self.smtp_user = section.get("smtp_user")
         self.smtp_password_env = section.get("smtp_password_env", "MULLIGAN_SMTP_PASSWORD")
         self.stale_after = parse_duration(str(section.get("stale_after", "60s"))).total_seconds()

@@ -15,12 +15,12 @@ import getpass
 import json
 import os
 import shlex
-import socket
 import sys
 from dataclasses import dataclass, field
 
 import blake3
 
+from ..runtime import hostname
 from ..storage import ObjectExists
 from ..timeparse import iso, utc_now
 from ..vault import Vault
@@ -60,7 +60,7 @@ def record(vault: Vault, *, command: str, outcome: str, target=None, detail=None
             "seq": seq + 1,
             "time": iso(utc_now()),
             "user": user,
-            "host": socket.gethostname(),
+            "host": hostname(),
             "pid": os.getpid(),
             "command": command,
             "argv": shlex.join(argv if argv is not None else ["mulligan", *sys.argv[1:]]),

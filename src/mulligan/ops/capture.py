@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import time
 from dataclasses import dataclass, field
 
 from ..engines.sqlite.capture import Observation, Poll, Tailer
 from ..errors import DatabaseBusy, MulliganError
 from ..model import Target
+from ..runtime import hostname
 from ..timeparse import iso
 from ..vault.codec import ID_LEN
 from . import capture_store as cs
@@ -362,7 +362,7 @@ class TargetCapture(FilesUnderCapture):
     def status(self) -> dict:
         s = self.stats
         return {
-            "target": self.target.name, "target_id": self.target.id, "pid": os.getpid(), "host": socket.gethostname(),
+            "target": self.target.name, "target_id": self.target.id, "pid": os.getpid(), "host": hostname(),
             "started": iso(s.started), "heartbeat": iso(time.time()), "heartbeat_ts": time.time(),
             "last_commit": iso(s.last_commit) if s.last_commit else None,
             "last_flush": iso(s.last_flush) if s.last_flush else None,

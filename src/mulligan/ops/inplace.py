@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ import apsw
 from ..engines.sqlite import replace as sqlite_replace
 from ..errors import GuardRefused, MulliganError, NotFound
 from ..model import Identity, Target
+from ..runtime import hostname
 from ..timeparse import from_iso, iso, utc_now
 from ..vault import KIND_UNDO, Manifest
 from ..vault.locks import Lease, live_leases
@@ -128,7 +128,7 @@ def prepare(ws: Workspace, target: Target, point: Manifest, *, action: str = "re
         ws.engine(target).write_new(scratch, point.page_size, point.page_count, ws.vault.iter_page_batches(point))
         history = ws.vault.manifests(target.id)
         newer = sum(1 for m in history if m.kind != KIND_UNDO and m.time > point.time)
-        plan = Plan(action, target, socket.gethostname(), point, identity,
+        plan = Plan(action, target, hostname(), point, identity,
                     {"time": iso(wrote_at), "age_seconds": round(max(time.time() - wrote_at, 0.0), 3), "file": wrote_what},
                     live, _loss(path, scratch), newer, _commits_since(ws, target, point, history),
                     force_live=force_live, window=window, scratch=scratch)

@@ -16,7 +16,6 @@ mulligan``, ``manage.py mulligan``).
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +23,7 @@ from ..engines.sqlite import replace as sqlite_replace
 from ..engines.sqlite.reader import ConsistentReader, StateMoved
 from ..errors import MulliganError
 from ..model import Target
+from ..runtime import hostname
 from ..timeparse import from_iso, human_age, iso, utc_now
 from ..vault import Vault, tree
 from ..vault.codec import PlainCodec
@@ -98,7 +98,7 @@ def _cmdline(pid: int) -> list[str]:
 def _lease_pids(vault: Vault | None) -> dict[int, str]:
     if vault is None:
         return {}
-    host = socket.gethostname()
+    host = hostname()
     out = {}
     try:
         for kind in ("writer", "prune"):
@@ -139,7 +139,7 @@ def record_own_write(vault: Vault, target: Target, *, by: str, digest: str | Non
     is read from the files: in a process that holds SQLite locks on the database,
     pass ``marker`` yourself (see engines/sqlite/replace.commit_marker).
     """
-    rec = {"time": iso(utc_now()), "by": by, "pid": os.getpid(), "host": socket.gethostname(),
+    rec = {"time": iso(utc_now()), "by": by, "pid": os.getpid(), "host": hostname(),
            "marker": marker if marker is not None else sqlite_replace.commit_marker(target.path),
            "digest": digest if digest is not None else state_digest(target.path, vault.codec),
            "detail": detail or {}}
@@ -151,7 +151,7 @@ def record_own_commit(vault: Vault, target_id: str, *, wal_salts, wal_frame: int
                       detail: dict | None = None) -> dict:
     """The same for a process holding SQLite locks on the database (``watch``): name its commit by
     its WAL position (salts and commit frame, as the WAL hook reports them); nothing is read here."""
-    rec = {"time": iso(utc_now()), "by": by, "pid": os.getpid(), "host": socket.gethostname(),
+    rec = {"time": iso(utc_now()), "by": by, "pid": os.getpid(), "host": hostname(),
            "marker": {"wal": {"salts": list(wal_salts), "frame": int(wal_frame)}}, "digest": None,
            "detail": detail or {}}
     vault.put_json(_own_key(target_id), rec)

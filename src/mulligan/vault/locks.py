@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 
 from ..errors import StorageError
+from ..runtime import hostname
 from ..storage import Storage
 
 STALE_AFTER = 120.0
@@ -49,7 +49,7 @@ class Lease:
 
     def _body(self) -> bytes:
         return json.dumps(
-            {"kind": self.kind, "purpose": self.purpose, "host": socket.gethostname(), "pid": os.getpid(),
+            {"kind": self.kind, "purpose": self.purpose, "host": hostname(), "pid": os.getpid(),
              "heartbeat": time.time(), "yielded": self.yielded}
         ).encode()
 
