@@ -378,3 +378,45 @@ def test_a_reader_whose_index_predates_a_write_finds_the_new_chunks():
     assert read_back(reader, second) == pages
     pairs = sorted(pair for batch in reader.iter_page_batches(second) for pair in batch)
     assert pairs == list(enumerate(pages, 1))
+
+
+def test_small_index_objects_are_merged_and_every_state_still_reads_back(monkeypatch):
+    from mulligan.vault import vault as vault_mod
+
+    monkeypatch.setattr(vault_mod, "INDEX_OBJECTS_MAX", 8)
+    name = os.urandom(6).hex()
+    v = Vault.create(f"memory://{name}")
+    early_reader = Vault.open(f"memory://{name}")
+    pages = [os.urandom(PS) for _ in range(20)]
+    states = []
+    for i in range(30):
+        pages[i % 20] = os.urandom(PS)
+        states.append((save(v, pages), list(pages)))
+        if i == 2:
+            assert read_back(early_reader, states[0][0]) == states[0][1]  # its index is loaded now
+        assert len(list(v.storage.list("index/"))) <= 9
+    fresh = Vault.open(f"memory://{name}")
+    for m, expected in states:
+        assert read_back(fresh, m) == expected
+        assert read_back(v, m) == expected
+        assert read_back(early_reader, m) == expected  # its index objects are gone: it looks again
+    # the merged objects index every pack exactly once
+    from mulligan.vault.packs import decode_index
+
+    named = [p for key, _ in v.storage.list("index/") for p in decode_index(v.storage.get(key))]
+    assert len(named) == len(set(named)) == len(list(v.storage.list("packs/")))
+
+
+def test_merging_index_objects_keeps_each_pack_once():
+    from mulligan.vault.packs import decode_index, encode_index, merge_indexes
+
+    a = [(os.urandom(16), 0, 0, 10, 4096, 0), (os.urandom(16), 0, 10, 12, 4096, 0)]
+    b = [(os.urandom(16), 1, 0, 8, 100, 0)]
+    p1, p2 = os.urandom(16), os.urandom(16)
+    one, two = encode_index([(p1, a)]), encode_index([(p2, b)])
+    both = encode_index([(p1, a), (p2, b)])  # an object merged earlier, its sources still there
+    merged = merge_indexes([("index/1", one), ("index/m", both), ("index/2", two)])
+    assert decode_index(merged) == {p1: a, p2: b}
+    assert len(merged) == len(both)
+    with pytest.raises(IntegrityError):
+        merge_indexes([("index/1", one), ("index/bad", b"MIX2" + b"\x01" * 30)])

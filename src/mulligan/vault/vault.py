@@ -25,9 +25,14 @@ from .codec import ID_LEN, PlainCodec
 from .locks import writer_lease
 from .workers import worker
 from .manifest import KIND_UNDO, Manifest, manifest_key, new_snapshot_id
-from .packs import T_PAGE, T_TREE, ChunkIndex, Entry, PackWriter, pack_key
+from .packs import T_PAGE, T_TREE, ChunkIndex, Entry, PackWriter, index_key, merge_indexes, pack_key
 
 Progress = Callable[[int], None]
+
+# Each pack stored adds an index object, and every process that writes or restores lists and
+# reads them all: past this many, a writer merges the small ones into one.
+INDEX_OBJECTS_MAX = 64
+INDEX_SMALL = 1 << 20
 
 
 @dataclass
@@ -125,6 +130,35 @@ class Vault:
         if not self._loaded_index_keys <= present:
             self._index = None
             self._loaded_index_keys = set()
+
+    def compact_indexes(self) -> int:
+        """Merge the small index objects into one when there are more than
+        ``INDEX_OBJECTS_MAX``: the merged object is stored first, then the small ones are
+        deleted (a reader that listed them a moment ago skips the ones gone and finds the
+        merged one when it looks again). Called with a writer lease held, so no prune is
+        rewriting indexes meanwhile. Returns how many objects were merged."""
+        listing = list(self.storage.list("index/"))
+        small = [key for key, size in listing if size < INDEX_SMALL]
+        if len(listing) <= INDEX_OBJECTS_MAX or len(small) < 2:
+            return 0
+        objects = []
+        for key in small:
+            try:
+                objects.append((key, self.storage.get(key)))
+            except ObjectMissing:
+                continue  # merged or rewritten by another process since the listing
+        try:
+            merged = merge_indexes(objects)
+        except IntegrityError:
+            return 0  # a damaged index object: left as it is for verify to report
+        key = index_key(os.urandom(ID_LEN))
+        self.storage.put(key, merged)
+        for old, _ in objects:
+            self.storage.delete(old)
+        if self._index is not None:  # same entries, now under one key
+            self._loaded_index_keys -= {old for old, _ in objects}
+            self._loaded_index_keys.add(key)
+        return len(objects)
 
     def _add_index(self, key: str, data: bytes) -> None:
         assert self._index is not None
@@ -314,6 +348,10 @@ class Vault:
                 current = self.latest(target_id)
                 if current is None or (current.time, current.id) <= (m.time, m.id):
                     self.storage.put(f"refs/{target_id}/latest", m.id.encode(), overwrite=True)
+            try:
+                self.compact_indexes()  # the restore point exists already: this only tidies
+            except StorageError:
+                pass
             return m
 
     def _hash_pages(self, pages: list[bytes], ids: bytearray, fresh: list, idx: ChunkIndex) -> None:
