@@ -25,8 +25,9 @@ def big_db(path: str, rows: int = 6000) -> str:
 
 
 def test_snapshots_killed_at_random_moments_leave_the_vault_verifiable_and_every_point_restorable(project):
-    db = big_db(str(project.dir / "app.db"))
+    db = big_db(str(project.dir / "app.db"), rows=20000)
     project.protect(db)
+    locks = project.dir / ".mulligan" / "vault" / "locks"
     rnd = random.Random(1234)
     killed = 0
     for i in range(8):
@@ -36,7 +37,12 @@ def test_snapshots_killed_at_random_moments_leave_the_vault_verifiable_and_every
         c.close()
         p = subprocess.Popen([sys.executable, "-m", "mulligan", "snapshot", "app", "-q"], cwd=project.dir,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rnd.uniform(0.05, 0.6))
+        # Kill at a random moment of the work, not of the interpreter's start-up: once the
+        # snapshot's writer lease is in the vault, it is reading, hashing and storing.
+        deadline = time.time() + 30
+        while p.poll() is None and not any(locks.glob("writer-*")) and time.time() < deadline:
+            time.sleep(0.002)
+        time.sleep(rnd.uniform(0.0, 0.15))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             killed += 1
@@ -51,7 +57,7 @@ def test_snapshots_killed_at_random_moments_leave_the_vault_verifiable_and_every
         assert r.code == 0, r.err
         conn = apsw.Connection(str(out))
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 6000
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 20000
         conn.close()
     # A later snapshot and prune clean up what the killed ones left, once their leases have
     # gone stale (two minutes without a heartbeat; aged here) and their temporary files are old
