@@ -62,10 +62,15 @@ def index_key(index_id: bytes) -> str:
 
 
 def encode_index(packs: Iterable[tuple[bytes, list[tuple]]]) -> bytes:
+    return _index_object((pack_id, [_ENTRY.pack(*e) for e in entries]) for pack_id, entries in packs)
+
+
+def _index_object(sections: Iterable[tuple[bytes, list[bytes]]]) -> bytes:
+    """An index object from (pack id, its entries already packed) pairs."""
     out = [INDEX_MAGIC]
-    for pack_id, entries in packs:
-        out.append(_PACK_HDR.pack(pack_id, len(entries)))
-        out.extend(_ENTRY.pack(*e) for e in entries)
+    for pack_id, packed in sections:
+        out.append(_PACK_HDR.pack(pack_id, len(packed)))
+        out.extend(packed)
     return b"".join(out)
 
 
@@ -354,7 +359,7 @@ class PackWriter:
             for cid, ln in zip(ids, lengths):
                 entries.append(pack(cid, t, off, slen, ln, inner))
                 inner += ln
-        index = b"".join([INDEX_MAGIC, _PACK_HDR.pack(pack_id, len(entries)), *entries])  # as encode_index
+        index = _index_object([(pack_id, entries)])
         self.storage.put(pack_key(pack_id), b"".join([*parts, index, struct.pack("<I", len(index)), PACK_MAGIC]))
         ikey = index_key(os.urandom(ID_LEN))
         self.storage.put(ikey, index)
