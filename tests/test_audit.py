@@ -111,3 +111,36 @@ def test_read_only_commands_leave_no_entry(app):
     assert app.run("guard", app.db).code == 3
     assert app.run("audit").code == 0
     assert len(entries(app)) == n
+
+
+def test_appending_reads_the_head_not_the_whole_log_and_survives_a_stale_or_missing_head():
+    import os
+    import threading
+
+    from mulligan.ops import audit
+    from mulligan.vault import Vault
+
+    v = Vault.create(f"memory://{os.urandom(6).hex()}")
+    for i in range(3):
+        audit.record(v, command="snapshot", outcome="done", argv=["mulligan", "snapshot", str(i)])
+    listing = v.storage.list
+    v.storage.list = lambda prefix="": (_ for _ in ()).throw(AssertionError(f"listed {prefix}"))
+    try:
+        assert audit.record(v, command="snapshot", outcome="done")["seq"] == 4  # from the head alone
+        v.storage.put(audit.HEAD, json.dumps({"seq": 1}).encode(), overwrite=True)  # stale
+        assert audit.record(v, command="snapshot", outcome="done")["seq"] == 5
+    finally:
+        v.storage.list = listing
+    v.storage.delete(audit.HEAD)  # a vault written before the head existed
+    assert audit.record(v, command="snapshot", outcome="done")["seq"] == 6
+    v.storage.put(audit.HEAD, json.dumps({"seq": 99}).encode(), overwrite=True)  # names no entry
+    assert audit.record(v, command="snapshot", outcome="done")["seq"] == 7
+    threads = [threading.Thread(target=audit.record, kwargs={"vault": v, "command": "c", "outcome": "done"})
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    check = audit.read(v)
+    assert check.ok, check.problems
+    assert [e["seq"] for e in check.entries] == list(range(1, 16))

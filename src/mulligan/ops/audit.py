@@ -7,6 +7,10 @@ removing or reordering an entry breaks the chain, and `audit`/`verify` say so.
 
 Entries are objects ``audit/<seq:012d>`` written with put-if-absent: two
 processes appending at once cannot both take the same place in the chain.
+``refs/audit/head`` says which entry was appended last, so an append reads one
+entry instead of listing them all (one per command, a year of snapshots taken
+every minute is half a million); it is advisory: an append steps past it while
+the next entry exists, and lists the log when it is missing or names no entry.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from dataclasses import dataclass, field
 import blake3
 
 from ..runtime import hostname
-from ..storage import ObjectExists
+from ..storage import ObjectExists, ObjectMissing
 from ..timeparse import iso, utc_now
 from ..vault import Vault
 
 PREFIX = "audit/"
+HEAD = "refs/audit/head"
 GENESIS = "0" * 64
 
 
@@ -39,10 +44,23 @@ def _key(seq: int) -> str:
 
 
 def _tail(vault: Vault) -> tuple[int, str]:
-    keys = [k for k, _ in vault.storage.list(PREFIX)]
-    if not keys:
+    """(seq, hash) of the last entry: from the head, stepping past entries appended after it."""
+    st = vault.storage
+    try:
+        seq = int(json.loads(st.get(HEAD))["seq"])
+    except (ObjectMissing, ValueError, KeyError, TypeError):
+        seq = -1
+    if seq < 0 or (seq > 0 and st.stat(_key(seq)) is None):
+        keys = [k for k, _ in st.list(PREFIX)]  # no usable head: the slow way, once
+        if not keys:
+            return 0, GENESIS
+        last = json.loads(st.get(keys[-1]))
+        return int(last["seq"]), last["hash"]
+    while st.stat(_key(seq + 1)) is not None:
+        seq += 1
+    if seq == 0:
         return 0, GENESIS
-    last = json.loads(vault.storage.get(keys[-1]))
+    last = json.loads(st.get(_key(seq)))
     return int(last["seq"]), last["hash"]
 
 
@@ -72,9 +90,13 @@ def record(vault: Vault, *, command: str, outcome: str, target=None, detail=None
         entry["hash"] = _hash(entry)
         try:
             vault.storage.put(_key(entry["seq"]), json.dumps(entry, sort_keys=True).encode())
-            return entry
         except ObjectExists:
             continue
+        try:
+            vault.storage.put(HEAD, json.dumps({"seq": entry["seq"]}).encode(), overwrite=True)
+        except Exception:  # noqa: BLE001 - the entry is written; a stale head only costs the next append a step
+            pass
+        return entry
     raise RuntimeError("could not append to the audit log")
 
 
