@@ -420,3 +420,17 @@ def test_merging_index_objects_keeps_each_pack_once():
     assert len(merged) == len(both)
     with pytest.raises(IntegrityError):
         merge_indexes([("index/1", one), ("index/bad", b"MIX2" + b"\x01" * 30)])
+
+
+def test_the_latest_point_of_a_target_never_captured_needs_no_scan_of_its_manifests():
+    from mulligan.model import Target
+    from mulligan.ops.capture_store import latest_point
+
+    v = new_vault()
+    target = Target(name="t", path="/nowhere/t.db", env="test", id="t-1")
+    assert latest_point(v, target) is None
+    save(v, [os.urandom(PS) for _ in range(5)])
+    m = v.save_pages(target_id="t-1", target_name="t", page_size=PS, batches=[[os.urandom(PS)] * 3],
+                     time="2026-01-02T00:00:00.000Z")
+    v.manifests = lambda *a, **k: pytest.fail("every manifest of the target was read")
+    assert latest_point(v, target).id == m.id

@@ -388,6 +388,8 @@ def latest_point(vault: Vault, target: Target) -> Manifest | None:
     m = vault.latest(target.id)
     ms = None
     if m is None or not m.meta.get("capture"):
+        if not any(True for _ in vault.storage.list(f"{PREFIX}{target.id}/")):
+            return m  # never captured: no base to look for among every manifest of the target
         ms = vault.manifests(target.id)
         bases = capture_bases(vault, target.id, ms)
         base = bases[-1] if bases else None
