@@ -55,10 +55,10 @@ def tune_gc() -> bool:
 
     Snapshot and restore allocate a few small objects per page (ids, entries, slices),
     none in cycles, and CPython's collector runs after every 700 of them, walking every
-    object alive: ~10% of a captured restore's CPU. Everything alive once the command
-    starts (modules, configuration) is frozen out of the collector's walks, and young
-    objects are collected every 50,000 allocations instead (measured in
-    docs/benchmarks.md). Cycles are still collected, only less often. Applied once;
+    object alive: 0.05-0.07 s of a snapshot or restore (timed with gc.callbacks).
+    Everything alive once the command starts (modules, configuration) is frozen out of
+    the collector's walks, and young objects are collected every 50,000 allocations
+    instead (measured in docs/benchmarks.md). Cycles are still collected, only less often. Applied once;
     True if applied by this call."""
     global _gc_done
     if _gc_done:
