@@ -49,6 +49,18 @@ def test_list_yields_keys_under_a_prefix_in_order(storage):
     assert len(list(storage.list(""))) == 4
 
 
+def test_list_walks_nested_folders_and_filters_partial_names(storage):
+    keys = {"s/t-1/aa": b"1", "s/t-1/ab": b"22", "s/t-2/aa": b"333", "s/u/v/w": b"4444", "st": b"5", "z": b""}
+    for k, v in keys.items():
+        storage.put(k, v)
+    assert list(storage.list("s/")) == [("s/t-1/aa", 1), ("s/t-1/ab", 2), ("s/t-2/aa", 3), ("s/u/v/w", 4)]
+    assert [k for k, _ in storage.list("s/t-")] == ["s/t-1/aa", "s/t-1/ab", "s/t-2/aa"]
+    assert [k for k, _ in storage.list("s/t-1/a")] == ["s/t-1/aa", "s/t-1/ab"]
+    assert [k for k, _ in storage.list("s")] == ["s/t-1/aa", "s/t-1/ab", "s/t-2/aa", "s/u/v/w", "st"]
+    assert list(storage.list("nothing/")) == [] and list(storage.list("s/t-3")) == []
+    assert sorted(storage.list("")) == sorted((k, len(v)) for k, v in keys.items())
+
+
 def test_get_range_reads_part_of_an_object(storage):
     storage.put("k", b"0123456789")
     assert storage.get_range("k", 3, 4) == b"3456"

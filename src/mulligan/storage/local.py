@@ -102,25 +102,33 @@ class LocalStorage(Storage):
             _fsync_dir(d.parent)
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
-        base = self.root
-        start = base / prefix if prefix else base
-        # prefix may end in a partial name: walk its folder and filter.
-        folder = start if prefix.endswith("/") or not prefix else start.parent
-        if not folder.exists():
-            return
-        out = []
-        for dirpath, dirnames, filenames in os.walk(folder):
-            if Path(dirpath) == base:
-                dirnames[:] = [d for d in dirnames if d != _TMP]
-            for fn in filenames:
-                full = Path(dirpath) / fn
-                key = full.relative_to(base).as_posix()
-                if key.startswith(prefix):
+        # prefix may end in a partial name: walk its folder and filter. Keys are built as
+        # strings from os.scandir (a Path per entry made listing 20,000 manifests take 0.27 s).
+        if prefix.startswith("/") or ".." in prefix.split("/"):
+            raise StorageError(f"invalid object key prefix {prefix!r}")
+        rel = prefix if prefix.endswith("/") or not prefix else prefix.rpartition("/")[0] + "/"
+        rel = "" if rel == "/" else rel
+        out: list[tuple[str, int]] = []
+        pending = [(os.path.join(self.root, rel) if rel else str(self.root), rel)]
+        while pending:
+            folder, key_prefix = pending.pop()
+            try:
+                entries = os.scandir(folder)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with entries:
+                for e in entries:
+                    key = key_prefix + e.name
                     try:
-                        out.append((key, full.stat().st_size))
+                        if e.is_dir():  # as os.walk: a link to a folder is neither listed nor entered
+                            if not e.is_symlink() and (key_prefix or e.name != _TMP):
+                                pending.append((e.path, key + "/"))
+                        elif key.startswith(prefix):
+                            out.append((key, e.stat().st_size))
                     except FileNotFoundError:
                         continue
-        yield from sorted(out)
+        out.sort()
+        yield from out
 
     def delete(self, key: str) -> None:
         path = self._path(key)
