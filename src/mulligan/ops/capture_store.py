@@ -216,6 +216,7 @@ def save_base(vault: Vault, target: Target, page_size: int, ids: list[bytes], *,
     )
     vault.storage.put(m.key, m.encode())
     vault.storage.put(f"refs/{target.id}/latest", m.id.encode(), overwrite=True)
+    vault.manifest_stored(m)
     return m
 
 

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from ..errors import UsageError
+from ..errors import IntegrityError, StorageError, UsageError
 from ..model import Target
 from ..timeparse import from_iso, utc_now
 from ..vault import KIND_UNDO, Manifest, tree
@@ -100,7 +100,7 @@ def choose(manifests: list[Manifest], *, keep_within=None, keep_last=None, keep_
 def referenced_chunks(ws: Workspace) -> set[bytes]:
     vault = ws.vault
     refs: set[bytes] = set()
-    for m in vault.manifests():
+    for m in vault.manifests(direct=True):
         refs.update(tree.node_ids(bytes.fromhex(m.root), m.depth, vault.load_chunk))
         refs.update(vault.page_ids(m))
     for extra in EXTRA_REFERENCES:
@@ -135,6 +135,10 @@ def prune(ws: Workspace, target: Target, *, keep_within: timedelta | None = None
         for m in manifests:
             if m.id not in keep:
                 vault.delete_manifest(m)
+        try:
+            vault.refresh_catalog(target.id, always=True)
+        except (StorageError, IntegrityError):
+            pass  # a cache: readers fall back to the manifests, the next prune tries again
         if busy_writers(st, wait=YIELD_WAIT):  # a running watch steps aside within about a second
             res.data_removal = "deferred"
             return res

@@ -116,7 +116,9 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
                 continue
             res.problem(pack_key(pack_id), "pack named by an index is missing")
     target_id = ws.target(target_name).id if target_name else None
+    seen: dict[str, object] = {}
     for m in _manifests(ws, target_id, res):
+        seen[m.key] = m
         res.manifests += 1
         try:
             nodes = tree.node_ids(bytes.fromhex(m.root), m.depth, vault.load_chunk)
@@ -128,6 +130,7 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
         if missing:
             res.problem(m.key, f"restore point {m.id} needs {len(missing)} chunks that are missing or damaged "
                                f"(first: {missing[0].hex()})")
+    _catalogs(ws, target_id, seen, res)
     for check in EXTRA_CHECKS:
         check(ws, res, target_id)
     if restore_test:
@@ -147,6 +150,26 @@ def _manifests(ws: Workspace, target_id, res: VerifyResult):
             res.problem(key, "manifest is damaged")
         except ObjectMissing:
             res.notes.append(f"{key} was removed while verify ran (prune)")
+
+
+def _catalogs(ws: Workspace, target_id, manifests: dict, res: VerifyResult) -> None:
+    """Each catalog decodes, and each of its entries whose manifest exists is that manifest."""
+    from ..vault import catalog
+
+    st = ws.vault.storage
+    for key, _ in st.list(catalog.catalog_key(target_id) if target_id else catalog.PREFIX):
+        try:
+            entries = catalog.decode(st.get(key), key[len(catalog.PREFIX):], key)
+        except ObjectMissing:
+            continue  # removed by a prune of a target with no restore point left
+        except MulliganError as exc:
+            res.problem(key, exc.message)
+            continue
+        for mkey, m in entries.items():
+            real = manifests.get(mkey)
+            if real is not None and real.to_json() != m.to_json():
+                res.problem(key, f"its copy of restore point {m.id} differs from the manifest {mkey}; "
+                                 "the next prune of the target writes a new catalog")
 
 
 def _restore_test(ws: Workspace, target_name: str | None) -> dict:

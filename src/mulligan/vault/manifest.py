@@ -47,9 +47,14 @@ class Manifest:
 
     @classmethod
     def decode(cls, data: bytes) -> "Manifest":
-        obj = json.loads(data)
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in obj.items() if k in known})
+        return cls.from_json(json.loads(data))
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Manifest":
+        known = cls.__dataclass_fields__
+        if obj.keys() <= known.keys():
+            return cls(**obj)
+        return cls(**{k: v for k, v in obj.items() if k in known})  # written by a newer version
 
 
 def manifest_key(target_id: str, snapshot_id: str) -> str:

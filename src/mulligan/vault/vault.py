@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Iterator
 
 from ..errors import IntegrityError, NotFound, StorageError, UsageError
 from ..storage import ObjectMissing, Storage, open_storage
+from . import catalog
 from . import format as fmt
 from . import tree
 from .blocks import BLOCK_PAGES, BlockDigests
@@ -55,6 +56,10 @@ class Vault:
         self.codec = PlainCodec(level=int(config.get("zstd_level", 1)))
         self._index: ChunkIndex | None = None
         self._loaded_index_keys: set[str] = set()
+        self._known: dict[str, Manifest] = {}  # manifest key -> manifest (they never change)
+        self._catalogs: dict[str, set[str]] = {}  # target id -> manifest keys its catalog holds
+        self.catalog_problems: dict[str, str] = {}  # target id -> why its catalog was ignored
+        self._unconfirmed: set[str] = set()  # keys of manifests known only from a catalog
 
     # ---- opening -------------------------------------------------------
     @classmethod
@@ -350,6 +355,7 @@ class Vault:
                 current = self.latest(target_id)
                 if current is None or (current.time, current.id) <= (m.time, m.id):
                     self.storage.put(f"refs/{target_id}/latest", m.id.encode(), overwrite=True)
+            self.manifest_stored(m)
             try:
                 self.compact_indexes()  # the restore point exists already: this only tidies
             except StorageError:
@@ -384,6 +390,8 @@ class Vault:
         resolved = getattr(m, "resolved_ids", None)  # a captured commit point (ops/capture_store.py)
         if resolved is not None:
             return list(resolved)
+        if m.key in self._unconfirmed:
+            self._confirm(m)
         flat = tree.expand(bytes.fromhex(m.root), m.depth, self.load_chunk,
                            lambda level: dict(self.iter_chunks(level)))
         ids = [flat[i : i + ID_LEN] for i in range(0, len(flat), ID_LEN)]
@@ -435,13 +443,89 @@ class Vault:
             raise IntegrityError(f"chunk {cid.hex()} has {length} bytes, not a {m.page_size}-byte page")
 
     # ---- manifests -----------------------------------------------------------
-    def manifests(self, target_id: str | None = None) -> list[Manifest]:
+    def manifests(self, target_id: str | None = None, *, direct: bool = False) -> list[Manifest]:
+        """Restore points of one target (or all), oldest first. Which exist is decided by
+        listing ``snapshots/``; their contents come from the target's catalog when it holds
+        them (vault/catalog.py), else from the manifests themselves (always, when ``direct``:
+        prune decides what data is still referenced from the manifests alone)."""
         prefix = f"snapshots/{target_id}/" if target_id else "snapshots/"
+        keys = [key for key, _ in self.storage.list(prefix)]
+        if direct:
+            return sorted((_decode_manifest(k, self.storage.get(k)) for k in keys), key=lambda m: (m.time, m.id))
+        return self._read_manifests(keys)
+
+    def _read_manifests(self, keys: list[str]) -> list[Manifest]:
         out = []
-        for key, _ in self.storage.list(prefix):
-            out.append(_decode_manifest(key, self.storage.get(key)))
+        for key in keys:
+            m = self._known.get(key)
+            if m is None:
+                tid = key.split("/", 2)[1]
+                if tid not in self._catalogs:
+                    self._load_catalog(tid)
+                    m = self._known.get(key)
+                if m is None:
+                    m = self._known[key] = _decode_manifest(key, self.storage.get(key))
+            out.append(m)
         out.sort(key=lambda m: (m.time, m.id))
         return out
+
+    def _load_catalog(self, target_id: str) -> None:
+        self._catalogs[target_id] = set()
+        key = catalog.catalog_key(target_id)
+        try:
+            entries = catalog.decode(self.storage.get(key), target_id, key)
+        except ObjectMissing:
+            return
+        except IntegrityError as exc:
+            self.catalog_problems[target_id] = exc.message  # ignored: the manifests are read instead
+            return
+        self._catalogs[target_id] = set(entries)
+        for k, m in entries.items():
+            if k not in self._known:
+                self._known[k] = m
+                self._unconfirmed.add(k)
+
+    def refresh_catalog(self, target_id: str, *, always: bool = False) -> bool:
+        """Rewrite the target's catalog from a fresh listing when it lacks (or holds gone)
+        at least ``catalog.SLACK`` manifests, or whenever it differs when ``always``.
+        Returns whether it was written. Only writers call this; readers never write."""
+        keys = [key for key, _ in self.storage.list(f"snapshots/{target_id}/")]
+        ms = self._read_manifests(keys)  # loads the catalog first
+        held, listed = self._catalogs.get(target_id, set()), set(keys)
+        if held == listed and target_id not in self.catalog_problems:
+            return False
+        if not always and len(listed - held) < catalog.SLACK and len(held - listed) < catalog.SLACK \
+                and target_id not in self.catalog_problems:
+            return False
+        key = catalog.catalog_key(target_id)
+        if ms:
+            self.storage.put(key, catalog.encode(target_id, ms), overwrite=True)
+        else:
+            self.storage.delete(key)
+        self._catalogs[target_id] = listed
+        self.catalog_problems.pop(target_id, None)
+        return True
+
+    def _confirm(self, m: Manifest) -> None:
+        """Before a restore point's pages are read through a catalog's copy of its manifest,
+        the manifest itself is read once and must say the same (one read, not one per point)."""
+        real = self.manifest(m.target_id, m.id)
+        if real.to_json() != m.to_json():
+            raise IntegrityError(
+                f"the catalog's copy of restore point {m.id} differs from its manifest",
+                unchanged="nothing was written",
+                hint=f"delete the object {catalog.catalog_key(m.target_id)} from the vault (a copy of the "
+                     "manifests, rebuilt by the next prune) and run the command again; then run 'mulligan verify'",
+            )
+        self._unconfirmed.discard(m.key)
+
+    def manifest_stored(self, m: Manifest) -> None:
+        """After a writer stored ``m``: now and then bring the target's catalog up to date."""
+        if catalog.due(m.id):
+            try:
+                self.refresh_catalog(m.target_id)
+            except (StorageError, IntegrityError):
+                pass  # the restore point exists already: this only tidies
 
     def manifest(self, target_id: str, snapshot_id: str) -> Manifest:
         key = manifest_key(target_id, snapshot_id)
@@ -478,6 +562,7 @@ class Vault:
 
     def delete_manifest(self, m: Manifest) -> None:
         self.storage.delete(m.key)
+        self._known.pop(m.key, None)
         try:
             if self.storage.get(f"refs/{m.target_id}/latest").decode() == m.id:
                 self.storage.delete(f"refs/{m.target_id}/latest")
