@@ -66,6 +66,48 @@ def test_the_chunk_id_tree_expands_to_exactly_the_ids_it_was_built_from(ids):
     assert tree.expand(root, depth, nodes.__getitem__) == b"".join(ids)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 2**11), min_size=1, max_size=3000),
+       st.lists(st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 2**11)), max_size=40), min_size=1, max_size=6),
+       st.integers(1, 50))
+def test_reachable_over_many_trees_is_the_union_of_each_trees_nodes_and_leaves(first, edits, batch):
+    """Trees of successive states (a few pages changed, some added or cut) share subtrees;
+    prune's walk over all of them at once must find exactly what walking each one finds."""
+    import blake3
+
+    nodes = {}
+
+    def store(node):  # content-addressed, as in the vault: equal nodes are one node
+        key = blake3.blake3(node).digest(16)
+        nodes[key] = node
+        return key
+
+    def pid(n):
+        return n.to_bytes(16, "big")
+
+    states = [[pid(n) for n in first]]
+    for changes in edits:
+        s = list(states[-1])
+        for at, value in changes:
+            if at < len(s):
+                s[at] = pid(value)
+            else:
+                s.append(pid(value))
+        states.append(s[: max(1, len(s) - len(changes) % 3)])
+    trees = [tree.build(b"".join(s), store) for s in states]
+    expected = set()
+    for (root, depth), s in zip(trees, states):
+        expected |= set(tree.node_ids(root, depth, nodes.__getitem__)) | set(s)
+    reads = []
+
+    def load_many(ids):
+        reads.extend(ids)
+        return [(i, nodes[i]) for i in ids]
+
+    assert tree.reachable(trees, load_many, batch=batch) == expected
+    assert len(reads) == len(set(reads)), "each node read once"
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.binary(min_size=16, max_size=16), st.integers(0, 2), st.integers(0, 2**40),
                           st.integers(0, 2**31), st.integers(0, 2**31), st.integers(0, 2**31)), max_size=50))

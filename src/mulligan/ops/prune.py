@@ -100,9 +100,8 @@ def choose(manifests: list[Manifest], *, keep_within=None, keep_last=None, keep_
 def referenced_chunks(ws: Workspace) -> set[bytes]:
     vault = ws.vault
     refs: set[bytes] = set()
-    for m in vault.manifests(direct=True):
-        refs.update(tree.node_ids(bytes.fromhex(m.root), m.depth, vault.load_chunk))
-        refs.update(vault.page_ids(m))
+    trees = {(bytes.fromhex(m.root), m.depth) for m in vault.manifests(direct=True)}
+    refs.update(tree.reachable(trees, vault.iter_chunks))  # shared subtrees read once
     for extra in EXTRA_REFERENCES:
         refs |= extra(ws)
     return refs

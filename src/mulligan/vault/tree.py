@@ -8,7 +8,7 @@ follows what changed, not the size of the database.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from .codec import ID_LEN
 
@@ -53,4 +53,29 @@ def node_ids(root: bytes, depth: int, load: Callable[[bytes], bytes]) -> list[by
             break
         level_bytes = b"".join(load(n) for n in level)
         level = [level_bytes[i : i + ID_LEN] for i in range(0, len(level_bytes), ID_LEN)]
+    return out
+
+
+def reachable(trees: Iterable[tuple[bytes, int]],
+              load_many: Callable[[list[bytes]], Iterator[tuple[bytes, bytes]]],
+              batch: int = 1 << 14) -> set[bytes]:
+    """Every chunk id of the given (root, depth) trees: nodes and leaves.
+
+    Trees of one database share most of their nodes (a snapshot rewrites only the nodes over
+    the pages that changed), so the walk goes level by level over all trees at once and reads
+    each distinct node once: the work follows the distinct nodes, not trees times pages. A node
+    is identified with the depth below it, so the same bytes read at two depths are both
+    followed. ``load_many`` yields (id, content) for the ids asked, ``batch`` at a time."""
+    out: set[bytes] = set()
+    todo: dict[int, set[bytes]] = {}
+    for root, depth in trees:
+        todo.setdefault(depth, set()).add(root)
+    for d in range(max(todo, default=0), 0, -1):
+        level = todo.pop(d, set())
+        out |= level
+        below = todo.setdefault(d - 1, set()) if d > 1 else out
+        ids = sorted(level)
+        for i in range(0, len(ids), batch):
+            for _cid, data in load_many(ids[i : i + batch]):
+                below.update(data[j : j + ID_LEN] for j in range(0, len(data), ID_LEN))
     return out

@@ -59,7 +59,6 @@ class Vault:
         self._known: dict[str, Manifest] = {}  # manifest key -> manifest (they never change)
         self._catalogs: dict[str, set[str]] = {}  # target id -> manifest keys its catalog holds
         self.catalog_problems: dict[str, str] = {}  # target id -> why its catalog was ignored
-        self._unconfirmed: set[str] = set()  # keys of manifests known only from a catalog
 
     # ---- opening -------------------------------------------------------
     @classmethod
@@ -390,7 +389,7 @@ class Vault:
         resolved = getattr(m, "resolved_ids", None)  # a captured commit point (ops/capture_store.py)
         if resolved is not None:
             return list(resolved)
-        if m.key in self._unconfirmed:
+        if getattr(m, "from_catalog", False):
             self._confirm(m)
         flat = tree.expand(bytes.fromhex(m.root), m.depth, self.load_chunk,
                            lambda level: dict(self.iter_chunks(level)))
@@ -482,8 +481,8 @@ class Vault:
         self._catalogs[target_id] = set(entries)
         for k, m in entries.items():
             if k not in self._known:
+                m.from_catalog = True  # a copy: confirmed against its manifest before pages are read
                 self._known[k] = m
-                self._unconfirmed.add(k)
 
     def refresh_catalog(self, target_id: str, *, always: bool = False) -> bool:
         """Rewrite the target's catalog from a fresh listing when it lacks (or holds gone)
@@ -510,14 +509,14 @@ class Vault:
         """Before a restore point's pages are read through a catalog's copy of its manifest,
         the manifest itself is read once and must say the same (one read, not one per point)."""
         real = self.manifest(m.target_id, m.id)
-        if real.to_json() != m.to_json():
+        if real != m:  # every field
             raise IntegrityError(
                 f"the catalog's copy of restore point {m.id} differs from its manifest",
                 unchanged="nothing was written",
                 hint=f"delete the object {catalog.catalog_key(m.target_id)} from the vault (a copy of the "
                      "manifests, rebuilt by the next prune) and run the command again; then run 'mulligan verify'",
             )
-        self._unconfirmed.discard(m.key)
+        m.from_catalog = False
 
     def manifest_stored(self, m: Manifest) -> None:
         """After a writer stored ``m``: now and then bring the target's catalog up to date."""
