@@ -104,8 +104,10 @@ def test_reachable_over_many_trees_is_the_union_of_each_trees_nodes_and_leaves(f
         reads.extend(ids)
         return [(i, nodes[i]) for i in ids]
 
-    assert tree.reachable(trees, load_many, batch=batch) == expected
+    counts = {}
+    assert tree.reachable(trees, load_many, batch=batch, counts=counts) == expected
     assert len(reads) == len(set(reads)), "each node read once"
+    assert all(counts[t] == len(s) for t, s in zip(trees, states)), "each tree's number of leaves"
 
 
 @settings(max_examples=40, deadline=None)
@@ -376,6 +378,50 @@ def test_verify_reports_a_manifest_that_is_json_but_not_an_object(project):
     st.put(key, b"[1, 2]", overwrite=True)
     res = verify(project.ws)
     assert any(p["object"] == key for p in res.problems)
+
+
+@pytest.mark.parametrize("damage", ["page count", "unknown root", "root not hex", "missing leaf"])
+def test_verify_names_exactly_the_restore_point_whose_tree_is_damaged(project, damage):
+    """Trees are walked together (shared nodes read once); a damaged one is still named alone."""
+    from conftest import make_db
+
+    from mulligan.ops.verify import verify
+    from mulligan.vault.manifest import Manifest
+
+    db = make_db(project.dir / "app.db")
+    project.protect(db)
+    for rows in (0, 50, 50):
+        make_db(db, rows=rows)
+        project.call("snapshot", "app")
+    v = project.ws.vault
+    a, b, c = v.manifests(project.ws.target("app").id, direct=True)
+    assert verify(project.ws).ok
+    bad = Manifest.decode(b.encode())
+    if damage == "page count":
+        bad.page_count += 1
+    elif damage == "unknown root":
+        bad.root = os.urandom(16).hex()
+    elif damage == "root not hex":
+        bad.root = "zz" * 16
+    else:  # a leaf id no pack holds: a tree over the real pages and one more
+        ids = v.page_ids(b) + [os.urandom(16)]
+        bad.root, bad.depth = (x.hex() if isinstance(x, bytes) else x for x in
+                               tree.build(b"".join(ids), lambda node: _store_node(v, node)))
+        bad.page_count = len(ids)
+    v.storage.put(b.key, bad.encode(), overwrite=True)
+    res = verify(project.ws)
+    assert [p["object"] for p in res.problems] == [b.key], res.problems
+
+
+def _store_node(v, node):
+    from mulligan.vault.packs import T_TREE, PackWriter
+
+    cid = v.codec.chunk_id(node)
+    w = PackWriter(v.storage, codec=v.codec)
+    w.add_raw(cid, T_TREE, node)
+    w.flush()
+    v._absorb(w)
+    return cid
 
 
 @pytest.mark.parametrize("failing", ["packs/", "index/", "snapshots/"])

@@ -120,16 +120,9 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
     for m in _manifests(ws, target_id, res):
         seen[m.key] = m
         res.manifests += 1
-        try:
-            nodes = tree.node_ids(bytes.fromhex(m.root), m.depth, vault.load_chunk)
-            leaves = vault.page_ids(m)
-        except MulliganError as exc:
-            res.problem(m.key, f"restore point {m.id} cannot be read: {exc.message}")
-            continue
-        missing = [c for c in set(nodes) | set(leaves) if c not in good]
-        if missing:
-            res.problem(m.key, f"restore point {m.id} needs {len(missing)} chunks that are missing or damaged "
-                               f"(first: {missing[0].hex()})")
+    if not _all_trees_whole(vault, seen.values(), good):
+        for m in seen.values():  # one at a time, to name each restore point that is damaged
+            _check_tree(vault, m, good, res)
     _catalogs(ws, target_id, seen, res)
     for check in EXTRA_CHECKS:
         check(ws, res, target_id)
@@ -138,6 +131,35 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
         if not res.restore_test.get("ok"):
             res.problem("restore-test", res.restore_test.get("error", "failed"))
     return res
+
+
+def _all_trees_whole(vault, manifests, good: set[bytes]) -> bool:
+    """All trees walked at once, each shared node read once (tree.reachable): true when every
+    chunk they need is among the sound ones and each lists as many pages as its manifest
+    says. Anything else is looked at restore point by restore point."""
+    ms = list(manifests)
+    counts: dict = {}
+    try:
+        reach = tree.reachable({(bytes.fromhex(m.root), m.depth) for m in ms}, vault.iter_chunks, counts=counts)
+    except (MulliganError, ValueError, KeyError):  # ValueError: a root that is not hex
+        return False
+    return reach <= good and all(counts[(bytes.fromhex(m.root), m.depth)] == m.page_count for m in ms)
+
+
+def _check_tree(vault, m, good: set[bytes], res: VerifyResult) -> None:
+    try:
+        nodes = tree.node_ids(bytes.fromhex(m.root), m.depth, vault.load_chunk)
+        leaves = vault.page_ids(m)
+    except MulliganError as exc:
+        res.problem(m.key, f"restore point {m.id} cannot be read: {exc.message}")
+        return
+    except ValueError:
+        res.problem(m.key, f"restore point {m.id} names a tree root that is not an id: the manifest is damaged")
+        return
+    missing = [c for c in set(nodes) | set(leaves) if c not in good]
+    if missing:
+        res.problem(m.key, f"restore point {m.id} needs {len(missing)} chunks that are missing or damaged "
+                           f"(first: {missing[0].hex()})")
 
 
 def _manifests(ws: Workspace, target_id, res: VerifyResult):

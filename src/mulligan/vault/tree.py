@@ -58,16 +58,21 @@ def node_ids(root: bytes, depth: int, load: Callable[[bytes], bytes]) -> list[by
 
 def reachable(trees: Iterable[tuple[bytes, int]],
               load_many: Callable[[list[bytes]], Iterator[tuple[bytes, bytes]]],
-              batch: int = 1 << 14) -> set[bytes]:
+              batch: int = 1 << 14, counts: dict | None = None) -> set[bytes]:
     """Every chunk id of the given (root, depth) trees: nodes and leaves.
 
     Trees of one database share most of their nodes (a snapshot rewrites only the nodes over
     the pages that changed), so the walk goes level by level over all trees at once and reads
     each distinct node once: the work follows the distinct nodes, not trees times pages. A node
     is identified with the depth below it, so the same bytes read at two depths are both
-    followed. ``load_many`` yields (id, content) for the ids asked, ``batch`` at a time."""
+    followed. ``load_many`` yields (id, content) for the ids asked, ``batch`` at a time.
+    ``counts``, when given, receives each tree's number of leaves, keyed by (root, depth)
+    (inner nodes are kept for that; nodes over leaves, 64 times as many, only as a count)."""
+    trees = set(trees)
     out: set[bytes] = set()
     todo: dict[int, set[bytes]] = {}
+    inner: dict[tuple[bytes, int], bytes] = {}
+    over_leaves: dict[bytes, int] = {}
     for root, depth in trees:
         todo.setdefault(depth, set()).add(root)
     for d in range(max(todo, default=0), 0, -1):
@@ -76,6 +81,25 @@ def reachable(trees: Iterable[tuple[bytes, int]],
         below = todo.setdefault(d - 1, set()) if d > 1 else out
         ids = sorted(level)
         for i in range(0, len(ids), batch):
-            for _cid, data in load_many(ids[i : i + batch]):
+            for cid, data in load_many(ids[i : i + batch]):
                 below.update(data[j : j + ID_LEN] for j in range(0, len(data), ID_LEN))
+                if counts is not None:
+                    if d > 1:
+                        inner[(cid, d)] = bytes(data)
+                    else:
+                        over_leaves[cid] = len(data) // ID_LEN
+    if counts is not None:
+        memo: dict[tuple[bytes, int], int] = {}
+
+        def count(node: bytes, d: int) -> int:
+            if d == 1:
+                return over_leaves[node]
+            n = memo.get((node, d))
+            if n is None:
+                data = inner[(node, d)]
+                n = memo[(node, d)] = sum(count(data[j : j + ID_LEN], d - 1) for j in range(0, len(data), ID_LEN))
+            return n
+
+        for root, depth in trees:
+            counts[(root, depth)] = count(root, depth)
     return out
