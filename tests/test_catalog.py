@@ -98,7 +98,15 @@ def test_a_catalog_lacking_fewer_than_slack_manifests_is_not_rewritten_but_one_l
     assert len(catalog.decode(v.storage.get(catalog_key(T)), T, "c")) == len(listed(v))
 
 
-@pytest.mark.parametrize("damage", ["flip", "not zstd", "other target"])
+def _huge_header(good: bytes) -> bytes:
+    """The same frame, its header claiming 2**40 bytes: descriptor 0xE4 (an 8-byte content size,
+    a single segment, a checksum), then that size, then the original blocks."""
+    import zstandard
+
+    return good[:4] + bytes([0xE4]) + (1 << 40).to_bytes(8, "little") + good[zstandard.frame_header_size(good):]
+
+
+@pytest.mark.parametrize("damage", ["flip", "not zstd", "other target", "huge header"])
 def test_a_damaged_catalog_is_ignored_reported_by_verify_and_rewritten(damage, project):
     from conftest import make_db
 
@@ -114,7 +122,7 @@ def test_a_damaged_catalog_is_ignored_reported_by_verify_and_rewritten(damage, p
     key = catalog_key(tid)
     good = v.storage.get(key)
     bad = {"flip": good[:-9] + bytes([good[-9] ^ 0x40]) + good[-8:], "not zstd": b"{}",
-           "other target": catalog.encode("t-other", [])}[damage]
+           "other target": catalog.encode("t-other", []), "huge header": _huge_header(good)}[damage]
     v.storage.put(key, bad, overwrite=True)
     r = fresh(v)
     assert [m.id for m in r.manifests(tid)] == [m.id for m in v.manifests(tid, direct=True)]

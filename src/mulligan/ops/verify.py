@@ -141,7 +141,7 @@ def _all_trees_whole(vault, manifests, good: set[bytes]) -> bool:
     counts: dict = {}
     try:
         reach = tree.reachable({(bytes.fromhex(m.root), m.depth) for m in ms}, vault.iter_chunks, counts=counts)
-    except (MulliganError, ValueError, KeyError):  # ValueError: a root that is not hex
+    except (MulliganError, ValueError, TypeError, KeyError):  # a root that is not hex, a depth not a number
         return False
     return reach <= good and all(counts[(bytes.fromhex(m.root), m.depth)] == m.page_count for m in ms)
 
@@ -153,8 +153,8 @@ def _check_tree(vault, m, good: set[bytes], res: VerifyResult) -> None:
     except MulliganError as exc:
         res.problem(m.key, f"restore point {m.id} cannot be read: {exc.message}")
         return
-    except ValueError:
-        res.problem(m.key, f"restore point {m.id} names a tree root that is not an id: the manifest is damaged")
+    except (ValueError, TypeError):
+        res.problem(m.key, f"restore point {m.id} names a tree root or depth that cannot be: the manifest is damaged")
         return
     missing = [c for c in set(nodes) | set(leaves) if c not in good]
     if missing:

@@ -48,6 +48,9 @@ def encode(target_id: str, manifests: list[Manifest]) -> bytes:
 def decode(data: bytes, target_id: str, key: str) -> dict[str, Manifest]:
     """Manifest key -> manifest. Raises IntegrityError for a damaged catalog."""
     try:
+        size = zstandard.frame_content_size(data)
+        if size < 0 or size > len(data) * 1024 + (1 << 20):
+            raise ValueError(f"a frame header declaring {size} bytes")  # never allocate what damage claims
         body = json.loads(zstandard.ZstdDecompressor().decompress(data))
         if body.get("format") != FORMAT or body.get("target_id") != target_id:
             raise ValueError("not this target's catalog")
