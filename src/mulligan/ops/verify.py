@@ -179,7 +179,9 @@ def _catalogs(ws: Workspace, target_id, manifests: dict, res: VerifyResult) -> N
     from ..vault import catalog
 
     st = ws.vault.storage
-    for key, _ in st.list(catalog.catalog_key(target_id) if target_id else catalog.PREFIX):
+    for key, _ in st.list(catalog.PREFIX):
+        if target_id and key != catalog.catalog_key(target_id):
+            continue
         try:
             entries = catalog.decode(st.get(key), key[len(catalog.PREFIX):], key)
         except ObjectMissing:
