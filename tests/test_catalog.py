@@ -174,3 +174,41 @@ def test_prune_leaves_a_catalog_of_exactly_the_points_it_kept(project):
     held = catalog.decode(v.storage.get(catalog_key(tid)), tid, "c")
     assert sorted(m.id for m in held.values()) == sorted(m.id for m in v.manifests(tid, direct=True))
     assert len(held) == 2
+
+
+_WRITER = """
+import os, sys
+from mulligan.vault import Vault
+v = Vault.open(sys.argv[1])
+w = int(sys.argv[2])
+for i in range(int(sys.argv[3])):
+    due = i % 5 == 4  # every fifth write of each process checks the catalog
+    sid = f"{0 if due else 1:04x}{w:04x}{i:08x}"
+    v.save_pages(target_id="t-1", target_name="t", page_size=512, batches=[[os.urandom(512) for _ in range(2)]],
+                 time=f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}.{w:03d}Z", snapshot_id=sid)
+"""
+
+
+def test_writers_in_several_processes_rewriting_the_catalog_at_once_never_hide_or_invent_a_point(tmp_path):
+    """Three processes store restore points, each rewriting the catalog on its turns while the
+    others write; then a third of them are deleted (as prune deletes them). Every reader sees
+    exactly the listed manifests, and every copy the catalog holds is its manifest."""
+    import subprocess
+    import sys
+
+    url = str(tmp_path / "vault")
+    Vault.create(url)
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    procs = [subprocess.Popen([sys.executable, str(script), url, str(w), "60"]) for w in range(3)]
+    assert [p.wait(120) for p in procs] == [0, 0, 0]
+    v = Vault.open(url)
+    direct = [m.id for m in v.manifests(T, direct=True)]
+    assert len(direct) == 180
+    assert [m.id for m in Vault.open(url).manifests(T)] == direct
+    held = catalog.decode(v.storage.get(catalog_key(T)), T, "c")
+    assert all(m == v.manifest(T, m.id) for m in held.values())
+    gone = v.manifests(T)[::3]
+    for m in gone:
+        v.delete_manifest(m)
+    assert [m.id for m in Vault.open(url).manifests(T)] == [i for i in direct if i not in {m.id for m in gone}]
