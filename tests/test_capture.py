@@ -257,3 +257,36 @@ def test_stop_stores_the_commits_already_seen_even_when_the_last_poll_fails(proj
     app.close()
     base = cs.capture_bases(ws.vault, target.id)[-1]
     assert cs.last_commit(ws.vault, base) is not None
+
+
+def test_watchs_index_objects_stay_few_over_a_long_history(monkeypatch):
+    """Each flush stores a pack and its index object; watch merges them every MERGE_EVERY
+    flushes, and the merged objects again past INDEX_OBJECTS_MAX, so a restore does not list
+    and load thousands of them a week later. No chunk is lost on the way; a pack is named twice
+    only by the last merge's small objects, kept one merge longer for readers that listed them."""
+    import os
+
+    from mulligan.ops import capture_store as cs
+    from mulligan.vault import Vault
+    from mulligan.vault import vault as vault_mod
+    from mulligan.vault.packs import decode_index
+
+    monkeypatch.setattr(cs.SegmentWriter, "MERGE_EVERY", 2)
+    monkeypatch.setattr(vault_mod, "INDEX_OBJECTS_MAX", 8)
+    v = Vault.create(f"memory://{os.urandom(6).hex()}")
+    v.index()
+    seg = cs.SegmentWriter(v, "t-1", "base", 512)
+    stored = {}
+    for i in range(120):
+        pages = {1 + j: os.urandom(512) for j in range(3)}
+        _, ids = seg.add(1000.0 + i, i, 3, pages, "app")
+        stored.update({cid: pages[p] for p, cid in ids.items()})
+        seg.flush()
+    keys = [k for k, _ in v.storage.list("index/")]
+    assert len(keys) <= 8 + 2 * cs.SegmentWriter.MERGE_EVERY + 1, len(keys)  # 120 flushes: 120 without merging
+    packs = [p for k in keys for p in decode_index(v.storage.get(k), k)]
+    assert set(packs) == {bytes.fromhex(k.rsplit("/", 1)[-1]) for k, _ in v.storage.list("packs/")}
+    small = [p for k in seg.merged_keys if v.storage.stat(k) is not None for p in decode_index(v.storage.get(k), k)]
+    assert len(packs) == len(set(packs)) + len(small)
+    reader = Vault(v.storage, v.config)
+    assert all(reader.load_chunk(cid) == data for cid, data in stored.items())
