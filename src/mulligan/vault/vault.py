@@ -489,13 +489,15 @@ class Vault:
         at least ``catalog.SLACK`` manifests, or whenever it differs when ``always``.
         Returns whether it was written. Only writers call this; readers never write."""
         keys = [key for key, _ in self.storage.list(f"snapshots/{target_id}/")]
-        ms = self._read_manifests(keys)  # loads the catalog first
-        held, listed = self._catalogs.get(target_id, set()), set(keys)
+        if target_id not in self._catalogs:
+            self._load_catalog(target_id)
+        held, listed = self._catalogs[target_id], set(keys)
         if held == listed and target_id not in self.catalog_problems:
             return False
         if not always and len(listed - held) < catalog.SLACK and len(held - listed) < catalog.SLACK \
                 and target_id not in self.catalog_problems:
             return False
+        ms = self._read_manifests(keys)  # only now: the ones the catalog lacks are read one by one
         key = catalog.catalog_key(target_id)
         if ms:
             self.storage.put(key, catalog.encode(target_id, ms), overwrite=True)
