@@ -191,7 +191,7 @@ def _catalogs(ws: Workspace, target_id, manifests: dict, res: VerifyResult) -> N
             continue
         for mkey, m in entries.items():
             real = manifests.get(mkey)
-            if real is not None and real.to_json() != m.to_json():
+            if real is not None and real != m:  # every field, as Vault._confirm compares them
                 res.problem(key, f"its copy of restore point {m.id} differs from the manifest {mkey}; "
                                  "the next prune of the target writes a new catalog")
 
