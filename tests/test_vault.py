@@ -11,7 +11,7 @@ from mulligan.errors import IntegrityError, UnsupportedFormat
 from mulligan.storage.memory import MemoryStorage
 from mulligan.vault import Vault, tree
 from mulligan.vault.catalog import catalog_key
-from mulligan.vault.packs import ChunkIndex, Entry, decode_index, decode_pack_trailer, encode_index
+from mulligan.vault.packs import ChunkIndex, Entry, decode_index, decode_pack_trailer, encode_index, pack_key
 
 PS = 512
 
@@ -233,6 +233,35 @@ def test_blocks_decompressed_together_name_a_damaged_one(damage):
     else:  # zstd frames carry no checksum here: a body hit can decompress to other bytes, which the
         assert bytes(out[3]) != raws[3]  # page hash then catches (test_a_flipped_byte_in_a_pack_is_caught_on_read)
         assert [bytes(b) for i, b in enumerate(out) if i != 3] == raws[:3] + raws[4:]
+
+
+def test_small_packs_read_together_give_every_page_and_name_a_damaged_pack(tmp_path):
+    """A restore hands the reading thread several small packs at once (a captured history's
+    flushes): every page still comes back right, and a damaged block names its own pack."""
+    v = Vault.create(str(tmp_path / "v"))
+    pages = [os.urandom(PS) for _ in range(40)]
+    ms = [save(v, pages)]
+    for k in range(12):  # each snapshot stores its changed pages in a pack of its own
+        pages = list(pages)
+        for i in range(k, 40, 7):
+            pages[i] = os.urandom(PS)
+        ms.append(save(v, pages))
+    fresh = Vault.open(str(tmp_path / "v"))
+    assert read_back(fresh, ms[-1]) == pages
+    packs = sorted(k for k, _ in v.storage.list("packs/"))
+    assert len(packs) >= 13
+    ids = set(fresh.page_ids(ms[-1]))
+    idx = fresh.index()
+    used = sorted({pack_key(idx[c].pack) for c in ids})
+    assert len(used) >= 3, "the last state's pages live in several packs"
+    victim = used[len(used) // 2]
+    entry = next(idx[c] for c in ids if pack_key(idx[c].pack) == victim)
+    body = bytearray(v.storage.get(victim))
+    body[entry.offset : entry.offset + 8] = b"garbage!"
+    v.storage.put(victim, bytes(body), overwrite=True)
+    with pytest.raises(IntegrityError) as err:
+        read_back(Vault.open(str(tmp_path / "v")), ms[-1])
+    assert victim in str(err.value)
 
 
 def test_pages_compressed_together_in_blocks_are_each_readable_alone(tmp_path):

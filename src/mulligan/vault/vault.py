@@ -225,31 +225,60 @@ class Vault:
                         have[off][1].extend(chunks)
                     else:
                         have[off] = (slen, chunks)
-        parts = []
+        # Work for the reading thread in parts of up to 256 blocks: a large pack is cut, small
+        # packs (a captured history's flushes hold a few blocks each) are read together, so the
+        # thread is handed one call per part, not one per pack.
+        parts: list[list[tuple[bytes, dict, list[int]]]] = []
+        part: list[tuple[bytes, dict, list[int]]] = []
+        size = 0
         for pack_id, blocks in by_pack.items():
             offsets = sorted(blocks)
             for start in range(0, len(offsets), 256):
-                parts.append((pack_id, blocks, offsets[start : start + 256]))
+                group = offsets[start : start + 256]
+                if size + len(group) > 256 and part:
+                    parts.append(part)
+                    part, size = [], 0
+                part.append((pack_id, blocks, group))
+                size += len(group)
+        if part:
+            parts.append(part)
         pool = worker("read")
-        pending = pool.submit(self._read_part, *parts[0]) if parts else None
-        for i, (pack_id, blocks, part) in enumerate(parts):
+        pending = pool.submit(self._read_part, parts[0]) if parts else None
+        for i, part in enumerate(parts):
             decoded = pending.result()
-            pending = pool.submit(self._read_part, *parts[i + 1]) if i + 1 < len(parts) else None
-            yield [(block, blocks[o][1]) for o, block in zip(part, decoded)]
+            pending = pool.submit(self._read_part, parts[i + 1]) if i + 1 < len(parts) else None
+            out = []
+            it = iter(decoded)
+            for _pack_id, blocks, group in part:
+                out.extend((next(it), blocks[o][1]) for o in group)
+            yield out
 
-    def _read_part(self, pack_id: bytes, blocks: dict, part: list[int]) -> list:
-        key = pack_key(pack_id)
-        lo = part[0]
-        hi = max(o + blocks[o][0] for o in part)
+    def _read_part(self, part: list[tuple[bytes, dict, list[int]]]) -> list:
+        """Read the given blocks of each pack (one ranged read a pack) and decompress them all
+        in one call."""
+        raws: list = []
+        spans = []
+        for pack_id, blocks, offsets in part:
+            key = pack_key(pack_id)
+            lo = offsets[0]
+            hi = max(o + blocks[o][0] for o in offsets)
+            try:
+                body = self.storage.get_range(key, lo, hi - lo)
+            except ObjectMissing:
+                raise IntegrityError(f"pack {key} is missing from the vault", hint="run 'mulligan verify'") from None
+            if len(body) < hi - lo:
+                raise IntegrityError(f"pack {key} is truncated", hint="run 'mulligan verify'")
+            view = memoryview(body)
+            spans.append((key, len(raws), len(offsets)))
+            raws.extend(view[o - lo : o - lo + blocks[o][0]] for o in offsets)
+        if len(spans) == 1:
+            return self.codec.decompress_many(raws, f"in {spans[0][0]}")
         try:
-            body = self.storage.get_range(key, lo, hi - lo)
-        except ObjectMissing:
-            raise IntegrityError(f"pack {key} is missing from the vault", hint="run 'mulligan verify'") from None
-        if len(body) < hi - lo:
-            raise IntegrityError(f"pack {key} is truncated", hint="run 'mulligan verify'")
-        view = memoryview(body)
-        raws = [view[o - lo : o - lo + blocks[o][0]] for o in part]
-        return self.codec.decompress_many(raws, f"in {key}")
+            return self.codec.decompress_many(raws)
+        except IntegrityError:
+            for key, first, n in spans:  # name the pack holding the damaged block
+                self.codec.decompress_many(raws[first : first + n], f"in {key}")
+            raise
 
     # ---- writing states --------------------------------------------------
     def save_pages(
