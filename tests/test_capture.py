@@ -290,3 +290,38 @@ def test_watchs_index_objects_stay_few_over_a_long_history(monkeypatch):
     assert len(packs) == len(set(packs)) + len(small)
     reader = Vault(v.storage, v.config)
     assert all(reader.load_chunk(cid) == data for cid, data in stored.items())
+
+
+@pytest.mark.parametrize("failing", ["packs/", "index/", "capture/"])
+def test_a_flush_whose_write_fails_stores_everything_at_the_next_one(failing):
+    """A flush stores its pack and index object from a worker thread, then the segment; when a
+    write fails (a full disk, an unreachable store) the flush raises, nothing is taken for
+    stored, and the next flush stores every commit and page, readable by a fresh reader."""
+    import os
+
+    from mulligan.errors import StorageError
+    from mulligan.ops import capture_store as cs
+    from mulligan.storage.faulty import FaultyStorage
+    from mulligan.storage.memory import MemoryStorage
+    from mulligan.vault import Vault
+
+    inner = Vault.create(f"memory://{os.urandom(6).hex()}")
+    broken = [True]
+    v = Vault(FaultyStorage(inner.storage, fail_put=lambda key: broken[0] and key.startswith(failing)), inner.config)
+    v.index()
+    seg = cs.SegmentWriter(v, "t-1", "base", 512)
+    stored = {}
+    for i in range(40):  # enough pages for several compressed blocks
+        pages = {1 + j: os.urandom(256) * 2 for j in range(4)}
+        _, ids = seg.add(1000.0 + i, i, 4, pages, "app")
+        stored.update({cid: pages[p] for p, cid in ids.items()})
+    with pytest.raises(StorageError):
+        seg.flush()
+    assert not [k for k, _ in inner.storage.list("capture/")]
+    broken[0] = False
+    key = seg.flush()
+    assert key is not None
+    reader = Vault(inner.storage, inner.config)
+    assert all(reader.load_chunk(cid) == data for cid, data in stored.items())
+    assert len(cs.load_segment(reader, key)["commits"]) == 40
+    assert isinstance(inner.storage, MemoryStorage)
