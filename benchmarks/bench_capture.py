@@ -263,11 +263,13 @@ def phase1(tool_cls, template: Path, rate: float, duration: float, kills: int = 
 
 
 def restore_rounds(tools: list, rounds: int) -> dict[str, list[float]]:
-    """Restore each tool's captured history ``rounds`` times, the tools taking turns, so a
-    change in the machine's speed during the run weighs on every tool alike."""
+    """Restore each tool's captured history ``rounds`` times, the tools taking turns (each
+    round starting with the next tool), so a change in the machine's speed during the run
+    weighs on every tool alike: on this virtual machine the first large file written after a
+    while takes up to twice as long (fresh memory for the page cache)."""
     times: dict[str, list[float]] = {t.name: [] for t in tools}
     for k in range(rounds):
-        for tool in tools:
+        for tool in tools[k % len(tools):] + tools[:k % len(tools)]:
             out = tool.work / f"round-{k}.db"
             times[tool.name].append(tool.restore(out))
             out.unlink()
