@@ -33,6 +33,10 @@ Progress = Callable[[int], None]
 # Each pack stored adds an index object, and every process that writes or restores lists and
 # reads them all: past this many, a writer merges the small ones into one.
 INDEX_OBJECTS_MAX = 64
+# Most a restore hands its reading thread in one call when it groups several packs (one pack
+# alone may give 256 blocks): decompressed blocks of a part live until its pages are written.
+PART_BLOCKS = 64
+PART_BYTES = 8 << 20
 INDEX_SMALL = 1 << 20
 
 
@@ -225,21 +229,25 @@ class Vault:
                         have[off][1].extend(chunks)
                     else:
                         have[off] = (slen, chunks)
-        # Work for the reading thread in parts of up to 256 blocks: a large pack is cut, small
-        # packs (a captured history's flushes hold a few blocks each) are read together, so the
-        # thread is handed one call per part, not one per pack.
+        # Work for the reading thread in parts: a large pack is cut every 256 blocks, small
+        # packs (a captured history's flushes hold a few blocks each) are read together up to
+        # PART_BLOCKS blocks and PART_BYTES read (from a pack's first wanted block to its last),
+        # so the thread is handed one call per part, not one per pack, and memory stays where
+        # one pack a call kept it.
         parts: list[list[tuple[bytes, dict, list[int]]]] = []
         part: list[tuple[bytes, dict, list[int]]] = []
-        size = 0
+        count = nbytes = 0
         for pack_id, blocks in by_pack.items():
             offsets = sorted(blocks)
             for start in range(0, len(offsets), 256):
                 group = offsets[start : start + 256]
-                if size + len(group) > 256 and part:
+                span = group[-1] + blocks[group[-1]][0] - group[0]
+                if part and (count + len(group) > PART_BLOCKS or nbytes + span > PART_BYTES):
                     parts.append(part)
-                    part, size = [], 0
+                    part, count, nbytes = [], 0, 0
                 part.append((pack_id, blocks, group))
-                size += len(group)
+                count += len(group)
+                nbytes += span
         if part:
             parts.append(part)
         pool = worker("read")
