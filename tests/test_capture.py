@@ -323,3 +323,32 @@ def test_a_flush_whose_write_fails_stores_everything_at_the_next_one(failing):
     reader = Vault(inner.storage, inner.config)
     assert all(reader.load_chunk(cid) == data for cid, data in stored.items())
     assert len(cs.load_segment(reader, key)["commits"]) == 40
+
+
+@pytest.mark.parametrize("mode", ["TRUNCATE", "RESTART", "FULL"])
+def test_an_application_checkpoint_on_an_idle_database_is_not_kept_waiting(app_env, mode):
+    """With nothing new in the WAL the watcher keeps its read where it is (no turn each poll);
+    an application's blocking checkpoint then backfills, which the watcher sees at its next
+    poll, and moves off: the checkpoint returns within a few polls, not its busy timeout, and
+    every commit before and after is captured."""
+    env, db = app_env
+    configure(env, capture={"idle_checkpoint": "60s"})  # the watcher's own checkpoint stays out of it
+    w = Watch(env, "app")
+    conn = apsw.Connection(db)
+    conn.set_busy_timeout(5000)
+    for i in range(20):
+        with conn:
+            conn.execute("INSERT INTO posts(user_id, body) VALUES (1, ?)", (f"before {i}",))
+    time.sleep(0.6)  # several polls with nothing new: the read stays on the last commit's frame
+    t0 = time.monotonic()
+    busy, _log, _done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()[0]
+    took = time.monotonic() - t0
+    with conn:
+        conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'after')")
+    last = conn.execute("SELECT max(id) FROM posts").fetchone()[0]
+    conn.close()
+    time.sleep(0.8)
+    assert w.term() == 0
+    assert busy == 0 and took < 1.0, f"the app's {mode} checkpoint waited {took:.2f} s (busy={busy})"
+    assert env.run("snapshots", "app", "--json").json["coverage"]["gaps"] == []
+    assert last in _restored_ids(env, "--latest")

@@ -110,6 +110,7 @@ class Tailer:
         self.overlay_frames: dict[int, int] = {}  # pgno -> WAL frame, of the last full_state()
         self._schema: tuple[int, list[str], set[str]] | None = None
         self.inodes: dict[str, tuple[int, int]] = {}
+        self._turned_at: tuple | None = None  # the WAL (salts, mxFrame, nBackfill) at the last turn
 
     # ---- lifecycle ------------------------------------------------------------
     def open(self) -> None:
@@ -186,6 +187,7 @@ class Tailer:
         self._begin(self._readers[nxt])
         self._end(self._readers[self._active])
         self._active = nxt
+        self._turned_at = None
 
     @property
     def reader(self) -> apsw.Connection:
@@ -273,7 +275,14 @@ class Tailer:
                 res.commits.append(Commit(f, size, pages, now, self.own.pop((h.salts, f), "app")))
             self.frame = fr.last_frame
         self.last = h
-        self._turn()
+        # Move the held read forward only when the WAL changed: with no new commit, no new
+        # backfill and no restart, the read already sees the newest state, and an application's
+        # checkpoint has nothing to wait for from us (it backfills first, which changes
+        # nBackfill, and we move at the next poll). An idle database then costs one pread.
+        mark = (h.salts, h.mx_frame, h.n_backfill)
+        if mark != self._turned_at:
+            self._turn()
+            self._turned_at = mark
         return res
 
     # ---- our own writes and checkpoints ---------------------------------------------
@@ -307,6 +316,7 @@ class Tailer:
             # Take a read again before the write lock goes: fully backfilled means read mark 0,
             # which lets the next writer restart the WAL but blocks any backfill past us.
             self._begin(self.reader)
+            self._turned_at = None
             self.last = self.header()
         return {"tail": tail, "busy": busy, "log": log, "checkpointed": done}
 
@@ -316,6 +326,7 @@ class Tailer:
         beside that path cannot be replayed into it)."""
         for c in self._readers:
             self._end(c)
+        self._turned_at = None  # no read is held now: the next poll must take one
         try:
             busy, _log, _done = self._ck.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0]
             return busy == 0
