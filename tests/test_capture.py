@@ -8,6 +8,8 @@ import urllib.request
 
 import apsw
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from test_watch_kit import App, Watch, configure, ids_in, make_app_db
 
@@ -352,3 +354,58 @@ def test_an_application_checkpoint_on_an_idle_database_is_not_kept_waiting(app_e
     assert busy == 0 and took < 1.0, f"the app's {mode} checkpoint waited {took:.2f} s (busy={busy})"
     assert env.run("snapshots", "app", "--json").json["coverage"]["gaps"] == []
     assert last in _restored_ids(env, "--latest")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(1, 12), st.integers(0, 3)), min_size=0, max_size=4),
+                min_size=1, max_size=30),
+       st.integers(1, 6), st.data())
+def test_a_captured_commit_and_a_time_resolve_to_the_state_replayed_naively(commits, per_flush, data):
+    """Any chain of commits (pages written, the database growing and shrinking), flushed in
+    segments of any size: the state of a commit by its id, and at any time, is the base
+    overlaid by every commit up to it, one by one."""
+    import os
+    from datetime import datetime, timezone
+
+    from mulligan.model import Target
+    from mulligan.ops import capture_store as cs
+    from mulligan.vault import Vault
+
+    ps = 512
+    v = Vault.create(f"memory://{os.urandom(6).hex()}")
+    target = Target("t", "/x.db", "test", "t-1")
+    base_pages = [os.urandom(ps) for _ in range(6)]
+    base_ids, _ = cs.store_pages(v, base_pages)
+    base = cs.save_base(v, target, ps, base_ids, time=1000.0, meta={})
+    seg = cs.SegmentWriter(v, target.id, base.id, ps)
+    state = list(base_pages)
+    truth = []  # (point id, seen time, pages after it)
+    for k, writes in enumerate(commits):
+        n = max([6] + [p for p, _ in writes]) - (k % 3 == 2)  # sometimes one page shorter
+        pages = {p: bytes([p, w]) * (ps // 2) for p, w in writes if p <= n}
+        state = (state + [bytes(ps)] * n)[:n]
+        for p, d in pages.items():
+            state[p - 1] = d
+        if any(state[i] == bytes(ps) for i in range(n)):  # a page grown into must be written
+            pages.update({i + 1: bytes([i + 1, 9]) * (ps // 2) for i in range(n) if state[i] == bytes(ps)})
+            for p, d in pages.items():
+                state[p - 1] = d
+        t = 1001.0 + k
+        point, _ = seg.add(t, k + 1, n, pages, "app")
+        truth.append((point, t, list(state)))
+        if (k + 1) % per_flush == 0:
+            seg.flush()
+    seg.flush()
+
+    def pages_of(m):
+        by_id = dict(v.iter_chunks(set(m.resolved_ids)))
+        return [by_id[c] for c in m.resolved_ids]
+
+    point, t, expected = data.draw(st.sampled_from(truth))
+    _, seq, idx = point.split(".")
+    assert pages_of(cs.materialize_commit(v, base, int(seq), int(idx))) == expected
+    when = t + data.draw(st.sampled_from([0.0, 0.5]))
+    got = cs.point_at(v, target, datetime.fromtimestamp(when, timezone.utc))
+    assert got.id == point and pages_of(got) == expected
+    before = cs.point_at(v, target, datetime.fromtimestamp(1000.5, timezone.utc))
+    assert before.id == base.id

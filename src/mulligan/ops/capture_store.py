@@ -315,16 +315,25 @@ def _ts(m: Manifest) -> float:
     return from_iso(m.time).timestamp()
 
 
-def materialize_commit(vault: Vault, base: Manifest, seq: int, index: int) -> CommitPoint:
-    ids = vault.page_ids(base)
-    t = None
-    found = False
+def _replay(vault: Vault, base: Manifest, *, seq: int | None = None, index: int | None = None,
+            when: float | None = None) -> tuple[list[bytes], tuple[int, int, float] | None]:
+    """The base's page ids overlaid by its chain's commits in order, up to commit (seq, index),
+    or up to the last commit seen at or before ``when``: (ids, (seq, index, time) of the last
+    commit applied, or None). One pass over the segments: a restore at a time does not read
+    them once to find the commit and again to build its state. The base's tree is read only
+    once a commit is to be applied (none applied: empty ids)."""
+    ids: list[bytes] | None = None
+    last = None
     for key in segment_keys(vault, base.target_id, base.id):
         seg = load_segment(vault, key)
-        if seg["seq"] > seq:
+        if (seq is not None and seg["seq"] > seq) or (when is not None and seg["time_from"] > when):
             break
         chunks = [bytes.fromhex(c) for c in seg["chunks"]]
         for i, c in enumerate(seg["commits"]):
+            if when is not None and c["t"] > when:
+                return ids or [], last
+            if ids is None:
+                ids = vault.page_ids(base)
             n = c["n"]
             if n < len(ids):
                 del ids[n:]
@@ -333,14 +342,13 @@ def materialize_commit(vault: Vault, base: Manifest, seq: int, index: int) -> Co
             for pgno, pos in c["p"]:
                 if pgno <= n:
                     ids[pgno - 1] = chunks[pos]
+            last = (seg["seq"], i, c["t"])
             if seg["seq"] == seq and i == index:
-                t, found = c["t"], True
-                break
-        if found:
-            break
-    if not found:
-        raise NotFound(f"no captured commit {commit_id(base.id, seq, index)}",
-                       hint=f"list restore points with 'mulligan snapshots {base.target_name}'")
+                return ids, last
+    return ids or [], last
+
+
+def _commit_point(base: Manifest, seq: int, index: int, t: float, ids: list[bytes]) -> CommitPoint:
     if any(not x for x in ids):
         raise IntegrityError(f"commit {commit_id(base.id, seq, index)} leaves pages without content",
                              hint="run 'mulligan verify'")
@@ -351,6 +359,14 @@ def materialize_commit(vault: Vault, base: Manifest, seq: int, index: int) -> Co
     return cp
 
 
+def materialize_commit(vault: Vault, base: Manifest, seq: int, index: int) -> CommitPoint:
+    ids, last = _replay(vault, base, seq=seq, index=index)
+    if last is None or last[:2] != (seq, index):
+        raise NotFound(f"no captured commit {commit_id(base.id, seq, index)}",
+                       hint=f"list restore points with 'mulligan snapshots {base.target_name}'")
+    return _commit_point(base, seq, index, last[2], ids)
+
+
 def resolve_commit(vault: Vault, spec: str) -> CommitPoint:
     m = _COMMIT_ID.match(spec.strip().lower())
     if not m:
@@ -358,21 +374,6 @@ def resolve_commit(vault: Vault, spec: str) -> CommitPoint:
     base_id, seq, index = m.group(1), int(m.group(2)), int(m.group(3))
     base = vault.resolve(base_id)
     return materialize_commit(vault, base, seq, index)
-
-
-def _commit_at(vault: Vault, base: Manifest, when: float) -> tuple[int, int, float] | None:
-    """(seq, index, time) of the last commit of the chain seen at or before ``when``."""
-    best = None
-    for key in segment_keys(vault, base.target_id, base.id):
-        seg = load_segment(vault, key)
-        if seg["time_from"] > when:
-            break
-        for i, c in enumerate(seg["commits"]):
-            if c["t"] <= when:
-                best = (seg["seq"], i, c["t"])
-            else:
-                return best
-    return best
 
 
 def point_at(vault: Vault, target: Target, when: datetime) -> Manifest | None:
@@ -385,9 +386,9 @@ def point_at(vault: Vault, target: Target, when: datetime) -> Manifest | None:
     bases = capture_bases(vault, target.id, ms)
     if bases:
         base = bases[-1]
-        hit = _commit_at(vault, base, ts)
+        ids, hit = _replay(vault, base, when=ts)
         if hit is not None and hit[2] >= _ts(newest):
-            return materialize_commit(vault, base, hit[0], hit[1])
+            return _commit_point(base, hit[0], hit[1], hit[2], ids)
     return newest
 
 
