@@ -213,8 +213,9 @@ class Vault:
 
     def _read_blocks(self, wanted: dict) -> Iterator[list[tuple[memoryview, list]]]:
         """The blocks holding the wanted chunks (id -> tag), decompressed, as lists of
-        (block, [(inner, length, id, tag), ...]): up to 256 blocks of one pack at a time,
-        the next ones read and decompressed in a worker thread meanwhile."""
+        (block, [(inner, length, id, tag), ...]): a part at a time (up to 256 blocks of one
+        pack, or up to PART_BLOCKS blocks of several small ones), the next part read and
+        decompressed in a worker thread meanwhile."""
         idx = self.index()
         by_pack, missing = idx.group(wanted)
         if missing:  # written since the index was loaded: a read that misses refreshes it
