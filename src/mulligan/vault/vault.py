@@ -530,10 +530,9 @@ class Vault:
         if target_id not in self._catalogs:
             self._load_catalog(target_id)
         held, listed = self._catalogs[target_id], set(keys)
-        if held == listed and target_id not in self.catalog_problems:
-            return False
-        if not always and len(listed - held) < catalog.SLACK and len(held - listed) < catalog.SLACK \
-                and target_id not in self.catalog_problems:
+        close = held == listed or (not always and len(listed - held) < catalog.SLACK
+                                   and len(held - listed) < catalog.SLACK)
+        if close and target_id not in self.catalog_problems:
             return False
         ms = self._read_manifests(keys)  # only now: the ones the catalog lacks are read one by one
         key = catalog.catalog_key(target_id)
