@@ -111,6 +111,14 @@ def decode_index(data: bytes, key: str = "index") -> dict[bytes, list[tuple[byte
     return {pack_id: list(_ENTRY.iter_unpack(data[pos:end])) for pack_id, pos, end in _pack_spans(data, key)}
 
 
+def pack_rank(pack_id: bytes, count: int) -> tuple[int, bytes]:
+    """Which copy of a chunk stored in several packs is read (the greater rank): the one in
+    the pack with more chunks, so a restore reads the few large packs a repack wrote rather
+    than the many small ones a capture first stored those pages in; ties go by pack id. Prune
+    keeps a pack only while it is the first-ranked home of a referenced chunk."""
+    return (count, pack_id)
+
+
 class ChunkIndex:
     """Chunk id -> :class:`Entry`, loaded from index objects without unpacking them.
 
@@ -122,19 +130,35 @@ class ChunkIndex:
     grows with the number of distinct pages in the vault.
     """
 
-    __slots__ = ("_where", "_segments", "_written")
+    __slots__ = ("_where", "_segments", "_ranks", "_written")
 
     def __init__(self) -> None:
         self._where: dict[bytes, int] = {}
         self._segments: list[tuple[bytes, bytes]] = []  # (pack id, index object bytes)
+        self._ranks: list[tuple[int, bytes]] = []  # pack_rank of each segment
         self._written: dict[bytes, tuple] = {}  # chunks this process stored (as PackWriter.written)
 
     def add_index(self, data: bytes, key: str = "index") -> None:
-        size, where = _ENTRY.size, self._where
+        """Add an index object's entries. A chunk stored in several packs (a repacked page, or
+        one two writers stored at once) is read from the pack :func:`pack_rank` puts first,
+        whatever order the objects are loaded in; a chunk this process stored itself keeps
+        the place it was stored at."""
+        size, where, segments, ranks = _ENTRY.size, self._where, self._segments, self._ranks
         for pack_id, pos, end in _pack_spans(data, key):  # a damaged object raises before any entry is added
-            seg = len(self._segments) << 32
-            self._segments.append((pack_id, data))
-            where.update(zip([data[p : p + ID_LEN] for p in range(pos, end, size)], range(seg | pos, seg | end, size)))
+            seg = len(segments) << 32
+            rank = pack_rank(pack_id, (end - pos) // size)
+            segments.append((pack_id, data))
+            ranks.append(rank)
+            ids = [data[p : p + ID_LEN] for p in range(pos, end, size)]
+            keep = []
+            if where:
+                for cid in where.keys() & ids:
+                    h = where[cid]
+                    if h < 0 or ranks[h >> 32] >= rank:
+                        keep.append((cid, h))
+            where.update(zip(ids, range(seg | pos, seg | end, size)))
+            if keep:
+                where.update(keep)
 
     def update(self, written: dict[bytes, tuple]) -> None:
         """Chunks this process stored: id -> (pack, type, offset, stored_len, length, inner)."""
