@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 from .errors import UsageError
 
 _RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 
 
 def parse_time(text: str, *, now: datetime | None = None) -> datetime:
@@ -33,7 +33,7 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
 
 
 def parse_duration(text: str) -> timedelta:
-    """'7d', '36h', '1d12h', '90m' -> timedelta."""
+    """'7d', '36h', '1d12h', '90m', '0.5s', '100ms' -> timedelta."""
     raw = text.strip().lower()
     pos = 0
     total = 0.0
