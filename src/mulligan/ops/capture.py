@@ -31,6 +31,7 @@ from . import capture_store as cs
 from .alerts import Alerter, Log
 from .capture_detect import RollbackDetector
 from .capture_files import FilesUnderCapture
+from .capture_repack import Repacker
 from .workspace import Workspace
 
 
@@ -45,6 +46,8 @@ class CaptureOptions:
     sample_interval: float = 1.0
     sample_pages: int = 24
     status_interval: float = 5.0
+    repack_after: float = 1.0  # repack once flushes stored this many times the database's bytes; 0: never
+    repack_min_mib: float = 64.0  # ... and at least this much
 
     @classmethod
     def from_config(cls, section: dict, local_vault: bool) -> "CaptureOptions":
@@ -60,6 +63,9 @@ class CaptureOptions:
                 setattr(o, name, float(v) if isinstance(v, (int, float)) else parse_duration(str(v)).total_seconds())
         if "checkpoint_frames" in section:
             o.checkpoint_frames = int(section["checkpoint_frames"])
+        for name in ("repack_after", "repack_min_mib"):
+            if name in section:
+                setattr(o, name, float(section[name]))
         return o
 
 
@@ -72,6 +78,7 @@ class CaptureStats:
     segments: int = 0
     bases: int = 0
     checkpoints: int = 0
+    repacks: int = 0
     last_commit: float | None = None
     last_flush: float | None = None
     last_ok: float | None = None
@@ -97,6 +104,7 @@ class TargetCapture(FilesUnderCapture):
         self._stale_alerted = False
         self._zero: bytes | None = None
         self._rng = random.Random()
+        self.repack = Repacker(self.vault, options.repack_after, int(options.repack_min_mib * 1048576))
 
     # ---- start / stop -------------------------------------------------------------------
     def start(self) -> None:
@@ -154,6 +162,7 @@ class TargetCapture(FilesUnderCapture):
                     msg = exc.one_line() if isinstance(exc, MulliganError) else f"{exc.__class__.__name__}: {exc}"
                     self.log("warning", f"{self.target.name}: last look at the database failed: {msg}")
             self.flush()
+            self.repack.finish()
             if self.seg is not None:
                 self.seg.merge_indexes()
             self.write_status(stopping=True)
@@ -224,6 +233,7 @@ class TargetCapture(FilesUnderCapture):
             self.stats.oldest_pending = c.seen
 
     def _apply_ids(self, n: int, ids: dict[int, bytes]) -> None:
+        self.repack.note(n, ids)
         pre = self.det.pre
         for pgno in ids:
             if pgno not in pre and pgno <= len(self.ids):
@@ -268,6 +278,7 @@ class TargetCapture(FilesUnderCapture):
         chunks): forget the chunks recent flushes stored, then read the whole state again, which
         stores every page no longer in the vault, and start a new base from it."""
         self.flush()
+        self.repack.finish()  # pages it did not reach stay marked for the next pass
         if self.seg is not None:
             self.seg.recent = {}
         self._zero = None
@@ -284,8 +295,9 @@ class TargetCapture(FilesUnderCapture):
         if self.seg is None:
             return
         end = {"observation": self.det.obs.to_json() if self.det.obs else None}
-        before_b, before_o = self.seg.bytes_stored, self.seg.objects_stored
+        before_b, before_o, before_p = self.seg.bytes_stored, self.seg.objects_stored, self.seg.page_bytes
         key = self.seg.flush(end)
+        self.repack.flushed += self.seg.page_bytes - before_p
         if key:
             self.stats.segments += 1
             self.stats.bytes_stored += self.seg.bytes_stored - before_b
@@ -311,7 +323,28 @@ class TargetCapture(FilesUnderCapture):
             elif now - self._t["gen"] >= self.o.generation_interval:
                 self._bump_generation()
         self.flush()
+        if self._swapped is None:
+            self._repack_step()
         self._t["flush"] = now
+
+    def _repack_step(self) -> None:
+        """A step of a repack pass (capture_repack.py), started once flushes stored enough."""
+        r = self.repack
+        if not r.running:
+            if not r.due(len(self.ids) * self.tailer.page_size):
+                return
+            r.begin()
+            self.log("debug", f"{self.target.name}: repacking the pages flushes stored since the last repack")
+        t = self.tailer
+        before = r.stats.pages, r.stats.bytes, r.stats.skipped
+        if r.step(self.ids, t.current_pages):
+            pages, nbytes, skipped = (r.stats.pages - before[0], r.stats.bytes - before[1],
+                                      r.stats.skipped - before[2])
+            self.stats.repacks += 1
+            self.stats.bytes_stored += nbytes
+            self.log("info", f"{self.target.name}: repacked {pages} pages ({nbytes / 1048576:.1f} MiB) in page order"
+                             f" ({skipped} changed since seen, left as they were); a new base starts")
+            self._new_base(gap=None, reason="repacked")
 
     def _bump_generation(self) -> None:
         try:
@@ -368,7 +401,7 @@ class TargetCapture(FilesUnderCapture):
             "last_flush": iso(s.last_flush) if s.last_flush else None,
             "last_ok": iso(s.last_ok) if s.last_ok else None,
             "lag_seconds": round(self.lag(), 3), "commits": s.commits, "bytes_stored": s.bytes_stored,
-            "segments": s.segments, "bases": s.bases, "checkpoints": s.checkpoints,
+            "segments": s.segments, "bases": s.bases, "checkpoints": s.checkpoints, "repacks": s.repacks,
             "base": self.base.id if self.base else None, "error": s.error,
             "swapped": bool(self._swapped),
         }

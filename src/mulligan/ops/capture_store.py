@@ -89,6 +89,7 @@ class SegmentWriter:
     writer: PackWriter | None = None
     bytes_stored: int = 0
     objects_stored: int = 0
+    page_bytes: int = 0  # uncompressed bytes of the pages flushes stored
     # Chunks stored by recent flushes, for dedup, bounded: the vault's in-memory index is not
     # grown by captured pages, so the watcher's memory does not grow with its history.
     recent: dict = field(default_factory=dict)
@@ -139,6 +140,7 @@ class SegmentWriter:
             # Compressed in 64 KiB blocks of pages, as snapshots are: fewer, better-compressed blobs.
             w = self.writer = PackWriter(self.vault.storage, codec=self.vault.codec)
             w.add_raw_many(list(self.fresh.items()), T_PAGE)
+            self.page_bytes += sum(map(len, self.fresh.values()))
         w = self.writer
         if w is not None:
             w.flush()

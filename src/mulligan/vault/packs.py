@@ -114,8 +114,7 @@ def decode_index(data: bytes, key: str = "index") -> dict[bytes, list[tuple[byte
 def pack_rank(pack_id: bytes, count: int) -> tuple[int, bytes]:
     """Which copy of a chunk stored in several packs is read (the greater rank): the one in
     the pack with more chunks, so a restore reads the few large packs a repack wrote rather
-    than the many small ones a capture first stored those pages in; ties go by pack id. Prune
-    keeps a pack only while it is the first-ranked home of a referenced chunk."""
+    than the many small ones a capture first stored those pages in; ties go by pack id."""
     return (count, pack_id)
 
 

@@ -103,6 +103,7 @@ class Tailer:
         self.page_size = 0
         self.salts: tuple[int, int] | None = None
         self.frame = 0  # last WAL frame captured in this WAL generation
+        self.page_frames: dict[int, int] = {}  # page -> the WAL frame of its last captured version
         self.last: wal.IndexHeader | None = None
         self.own: dict[tuple, str] = {}  # (salts, commit frame) -> why, for our own writes
         self._own_frame = 0
@@ -216,10 +217,11 @@ class Tailer:
             frames: dict[int, int] = {}
             count = 0
             nb = min(h.n_backfill, h.mx_frame)
+            self.page_frames = {}
             if h.mx_frame > nb:
                 # Frames up to nBackfill are in the main file already (and after a file was copied
                 # over the main file, SQLite's readers no longer apply them either).
-                fr = wal.read_commits(self.wal_fd, nb, h.mx_frame, ps, h.salts)
+                fr = wal.read_commits(self.wal_fd, nb, h.mx_frame, ps, h.salts, where=self.page_frames)
                 if fr.bad:
                     self._turn()
                     continue
@@ -264,12 +266,13 @@ class Tailer:
             # Normal only when every frame of the old WAL was both captured and backfilled.
             res.continuous = prev is not None and self.frame == prev.mx_frame and prev.n_backfill >= prev.mx_frame \
                 and h.mx_frame >= 0
-            self.salts, self.frame = h.salts, 0
+            self.salts, self.frame, self.page_frames = h.salts, 0, {}
         if h.mx_frame < self.frame:  # cannot happen without a restart; treat it as one
             res.restarted, res.continuous = True, False
-            self.frame = 0
+            self.frame, self.page_frames = 0, {}
         if h.mx_frame > self.frame:
-            fr = wal.read_commits(self.wal_fd, self.frame, h.mx_frame, self.page_size or h.page_size, h.salts)
+            fr = wal.read_commits(self.wal_fd, self.frame, h.mx_frame, self.page_size or h.page_size, h.salts,
+                                  where=self.page_frames)
             now = time.time()
             for f, size, pages in fr.commits:
                 res.commits.append(Commit(f, size, pages, now, self.own.pop((h.salts, f), "app")))
@@ -406,6 +409,30 @@ class Tailer:
         out = {}
         for p in pgnos:
             out[p] = os.pread(self.db_fd, self.page_size, (p - 1) * self.page_size)
+        return out
+
+    def current_pages(self, pgnos: list[int]) -> list[bytes]:
+        """The pages (ascending numbers) as last captured: from the WAL frame that held their
+        last captured version, else from the main file, runs of neighbours in one read.
+        Unverified: the caller compares each with what it captured (the WAL may have restarted
+        since)."""
+        ps, out, frames = self.page_size, [], self.page_frames
+        i, n = 0, len(pgnos)
+        while i < n:
+            p = pgnos[i]
+            f = frames.get(p)
+            if f is not None:
+                out.append(wal.read_frame_page(self.wal_fd, f, ps))
+                i += 1
+                continue
+            j = i + 1
+            while j < n and pgnos[j] == pgnos[j - 1] + 1 and pgnos[j] not in frames:
+                j += 1
+            blob = os.pread(self.db_fd, ps * (j - i), (p - 1) * ps)
+            if len(blob) < ps * (j - i):  # past the end of the file: no match, but keep the order
+                blob += bytes(ps * (j - i) - len(blob))
+            out.extend(blob[k * ps : (k + 1) * ps] for k in range(j - i))
+            i = j
         return out
 
     def db_stat(self) -> tuple[int, int]:

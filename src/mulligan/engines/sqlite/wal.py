@@ -212,12 +212,14 @@ class Frames:
 
 
 def read_commits(fd: int, after: int, upto: int, page_size: int, salts: tuple[int, int],
-                 chunk_frames: int = 512) -> Frames:
+                 chunk_frames: int = 512, where: dict[int, int] | None = None) -> Frames:
     """Read frames ``after+1 .. upto`` (``upto`` a commit frame SQLite validated) and
-    group them into commits; the latest version of a page inside one commit wins."""
+    group them into commits; the latest version of a page inside one commit wins.
+    ``where`` (if given) learns the frame holding each page of every commit read."""
     fsize = FRAME_HEADER + page_size
     out: list[tuple[int, int, dict[int, bytes]]] = []
     pending: dict[int, bytes] = {}
+    pending_at: dict[int, int] = {}
     frame = after + 1
     last = after
     while frame <= upto:
@@ -231,9 +233,14 @@ def read_commits(fd: int, after: int, upto: int, page_size: int, salts: tuple[in
             if (s1, s2) != salts or pgno == 0:
                 return Frames(out, last, bad=True)
             pending[pgno] = raw[base + FRAME_HEADER: base + fsize]
+            if where is not None:
+                pending_at[pgno] = frame + i
             if size:
                 out.append((frame + i, size, pending))
                 pending = {}
                 last = frame + i
+                if where is not None:
+                    where.update(pending_at)
+                    pending_at = {}
         frame += n
     return Frames(out, last)
