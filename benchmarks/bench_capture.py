@@ -290,6 +290,12 @@ def phase2(template: Path, history: float, samples: int, rate: float = 100, roun
     t_start = time.time()
     time.sleep(history)
     out = []
+    cost = {}
+    for tool, writer, logp, work in runs:
+        # What the whole history cost the tool: CPU, peak memory, bytes it keeps (Mulligan's
+        # vault, Litestream's replica directory).
+        cost[tool.name] = {"cpu_pct": round(100 * cpu_seconds(tool.proc.pid) / (time.time() - t_start), 2),
+                           "peak_mb": round(peak_mb(tool.proc.pid), 1)}
     for tool, writer, logp, work in runs:
         writer.send_signal(signal.SIGTERM)
         writer.wait(30)
@@ -320,9 +326,22 @@ def phase2(template: Path, history: float, samples: int, rate: float = 100, roun
                     "median_behind_s": statistics.median(e["behind_s"] for e in errors),
                     "restored_commits_after_time": sum(e["after_time"] for e in errors),
                     "restore_latest_s": round(statistics.median(latest[tool.name]), 3),
-                    "restore_latest_each_s": [round(x, 3) for x in latest[tool.name]]})
+                    "restore_latest_each_s": [round(x, 3) for x in latest[tool.name]],
+                    **cost[tool.name], "stored_mb": round(_dir_bytes(work) / 1048576, 1),
+                    "repacks": _repacks(work)})
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _dir_bytes(work: Path) -> int:
+    """What the tool keeps beside the database: the vault or the replica directory."""
+    return sum(f.stat().st_size for d in (work / ".mulligan", work / "replica") if d.exists()
+               for f in d.rglob("*") if f.is_file())
+
+
+def _repacks(work: Path) -> int | None:
+    log = work / "watch.log"
+    return log.read_text().count(" repacked ") if log.exists() else None
 
 
 def main() -> None:
@@ -370,6 +389,20 @@ def main() -> None:
             print(f"ratios at {rate:.0f} tx/s: CPU {m['cpu_pct'] / max(ls['cpu_pct'], 0.01):.2f}x, "
                   f"restore {m['restore_s'] / max(ls['restore_s'], 0.001):.2f}x, memory {m['peak_mb'] / ls['peak_mb']:.2f}x, "
                   f"lost after SIGKILL {m['lost_after_sigkill']} vs {ls['lost_after_sigkill']}")
+    if results.get("phase2"):
+        print()
+        print("| after | tool | restore latest s (median) | CPU % over the history | peak MB | stored MB "
+              "| repacks | point in time behind s (median; max) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in results["phase2"]:
+            print(f"| {r['history_s']:.0f} s | {r['tool']} | {r['restore_latest_s']} | {r['cpu_pct']} | {r['peak_mb']} "
+                  f"| {r['stored_mb']} | {r['repacks'] if r['repacks'] is not None else '-'} "
+                  f"| {r['median_behind_s']}; {r['max_behind_s']} |")
+        p2 = {r["tool"]: r for r in results["phase2"]}
+        if "mulligan" in p2 and "litestream" in p2:
+            m, ls = p2["mulligan"], p2["litestream"]
+            print(f"ratios after the history: restore {m['restore_latest_s'] / max(ls['restore_latest_s'], 0.001):.2f}x, "
+                  f"CPU {m['cpu_pct'] / max(ls['cpu_pct'], 0.01):.2f}x, stored {m['stored_mb'] / max(ls['stored_mb'], 0.1):.2f}x")
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=2))
     shutil.rmtree(template.parent, ignore_errors=True)
