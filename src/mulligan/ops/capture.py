@@ -278,7 +278,7 @@ class TargetCapture(FilesUnderCapture):
         chunks): forget the chunks recent flushes stored, then read the whole state again, which
         stores every page no longer in the vault, and start a new base from it."""
         self.flush()
-        self.repack.finish()  # pages it did not reach stay marked for the next pass
+        self.repack.settle()
         if self.seg is not None:
             self.seg.recent = {}
         self._zero = None

@@ -116,6 +116,12 @@ class Repacker:
         self.finish()
         return True
 
+    def settle(self) -> None:
+        """Store what the pass holds so far and wait for it (the pass goes on afterwards): before
+        watch steps aside for a prune, nothing of ours may still be on its way to the vault."""
+        if self.writer is not None:
+            self.writer.flush()
+
     def finish(self) -> None:
         """Store what the pass holds (its last pack and index) and end it. The watcher's own
         index is not told: it deduplicates by chunk id, which the copies do not change, and

@@ -128,6 +128,7 @@ class Watcher:
         for slot in self.slots:
             if slot.capture is not None:
                 slot.capture.flush()
+                slot.capture.repack.settle()
         self.lease.set_yielded(True)
         stopping_since = None
         while live_leases(storage, "prune"):
