@@ -170,10 +170,10 @@ def test_configuration_sets_intervals(project):
     from mulligan.ops.capture import CaptureOptions
 
     configure(project, capture={"flush_interval": "2s", "poll_interval": 0.05, "idle_checkpoint": "250ms",
-                                "repack_after": 2, "repack_min_mib": 16})
+                                "repack_after": 2, "repack_min_mib": 16, "repack_interval": "90s"})
     o = CaptureOptions.from_config(project.ws.config.section("capture"), local_vault=True)
     assert o.flush_interval == 2.0 and o.poll_interval == 0.05 and o.idle_checkpoint == 0.25
-    assert (o.repack_after, o.repack_min_mib) == (2.0, 16.0)
+    assert (o.repack_after, o.repack_min_mib, o.repack_interval) == (2.0, 16.0, 90.0)
     assert CaptureOptions.from_config({}, local_vault=False).flush_interval == 5.0
 
 

@@ -21,7 +21,7 @@ def _flushed_history(v, pages_total: int, flushes: int, rnd: random.Random, ps: 
     from mulligan.ops.capture_repack import Repacker
 
     seg = cs.SegmentWriter(v, "t-1", "base", ps)
-    rp = Repacker(v, 1.0, floor=0)
+    rp = Repacker(v, 1.0, floor=0, interval=0)
     current = {p: rnd.randbytes(ps // 2) * 2 for p in range(1, pages_total + 1)}
     cs.store_pages(v, list(current.values()))  # the base: read in full, stored in page order
     for i in range(flushes):
@@ -115,7 +115,7 @@ def test_watch_repacks_a_busy_history_and_every_point_still_restores(project):
     conn.close()
     project.protect(db)
     configure(project, capture={"flush_interval": "50ms", "poll_interval": "20ms", "repack_after": 2.0,
-                                "repack_min_mib": 0})
+                                "repack_min_mib": 0, "repack_interval": 0})
     app = App(db, project.dir / "app.log", rate=50)
     w = Watch(project, "app")
     rnd = random.Random(3)

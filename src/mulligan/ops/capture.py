@@ -48,6 +48,7 @@ class CaptureOptions:
     status_interval: float = 5.0
     repack_after: float = 1.0  # repack once flushes stored this many times the database's bytes; 0: never
     repack_min_mib: float = 64.0  # ... and at least this much
+    repack_interval: float = 300.0  # ... and no sooner than this after the last pass began
 
     @classmethod
     def from_config(cls, section: dict, local_vault: bool) -> "CaptureOptions":
@@ -57,7 +58,7 @@ class CaptureOptions:
         if not local_vault:
             o.flush_interval = 5.0
         for name in ("poll_interval", "flush_interval", "idle_checkpoint", "base_interval", "generation_interval",
-                     "sample_interval", "status_interval"):
+                     "sample_interval", "status_interval", "repack_interval"):
             if name in section:
                 v = section[name]
                 setattr(o, name, float(v) if isinstance(v, (int, float)) else parse_duration(str(v)).total_seconds())
@@ -104,7 +105,8 @@ class TargetCapture(FilesUnderCapture):
         self._stale_alerted = False
         self._zero: bytes | None = None
         self._rng = random.Random()
-        self.repack = Repacker(self.vault, options.repack_after, int(options.repack_min_mib * 1048576))
+        self.repack = Repacker(self.vault, options.repack_after, int(options.repack_min_mib * 1048576),
+                               options.repack_interval)
 
     # ---- start / stop -------------------------------------------------------------------
     def start(self) -> None:

@@ -6,12 +6,13 @@ and restoring the latest state decompresses a 64 KiB block of some pack for near
 page (docs/capture.md). Once that would cost about as much as the database again
 (``repack_after`` times its size, and at least ``repack_min_mib``; 0 turns repacking off),
 estimated as the lesser of the page bytes flushes stored since the last pass and a block for
-each page they moved, the watcher reads the current version of every page a flush stored
-since then, in page order, a step of
-``STEP_PAGES`` at each flush (capture goes on between steps), and stores them again in large
-packs; when the pass is done it starts a new base. The chunk index reads a chunk stored twice
-from the larger pack (``packs.pack_rank``), so restores of the new base, and of every commit
-after it, read few packs in page order.
+each page they moved, and ``repack_interval`` after the last pass began (or the watcher
+started), the watcher reads the current version of every page a flush stored since then, in
+page order, a step of ``STEP_PAGES`` at each flush (capture goes on between steps), and
+stores them again in large packs, marked as repacked; when the pass is done it starts a new
+base. The chunk index reads a chunk stored twice from the repacked copy
+(``packs.pack_rank``), so restores of the new base, and of every commit after it, read few
+packs in page order.
 
 A page is read from where the capture saw it last (its WAL frame, or the main file) and
 stored only if its hash is the chunk id the capture holds for it: a page rewritten since,
@@ -21,10 +22,11 @@ the repack, which only adds copies (prune keeps every pack holding a referenced 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from ..vault import Vault
-from ..vault.packs import BLOCK_TARGET, T_PAGE, PackWriter
+from ..vault.packs import BLOCK_TARGET, T_REPACKED, PackWriter
 
 
 @dataclass
@@ -38,10 +40,12 @@ class RepackStats:
 class Repacker:
     STEP_PAGES = 2048  # pages read and hashed per step: 8 MiB at 4 KiB, a few tens of ms
 
-    def __init__(self, vault: Vault, ratio: float, floor: int = 64 << 20):
+    def __init__(self, vault: Vault, ratio: float, floor: int = 64 << 20, interval: float = 300.0):
         self.vault = vault
         self.ratio = ratio
         self.floor = floor  # below this much stored, scattered pages cost a restore little
+        self.interval = interval  # at least this long between the starts of two passes
+        self.last_begin = time.monotonic()  # a watcher starts from a base read in full
         self.moved = bytearray()  # 1 for each page whose current version a flush stored
         self.moved_count = 0
         self.flushed = 0  # page bytes flushes stored since the last pass began
@@ -64,15 +68,17 @@ class Repacker:
                 moved[p - 1] = 1
                 self.moved_count += 1
 
-    def due(self, db_bytes: int) -> bool:
+    def due(self, db_bytes: int, now: float | None = None) -> bool:
         """Whether a restore of the latest state would now decompress, beyond the database itself,
         about ``ratio`` times its size: at most what flushes stored since the last pass, and at
         most a block for each page they moved (a page rewritten again and again costs one)."""
         extra = min(self.flushed, self.moved_count * BLOCK_TARGET)
-        return (self.ratio > 0 and self.cursor is None and db_bytes > 0
+        now = time.monotonic() if now is None else now
+        return (self.ratio > 0 and self.cursor is None and db_bytes > 0 and now - self.last_begin >= self.interval
                 and extra >= max(self.ratio * db_bytes, self.floor))
 
     def begin(self) -> None:
+        self.last_begin = time.monotonic()
         self.flushed = 0
         self.cursor = 1
         self.pass_pages = 0
@@ -110,7 +116,7 @@ class Repacker:
                     self.moved_count -= 1
             self.pass_pages += len(items)
             self.stats.skipped += len(pgnos) - len(items)
-            self.writer.add_raw_many(items, T_PAGE)
+            self.writer.add_raw_many(items, T_REPACKED)
         if self.cursor <= n:
             return False
         self.finish()

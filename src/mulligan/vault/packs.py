@@ -15,6 +15,9 @@ Index object ``index/<index_id>`` (may cover several packs once merged)::
     b"MIX2" then per pack: pack_id(16) u32 count, then count entries of
     id(16) type(1) block_offset(u64) block_stored_len(u32) length(u32) inner(u32)
 
+    type: 0 page, 1 tree node, 2 other engine data, 3 a page stored again by a repack
+    (readers that do not know 3 read it as a page: only which copy is preferred differs)
+
 Write order: a pack is stored, then its index, and only then may a manifest
 refer to its chunks. A pack without an index is garbage that prune removes; an
 index never names a pack that was not stored whole first.
@@ -35,6 +38,7 @@ from .workers import worker
 T_PAGE = 0
 T_TREE = 1
 T_DATA = 2  # other engine data (WAL segments, row batches)
+T_REPACKED = 3  # a page stored again, with the current pages around it, by watch's repack
 
 _ENTRY = struct.Struct(f"<{ID_LEN}sBQIII")
 _PACK_HDR = struct.Struct(f"<{ID_LEN}sI")
@@ -111,11 +115,12 @@ def decode_index(data: bytes, key: str = "index") -> dict[bytes, list[tuple[byte
     return {pack_id: list(_ENTRY.iter_unpack(data[pos:end])) for pack_id, pos, end in _pack_spans(data, key)}
 
 
-def pack_rank(pack_id: bytes, count: int) -> tuple[int, bytes]:
-    """Which copy of a chunk stored in several packs is read (the greater rank): the one in
-    the pack with more chunks, so a restore reads the few large packs a repack wrote rather
-    than the many small ones a capture first stored those pages in; ties go by pack id."""
-    return (count, pack_id)
+def pack_rank(pack_id: bytes, count: int, repacked: bool = False) -> tuple[bool, int, bytes]:
+    """Which copy of a chunk stored in several packs is read (the greater rank): one a repack
+    stored (its pack holds the current pages in page order), else the one in the pack with
+    more chunks; ties go by pack id. A restore then reads the few packs a repack wrote rather
+    than the many flush packs a capture first stored those pages in, however large those are."""
+    return (repacked, count, pack_id)
 
 
 class ChunkIndex:
@@ -145,7 +150,7 @@ class ChunkIndex:
         size, where, segments, ranks = _ENTRY.size, self._where, self._segments, self._ranks
         for pack_id, pos, end in _pack_spans(data, key):  # a damaged object raises before any entry is added
             seg = len(segments) << 32
-            rank = pack_rank(pack_id, (end - pos) // size)
+            rank = pack_rank(pack_id, (end - pos) // size, end > pos and data[pos + ID_LEN] == T_REPACKED)
             segments.append((pack_id, data))
             ranks.append(rank)
             ids = [data[p : p + ID_LEN] for p in range(pos, end, size)]
