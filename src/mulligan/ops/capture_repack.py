@@ -38,9 +38,9 @@ class RepackStats:
 
 
 class Repacker:
-    STEP_PAGES = 2048  # pages read and hashed per step: 8 MiB at 4 KiB, a few tens of ms
+    STEP_PAGES = 1024  # pages read and hashed per step: 4 MiB at 4 KiB, about 10 ms
 
-    def __init__(self, vault: Vault, ratio: float, floor: int = 64 << 20, interval: float = 300.0):
+    def __init__(self, vault: Vault, ratio: float, floor: int = 64 << 20, interval: float = 120.0):
         self.vault = vault
         self.ratio = ratio
         self.floor = floor  # below this much stored, scattered pages cost a restore little
@@ -82,7 +82,9 @@ class Repacker:
         self.flushed = 0
         self.cursor = 1
         self.pass_pages = 0
-        self.writer = PackWriter(self.vault.storage, codec=self.vault.codec)
+        # 4 MiB packs: what a pass holds in memory stays small (the index prefers repacked copies
+        # by their type, not by the size of their pack)
+        self.writer = PackWriter(self.vault.storage, target_size=4 << 20, codec=self.vault.codec)
 
     @property
     def running(self) -> bool:
