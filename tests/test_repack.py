@@ -74,6 +74,29 @@ def test_a_repack_stores_the_pages_it_can_verify_and_readers_then_read_them_from
     assert all(got[ids[p - 1]] == current[p] for p in range(1, n + 1))
 
 
+def test_a_pass_is_due_once_scattered_pages_would_cost_a_restore_the_database_again():
+    from mulligan.ops.capture_repack import Repacker
+
+    v = object()  # due() looks at nothing in the vault
+    db_pages, ps = 4096, 4096
+    db = db_pages * ps
+    hot = Repacker(v, 1.0, floor=0, interval=60)
+    for _ in range(1000):  # the same 8 pages rewritten over and over: twice the database in bytes
+        hot.note(db_pages, range(1, 9))
+        hot.flushed += 8 * ps
+    assert hot.flushed > db and not hot.due(db, now=hot.last_begin + 3600)
+    spread = Repacker(v, 1.0, floor=0, interval=60)
+    spread.note(db_pages, range(1, db_pages + 1, 16))  # one page in 16 moved: a block each
+    spread.flushed = db
+    assert spread.due(db, now=spread.last_begin + 60)
+    assert not spread.due(db, now=spread.last_begin + 59)  # not sooner than the interval
+    assert not Repacker(v, 1.0, floor=2 * db, interval=0).due(db)  # nor below the floor
+    spread.flushed = db - 1
+    assert not spread.due(db, now=spread.last_begin + 60)
+    spread.note(db_pages // 2, [])  # the database shrank: the pages past its end are forgotten
+    assert spread.moved_count == db_pages // 32
+
+
 def _update_random_rows(db: str, seconds: float, rnd: random.Random) -> int:
     conn = apsw.Connection(db)
     conn.set_busy_timeout(5000)

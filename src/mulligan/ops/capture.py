@@ -46,7 +46,7 @@ class CaptureOptions:
     sample_interval: float = 1.0
     sample_pages: int = 24
     status_interval: float = 5.0
-    repack_after: float = 1.0  # repack once flushes stored this many times the database's bytes; 0: never
+    repack_after: float = 1.0  # repack once scattered pages cost a restore this many times the database; 0: never
     repack_min_mib: float = 64.0  # ... and at least this much
     repack_interval: float = 120.0  # ... and no sooner than this after the last pass began
 
