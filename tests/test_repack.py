@@ -175,3 +175,14 @@ def test_watch_repacks_a_busy_history_and_every_point_still_restores(project):
     assert not {i for i, t in log if t > when + 0.3} & got
     v = project.run("verify", "app", "--json")
     assert v.code == 0 and v.json["ok"], v.out
+
+    # Prune down to the newest point: packs go only when no chunk in them is referenced, so the
+    # latest state still restores whole, from whichever copy is left.
+    r = project.run("prune", "app", "--keep-last", "1", "--json")
+    assert r.code == 0 and r.json["removed"] and r.json["packs_removed"] >= 1, r.err
+    out3 = project.dir / "after-prune.db"
+    r = project.run("restore", "app", "--latest", "--to", str(out3))
+    assert r.code == 0, r.err
+    assert _digest(str(out3)) == _digest(db)
+    v = project.run("verify", "app", "--json")
+    assert v.code == 0 and v.json["ok"], v.out
