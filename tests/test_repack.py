@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import socket
 import time
+import urllib.request
 
 import apsw
 import pytest
@@ -140,12 +142,18 @@ def test_watch_repacks_a_busy_history_and_every_point_still_restores(project):
     configure(project, capture={"flush_interval": "50ms", "poll_interval": "20ms", "repack_after": 2.0,
                                 "repack_min_mib": 0, "repack_interval": 0})
     app = App(db, project.dir / "app.log", rate=50)
-    w = Watch(project, "app")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    w = Watch(project, "app", "--metrics-port", str(port))
     rnd = random.Random(3)
     t0 = time.time()
     while "repacked" not in w.text() and time.time() - t0 < 60:
         _update_random_rows(db, 0.05, rnd)
     assert "repacked" in w.text(), w.text()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert int(next(ln for ln in body.splitlines() if ln.startswith("mulligan_repacks_total")).split()[-1]) >= 1
     time.sleep(0.5)  # the application alone: it appends to the last pages
     app.stop()
     assert w.term() == 0

@@ -48,7 +48,7 @@ class CaptureOptions:
     status_interval: float = 5.0
     repack_after: float = 1.0  # repack once scattered pages cost a restore this many times the database; 0: never
     repack_min_mib: float = 64.0  # ... and at least this much
-    repack_interval: float = 120.0  # ... and no sooner than this after the last pass began
+    repack_interval: float = 60.0  # ... and no sooner than this after the last pass began
 
     @classmethod
     def from_config(cls, section: dict, local_vault: bool) -> "CaptureOptions":

@@ -40,7 +40,7 @@ class RepackStats:
 class Repacker:
     STEP_PAGES = 1024  # pages read and hashed per step: 4 MiB at 4 KiB, about 10 ms
 
-    def __init__(self, vault: Vault, ratio: float, floor: int = 64 << 20, interval: float = 120.0):
+    def __init__(self, vault: Vault, ratio: float, floor: int = 64 << 20, interval: float = 60.0):
         self.vault = vault
         self.ratio = ratio
         self.floor = floor  # below this much stored, scattered pages cost a restore little

@@ -263,6 +263,8 @@ class Watcher:
             [(n, c.stats.bytes_stored if c else 0) for n, c in caps])
         add("mulligan_checkpoints_total", "Checkpoints run by the watcher.", "counter",
             [(n, c.stats.checkpoints if c else 0) for n, c in caps])
+        add("mulligan_repacks_total", "Repack passes finished (current pages stored again in page order).",
+            "counter", [(n, c.stats.repacks if c else 0) for n, c in caps])
         open_inc = []
         for s in self.slots:
             try:
