@@ -139,7 +139,7 @@ class ChunkIndex:
     def __init__(self) -> None:
         self._where: dict[bytes, int] = {}
         self._segments: list[tuple[bytes, bytes]] = []  # (pack id, index object bytes)
-        self._ranks: list[tuple[int, bytes]] = []  # pack_rank of each segment
+        self._ranks: list[tuple[bool, int, bytes]] = []  # pack_rank of each segment
         self._written: dict[bytes, tuple] = {}  # chunks this process stored (as PackWriter.written)
 
     def add_index(self, data: bytes, key: str = "index") -> None:
