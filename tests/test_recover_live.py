@@ -59,3 +59,34 @@ def test_apply_while_users_keep_signing_up_loses_none_of_their_rows_and_none_of_
     new_keys = set(result.plan.key_map.get("users", {}).values())
     assert not new_keys & {(uid,) for uid, _ in written}
     check_invariants(base, lost, before, current, result)
+
+
+def test_apply_against_a_writer_that_never_lets_go_refuses_after_its_wait_and_writes_nothing(tmp_path):
+    """The write lock held by another process for longer than the wait: a one-line refusal
+    (DatabaseBusy, saying nothing was written) after about the wait, the file as it was."""
+    from mulligan.errors import DatabaseBusy
+    from mulligan.ops.recover import RecoveryOptions
+
+    base, lost, current, tmp = build_states(tmp_path)
+    conn = apsw.Connection(current)
+    conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    conn.close()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, apsw\n"
+        "c = apsw.Connection(sys.argv[1]); c.execute('BEGIN IMMEDIATE')\n"
+        "print('ready', flush=True); time.sleep(30)\n"), current], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        before = copy_db(current, tmp / "before.db")
+        t0 = time.monotonic()
+        try:
+            apply_recovery(base, lost, current, RecoveryOptions(busy_ms=400))
+            raise AssertionError("the apply should have been refused")
+        except DatabaseBusy as exc:
+            assert "nothing was written" in exc.one_line()
+        waited = time.monotonic() - t0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert 0.4 <= waited < 5, waited
+    assert Db(current).tables == Db(before).tables
