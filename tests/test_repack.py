@@ -158,6 +158,8 @@ def test_watch_repacks_a_busy_history_and_every_point_still_restores(project):
     app.stop()
     assert w.term() == 0
     log = app.log()
+    st = project.run("status", "app", "--json").json["targets"][0]
+    assert st["watch"]["repacks"] >= 1
 
     out = project.dir / "latest.db"
     r = project.run("restore", "app", "--latest", "--to", str(out))
