@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from test_watch_kit import App, Watch, configure, ids_in, make_app_db
+from test_watch_kit import App, Watch, configure, free_port, ids_in, make_app_db
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -130,12 +130,7 @@ def test_frames_missed_while_watch_was_down_start_a_new_base_and_show_as_a_gap(a
 def test_status_and_metrics_report_capture(app_env):
     env, db = app_env
     app = App(db, env.dir / "app.log", rate=100)
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     w = Watch(env, "app", "--metrics-port", str(port))
     time.sleep(1.2)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import socket
 import time
 import urllib.request
 
 import apsw
 import pytest
 
-from test_watch_kit import App, Watch, configure, ids_in, make_app_db
+from test_watch_kit import App, Watch, configure, free_port, ids_in, make_app_db
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -114,6 +113,19 @@ def _update_random_rows(db: str, seconds: float, rnd: random.Random) -> int:
     return n
 
 
+def _big_app_db(project, rows: int) -> str:
+    """The application's database with a table of ``rows`` 300-byte rows, protected."""
+    db = make_app_db(project.dir / "app.db")
+    conn = apsw.Connection(db)
+    conn.execute("CREATE TABLE big(id INTEGER PRIMARY KEY, v BLOB)")
+    with conn:
+        for _ in range(rows):
+            conn.execute("INSERT INTO big(v) VALUES (randomblob(300))")
+    conn.close()
+    project.protect(db)
+    return db
+
+
 def _digest(path: str) -> str:
     conn = apsw.Connection(path)
     h = hashlib.sha256()
@@ -131,21 +143,11 @@ def test_watch_repacks_a_busy_history_and_every_point_still_restores(project):
     point before the repack still restores to what the application had committed."""
     from mulligan.ops import points
 
-    db = make_app_db(project.dir / "app.db")
-    conn = apsw.Connection(db)
-    conn.execute("CREATE TABLE big(id INTEGER PRIMARY KEY, v BLOB)")
-    with conn:
-        for _ in range(12000):
-            conn.execute("INSERT INTO big(v) VALUES (randomblob(300))")
-    conn.close()
-    project.protect(db)
+    db = _big_app_db(project, 12000)
     configure(project, capture={"flush_interval": "50ms", "poll_interval": "20ms", "repack_after": 2.0,
                                 "repack_min_mib": 0, "repack_interval": 0})
     app = App(db, project.dir / "app.log", rate=50)
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     w = Watch(project, "app", "--metrics-port", str(port))
     rnd = random.Random(3)
     t0 = time.time()
@@ -203,14 +205,7 @@ def test_a_watcher_killed_during_a_repack_pass_loses_nothing(project):
     watcher again: every commit the application made before the kill, less the last second, is
     restored, the latest state restores whole, and verify passes (a pack the killed pass left
     without its index is garbage prune removes once the dead watcher's lease is stale)."""
-    db = make_app_db(project.dir / "app.db")
-    conn = apsw.Connection(db)
-    conn.execute("CREATE TABLE big(id INTEGER PRIMARY KEY, v BLOB)")
-    with conn:
-        for _ in range(24000):
-            conn.execute("INSERT INTO big(v) VALUES (randomblob(300))")
-    conn.close()
-    project.protect(db)
+    db = _big_app_db(project, 24000)
     # A pass of 1,000+ pages takes two steps, one flush (0.2 s) apart: the kill falls inside it.
     configure(project, capture={"flush_interval": "200ms", "poll_interval": "20ms", "repack_after": 2.0,
                                 "repack_min_mib": 0, "repack_interval": 0})

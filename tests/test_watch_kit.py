@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -61,6 +62,15 @@ APP = textwrap.dedent('''
             time.sleep(1.0 / rate)
     conn.close()
 ''')
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (for --metrics-port)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def make_app_db(path: Path) -> str:
