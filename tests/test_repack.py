@@ -10,6 +10,8 @@ import urllib.request
 
 import apsw
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from test_watch_kit import App, Watch, configure, free_port, ids_in, make_app_db
 
@@ -235,3 +237,51 @@ def test_a_watcher_killed_during_a_repack_pass_loses_nothing(project):
     assert {i for i, t in log if t <= t_kill - 1.0} <= got
     v = project.run("verify", "app", "--json")
     assert v.code == 0 and v.json["ok"], v.out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(
+    st.tuples(st.just("commit"), st.integers(1, 80), st.lists(st.integers(1, 80), max_size=12)),
+    st.tuples(st.just("pass"), st.integers(1, 40), st.sets(st.integers(1, 80), max_size=10))), max_size=25))
+def test_repack_bookkeeping_holds_over_any_history(events):
+    """Commits (the database growing and shrinking) and passes in any order, some of whose
+    reads return content that changed since it was captured: the moved count always equals the
+    pages marked; a pass stores exactly the marked pages whose content it could verify, under
+    their ids, and leaves the others marked; nothing it stores is not a current page."""
+    from mulligan.ops.capture_repack import Repacker
+    from mulligan.vault import Vault
+
+    v = Vault.create(f"memory://{os.urandom(6).hex()}")
+    rp = Repacker(v, 1.0, floor=0, interval=0)
+    chunk_id = v.codec.chunk_id
+    content: dict[int, bytes] = {}
+    ids: list[bytes] = []
+    version = 0
+    for ev in events:
+        if ev[0] == "commit":
+            _, n, written = ev
+            version += 1
+            for p in written:
+                if p <= n:
+                    content[p] = f"{p}:{version}".encode().ljust(64, b".")
+            for p in range(1, n + 1):
+                content.setdefault(p, f"{p}:0".encode().ljust(64, b"."))
+            for p in [p for p in content if p > n]:
+                del content[p]
+            ids = [chunk_id(content[p]) for p in range(1, n + 1)]
+            rp.note(n, [p for p in written if p <= n])
+        else:
+            _, step, stale = ev
+            marked = {p for p in range(1, len(ids) + 1) if p <= len(rp.moved) and rp.moved[p - 1]}
+            rp.STEP_PAGES = step
+            rp.begin()
+            writer = rp.writer
+            while not rp.step(ids, lambda pgnos: [b"stale" if p in stale else content[p] for p in pgnos]):
+                pass
+            stored = set(writer.written)
+            assert stored == {ids[p - 1] for p in marked - stale}
+            assert {p for p in range(1, len(ids) + 1) if rp.moved[p - 1]} == marked & stale
+            for cid in stored:
+                assert Vault(v.storage, v.config).load_chunk(cid) in {content[p] for p in content}
+        assert rp.moved_count == rp.moved.count(1)
+        assert len(rp.moved) == len(ids)  # one mark a page of the database as it is now
