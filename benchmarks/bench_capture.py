@@ -343,8 +343,16 @@ def _dir_bytes(work: Path) -> int:
 
 
 def _repacks(work: Path) -> int | None:
-    log = work / "watch.log"
-    return log.read_text().count(" repacked ") if log.exists() else None
+    """Repack passes the watcher finished (its last heartbeat, through `status --json`)."""
+    if not (work / "mulligan.toml").exists():
+        return None
+    env = dict(os.environ)
+    env.pop("MULLIGAN_CONFIG", None)
+    r = subprocess.run(MULLIGAN + ["status", "app", "--json"], cwd=work, capture_output=True, text=True, env=env)
+    try:
+        return json.loads(r.stdout)["targets"][0]["watch"]["repacks"]
+    except (ValueError, KeyError, IndexError):
+        return None
 
 
 def main() -> None:

@@ -344,7 +344,7 @@ class TargetCapture(FilesUnderCapture):
                                       r.stats.skipped - before[2])
             self.stats.repacks += 1
             self.stats.bytes_stored += nbytes
-            self.log("info", f"{self.target.name}: repacked {pages} pages ({nbytes / 1048576:.1f} MiB) in page order"
+            self.log("debug", f"{self.target.name}: repacked {pages} pages ({nbytes / 1048576:.1f} MiB) in page order"
                              f" ({skipped} changed since seen, left as they were); a new base starts")
             self._new_base(gap=None, reason="repacked")
 
