@@ -65,6 +65,8 @@ def test_a_repack_stores_the_pages_it_can_verify_and_readers_then_read_them_from
         steps += 1
     assert steps == -(-len(moved) // 64)
     assert rp.stats.pages == len(moved - changed) and not rp.running
+    # the pass's own account, over all its steps (what the watcher logs)
+    assert (rp.current.pages, rp.current.skipped, rp.stats.passes) == (len(moved - changed), len(moved & changed), 1)
     assert {p for p in range(1, n + 1) if rp.moved[p - 1]} == moved & changed  # left for the next pass
     new_packs = {k for k, _ in v.storage.list("packs/")} - packs_before
     assert 1 <= len(new_packs) <= 2

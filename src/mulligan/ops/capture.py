@@ -337,15 +337,12 @@ class TargetCapture(FilesUnderCapture):
                 return
             r.begin()
             self.log("debug", f"{self.target.name}: repacking the pages flushes stored since the last repack")
-        t = self.tailer
-        before = r.stats.pages, r.stats.bytes, r.stats.skipped
-        if r.step(self.ids, t.current_pages):
-            pages, nbytes, skipped = (r.stats.pages - before[0], r.stats.bytes - before[1],
-                                      r.stats.skipped - before[2])
+        if r.step(self.ids, self.tailer.current_pages):
+            done = r.current
             self.stats.repacks += 1
-            self.stats.bytes_stored += nbytes
-            self.log("debug", f"{self.target.name}: repacked {pages} pages ({nbytes / 1048576:.1f} MiB) in page order"
-                             f" ({skipped} changed since seen, left as they were); a new base starts")
+            self.stats.bytes_stored += done.bytes
+            self.log("debug", f"{self.target.name}: repacked {done.pages} pages ({done.bytes / 1048576:.1f} MiB) in"
+                              f" page order ({done.skipped} changed since seen, left as they were); a new base starts")
             self._new_base(gap=None, reason="repacked")
 
     def _bump_generation(self) -> None:

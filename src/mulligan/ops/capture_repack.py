@@ -51,8 +51,8 @@ class Repacker:
         self.flushed = 0  # page bytes flushes stored since the last pass began
         self.cursor: int | None = None  # next page number to look at while a pass runs
         self.writer: PackWriter | None = None
-        self.pass_pages = 0
-        self.stats = RepackStats()
+        self.current = RepackStats()  # the pass running (or the last one)
+        self.stats = RepackStats()  # every pass this watcher ended
 
     # ---- bookkeeping at each commit and flush ----------------------------------------------
     def note(self, db_pages: int, pgnos) -> None:
@@ -81,7 +81,7 @@ class Repacker:
         self.last_begin = time.monotonic()
         self.flushed = 0
         self.cursor = 1
-        self.pass_pages = 0
+        self.current = RepackStats(passes=1)
         # 4 MiB packs: what a pass holds in memory stays small (the index prefers repacked copies
         # by their type, not by the size of their pack)
         self.writer = PackWriter(self.vault.storage, target_size=4 << 20, codec=self.vault.codec)
@@ -116,8 +116,8 @@ class Repacker:
                     items.append((cid, data))
                     moved[pgno - 1] = 0
                     self.moved_count -= 1
-            self.pass_pages += len(items)
-            self.stats.skipped += len(pgnos) - len(items)
+            self.current.pages += len(items)
+            self.current.skipped += len(pgnos) - len(items)
             self.writer.add_raw_many(items, T_REPACKED)
         if self.cursor <= n:
             return False
@@ -138,6 +138,7 @@ class Repacker:
         if w is None:
             return
         w.flush()
-        self.stats.passes += 1
-        self.stats.pages += self.pass_pages
-        self.stats.bytes += w.bytes_written
+        c, t = self.current, self.stats
+        c.bytes = w.bytes_written
+        t.passes, t.pages, t.bytes, t.skipped = (t.passes + 1, t.pages + c.pages, t.bytes + c.bytes,
+                                                 t.skipped + c.skipped)
