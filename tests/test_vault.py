@@ -122,33 +122,55 @@ entry_lists = st.lists(st.tuples(st.binary(min_size=16, max_size=16), st.integer
                                  st.integers(0, 2**31), st.integers(0, 2**31), st.integers(0, 2**31)), max_size=30)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(entry_lists, min_size=1, max_size=4), st.integers(0, 3), st.randoms(use_true_random=False))
-def test_the_chunk_index_reads_a_chunk_stored_twice_from_the_repacked_or_larger_pack_whatever_the_load_order(
-        objects, n_written, rnd):
-    # Each object's second pack repeats its first entry; objects may repeat each other's chunks.
-    built = []
-    for entries in objects:
-        built.append([(os.urandom(16), entries), (os.urandom(16), entries[:1])])
-    want: dict = {}
-    for packs in built:
+def _best_entries(objects: list) -> dict:
+    """The model: for each chunk, the entry of the best-ranked pack holding it (within one
+    pack, its last entry), over the given index objects."""
+    best: dict = {}
+    for packs in objects:
         for pid, ents in packs:
-            for e in ents:  # within one pack the later entry of a chunk is the one kept
-                rank = pack_rank(pid, len(ents), ents[0][1] == 3)  # type 3: a repacked page
-                old = want.get(e[0])
+            rank = pack_rank(pid, len(ents), bool(ents) and ents[0][1] == 3)  # type 3: a repacked page
+            for e in ents:
+                old = best.get(e[0])
                 if old is None or old[0] <= rank:
-                    want[e[0]] = (rank, Entry(pid, *e[1:]))
-    want = {c: e for c, (_, e) in want.items()}
+                    best[e[0]] = (rank, Entry(pid, *e[1:]))
+    return {c: e for c, (_, e) in best.items()}
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(entry_lists, min_size=1, max_size=4), st.integers(0, 3), st.randoms(use_true_random=False),
+       st.integers(0, 40))
+def test_the_chunk_index_reads_a_chunk_stored_twice_from_the_repacked_or_larger_pack_whatever_the_load_order(
+        objects, n_written, rnd, n_singles):
+    # Each object's second pack repeats its first entry; objects may repeat each other's chunks.
+    # Between loads, chunks are asked for the way a restore asks (group), one by one (get, past
+    # the point where the index settles everything) and as writers ask (in): same answers.
+    built = [[(os.urandom(16), entries), (os.urandom(16), entries[:1])] for entries in objects]
+    everything = _best_entries(built)
     written = {os.urandom(16): Entry(os.urandom(16), 0, 1, 2, 3, 4) for _ in range(n_written)}
-    if want and n_written:  # a chunk this process stored itself keeps the place it was stored at
-        written[next(iter(want))] = Entry(os.urandom(16), 0, 5, 6, 7, 8)
+    if everything and n_written:  # a chunk this process stored itself keeps the place it was stored at
+        written[next(iter(everything))] = Entry(os.urandom(16), 0, 5, 6, 7, 8)
     for order in (built, rnd.sample(built, len(built))):
         idx2 = ChunkIndex()
+        mine: dict = {}
         for i, packs in enumerate(order):
             if i == len(order) // 2:
                 idx2.update(written)
+                mine = written
             idx2.add_index(encode_index(packs))
-        expect = {**want, **written}
+            expect = {**_best_entries(order[: i + 1]), **mine}
+            asked = rnd.sample(sorted(expect), min(len(expect), rnd.randint(0, 6))) + [b"y" * 16]
+            by_pack, missing = idx2.group(dict.fromkeys(asked))
+            assert missing == [b"y" * 16]
+            for pid, blocks in by_pack.items():
+                for off, (slen, chunks) in blocks.items():
+                    for inner, length, cid, _ in chunks:
+                        e = expect[cid]
+                        assert (e.pack, e.offset, e.stored_len, e.length, e.inner) == (pid, off, slen, length, inner)
+            for cid in rnd.sample(sorted(expect), min(len(expect), n_singles // 4)):
+                assert idx2.get(cid) == expect[cid]
+        expect = {**everything, **written}
+        for cid in rnd.sample(sorted(expect), min(len(expect), n_singles)):
+            assert idx2.get(cid) == expect[cid]
         assert len(idx2) == len(expect) and set(idx2) == set(expect)
         assert all(idx2[c] == e and idx2.get(c) == e and c in idx2 for c, e in expect.items())
         assert idx2.get(b"x" * 16) is None and b"x" * 16 not in idx2

@@ -134,35 +134,87 @@ class ChunkIndex:
     grows with the number of distinct pages in the vault.
     """
 
-    __slots__ = ("_where", "_segments", "_ranks", "_written")
+    __slots__ = ("_where", "_segments", "_ranks", "_written", "_pending", "_upto", "_singles")
+
+    SINGLES = 16  # lookups of one chunk each before every pending entry is settled
 
     def __init__(self) -> None:
         self._where: dict[bytes, int] = {}
         self._segments: list[tuple[bytes, bytes]] = []  # (pack id, index object bytes)
         self._ranks: list[tuple[bool, int, bytes]] = []  # pack_rank of each segment
         self._written: dict[bytes, tuple] = {}  # chunks this process stored (as PackWriter.written)
+        # Sections loaded but not yet in _where: (segment << 32, start of its entries, their ids).
+        # A restore asks where a few thousand chunks are among hundreds of thousands: they are
+        # looked up in these (a set intersection a section) instead of building the whole dict.
+        self._pending: list[tuple[int, int, list[bytes]]] = []
+        self._upto: dict[bytes, int] = {}  # chunk looked up lazily -> pending sections it was looked up in
+        self._singles = 0
 
     def add_index(self, data: bytes, key: str = "index") -> None:
         """Add an index object's entries. A chunk stored in several packs (a repacked page, or
         one two writers stored at once) is read from the pack :func:`pack_rank` puts first,
         whatever order the objects are loaded in; a chunk this process stored itself keeps
-        the place it was stored at."""
-        size, where, segments, ranks = _ENTRY.size, self._where, self._segments, self._ranks
+        the place it was stored at. The entries wait in their sections until a lookup needs
+        them (:meth:`group`, :meth:`raw` find a few; anything else settles them all)."""
+        size, segments, ranks = _ENTRY.size, self._segments, self._ranks
         for pack_id, pos, end in _pack_spans(data, key):  # a damaged object raises before any entry is added
             seg = len(segments) << 32
-            rank = pack_rank(pack_id, (end - pos) // size, end > pos and data[pos + ID_LEN] == T_REPACKED)
             segments.append((pack_id, data))
-            ranks.append(rank)
-            ids = [data[p : p + ID_LEN] for p in range(pos, end, size)]
+            ranks.append(pack_rank(pack_id, (end - pos) // size, end > pos and data[pos + ID_LEN] == T_REPACKED))
+            self._pending.append((seg, pos, [data[p : p + ID_LEN] for p in range(pos, end, size)]))
+
+    def _settle(self) -> None:
+        """Every pending entry into the mapping, the better-ranked copy of a chunk kept."""
+        pending, self._pending, self._upto = self._pending, [], {}
+        where, ranks, size = self._where, self._ranks, _ENTRY.size
+        for seg, pos, ids in pending:
+            rank = ranks[seg >> 32]
             keep = []
             if where:
                 for cid in where.keys() & ids:
                     h = where[cid]
                     if h < 0 or ranks[h >> 32] >= rank:
                         keep.append((cid, h))
-            where.update(zip(ids, range(seg | pos, seg | end, size)))
+            where.update(zip(ids, range(seg | pos, seg | (pos + len(ids) * size), size)))
             if keep:
                 where.update(keep)
+
+    def _look_up(self, cids) -> None:
+        """Bring the given chunks' best entries from the pending sections into the mapping."""
+        pending = self._pending
+        n = len(pending)
+        upto, where, ranks, segments, size = self._upto, self._where, self._ranks, self._segments, _ENTRY.size
+        todo = {c for c in cids if upto.get(c, 0) < n}
+        if not todo:
+            return
+        first = min(upto.get(c, 0) for c in todo)
+        for k in range(first, n):
+            seg, pos, ids = pending[k]
+            hits = todo.intersection(ids)
+            if not hits:
+                continue
+            data = segments[seg >> 32][1]
+            end, rank = pos + len(ids) * size, ranks[seg >> 32]
+            # Many hits: the section's own mapping (one C-level pass); a few: searched for.
+            local = dict(zip(ids, range(pos, end, size))) if len(hits) > 16 else None
+            for cid in hits:
+                if upto.get(cid, 0) > k:
+                    continue  # this section was looked at for it already
+                if local is not None:
+                    off = local[cid]
+                else:
+                    hi = end
+                    while True:  # the last entry of the chunk in the section, on an entry boundary
+                        off = data.rfind(cid, pos, hi)
+                        if off < 0 or (off - pos) % size == 0:
+                            break
+                        hi = off + ID_LEN - 1
+                    if off < 0:
+                        continue
+                h = where.get(cid)
+                if h is None or (h >= 0 and ranks[h >> 32] < rank):
+                    where[cid] = seg | off
+        upto.update(dict.fromkeys(todo, n))
 
     def update(self, written: dict[bytes, tuple]) -> None:
         """Chunks this process stored: id -> (pack, type, offset, stored_len, length, inner)."""
@@ -175,6 +227,14 @@ class ChunkIndex:
 
     def raw(self, cid: bytes) -> tuple | None:
         """The entry as a plain tuple (pack, type, offset, stored_len, length, inner): the hot path."""
+        if self._pending:
+            # One chunk costs a pass over every pending section: a caller asking one at a time
+            # (verify walking trees node by node) gets the whole mapping after a few.
+            self._singles += 1
+            if self._singles > self.SINGLES:
+                self._settle()
+            else:
+                self._look_up((cid,))
         h = self._where.get(cid)
         if h is None:
             return None
@@ -188,6 +248,8 @@ class ChunkIndex:
         ``{pack id: {block offset: (block stored length, [(inner, length, id, tag), ...])}}``,
         and the ids this index does not know. One pass, no Entry built: a restore asks this
         for every page of a database."""
+        if self._pending:
+            self._look_up(wanted)
         by_pack: dict[bytes, dict[int, tuple[int, list]]] = {}
         missing = []
         where, segments, written, unpack = self._where, self._segments, self._written, _ENTRY.unpack_from
@@ -218,15 +280,20 @@ class ChunkIndex:
         return e
 
     def __contains__(self, cid: object) -> bool:
+        if self._pending:
+            self._settle()  # writers ask for every page they store: one dict, built once
         return cid in self._where
 
     def __len__(self) -> int:
+        self._settle()
         return len(self._where)
 
     def __iter__(self):
+        self._settle()
         return iter(self._where)
 
     def items(self):
+        self._settle()
         return ((cid, self[cid]) for cid in self._where)
 
     def values(self):
