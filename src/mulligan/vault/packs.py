@@ -128,10 +128,11 @@ class ChunkIndex:
 
     An index object's entries stay in its bytes; the mapping holds only
     id -> (segment << 32 | offset of the entry), and an :class:`Entry` is built
-    when one is asked for. Loading is one slice per chunk and one dict insert,
-    and memory is the dict plus the index bytes themselves (about 70 bytes a
-    chunk instead of a tuple of six objects), which matters because the index
-    grows with the number of distinct pages in the vault.
+    when one is asked for. Loading is one slice per chunk; the dict insert waits
+    until something needs the whole mapping (a restore only looks its chunks up,
+    section by section). Memory is the ids plus the index bytes themselves (about
+    70 bytes a chunk instead of a tuple of six objects), which matters because
+    the index grows with the number of distinct pages in the vault.
     """
 
     __slots__ = ("_where", "_segments", "_ranks", "_written", "_pending", "_upto", "_singles")
