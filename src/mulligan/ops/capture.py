@@ -26,7 +26,6 @@ from ..errors import DatabaseBusy, MulliganError
 from ..model import Target
 from ..runtime import hostname
 from ..timeparse import iso
-from ..vault.codec import ID_LEN
 from . import capture_store as cs
 from .alerts import Alerter, Log
 from .capture_detect import RollbackDetector
@@ -416,6 +415,3 @@ class TargetCapture(FilesUnderCapture):
 
 def status_key(target_id: str) -> str:
     return f"{cs.PREFIX}{target_id}/status"
-
-
-_ = ID_LEN

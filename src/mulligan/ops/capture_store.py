@@ -32,10 +32,8 @@ import zstandard
 
 from ..errors import IntegrityError, NotFound, StorageError
 from ..model import Target
-from ..storage import ObjectMissing
 from ..timeparse import from_iso, iso
 from ..vault import KIND_UNDO, Manifest, Vault, tree
-from ..vault.codec import ID_LEN
 from ..vault.manifest import new_snapshot_id
 from ..vault.packs import T_PAGE, T_TREE, PackWriter, encode_index, index_key
 
@@ -450,6 +448,3 @@ def all_segment_bases(vault: Vault) -> dict[tuple[str, str], list[str]]:
 
 def now_ts() -> float:
     return datetime.now(timezone.utc).timestamp()
-
-
-_ = (ID_LEN, ObjectMissing)
