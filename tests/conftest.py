@@ -109,3 +109,53 @@ class Env:
 def project(tmp_path: Path) -> Env:
     setup_ops.init(tmp_path / "mulligan.toml")
     return Env(tmp_path)
+
+
+# ---- an S3 endpoint on 127.0.0.1 ------------------------------------------------------------
+@dataclass
+class S3Endpoint:
+    """moto's S3 server, in a thread of the test process, speaking S3 over HTTP on loopback."""
+
+    endpoint: str
+    _buckets: int = 0
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="test",
+                            aws_secret_access_key="test", region_name="us-east-1")
+
+    def new_bucket(self) -> str:
+        self._buckets += 1
+        name = f"vault-{os.getpid()}-{self._buckets}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def url(self, bucket: str, prefix: str = "vault") -> str:
+        return f"s3://{bucket}/{prefix}?endpoint={self.endpoint}"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield S3Endpoint(f"http://{host}:{port}")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> S3Endpoint:
+    """The endpoint, with credentials in the environment (the test's subprocesses inherit them)."""
+    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    for k in ("AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    return s3_server

@@ -9,10 +9,15 @@ from mulligan.storage.local import LocalStorage
 from mulligan.storage.memory import MemoryStorage
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def storage(request, tmp_path):
     if request.param == "local":
         return LocalStorage(tmp_path / "store")
+    if request.param == "s3":
+        from mulligan.storage.s3 import S3Storage
+
+        s3 = request.getfixturevalue("s3")
+        return S3Storage(s3.url(s3.new_bucket()))
     return MemoryStorage()
 
 
