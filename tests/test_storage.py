@@ -71,6 +71,15 @@ def test_get_range_reads_part_of_an_object(storage):
     assert storage.get_range("k", 3, 4) == b"3456"
 
 
+def test_get_range_past_the_end_gives_what_there_is(storage):
+    """A truncated object reads short, as a file does: the vault compares the length it got."""
+    storage.put("k", b"0123456789")
+    assert storage.get_range("k", 8, 10) == b"89"
+    assert storage.get_range("k", 12, 4) == b""
+    with pytest.raises(ObjectMissing):
+        storage.get_range("nope", 0, 4)
+
+
 def test_delete_removes_and_is_idempotent(storage):
     storage.put("k", b"1")
     storage.delete("k")

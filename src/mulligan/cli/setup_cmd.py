@@ -12,7 +12,7 @@ from .context import Ctx, pass_ctx
 
 
 @click.command()
-@click.option("--vault", "vault_url", metavar="URL", help="Where the vault lives (default: .mulligan/vault beside the config).")
+@click.option("--vault", "vault_url", metavar="URL", help="Where the vault lives: a folder (default: .mulligan/vault beside the config) or s3://BUCKET/PREFIX.")
 @pass_ctx
 def init(ctx: Ctx, vault_url):
     """Create mulligan.toml and the vault (never clobbers an existing one)."""

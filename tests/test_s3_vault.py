@@ -1,0 +1,159 @@
+"""A vault in an S3 bucket: the whole job (snapshot under a writer, restore, verify, prune,
+watch with SIGTERM and SIGKILL) through the real CLI against an S3 server on 127.0.0.1, and the
+failures an object store adds (unreachable, no bucket, a damaged object)."""
+
+from __future__ import annotations
+
+import random
+import time
+import pytest
+
+from conftest import Env, make_db
+from mulligan.ops import setup as setup_ops
+from test_snapshot import assert_one_commit, start_writer
+from test_watch_kit import App, Watch, configure, free_port, ids_in, make_app_db
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def s3_env(s3, tmp_path) -> Env:
+    bucket = s3.new_bucket()
+    setup_ops.init(tmp_path / "mulligan.toml", s3.url(bucket))
+    env = Env(tmp_path)
+    env.bucket = bucket
+    env.s3 = s3
+    return env
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and len(lines) == 1, err
+    return lines[0]
+
+
+def _restored(env: Env, *args: str) -> str:
+    out = env.dir / f"r-{time.time_ns()}.db"
+    r = env.run("restore", "app", *args, "--to", str(out))
+    assert r.code == 0, r.err
+    return str(out)
+
+
+def test_snapshot_under_a_writer_restore_verify_and_prune_in_a_bucket(s3_env):
+    env = s3_env
+    writer = start_writer(env.dir / "app.db", project=env)
+    try:
+        time.sleep(0.3)
+        first = env.run("snapshot", "app", "--json")
+        assert first.code == 0, first.err
+        time.sleep(0.3)
+        second = env.run("snapshot", "app", "--json")
+        assert second.code == 0, second.err
+    finally:
+        writer.kill()
+        writer.wait()
+    objects = [o["Key"] for o in env.s3.client().list_objects_v2(Bucket=env.bucket)["Contents"]]
+    assert any(k.startswith("vault/packs/") for k in objects) and "vault/config" in objects
+    for snap in (first.json["id"], second.json["id"]):
+        assert assert_one_commit(_restored(env, "--snapshot", snap)) > 0
+    v = env.run("verify", "--json")
+    assert v.code == 0, v.err
+    p = env.run("prune", "app", "--keep-last", "1", "--json")
+    assert p.code == 0, p.err
+    assert [s["id"] for s in env.run("snapshots", "app", "--json").json["snapshots"]] == [second.json["id"]]
+    assert env.run("verify", "--restore-test").code == 0
+
+
+def test_watch_into_a_bucket_loses_nothing_after_sigterm_and_restores_any_past_time(s3_env):
+    env = s3_env
+    db = make_app_db(env.dir / "app.db")
+    env.protect(db)
+    app = App(db, env.dir / "app.log", rate=150)
+    w = Watch(env, "app")
+    assert "store every 5 s" in w.text()  # an object store's default batching interval
+    capturing = time.time()
+    time.sleep(2.5)
+    t_term = time.time()
+    assert w.term() == 0
+    app.stop()
+    log = app.log()
+    got = set(ids_in(_restored(env, "--latest")))
+    assert not [i for i, t in log if t < t_term and i not in got]
+    when = random.uniform(max(capturing, log[10][1]), log[-10][1])
+    at = ids_in(_restored(env, "--at", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1e6):06d}Z"))
+    assert at == list(range(1, len(at) + 1))
+    assert {i for i, t in log if t <= when - 0.3} <= set(at)
+    assert not {i for i, t in log if t > when + 0.3} & set(at)
+
+
+def test_watch_into_a_bucket_after_sigkill_loses_at_most_its_flush_interval(s3_env):
+    env = s3_env
+    db = make_app_db(env.dir / "app.db")
+    env.protect(db)
+    configure(env, capture={"flush_interval": "0.5s"})
+    app = App(db, env.dir / "app.log", rate=200)
+    w = Watch(env, "app", "--metrics-port", str(free_port()))
+    time.sleep(random.uniform(1.0, 2.5))
+    t_kill = time.time()
+    w.kill()
+    app.stop()
+    got = set(ids_in(_restored(env, "--latest")))
+    lost = [(i, t) for i, t in app.log() if t < t_kill and i not in got]
+    assert all(t > t_kill - 1.0 for _, t in lost), f"lost commits older than a second: {lost[:5]}"
+    assert sorted(got) == list(range(1, max(got) + 1))
+    assert env.run("verify").code == 0
+
+
+def test_an_unreachable_store_is_one_line_and_changes_nothing(s3, tmp_path):
+    url = f"s3://nobody/vault?endpoint=http://127.0.0.1:{free_port()}"
+    t0 = time.time()
+    r = Env(tmp_path).run("init", "--vault", url)
+    assert r.code == 1 and time.time() - t0 < 20
+    line = one_line(r.err)
+    assert "cannot read config in the vault at s3://nobody/vault" in line and "reachable" in line
+    assert not (tmp_path / "mulligan.toml").exists()
+
+
+def test_a_missing_bucket_is_one_line(s3, tmp_path):
+    r = Env(tmp_path).run("init", "--vault", s3.url("no-such-bucket"))
+    assert r.code == 1
+    assert "s3://no-such-bucket/vault" in one_line(r.err)
+
+
+def test_an_unknown_option_in_the_url_is_a_usage_error(s3, tmp_path):
+    r = Env(tmp_path).run("init", "--vault", s3.url(s3.new_bucket()) + "&colour=blue")
+    assert r.code == 2 and "'colour'" in one_line(r.err)
+
+
+def test_init_never_clobbers_a_vault_in_a_bucket(s3_env, tmp_path):
+    other = Env(tmp_path / "other")
+    (tmp_path / "other").mkdir()
+    url = s3_env.s3.url(s3_env.bucket)
+    r = other.run("init", "--vault", url)
+    assert r.code == 0, r.err  # an existing vault is opened, not made again
+    config = s3_env.s3.client().get_object(Bucket=s3_env.bucket, Key="vault/config")["Body"].read()
+    from mulligan.vault import Vault
+
+    with pytest.raises(Exception) as exc:
+        Vault.create(url)
+    assert "already exists" in str(exc.value)
+    assert s3_env.s3.client().get_object(Bucket=s3_env.bucket, Key="vault/config")["Body"].read() == config
+
+
+def test_a_damaged_pack_in_the_bucket_is_found_by_verify_and_never_restored(s3_env):
+    env = s3_env
+    db = make_db(env.dir / "app.db", rows=300)
+    env.protect(db)
+    assert env.run("snapshot", "app").code == 0
+    client = env.s3.client()
+    pack = next(o["Key"] for o in client.list_objects_v2(Bucket=env.bucket)["Contents"]
+                if o["Key"].startswith("vault/packs/"))
+    body = bytearray(client.get_object(Bucket=env.bucket, Key=pack)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    client.put_object(Bucket=env.bucket, Key=pack, Body=bytes(body))
+    v = env.run("verify")
+    assert v.code == 4 and pack.removeprefix("vault/") in v.out + v.err
+    out = env.dir / "r.db"
+    r = env.run("restore", "app", "--latest", "--to", str(out))
+    assert r.code == 4 and not out.exists()
+    one_line(r.err)
