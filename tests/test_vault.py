@@ -589,3 +589,45 @@ def test_the_latest_point_of_a_target_never_captured_needs_no_scan_of_its_manife
                      time="2026-01-02T00:00:00.000Z")
     v.manifests = lambda *a, **k: pytest.fail("every manifest of the target was read")
     assert latest_point(v, target).id == m.id
+
+
+@pytest.mark.parametrize("ahead", [1, 4])
+def test_reads_kept_in_flight_follow_the_storage_and_pages_come_back_in_order(monkeypatch, ahead):
+    """An object store's restore keeps several ranged reads in flight (Storage.read_ahead), a
+    local one one: either way every page comes back once, right, and parts in order."""
+    import threading
+    import time
+
+    from mulligan.storage.faulty import FaultyStorage
+    from mulligan.vault import vault as vault_mod
+
+    class SlowStore(FaultyStorage):
+        def __init__(self, inner):
+            super().__init__(inner)
+            self.read_ahead, self.now, self.most, self.lock = ahead, 0, 0, threading.Lock()
+
+        def get_range(self, key, offset, length):
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            time.sleep(0.02)  # a round trip
+            try:
+                return super().get_range(key, offset, length)
+            finally:
+                with self.lock:
+                    self.now -= 1
+
+    monkeypatch.setattr(vault_mod, "GROUP_BLOCKS", 2)  # many small parts
+    monkeypatch.setattr(vault_mod, "PART_BLOCKS", 2)
+    v = new_vault()
+    pages = [os.urandom(PS) for _ in range(3000)]
+    m = save(v, pages)
+    v.storage = slow = SlowStore(v.storage)
+    batches = list(v.iter_page_batches(m))
+    assert len(batches) >= 8
+    pairs = [pair for batch in batches for pair in batch]
+    assert sorted(p for p, _ in pairs) == list(range(1, len(pages) + 1))
+    assert all(pages[p - 1] == data for p, data in pairs)
+    firsts = [min(p for p, _ in batch) for batch in batches]
+    assert firsts == sorted(firsts), "parts handed over out of order"
+    assert slow.most == ahead

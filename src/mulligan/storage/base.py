@@ -29,6 +29,9 @@ class ObjectExists(StorageError):
 
 class Storage(ABC):
     url: str = ""
+    # How many ranged reads a restore keeps in flight: one ahead of the work on a local disk;
+    # an object store answers each request after a round trip, which several hide.
+    read_ahead: int = 1
 
     @abstractmethod
     def get(self, key: str) -> bytes: ...

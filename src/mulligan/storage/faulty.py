@@ -20,6 +20,7 @@ class FaultyStorage(Storage):
     ):
         self.inner = inner
         self.url = inner.url
+        self.read_ahead = inner.read_ahead
         self.fail_put = fail_put or (lambda key: False)
         self.corrupt_get = corrupt_get or (lambda key: False)
         self.puts: list[str] = []

@@ -52,6 +52,8 @@ def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
 
 
 class S3Storage(Storage):
+    read_ahead = 4  # parts of up to 8 MiB read at once: ~100 MiB held at most
+
     def __init__(self, url: str):
         bucket, prefix, options = parse_url(url)
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -37,6 +37,7 @@ INDEX_OBJECTS_MAX = 64
 # alone may give 256 blocks): decompressed blocks of a part live until its pages are written.
 PART_BLOCKS = 64
 PART_BYTES = 8 << 20
+GROUP_BLOCKS = 256  # a large pack is read in parts of this many blocks
 INDEX_SMALL = 1 << 20
 
 
@@ -240,8 +241,8 @@ class Vault:
         count = nbytes = 0
         for pack_id, blocks in by_pack.items():
             offsets = sorted(blocks)
-            for start in range(0, len(offsets), 256):
-                group = offsets[start : start + 256]
+            for start in range(0, len(offsets), GROUP_BLOCKS):
+                group = offsets[start : start + GROUP_BLOCKS]
                 span = group[-1] + blocks[group[-1]][0] - group[0]
                 if part and (count + len(group) > PART_BLOCKS or nbytes + span > PART_BYTES):
                     parts.append(part)
@@ -251,11 +252,15 @@ class Vault:
                 nbytes += span
         if part:
             parts.append(part)
-        pool = worker("read")
-        pending = pool.submit(self._read_part, parts[0]) if parts else None
+        # One part is read ahead of the caller's work (several on an object store, whose requests
+        # each wait a round trip: Storage.read_ahead); parts are handed over in order.
+        ahead = max(1, self.storage.read_ahead)
+        pool = worker("read") if ahead == 1 else worker(f"read-{ahead}", ahead)
+        pending = deque(pool.submit(self._read_part, p) for p in parts[:ahead])
         for i, part in enumerate(parts):
-            decoded = pending.result()
-            pending = pool.submit(self._read_part, parts[i + 1]) if i + 1 < len(parts) else None
+            decoded = pending.popleft().result()
+            if i + ahead < len(parts):
+                pending.append(pool.submit(self._read_part, parts[i + ahead]))
             out = []
             it = iter(decoded)
             for _pack_id, blocks, group in part:

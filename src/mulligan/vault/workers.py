@@ -1,4 +1,5 @@
-"""One background thread per kind of work (compression, reading), shared by the process."""
+"""Background threads per kind of work (compression, reading), shared by the process: one
+for each kind, or a few for reads from an object store."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ _POOLS: dict[str, ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
 
 
-def worker(name: str) -> ThreadPoolExecutor:
+def worker(name: str, threads: int = 1) -> ThreadPoolExecutor:
     with _LOCK:
         pool = _POOLS.get(name)
         if pool is None:
-            pool = _POOLS[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mulligan-{name}")
+            pool = _POOLS[name] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"mulligan-{name}")
         return pool
