@@ -2,12 +2,17 @@
 
 import json
 import os
+import threading
+import time
+import types
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mulligan.errors import IntegrityError, UnsupportedFormat
+from mulligan.storage import ObjectMissing
+from mulligan.storage.faulty import FaultyStorage
 from mulligan.storage.memory import MemoryStorage
 from mulligan.vault import Vault, tree
 from mulligan.vault.catalog import catalog_key
@@ -591,38 +596,43 @@ def test_the_latest_point_of_a_target_never_captured_needs_no_scan_of_its_manife
     assert latest_point(v, target).id == m.id
 
 
+class SlowStore(FaultyStorage):
+    """A store a round trip away: every read waits 20 ms; counts the reads in flight at once."""
+
+    def __init__(self, inner, read_ahead):
+        super().__init__(inner)
+        self.read_ahead, self.now, self.most, self.lock = read_ahead, 0, 0, threading.Lock()
+
+    def _slow(self, fn, *args):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(0.02)
+        try:
+            return fn(*args)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+    def get(self, key):
+        return self._slow(super().get, key)
+
+    def get_range(self, key, offset, length):
+        return self._slow(super().get_range, key, offset, length)
+
+
 @pytest.mark.parametrize("ahead", [1, 4])
 def test_reads_kept_in_flight_follow_the_storage_and_pages_come_back_in_order(monkeypatch, ahead):
     """An object store's restore keeps several ranged reads in flight (Storage.read_ahead), a
     local one one: either way every page comes back once, right, and parts in order."""
-    import threading
-    import time
-
-    from mulligan.storage.faulty import FaultyStorage
     from mulligan.vault import vault as vault_mod
-
-    class SlowStore(FaultyStorage):
-        def __init__(self, inner):
-            super().__init__(inner)
-            self.read_ahead, self.now, self.most, self.lock = ahead, 0, 0, threading.Lock()
-
-        def get_range(self, key, offset, length):
-            with self.lock:
-                self.now += 1
-                self.most = max(self.most, self.now)
-            time.sleep(0.02)  # a round trip
-            try:
-                return super().get_range(key, offset, length)
-            finally:
-                with self.lock:
-                    self.now -= 1
 
     monkeypatch.setattr(vault_mod, "GROUP_BLOCKS", 2)  # many small parts
     monkeypatch.setattr(vault_mod, "PART_BLOCKS", 2)
     v = new_vault()
     pages = [os.urandom(PS) for _ in range(3000)]
     m = save(v, pages)
-    v.storage = slow = SlowStore(v.storage)
+    v.storage = slow = SlowStore(v.storage, ahead)
     batches = list(v.iter_page_batches(m))
     assert len(batches) >= 8
     pairs = [pair for batch in batches for pair in batch]
@@ -631,3 +641,30 @@ def test_reads_kept_in_flight_follow_the_storage_and_pages_come_back_in_order(mo
     firsts = [min(p for p, _ in batch) for batch in batches]
     assert firsts == sorted(firsts), "parts handed over out of order"
     assert slow.most == ahead
+
+
+@pytest.mark.parametrize("ahead", [1, 4])
+def test_index_objects_load_with_the_storages_reads_in_flight_and_skip_ones_gone(ahead):
+    v = new_vault()
+    pages = [os.urandom(PS) for _ in range(20)]
+    for k in range(10):  # each snapshot leaves an index object of its own
+        pages[k] = os.urandom(PS)
+        m = save(v, pages)
+    keys = [k for k, _ in v.storage.list("index/")]
+    assert len(keys) >= 10
+    slow = SlowStore(v.storage, ahead)
+    gone = keys[3]
+    real_get = FaultyStorage.get
+
+    def get(self, key):
+        if key == gone:  # deleted between the listing and the read (a merge replaced it)
+            raise ObjectMissing(key)
+        return real_get(self, key)
+
+    slow.get = types.MethodType(lambda self, key: self._slow(get, self, key), slow)
+    fresh = Vault(slow, v.config)
+    idx = fresh.index()
+    assert slow.most == ahead
+    assert fresh._loaded_index_keys == set(keys) - {gone}
+    assert len(idx) == len(Vault(v.storage, v.config).index()) - sum(map(len, decode_index(v.storage.get(gone)).values()))
+    assert read_back(Vault(v.storage, v.config), m) == pages

@@ -113,17 +113,35 @@ class Vault:
             self._index = ChunkIndex()
             refresh = True
         if refresh:
-            for key, _ in self.storage.list("index/"):
-                if key in self._loaded_index_keys:
-                    continue
-                try:
-                    data = self.storage.get(key)
-                except ObjectMissing:
-                    # Replaced since the listing (prune rewrites indexes, watch merges small ones):
-                    # the replacement was written first, and a later miss lists again.
-                    continue
-                self._add_index(key, data)
+            keys = [key for key, _ in self.storage.list("index/") if key not in self._loaded_index_keys]
+            for key, data in self._get_many(keys):
+                # None: replaced since the listing (prune rewrites indexes, watch merges small
+                # ones): the replacement was written first, and a later miss lists again.
+                if data is not None:
+                    self._add_index(key, data)
         return self._index
+
+    def _get_many(self, keys: list[str]) -> Iterator[tuple[str, bytes | None]]:
+        """(key, object or None if it is gone) for each key, in order; on an object store up to
+        ``read_ahead`` requests are in flight at once."""
+        ahead = self.storage.read_ahead
+        if ahead <= 1 or len(keys) < 2:
+            for key in keys:
+                yield key, self._get_or_none(key)
+            return
+        pool = worker(f"read-{ahead}", ahead)
+        pending = deque(pool.submit(self._get_or_none, k) for k in keys[:ahead])
+        for i, key in enumerate(keys):
+            data = pending.popleft().result()
+            if i + ahead < len(keys):
+                pending.append(pool.submit(self._get_or_none, keys[i + ahead]))
+            yield key, data
+
+    def _get_or_none(self, key: str) -> bytes | None:
+        try:
+            return self.storage.get(key)
+        except ObjectMissing:
+            return None
 
     def revalidate_index(self) -> None:
         """Drop the cached index if an index object it was loaded from is gone.
