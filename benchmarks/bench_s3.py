@@ -1,6 +1,6 @@
 """A vault in an S3 bucket next to a local one, and next to copying the raw file.
 
-usage: python benchmarks/bench_s3.py [--mb 100] [--latency-ms 0,20] [--rounds 3]
+usage: python benchmarks/bench_s3.py [--mb 100] [--latency-ms 0,20] [--rounds 3] [--history 30]
 
 An S3 server (moto's, in its own process) listens on 127.0.0.1; for each added latency a small
 proxy in another process holds every request that long before passing it on, as a store a
@@ -8,6 +8,8 @@ network away would. For each: the time of a full snapshot into the bucket, of re
 with one ranged read in flight and with four (Storage.read_ahead, what an s3:// vault uses),
 and, as the anchor, uploading and downloading the database file as one object with boto3's
 managed transfer (threads, multipart). The local vault and `cp` are measured in the same run.
+Then `watch` captures --history seconds of a writer at 100 tx/s into the bucket (flushes every
+0.5 s: many small packs), and the latest state is restored again, one read in flight and four.
 The server is an emulator on this machine: figures say what Mulligan's requests cost, not
 what AWS would charge in time.
 """
@@ -28,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _setup import byte_compile  # noqa: E402
-from bench_capture import seed  # noqa: E402
+from bench_capture import seed, start_writer  # noqa: E402
 
 KEY = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
 
@@ -118,6 +120,7 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=100)
     ap.add_argument("--latency-ms", default="0,20", help="added delays per request to measure, comma-separated")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--history", type=float, default=30, help="seconds of capture at 100 tx/s before the second restores")
     a, _ = ap.parse_known_args()
     byte_compile()
     import boto3
@@ -184,13 +187,37 @@ def main() -> None:
                 (work / "raw.db").unlink()
             rows.append((f"S3 on loopback, +{lat:g} ms a request", "", snap, statistics.median(one),
                          statistics.median(four), statistics.median(raw)))
+            if a.history > 0:
+                (work / "mulligan.toml").write_text((work / "mulligan.toml").read_text()
+                                                    + '\n[capture]\nflush_interval = "0.5s"\n')
+                watch = subprocess.Popen([sys.executable, "-m", "mulligan", "watch", "app"], cwd=work,
+                                         env={**os.environ, **KEY}, stderr=subprocess.PIPE, text=True)
+                procs.append(watch)
+                while "capturing" not in watch.stderr.readline():
+                    pass
+                writer, _log = start_writer(work, work / "app.db", 100)
+                time.sleep(a.history)
+                writer.terminate()
+                writer.wait()
+                watch.terminate()
+                watch.wait(30)
+                packs = sum(1 for _ in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="vault/packs/")
+                            for _ in _.get("Contents", []))
+                one, four = [], []
+                for i in range(a.rounds):
+                    for ahead, into in ((1, one), (4, four)):
+                        out = work / f"h{ahead}-{i}.db"
+                        into.append(restore_in_process(work, ahead, out))
+                        out.unlink()
+                rows.append((f"... after {a.history:g} s of watch ({packs} packs)", "", float("nan"),
+                             statistics.median(one), statistics.median(four), statistics.median(raw)))
 
         print(f"\ndatabase: {size_mb:.1f} MiB, {a.rounds} rounds (medians)\n")
         print("| vault | snapshot s | restore s, 1 read in flight | restore s, 4 in flight | anchor s (cp / boto3 download) | restore vs anchor |")
         print("|---|---|---|---|---|---|")
         for name, _, snap, r1, r4, anchor in rows:
             best = r4 if r4 is not None else r1
-            print(f"| {name} | {snap:.2f} | {r1:.2f} | {'-' if r4 is None else f'{r4:.2f}'} | {anchor:.2f} | "
+            print(f"| {name} | {'-' if snap != snap else f'{snap:.2f}'} | {r1:.2f} | {'-' if r4 is None else f'{r4:.2f}'} | {anchor:.2f} | "
                   f"{best / anchor:.1f}x |")
     finally:
         for p in procs:

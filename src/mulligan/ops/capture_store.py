@@ -32,6 +32,7 @@ import zstandard
 
 from ..errors import IntegrityError, NotFound, StorageError
 from ..model import Target
+from ..storage import ObjectMissing
 from ..timeparse import from_iso, iso
 from ..vault import KIND_UNDO, Manifest, Vault, tree
 from ..vault.manifest import new_snapshot_id
@@ -324,8 +325,12 @@ def _replay(vault: Vault, base: Manifest, *, seq: int | None = None, index: int 
     once a commit is to be applied (none applied: empty ids)."""
     ids: list[bytes] | None = None
     last = None
-    for key in segment_keys(vault, base.target_id, base.id):
-        seg = load_segment(vault, key)
+    # Segments are fetched a few at a time on an object store (Vault.get_many); a replay that
+    # stops early has asked for at most a few it does not use.
+    for key, body in vault.get_many(segment_keys(vault, base.target_id, base.id)):
+        if body is None:
+            raise ObjectMissing(f"segment {key} is missing from the vault", hint="run 'mulligan verify'")
+        seg = decode_segment(body, vault, key)
         if (seq is not None and seg["seq"] > seq) or (when is not None and seg["time_from"] > when):
             break
         chunks = [bytes.fromhex(c) for c in seg["chunks"]]

@@ -114,14 +114,14 @@ class Vault:
             refresh = True
         if refresh:
             keys = [key for key, _ in self.storage.list("index/") if key not in self._loaded_index_keys]
-            for key, data in self._get_many(keys):
+            for key, data in self.get_many(keys):
                 # None: replaced since the listing (prune rewrites indexes, watch merges small
                 # ones): the replacement was written first, and a later miss lists again.
                 if data is not None:
                     self._add_index(key, data)
         return self._index
 
-    def _get_many(self, keys: list[str]) -> Iterator[tuple[str, bytes | None]]:
+    def get_many(self, keys: list[str]) -> Iterator[tuple[str, bytes | None]]:
         """(key, object or None if it is gone) for each key, in order; on an object store up to
         ``read_ahead`` requests are in flight at once."""
         ahead = self.storage.read_ahead
