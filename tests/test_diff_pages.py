@@ -61,7 +61,9 @@ def test_rows_on_freed_leaf_pages_are_still_reported_deleted(tmp_path):
 
 def test_a_change_only_in_an_overflow_page_is_found(tmp_path):
     a = build(tmp_path / "a.db", BIG)
-    b = derive(a, tmp_path / "b.db", "UPDATE big SET blob = CAST(substr(blob, 1, 8000) || x'00' || substr(blob, 8002) AS BLOB) WHERE id = 1000")
+    # One byte deep in the overflow chain, set to a value it does not already have (the blob is random).
+    b = derive(a, tmp_path / "b.db", "UPDATE big SET blob = CAST(substr(blob, 1, 8000) || CASE WHEN substr(blob, 8001, 1) = x'00' "
+                                     "THEN x'01' ELSE x'00' END || substr(blob, 8002) AS BLOB) WHERE id = 1000")
     d = same_with_and_without_pages(a, b)
     assert [(r.key, r.changed) for r in d.tables[0].rows] == [((1000,), ("blob",))]
 
