@@ -157,3 +157,43 @@ def test_a_damaged_pack_in_the_bucket_is_found_by_verify_and_never_restored(s3_e
     r = env.run("restore", "app", "--latest", "--to", str(out))
     assert r.code == 4 and not out.exists()
     one_line(r.err)
+
+
+def test_a_store_that_goes_away_while_watch_runs_costs_no_commit(s3, tmp_path):
+    """The bucket's server stops for a few seconds while the application keeps writing: watch
+    says capture failed, keeps the commits (the WAL holds them under its read), and stores them
+    all once the store is back."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                     region_name="us-east-1").create_bucket(Bucket="outage")
+        setup_ops.init(tmp_path / "mulligan.toml", f"s3://outage/vault?endpoint={endpoint}")
+        env = Env(tmp_path)
+        db = make_app_db(env.dir / "app.db")
+        env.protect(db)
+        configure(env, capture={"flush_interval": "0.5s"})
+        app = App(db, env.dir / "app.log", rate=100)
+        w = Watch(env, "app")
+        time.sleep(1.0)
+        server.stop()
+        assert w.wait_for("capture failed", 20), w.text()
+        time.sleep(1.0)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        time.sleep(2.5)
+        t_term = time.time()
+        assert w.term() == 0
+        app.stop()
+        got = set(ids_in(_restored(env, "--latest")))
+        missing = [i for i, t in app.log() if t < t_term and i not in got]
+        assert not missing, f"{len(missing)} commits lost, first {missing[:3]}"
+        assert "everything seen is stored" in w.text()
+    finally:
+        server.stop()

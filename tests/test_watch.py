@@ -189,3 +189,14 @@ def test_after_its_lease_lapsed_watch_does_not_dedup_against_data_a_prune_remove
     c = apsw.Connection(str(project.dir / "restored.db"))
     assert c.execute("SELECT body FROM notes WHERE id = 1").fetchone()[0] == "A" * 300
     c.close()
+
+
+def test_a_failure_repeated_at_every_flush_is_one_kind_of_failure():
+    """An unreachable store fails each flush naming another object after another wait: the
+    watcher logs it once, not twice a second; a different failure is logged again."""
+    from mulligan.ops.capture_watch import _gist
+
+    a = "cannot write packs/0f/0fde2f647a290f6000bc5fe1dc1a9bfc in the vault at s3://b/v: PUT in 1.038454698s, after 5 retries"
+    b = "cannot write packs/44/44f72297755b4bf92334468209d8366e in the vault at s3://b/v: PUT in 803.07ms, after 5 retries"
+    assert _gist(a) == _gist(b)
+    assert _gist(a) != _gist("the disk holding the vault is full (No space left on device) while writing packs/0f/0fde2f647a290f60")

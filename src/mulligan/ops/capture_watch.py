@@ -13,6 +13,7 @@ prune wants to remove data: see vault/locks.py) whose purpose starts with ``watc
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class Watcher:
         self._overdue = False
         self.metrics_server: ThreadingHTTPServer | None = None
         self._prune_checked = float("-inf")
+        self._last_trouble: str | None = None  # the last vault problem logged outside a target
 
     def stop(self) -> None:
         self._stop.set()
@@ -87,8 +89,14 @@ class Watcher:
                     continue
                 if t0 - self._prune_checked >= PRUNE_CHECK_EVERY:
                     self._prune_checked = t0
-                    if self._yield_to_prune():
-                        continue
+                    try:
+                        if self._yield_to_prune():
+                            continue
+                    except MulliganError as exc:
+                        # The vault cannot be reached (the targets' flushes say so too, and the
+                        # stale alert follows): keep reading the databases. Skipping a look is safe:
+                        # a prune removes nothing while this watcher's lease is live and not yielded.
+                        self._vault_trouble(exc)
                 for slot in self.slots:
                     self._step(slot)
                 spent = time.monotonic() - t0
@@ -109,13 +117,22 @@ class Watcher:
             from .detect import record
 
             for slot in self.slots:
-                record(self.ws.vault, slot.target, "stopped",
-                       {"commits": slot.capture.stats.commits if slot.capture else 0})
+                try:
+                    record(self.ws.vault, slot.target, "stopped",
+                           {"commits": slot.capture.stats.commits if slot.capture else 0})
+                except MulliganError as exc:
+                    self._vault_trouble(exc)
             self.lease.release()
             if self.metrics_server is not None:
                 self.metrics_server.shutdown()
                 self.metrics_server.server_close()  # free the port, not only stop serving
             self.log("info", "watch stopped")
+
+    def _vault_trouble(self, exc: MulliganError) -> None:
+        message = exc.one_line()
+        if message != self._last_trouble:
+            self._last_trouble = message
+            self.log("warning", f"the vault could not be read: {message}")
 
     def _yield_to_prune(self) -> bool:
         """A prune wants to remove data: store what every target holds, mark the lease yielded,
@@ -221,7 +238,9 @@ class Watcher:
         self._check_stale(slot, time.time())
 
     def _failed(self, slot: Slot, message: str) -> None:
-        if message != slot.error:
+        # Logged once per kind of failure: an unreachable store fails every flush, each naming
+        # another object (hex names and durations differ; the failure does not).
+        if slot.error is None or _gist(message) != _gist(slot.error):
             self.log("error", f"{slot.target.name}: capture failed: {message}")
         slot.error = message
         if slot.capture is not None:
@@ -300,3 +319,8 @@ class Watcher:
 
 
 _ = STALE_AFTER
+
+
+def _gist(message: str) -> str:
+    """A failure's message without what changes from one try to the next (object names, times)."""
+    return re.sub(r"[0-9a-f]{8,}|\d+(\.\d+)?(ms|s)\b", "#", message)
