@@ -323,4 +323,4 @@ _ = STALE_AFTER
 
 def _gist(message: str) -> str:
     """A failure's message without what changes from one try to the next (object names, times)."""
-    return re.sub(r"[0-9a-f]{8,}|\d+(\.\d+)?(ms|s)\b", "#", message)
+    return re.sub(r"(?:[0-9a-f]{2}/)?[0-9a-f]{8,}|\d+(\.\d+)?(ms|s)\b", "#", message)
