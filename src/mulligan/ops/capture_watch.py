@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ..errors import MulliganError
 from ..model import Target
 from ..timeparse import human_age, iso
-from ..vault.locks import STALE_AFTER, Lease, live_leases, writer_lease
+from ..vault.locks import Lease, live_leases, writer_lease
 from .alerts import Alerter, Log
 from .capture import CaptureOptions, TargetCapture
 from .targets import open_incident_count
@@ -316,9 +316,6 @@ class Watcher:
         self.metrics_server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self.metrics_server.serve_forever, name="mulligan-metrics", daemon=True).start()
         return self.metrics_server.server_address[1]
-
-
-_ = STALE_AFTER
 
 
 def _gist(message: str) -> str:
