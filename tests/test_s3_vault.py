@@ -132,9 +132,10 @@ def test_init_never_clobbers_a_vault_in_a_bucket(s3_env, tmp_path):
     r = other.run("init", "--vault", url)
     assert r.code == 0, r.err  # an existing vault is opened, not made again
     config = s3_env.s3.client().get_object(Bucket=s3_env.bucket, Key="vault/config")["Body"].read()
+    from mulligan.errors import StorageError
     from mulligan.vault import Vault
 
-    with pytest.raises(Exception) as exc:
+    with pytest.raises(StorageError) as exc:
         Vault.create(url)
     assert "already exists" in str(exc.value)
     assert s3_env.s3.client().get_object(Bucket=s3_env.bucket, Key="vault/config")["Body"].read() == config
