@@ -159,3 +159,68 @@ def s3(s3_server, monkeypatch) -> S3Endpoint:
     for k in ("AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
         monkeypatch.delenv(k, raising=False)
     return s3_server
+
+
+class Outage:
+    """A TCP proxy on 127.0.0.1 in front of a server, that can be cut off (every connection
+    closed, new ones refused) and restored on the same port: a store that goes away."""
+
+    def __init__(self, target_port: int):
+        import socket
+
+        self.target_port = target_port
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._conns: list = []
+        self._listener = None
+
+    def up(self) -> "Outage":
+        import socket
+        import threading
+
+        lst = socket.socket()
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind(("127.0.0.1", self.port))
+        lst.listen(64)
+        self._listener = lst
+
+        def pump(a, b):
+            try:
+                while data := a.recv(1 << 16):
+                    b.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (a, b):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        def accept():
+            while True:
+                try:
+                    client, _ = lst.accept()
+                except OSError:
+                    return
+                server = socket.create_connection(("127.0.0.1", self.target_port))
+                self._conns += [client, server]
+                threading.Thread(target=pump, args=(client, server), daemon=True).start()
+                threading.Thread(target=pump, args=(server, client), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        return self
+
+    def down(self) -> None:
+        import socket
+
+        self._listener.close()
+        for s in self._conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+        self._conns = []

@@ -8,8 +8,9 @@ import random
 import time
 import pytest
 
-from conftest import Env, make_db
+from conftest import Env, Outage, make_db
 from mulligan.ops import setup as setup_ops
+from mulligan.timeparse import from_iso, iso
 from test_snapshot import assert_one_commit, start_writer
 from test_watch_kit import App, Watch, configure, free_port, ids_in, make_app_db
 
@@ -160,41 +161,53 @@ def test_a_damaged_pack_in_the_bucket_is_found_by_verify_and_never_restored(s3_e
     one_line(r.err)
 
 
-def test_a_store_that_goes_away_while_watch_runs_costs_no_commit(s3, tmp_path):
-    """The bucket's server stops for a few seconds while the application keeps writing: watch
-    says capture failed, keeps the commits (the WAL holds them under its read), and stores them
-    all once the store is back."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+@pytest.mark.parametrize("backlog", ["held", "dropped"])
+def test_a_store_that_goes_away_while_watch_runs(s3, tmp_path, backlog):
+    """The way to the bucket is cut for a few seconds while the application keeps writing: watch
+    says capture failed once and keeps running. With room for the backlog it stores every commit
+    once the store is back; past ``backlog_max_mib`` it drops them, then reads the database again
+    and records the gap: the latest state is still whole, and no restore invents a commit."""
+    bucket = s3.new_bucket()
+    proxy = Outage(int(s3.endpoint.rsplit(":", 1)[1])).up()
     try:
-        endpoint = f"http://127.0.0.1:{port}"
-        import boto3
-
-        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
-                     region_name="us-east-1").create_bucket(Bucket="outage")
-        setup_ops.init(tmp_path / "mulligan.toml", f"s3://outage/vault?endpoint={endpoint}")
+        setup_ops.init(tmp_path / "mulligan.toml", f"s3://{bucket}/vault?endpoint=http://127.0.0.1:{proxy.port}")
         env = Env(tmp_path)
         db = make_app_db(env.dir / "app.db")
         env.protect(db)
-        configure(env, capture={"flush_interval": "0.5s"})
+        configure(env, capture={"flush_interval": "0.5s", "backlog_max_mib": 256 if backlog == "held" else 0.01})
         app = App(db, env.dir / "app.log", rate=100)
         w = Watch(env, "app")
         time.sleep(1.0)
-        server.stop()
+        t_down = time.time()
+        proxy.down()
         assert w.wait_for("capture failed", 20), w.text()
         time.sleep(1.0)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        time.sleep(2.5)
+        proxy.up()
+        t_up = time.time()
+        if backlog == "dropped":
+            assert w.wait_for("accepts writes again", 20), w.text()
+        time.sleep(2.0)
         t_term = time.time()
         assert w.term() == 0
         app.stop()
+        log = app.log()
         got = set(ids_in(_restored(env, "--latest")))
-        missing = [i for i, t in app.log() if t < t_term and i not in got]
+        missing = [i for i, t in log if t < t_term and i not in got]
         assert not missing, f"{len(missing)} commits lost, first {missing[:3]}"
         assert "everything seen is stored" in w.text()
+        gaps = env.run("status", "app", "--json").json["targets"][0]["coverage"]["gaps"]
+        if backlog == "held":
+            assert gaps == [] and "dropped" not in w.text()
+            return
+        assert "dropped from memory" in w.text()
+        assert len(gaps) == 1 and "could not be written" in gaps[0]["reason"]
+        assert t_down - 1.0 <= from_iso(gaps[0]["from"]).timestamp() <= t_up + 1.0
+        # Inside the gap: a consistent prefix of the application's commits, none made after the time.
+        when = (from_iso(gaps[0]["from"]).timestamp() + from_iso(gaps[0]["to"]).timestamp()) / 2
+        times = dict(log)
+        at = ids_in(_restored(env, "--at", iso(when)))
+        assert at == list(range(1, len(at) + 1))
+        assert not [i for i in at if i in times and times[i] > when + 0.3]
+        assert env.run("verify").code == 0
     finally:
-        server.stop()
+        proxy.down()

@@ -48,6 +48,7 @@ class CaptureOptions:
     repack_after: float = 1.0  # repack once scattered pages cost a restore this many times the database; 0: never
     repack_min_mib: float = 64.0  # ... and at least this much
     repack_interval: float = 60.0  # ... and no sooner than this after the last pass began
+    backlog_max_mib: float = 256.0  # commits the vault has not accepted, held in memory up to this much
 
     @classmethod
     def from_config(cls, section: dict, local_vault: bool) -> "CaptureOptions":
@@ -63,7 +64,7 @@ class CaptureOptions:
                 setattr(o, name, float(v) if isinstance(v, (int, float)) else parse_duration(str(v)).total_seconds())
         if "checkpoint_frames" in section:
             o.checkpoint_frames = int(section["checkpoint_frames"])
-        for name in ("repack_after", "repack_min_mib"):
+        for name in ("repack_after", "repack_min_mib", "backlog_max_mib"):
             if name in section:
                 setattr(o, name, float(section[name]))
         return o
@@ -103,6 +104,8 @@ class TargetCapture(FilesUnderCapture):
         self._swapped: dict | None = None  # the path names another file; we keep capturing ours
         self._stale_alerted = False
         self._zero: bytes | None = None
+        self._dropped: float | None = None  # commits seen since then were dropped unstored (vault down)
+        self._stored_point: tuple[str, float] | None = None  # last_point as of the last stored flush
         self._rng = random.Random()
         self.repack = Repacker(self.vault, options.repack_after, int(options.repack_min_mib * 1048576),
                                options.repack_interval)
@@ -295,16 +298,59 @@ class TargetCapture(FilesUnderCapture):
     def flush(self) -> None:
         if self.seg is None:
             return
+        if self._dropped is not None:
+            self._rebase_after_drop()
+            return
         end = {"observation": self.det.obs.to_json() if self.det.obs else None}
         before_b, before_o, before_p = self.seg.bytes_stored, self.seg.objects_stored, self.seg.page_bytes
-        key = self.seg.flush(end)
+        try:
+            key = self.seg.flush(end)
+        except MulliganError:
+            self._bound_backlog()
+            raise
         self.repack.flushed += self.seg.page_bytes - before_p
         if key:
+            self._stored_point = self.last_point
             self.stats.segments += 1
             self.stats.bytes_stored += self.seg.bytes_stored - before_b
             self.stats.objects_stored += self.seg.objects_stored - before_o
             self.stats.last_flush = time.time()
             self.stats.oldest_pending = None
+
+    def _bound_backlog(self) -> None:
+        """The vault refused a flush. Past ``backlog_max_mib`` of held pages, drop the commits
+        seen since the last stored one: a long outage must not grow the watcher without end.
+        Once the vault answers, the whole state is read again and a new base records the gap."""
+        held = self.seg.held_bytes()
+        if held <= self.o.backlog_max_mib * 1048576:
+            return
+        since = self.stats.oldest_pending or time.time()
+        n = len(self.seg.pending)
+        self.seg.discard()
+        self._dropped = since
+        self.stats.oldest_pending = None
+        self.last_point = self._stored_point  # the dropped commits can be no one's last good point
+        self.log("error", f"{self.target.name}: the vault has not accepted a write since {iso(since)}: "
+                          f"{n} commits ({held / 1048576:.0f} MiB) dropped from memory; once it answers, the "
+                          "database is read again and the gap is recorded")
+
+    def _rebase_after_drop(self) -> None:
+        """After commits were dropped unstored: read the whole state again (storing every page the
+        vault lacks) and start a new base whose gap covers the commits not kept."""
+        if self.tailer is None:
+            return  # no database to read yet: the next flush tries again
+        since = self._dropped
+        self.seg.discard()  # seen since the drop: the state read now holds them
+        count, ids, nbytes = self._read_all()  # raises while the vault still refuses writes
+        self.stats.bytes_stored += nbytes
+        self.ids, self.wal_pages = ids, dict(self.tailer.overlay_frames)
+        self.repack.settle()
+        self._dropped = None
+        gap = {"from": iso(since), "to": iso(time.time()),
+               "reason": "the vault could not be written: commits in between were not kept"}
+        self._new_base(gap=gap, reason="the vault accepts writes again after commits were dropped")
+        self.log("notice", f"{self.target.name}: the vault accepts writes again; new base {self.base.id} "
+                           f"(commits from {gap['from']} to {gap['to']} were not kept)")
 
     def _maintain(self, now: float) -> None:
         t = self.tailer
@@ -370,7 +416,7 @@ class TargetCapture(FilesUnderCapture):
         self.seg = cs.SegmentWriter(self.vault, self.target.id, self.base.id, self.tailer.page_size,
                                     recent=prev.recent if prev is not None else {},
                                     merged_keys=prev.merged_keys if prev is not None else [])
-        self.last_point = (self.base.id, now)
+        self.last_point = self._stored_point = (self.base.id, now)
         self.det.clean_point = self.last_point
         self.stats.bases += 1
         self._t["base"] = now

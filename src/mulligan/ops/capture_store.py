@@ -166,6 +166,14 @@ class SegmentWriter:
             self.merge_indexes()
         return key
 
+    def held_bytes(self) -> int:
+        """Bytes of page content held for the next flush (what a vault that refuses writes lets grow)."""
+        return sum(map(len, self.fresh.values()))
+
+    def discard(self) -> None:
+        """Forget every commit not yet stored (the chain's next segment starts empty)."""
+        self.pending, self.chunk_list, self.chunk_pos, self.writer, self.fresh = [], [], {}, None, {}
+
     def merge_indexes(self) -> None:
         """One index object for the last flushes' packs (written first), then the small ones go."""
         parts, self.index_parts = self.index_parts, []
