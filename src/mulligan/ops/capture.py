@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..engines.sqlite.capture import Observation, Poll, Tailer
-from ..errors import DatabaseBusy, MulliganError
+from ..errors import DatabaseBusy, MulliganError, StorageError
 from ..model import Target
 from ..runtime import hostname
 from ..timeparse import iso
@@ -106,6 +106,7 @@ class TargetCapture(FilesUnderCapture):
         self._zero: bytes | None = None
         self._dropped: float | None = None  # commits seen since then were dropped unstored (vault down)
         self._stored_point: tuple[str, float] | None = None  # last_point as of the last stored flush
+        self._rebase_next = self._rebase_wait = 0.0  # after a drop: when to read the database again
         self._rng = random.Random()
         self.repack = Repacker(self.vault, options.repack_after, int(options.repack_min_mib * 1048576),
                                options.repack_interval)
@@ -331,7 +332,7 @@ class TargetCapture(FilesUnderCapture):
         self.stats.oldest_pending = None
         self.last_point = self._stored_point  # the dropped commits can be no one's last good point
         self.log("error", f"{self.target.name}: the vault has not accepted a write since {iso(since)}: "
-                          f"{n} commits ({held / 1048576:.0f} MiB) dropped from memory; once it answers, the "
+                          f"{n} commits ({held / 1024:,.0f} KiB of pages) dropped from memory; once it answers, the "
                           "database is read again and the gap is recorded")
 
     def _rebase_after_drop(self) -> None:
@@ -341,7 +342,16 @@ class TargetCapture(FilesUnderCapture):
             return  # no database to read yet: the next flush tries again
         since = self._dropped
         self.seg.discard()  # seen since the drop: the state read now holds them
+        now = time.time()
+        if now < self._rebase_next:
+            # Reading the whole database at every flush of an outage would burn a core; and this
+            # is still a failure (status, the stale alert), not a quiet flush.
+            raise StorageError(f"commits since {iso(since)} were dropped: the vault has not accepted a write since",
+                               hint="the database is read again and stored once the vault accepts writes")
+        self._rebase_wait = min(60.0, self._rebase_wait * 2) if self._rebase_wait else 1.0
+        self._rebase_next = now + self._rebase_wait
         count, ids, nbytes = self._read_all()  # raises while the vault still refuses writes
+        self._rebase_wait, self._rebase_next = 0.0, 0.0
         self.stats.bytes_stored += nbytes
         self.ids, self.wal_pages = ids, dict(self.tailer.overlay_frames)
         self.repack.settle()
