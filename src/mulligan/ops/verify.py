@@ -56,10 +56,9 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
     good: set[bytes] = set()
     indexed: dict[bytes, tuple] = {}
     naming: dict[bytes, list[str]] = {}  # pack id -> index objects that name it
-    for key, _ in st.list("index/"):
-        try:
-            data = st.get(key)
-        except ObjectMissing:
+    # Objects are fetched a few at a time on an object store (Vault.get_many); None: gone.
+    for key, data in vault.get_many([key for key, _ in st.list("index/")]):
+        if data is None:
             # watch merges its small index objects and prune rewrites indexes (the replacement
             # is written first): listed a moment ago, gone now, is not damage.
             res.notes.append(f"{key} was replaced while verify ran")
@@ -73,11 +72,11 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
             res.problem(key, exc.message)
     packs = list(st.list("packs/"))
     indexed_packs = {v[0] for v in indexed.values()}
-    for key, sz in packs:
+    vanished = set()
+    for key, body in vault.get_many([key for key, _ in packs]):
         res.packs += 1
-        try:
-            body = st.get(key)
-        except ObjectMissing:
+        if body is None:
+            vanished.add(key)
             res.notes.append(f"{key} was removed while verify ran (prune)")
             continue
         try:
@@ -108,8 +107,11 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
                     res.problem(key, exc.message)
         if progress:
             progress(1, len(packs))
+    read = {key for key, _ in packs} - vanished
     for pack_id in indexed_packs:
-        if st.stat(pack_key(pack_id)) is None:
+        # A pack read above is there; any other may have been written since the listing or
+        # removed since: a stat says (one request for those only, not for every pack).
+        if pack_key(pack_id) not in read and st.stat(pack_key(pack_id)) is None:
             if all(st.stat(k) is None for k in naming.get(pack_id, [])):
                 # prune rewrote the index, then deleted the pack, while verify ran
                 res.notes.append(f"{pack_key(pack_id)} was removed with its index while verify ran (prune)")
