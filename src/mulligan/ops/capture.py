@@ -342,6 +342,8 @@ class TargetCapture(FilesUnderCapture):
             return  # no database to read yet: the next flush tries again
         since = self._dropped
         self.seg.discard()  # seen since the drop: the state read now holds them
+        self.last_point = self._stored_point
+        self.stats.oldest_pending = None
         now = time.time()
         if now < self._rebase_next:
             # Reading the whole database at every flush of an outage would burn a core; and this
