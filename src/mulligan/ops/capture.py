@@ -328,8 +328,7 @@ class TargetCapture(FilesUnderCapture):
         since = self.stats.oldest_pending or time.time()
         n = len(self.seg.pending)
         self.seg.discard()
-        self._dropped = since
-        self.stats.oldest_pending = None
+        self._dropped = since  # the capture lag keeps counting from here until the new base
         self.last_point = self._stored_point  # the dropped commits can be no one's last good point
         self.log("error", f"{self.target.name}: the vault has not accepted a write since {iso(since)}: "
                           f"{n} commits ({held / 1024:,.0f} KiB of pages) dropped from memory; once it answers, the "
@@ -343,7 +342,6 @@ class TargetCapture(FilesUnderCapture):
         since = self._dropped
         self.seg.discard()  # seen since the drop: the state read now holds them
         self.last_point = self._stored_point
-        self.stats.oldest_pending = None
         now = time.time()
         if now < self._rebase_next:
             # Reading the whole database at every flush of an outage would burn a core; and this
@@ -361,6 +359,7 @@ class TargetCapture(FilesUnderCapture):
         gap = {"from": iso(since), "to": iso(time.time()),
                "reason": "the vault could not be written: commits in between were not kept"}
         self._new_base(gap=gap, reason="the vault accepts writes again after commits were dropped")
+        self.stats.oldest_pending = None
         self.log("notice", f"{self.target.name}: the vault accepts writes again; new base {self.base.id} "
                            f"(commits from {gap['from']} to {gap['to']} were not kept)")
 
