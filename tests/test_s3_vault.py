@@ -40,6 +40,18 @@ def _restored(env: Env, *args: str) -> str:
     return str(out)
 
 
+def _term_and_restore_latest(env: Env, w: Watch, app: App) -> list[tuple[int, float]]:
+    """SIGTERM the watcher, stop the app; every commit made before the SIGTERM must restore."""
+    t_term = time.time()
+    assert w.term() == 0
+    app.stop()
+    log = app.log()
+    got = set(ids_in(_restored(env, "--latest")))
+    missing = [i for i, t in log if t < t_term and i not in got]
+    assert not missing, f"{len(missing)} commits lost, first {missing[:3]}"
+    return log
+
+
 def test_snapshot_under_a_writer_restore_verify_and_prune_in_a_bucket(s3_env):
     env = s3_env
     writer = start_writer(env.dir / "app.db", project=env)
@@ -74,14 +86,9 @@ def test_watch_into_a_bucket_loses_nothing_after_sigterm_and_restores_any_past_t
     assert "store every 5 s" in w.text()  # an object store's default batching interval
     capturing = time.time()
     time.sleep(2.5)
-    t_term = time.time()
-    assert w.term() == 0
-    app.stop()
-    log = app.log()
-    got = set(ids_in(_restored(env, "--latest")))
-    assert not [i for i, t in log if t < t_term and i not in got]
+    log = _term_and_restore_latest(env, w, app)
     when = random.uniform(max(capturing, log[10][1]), log[-10][1])
-    at = ids_in(_restored(env, "--at", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1e6):06d}Z"))
+    at = ids_in(_restored(env, "--at", iso(when)))
     assert at == list(range(1, len(at) + 1))
     assert {i for i, t in log if t <= when - 0.3} <= set(at)
     assert not {i for i, t in log if t > when + 0.3} & set(at)
@@ -187,13 +194,7 @@ def test_a_store_that_goes_away_while_watch_runs(s3, tmp_path, backlog):
         if backlog == "dropped":
             assert w.wait_for("accepts writes again", 20), w.text()
         time.sleep(2.0)
-        t_term = time.time()
-        assert w.term() == 0
-        app.stop()
-        log = app.log()
-        got = set(ids_in(_restored(env, "--latest")))
-        missing = [i for i, t in log if t < t_term and i not in got]
-        assert not missing, f"{len(missing)} commits lost, first {missing[:3]}"
+        log = _term_and_restore_latest(env, w, app)
         assert "everything seen is stored" in w.text()
         gaps = env.run("status", "app", "--json").json["targets"][0]["coverage"]["gaps"]
         if backlog == "held":
