@@ -646,15 +646,22 @@ def test_reads_kept_in_flight_follow_the_storage_and_pages_come_back_in_order(mo
     assert slow.most == ahead
 
 
-@pytest.mark.parametrize("ahead", [1, 4])
-def test_index_objects_load_with_the_storages_reads_in_flight_and_skip_ones_gone(ahead):
+@pytest.mark.parametrize("ahead,budget", [(1, None), (4, None), (4, "two objects")])
+def test_index_objects_load_with_the_storages_reads_in_flight_and_skip_ones_gone(monkeypatch, ahead, budget):
+    """Index objects (and segments) are fetched up to four per read_ahead at once on an object
+    store, within GET_MANY_BYTES; one after another on a local one."""
+    from mulligan.vault import vault as vault_mod
+
     v = new_vault()
     pages = [os.urandom(PS) for _ in range(20)]
     for k in range(10):  # each snapshot leaves an index object of its own
         pages[k] = os.urandom(PS)
         m = save(v, pages)
-    keys = [k for k, _ in v.storage.list("index/")]
+    listed = list(v.storage.list("index/"))
+    keys = [k for k, _ in listed]
     assert len(keys) >= 10
+    if budget:
+        monkeypatch.setattr(vault_mod, "GET_MANY_BYTES", 2 * max(size for _, size in listed))
     slow = SlowStore(v.storage, ahead)
     gone = keys[3]
     real_get = FaultyStorage.get
@@ -667,7 +674,14 @@ def test_index_objects_load_with_the_storages_reads_in_flight_and_skip_ones_gone
     slow.get = types.MethodType(lambda self, key: self._slow(get, self, key), slow)
     fresh = Vault(slow, v.config)
     idx = fresh.index()
-    assert slow.most == ahead
+    if budget:  # in flight at once: never more objects than fit in the budget together
+        cap = 2 * max(size for _, size in listed)
+        sizes = [size for _, size in listed]
+        widest = max(max(k for k in range(1, len(sizes) - i + 1) if k == 1 or sum(sizes[i:i + k]) <= cap)
+                     for i in range(len(sizes)))
+        assert 2 <= slow.most <= widest < len(keys)
+    else:
+        assert slow.most == (1 if ahead == 1 else len(keys))
     assert fresh._loaded_index_keys == set(keys) - {gone}
     assert len(idx) == len(Vault(v.storage, v.config).index()) - sum(map(len, decode_index(v.storage.get(gone)).values()))
     assert read_back(Vault(v.storage, v.config), m) == pages

@@ -335,7 +335,7 @@ def _replay(vault: Vault, base: Manifest, *, seq: int | None = None, index: int 
     last = None
     # Segments are fetched a few at a time on an object store (Vault.get_many); a replay that
     # stops early has asked for at most a few it does not use.
-    for key, body in vault.get_many(segment_keys(vault, base.target_id, base.id)):
+    for key, body in vault.get_many(list(vault.storage.list(segment_prefix(base.target_id, base.id)))):
         if body is None:
             raise ObjectMissing(f"segment {key} is missing from the vault", hint="run 'mulligan verify'")
         seg = decode_segment(body, vault, key)

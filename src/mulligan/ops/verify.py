@@ -57,7 +57,7 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
     indexed: dict[bytes, tuple] = {}
     naming: dict[bytes, list[str]] = {}  # pack id -> index objects that name it
     # Objects are fetched a few at a time on an object store (Vault.get_many); None: gone.
-    for key, data in vault.get_many([key for key, _ in st.list("index/")]):
+    for key, data in vault.get_many(list(st.list("index/"))):
         if data is None:
             # watch merges its small index objects and prune rewrites indexes (the replacement
             # is written first): listed a moment ago, gone now, is not damage.
@@ -73,7 +73,7 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
     packs = list(st.list("packs/"))
     indexed_packs = {v[0] for v in indexed.values()}
     vanished = set()
-    for key, body in vault.get_many([key for key, _ in packs]):
+    for key, body in vault.get_many(packs):
         res.packs += 1
         if body is None:
             vanished.add(key)

@@ -38,6 +38,7 @@ INDEX_OBJECTS_MAX = 64
 PART_BLOCKS = 64
 PART_BYTES = 8 << 20
 GROUP_BLOCKS = 256  # a large pack is read in parts of this many blocks
+GET_MANY_BYTES = 64 << 20  # objects fetched ahead at once (Vault.get_many) hold at most this much
 INDEX_SMALL = 1 << 20
 
 
@@ -113,28 +114,34 @@ class Vault:
             self._index = ChunkIndex()
             refresh = True
         if refresh:
-            keys = [key for key, _ in self.storage.list("index/") if key not in self._loaded_index_keys]
-            for key, data in self.get_many(keys):
+            listed = [(key, size) for key, size in self.storage.list("index/") if key not in self._loaded_index_keys]
+            for key, data in self.get_many(listed):
                 # None: replaced since the listing (prune rewrites indexes, watch merges small
                 # ones): the replacement was written first, and a later miss lists again.
                 if data is not None:
                     self._add_index(key, data)
         return self._index
 
-    def get_many(self, keys: list[str]) -> Iterator[tuple[str, bytes | None]]:
-        """(key, object or None if it is gone) for each key, in order; on an object store up to
-        ``read_ahead`` requests are in flight at once."""
+    def get_many(self, listed: list[tuple[str, int]]) -> Iterator[tuple[str, bytes | None]]:
+        """(key, object or None if it is gone) for each listed (key, size), in order. On an object
+        store several requests are in flight: up to four per ``read_ahead`` (a round trip each,
+        for mostly small objects: index objects, segments) and up to GET_MANY_BYTES of objects."""
         ahead = self.storage.read_ahead
-        if ahead <= 1 or len(keys) < 2:
-            for key in keys:
+        if ahead <= 1 or len(listed) < 2:
+            for key, _size in listed:
                 yield key, self._get_or_none(key)
             return
-        pool = worker(f"read-{ahead}", ahead)
-        pending = deque(pool.submit(self._get_or_none, k) for k in keys[:ahead])
-        for i, key in enumerate(keys):
+        most = 4 * ahead
+        pool = worker(f"get-{most}", most)
+        pending: deque = deque()
+        held = nxt = 0
+        for i, (key, _size) in enumerate(listed):
+            while nxt < len(listed) and (nxt <= i or (nxt - i < most and held + listed[nxt][1] <= GET_MANY_BYTES)):
+                pending.append(pool.submit(self._get_or_none, listed[nxt][0]))
+                held += listed[nxt][1]
+                nxt += 1
             data = pending.popleft().result()
-            if i + ahead < len(keys):
-                pending.append(pool.submit(self._get_or_none, keys[i + ahead]))
+            held -= listed[i][1]
             yield key, data
 
     def _get_or_none(self, key: str) -> bytes | None:
