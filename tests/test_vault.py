@@ -685,3 +685,22 @@ def test_index_objects_load_with_the_storages_reads_in_flight_and_skip_ones_gone
     assert fresh._loaded_index_keys == set(keys) - {gone}
     assert len(idx) == len(Vault(v.storage, v.config).index()) - sum(map(len, decode_index(v.storage.get(gone)).values()))
     assert read_back(Vault(v.storage, v.config), m) == pages
+
+
+def test_small_packs_read_together_are_asked_for_at_once_from_an_object_store():
+    """A part of several small packs (a captured history's flushes) asks for all their ranges
+    at once on a store a round trip away, and every page still comes back right."""
+    v = new_vault()
+    pages = [os.urandom(PS) for _ in range(40)]
+    save(v, pages)
+    for k in range(12):  # each snapshot stores its changed pages in a pack of its own
+        pages = list(pages)
+        for i in range(k, 40, 7):
+            pages[i] = os.urandom(PS)
+        m = save(v, pages)
+    slow = SlowStore(v.storage, 4)
+    fresh = Vault(slow, v.config)
+    fresh.index()
+    slow.most = 0
+    assert read_back(fresh, m) == pages
+    assert slow.most > 4, "the packs of one part were read one after another"

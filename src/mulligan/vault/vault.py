@@ -292,21 +292,28 @@ class Vault:
                 out.extend((next(it), blocks[o][1]) for o in group)
             yield out
 
+    def _pack_range(self, key: str, lo: int, hi: int) -> bytes:
+        try:
+            body = self.storage.get_range(key, lo, hi - lo)
+        except ObjectMissing:
+            raise IntegrityError(f"pack {key} is missing from the vault", hint="run 'mulligan verify'") from None
+        if len(body) < hi - lo:
+            raise IntegrityError(f"pack {key} is truncated", hint="run 'mulligan verify'")
+        return body
+
     def _read_part(self, part: list[tuple[bytes, dict, list[int]]]) -> list:
         """Read the given blocks of each pack (one ranged read a pack) and decompress them all
         in one call."""
         raws: list = []
         spans = []
-        for pack_id, blocks, offsets in part:
-            key = pack_key(pack_id)
-            lo = offsets[0]
-            hi = max(o + blocks[o][0] for o in offsets)
-            try:
-                body = self.storage.get_range(key, lo, hi - lo)
-            except ObjectMissing:
-                raise IntegrityError(f"pack {key} is missing from the vault", hint="run 'mulligan verify'") from None
-            if len(body) < hi - lo:
-                raise IntegrityError(f"pack {key} is truncated", hint="run 'mulligan verify'")
+        ranges = [(pack_key(pack_id), offsets[0], max(o + blocks[o][0] for o in offsets))
+                  for pack_id, blocks, offsets in part]
+        ahead = self.storage.read_ahead
+        if ahead > 1 and len(ranges) > 1:  # several small packs a round trip away: ask for them at once
+            bodies = list(worker(f"get-{4 * ahead}", 4 * ahead).map(lambda r: self._pack_range(*r), ranges))
+        else:
+            bodies = [self._pack_range(*r) for r in ranges]
+        for (_pack_id, blocks, offsets), (key, lo, _hi), body in zip(part, ranges, bodies):
             view = memoryview(body)
             spans.append((key, len(raws), len(offsets)))
             raws.extend(view[o - lo : o - lo + blocks[o][0]] for o in offsets)
