@@ -128,6 +128,16 @@ def test_a_missing_bucket_is_one_line(s3, tmp_path):
     assert "s3://no-such-bucket/vault" in one_line(r.err)
 
 
+def test_no_credentials_is_one_line_that_names_them(s3, tmp_path, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    r = Env(tmp_path).run("init", "--vault", s3.url(s3.new_bucket()))
+    assert r.code == 1
+    line = one_line(r.err)
+    assert "no AWS credentials found" in line and "AWS_ACCESS_KEY_ID" in line
+    assert not (tmp_path / "mulligan.toml").exists()
+
+
 def test_an_unknown_option_in_the_url_is_a_usage_error(s3, tmp_path):
     r = Env(tmp_path).run("init", "--vault", s3.url(s3.new_bucket()) + "&colour=blue")
     assert r.code == 2 and "'colour'" in one_line(r.err)

@@ -164,10 +164,18 @@ class S3Storage(Storage):
             raise StorageError(f"invalid object key {key!r}")
 
     def _failed(self, what: str, key: str, exc: Exception) -> StorageError:
+        text = _one_line(exc)
+        if "169.254.169.254" in text or "169.254.170.2" in text:
+            # No credentials in the environment: obstore asked the instance metadata service.
+            return StorageError(
+                f"cannot {what} {key} in the vault at {self.url}: no AWS credentials found (the environment has "
+                "none and no instance or container role answered)",
+                hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary ones)",
+            )
         denied = isinstance(exc, (self._x.PermissionDeniedError, self._x.UnauthenticatedError))
         hint = ("check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the bucket's policy" if denied
                 else "check that the bucket exists and the endpoint is reachable, then run the command again")
-        return StorageError(f"cannot {what} {key} in the vault at {self.url}: {_one_line(exc)}", hint=hint)
+        return StorageError(f"cannot {what} {key} in the vault at {self.url}: {text}", hint=hint)
 
 
 def _one_line(exc: Exception) -> str:
