@@ -163,12 +163,14 @@ def s3(s3_server, monkeypatch) -> S3Endpoint:
 
 class Outage:
     """A TCP proxy on 127.0.0.1 in front of a server, that can be cut off (every connection
-    closed, new ones refused) and restored on the same port: a store that goes away."""
+    closed, new ones refused) and restored on the same port: a store that goes away. With
+    ``rewrite``, each piece a client sends passes through it first (a server that drops a header)."""
 
-    def __init__(self, target_port: int):
+    def __init__(self, target_port: int, rewrite=None):
         import socket
 
         self.target_port = target_port
+        self.rewrite = rewrite
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port = probe.getsockname()[1]
@@ -186,10 +188,10 @@ class Outage:
         lst.listen(64)
         self._listener = lst
 
-        def pump(a, b):
+        def pump(a, b, change=None):
             try:
                 while data := a.recv(1 << 16):
-                    b.sendall(data)
+                    b.sendall(change(data) if change else data)
             except OSError:
                 pass
             finally:
@@ -207,7 +209,7 @@ class Outage:
                     return
                 server = socket.create_connection(("127.0.0.1", self.target_port))
                 self._conns += [client, server]
-                threading.Thread(target=pump, args=(client, server), daemon=True).start()
+                threading.Thread(target=pump, args=(client, server, self.rewrite), daemon=True).start()
                 threading.Thread(target=pump, args=(server, client), daemon=True).start()
 
         threading.Thread(target=accept, daemon=True).start()

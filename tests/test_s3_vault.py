@@ -140,6 +140,23 @@ def test_no_credentials_is_one_line_that_names_them(s3, tmp_path, monkeypatch):
     assert not (tmp_path / "mulligan.toml").exists()
 
 
+def test_a_store_that_ignores_conditional_writes_gets_no_vault(s3, tmp_path):
+    """Some S3-compatible servers ignore If-None-Match and overwrite: put-if-absent would then
+    hold nowhere (the audit log, leases). A proxy drops the header on the way; init refuses."""
+    import re
+
+    bucket = s3.new_bucket()
+    proxy = Outage(int(s3.endpoint.rsplit(":", 1)[1]),
+                   rewrite=lambda data: re.sub(rb"(?i)if-none-match: \*\r\n", b"", data)).up()
+    try:
+        r = Env(tmp_path).run("init", "--vault", f"s3://{bucket}/vault?endpoint=http://127.0.0.1:{proxy.port}")
+    finally:
+        proxy.down()
+    assert r.code == 1
+    assert "ignores conditional writes" in one_line(r.err)
+    assert s3.client().list_objects_v2(Bucket=bucket).get("Contents", []) == []  # no config, no probe left
+
+
 def test_an_unknown_option_in_the_url_is_a_usage_error(s3, tmp_path):
     r = Env(tmp_path).run("init", "--vault", s3.url(s3.new_bucket()) + "&colour=blue")
     assert r.code == 2 and "'colour'" in one_line(r.err)

@@ -52,6 +52,10 @@ class Storage(ABC):
     def stat(self, key: str) -> int | None:
         """Size of the object, or None when it does not exist."""
 
+    def check_writes(self) -> None:
+        """Before a vault is created here: raise StorageError if this store would break a rule
+        above (a local folder keeps them by construction; an object store is asked)."""
+
     def sweep(self, older_than: float) -> tuple[int, int]:
         """Remove what interrupted writes left out of sight of the keys (a local folder's
         temporary files; an object store's unfinished uploads) that is older than

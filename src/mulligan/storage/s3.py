@@ -157,6 +157,26 @@ class S3Storage(Storage):
         except Exception as exc:  # noqa: BLE001
             raise self._failed("read", key, exc) from None
 
+    def check_writes(self) -> None:
+        """Put-if-absent is what serialises the audit log and keeps two writers from taking one
+        key; a store that ignores ``If-None-Match`` (some S3-compatible servers) would overwrite
+        silently. Write a probe twice: the second must be refused."""
+        import os
+
+        key = f"probe/{os.urandom(8).hex()}"
+        self.put(key, b"1")
+        try:
+            self.put(key, b"2")
+        except ObjectExists:
+            return
+        finally:
+            self.delete(key)
+        raise StorageError(
+            f"the store at {self.url} ignores conditional writes (If-None-Match): a second write of a key "
+            "replaced the first instead of being refused",
+            unchanged="no vault was created", hint="use AWS S3 or an S3-compatible store that supports conditional writes",
+        )
+
     # ---- helpers -------------------------------------------------------------------
     @staticmethod
     def _check_key(key: str) -> None:
