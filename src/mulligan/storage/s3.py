@@ -20,6 +20,7 @@ obstore is imported when an ``s3://`` URL is opened, never at start-up.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
@@ -161,8 +162,6 @@ class S3Storage(Storage):
         """Put-if-absent is what serialises the audit log and keeps two writers from taking one
         key; a store that ignores ``If-None-Match`` (some S3-compatible servers) would overwrite
         silently. Write a probe twice: the second must be refused."""
-        import os
-
         key = f"probe/{os.urandom(8).hex()}"
         self.put(key, b"1")
         try:
