@@ -117,6 +117,16 @@ def restore_in_process(work: Path, read_ahead: int, out: Path) -> float:
     return float(p.stdout.strip().splitlines()[-1])
 
 
+def write_under(work: Path, capturer: subprocess.Popen, seconds: float) -> None:
+    """The writer at 100 tx/s on work/app.db for ``seconds``, then the capturer stopped."""
+    writer, _log = start_writer(work, work / "app.db", 100)
+    time.sleep(seconds)
+    writer.terminate()
+    writer.wait()
+    capturer.terminate()
+    capturer.wait(30)
+
+
 def litestream_against(work: Path, template: Path, endpoint: str, client, bucket: str, a) -> tuple[float, float]:
     """Litestream replicating a copy of the same database to the same store for the same history
     under the same writer; then both tools' restore commands, taking turns: (Mulligan, Litestream)
@@ -138,12 +148,7 @@ def litestream_against(work: Path, template: Path, endpoint: str, client, bucket
         if proc.poll() is not None or time.time() > end:
             raise SystemExit("litestream did not start: " + (lsdir / "litestream.log").read_text()[-500:])
         time.sleep(0.1)
-    writer, _log = start_writer(lsdir, lsdir / "app.db", 100)
-    time.sleep(a.history)
-    writer.terminate()
-    writer.wait()
-    proc.terminate()
-    proc.wait(30)
+    write_under(lsdir, proc, a.history)
     mine, theirs = [], []
     for i in range(a.rounds):
         out = work / f"m-{i}.db"
@@ -236,12 +241,7 @@ def main() -> None:
                 procs.append(watch)
                 while "capturing" not in watch.stderr.readline():
                     pass
-                writer, _log = start_writer(work, work / "app.db", 100)
-                time.sleep(a.history)
-                writer.terminate()
-                writer.wait()
-                watch.terminate()
-                watch.wait(30)
+                write_under(work, watch, a.history)
                 packs = sum(1 for _ in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="vault/packs/")
                             for _ in _.get("Contents", []))
                 one, four = [], []

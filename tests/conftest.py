@@ -105,6 +105,17 @@ class Env:
         return setup_ops.protect(self.ws, path, name, env)
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (for --metrics-port, a proxy)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Env:
     setup_ops.init(tmp_path / "mulligan.toml")
@@ -167,14 +178,9 @@ class Outage:
     ``rewrite``, each piece a client sends passes through it first (a server that drops a header)."""
 
     def __init__(self, target_port: int, rewrite=None):
-        import socket
-
         self.target_port = target_port
         self.rewrite = rewrite
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = free_port()
         self._conns: list = []
         self._listener = None
 

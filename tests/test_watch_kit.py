@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import apsw
 
-from conftest import MULLIGAN, Env
+from conftest import MULLIGAN, Env, free_port  # noqa: F401  (free_port: the watch tests import it from here)
 
 _STARTED: list[subprocess.Popen] = []
 
@@ -62,15 +61,6 @@ APP = textwrap.dedent('''
             time.sleep(1.0 / rate)
     conn.close()
 ''')
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 nothing listens on (for --metrics-port)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def make_app_db(path: Path) -> str:

@@ -53,7 +53,7 @@ def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
 
 
 class S3Storage(Storage):
-    read_ahead = 4  # parts of up to 8 MiB read at once: ~100 MiB held at most
+    read_ahead = 4  # pack parts on their way at once (each at most 256 blocks of 64 KiB, read and decompressed)
 
     def __init__(self, url: str):
         bucket, prefix, options = parse_url(url)
