@@ -213,8 +213,12 @@ class ConsistentReader:
         header = wal.read_header(self._wal_fd)
         if header is None:
             return wal.WalScan(None, [])
-        idx = walindex.read(self._shm_fd) if self._shm_fd is not None else None
-        if idx is not None and idx.salts == header.salts and idx.page_size == header.page_size:
+        # The wal-index is read without a lock: a writer committing meanwhile can make one look
+        # inconsistent with the frames. Look again a few times before walking the checksum chain.
+        for _ in range(3) if self._shm_fd is not None else ():
+            idx = walindex.read(self._shm_fd)
+            if idx is None or idx.salts != header.salts or idx.page_size != header.page_size:
+                break
             commits = walindex.scan_headers(self._wal_fd, header, idx.mx_frame)
             if commits and commits[-1].frame == idx.mx_frame:
                 self._scan_kind = "wal-index"
