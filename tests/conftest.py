@@ -177,9 +177,13 @@ class Outage:
     closed, new ones refused) and restored on the same port: a store that goes away. With
     ``rewrite``, each piece a client sends passes through it first (a server that drops a header)."""
 
-    def __init__(self, target_port: int, rewrite=None):
+    def __init__(self, target_port: int, rewrite=None, lose_reply=None):
         self.target_port = target_port
         self.rewrite = rewrite
+        # lose_reply(piece) -> True: the server's answer to that request never reaches the
+        # client (both connections closed instead): a write that landed, its answer lost.
+        self.lose_reply = lose_reply
+        self.lost_replies = 0
         self.port = free_port()
         self._conns: list = []
         self._listener = None
@@ -194,9 +198,14 @@ class Outage:
         lst.listen(64)
         self._listener = lst
 
-        def pump(a, b, change=None):
+        def pump(a, b, change=None, state=None, to_client=False):
             try:
                 while data := a.recv(1 << 16):
+                    if state is not None and not to_client and self.lose_reply and self.lose_reply(data):
+                        state["lose"] = True
+                    if to_client and state.get("lose"):
+                        self.lost_replies += 1
+                        break
                     b.sendall(change(data) if change else data)
             except OSError:
                 pass
@@ -215,8 +224,9 @@ class Outage:
                     return
                 server = socket.create_connection(("127.0.0.1", self.target_port))
                 self._conns += [client, server]
-                threading.Thread(target=pump, args=(client, server, self.rewrite), daemon=True).start()
-                threading.Thread(target=pump, args=(server, client), daemon=True).start()
+                state: dict = {}
+                threading.Thread(target=pump, args=(client, server, self.rewrite, state), daemon=True).start()
+                threading.Thread(target=pump, args=(server, client, None, state, True), daemon=True).start()
 
         threading.Thread(target=accept, daemon=True).start()
         return self

@@ -243,6 +243,41 @@ def test_a_store_that_goes_away_while_watch_runs(s3, tmp_path, backlog):
         proxy.down()
 
 
+def test_a_write_that_landed_but_whose_answer_was_lost_is_not_written_again(s3, tmp_path):
+    """The store takes a segment, then the connection drops before its answer: the retry finds
+    the key taken. The bytes there are the ones being written, so the write stands and capture
+    goes on; refusing it would fail every later flush on the same key until the backlog is
+    dropped."""
+    bucket = s3.new_bucket()
+    seen = []
+
+    def first_segment_put(piece: bytes) -> bool:
+        if piece.startswith(b"PUT ") and b"/capture/" in piece.split(b"\r\n", 1)[0] and not seen:
+            seen.append(piece)
+            return True
+        return False
+
+    proxy = Outage(int(s3.endpoint.rsplit(":", 1)[1]), lose_reply=first_segment_put).up()
+    try:
+        setup_ops.init(tmp_path / "mulligan.toml", f"s3://{bucket}/vault?endpoint=http://127.0.0.1:{proxy.port}")
+        env = Env(tmp_path)
+        db = make_app_db(env.dir / "app.db")
+        env.protect(db)
+        configure(env, capture={"flush_interval": "0.5s"})
+        app = App(db, env.dir / "app.log", rate=100)
+        w = Watch(env, "app")
+        deadline = time.time() + 20
+        while not proxy.lost_replies and time.time() < deadline:
+            time.sleep(0.1)
+        assert proxy.lost_replies == 1
+        time.sleep(3.0)
+        _term_and_restore_latest(env, w, app)
+        assert "capture failed" not in w.text(), w.text()
+        assert env.run("status", "app", "--json").json["targets"][0]["coverage"]["gaps"] == []
+    finally:
+        proxy.down()
+
+
 def test_prune_in_a_bucket_removes_the_packs_nothing_references(s3_env):
     """Prune on an object store deletes dead packs several at once: exactly those (here, packs a
     writer killed before its index landed would leave), with the bytes the listing gave; what

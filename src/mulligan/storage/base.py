@@ -6,7 +6,10 @@ conformance tests (tests/test_storage.py).
 
 Rules every backend keeps:
 - ``put`` is atomic: a reader sees the whole object or none of it.
-- ``put(..., overwrite=False)`` on an existing key raises :class:`ObjectExists`.
+- ``put(..., overwrite=False)`` on an existing key raises :class:`ObjectExists`, unless the
+  object there holds exactly the bytes being written: then the put succeeds. A write that
+  landed but whose answer was lost (a dropped connection, retried by the client) must not
+  fail on its own first attempt, and nothing is replaced either way.
 - ``get`` of a missing key raises :class:`ObjectMissing`.
 - ``list`` yields ``(key, size)`` for keys under a prefix, in key order.
 """

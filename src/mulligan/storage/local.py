@@ -71,7 +71,10 @@ class LocalStorage(Storage):
                 try:
                     os.link(tmp, final)
                 except FileExistsError:
-                    raise ObjectExists(f"object {key} already exists") from None
+                    if not _holds(final, data):
+                        raise ObjectExists(f"object {key} already exists") from None
+                    # The same bytes are there: an earlier attempt of this write landed (its
+                    # folder's fsync may not have: it is done again below).
                 finally:
                     _unlink_quiet(tmp)
             _fsync_dir(final.parent)
@@ -182,6 +185,16 @@ def _unlink_quiet(p: Path) -> None:
         os.unlink(p)
     except OSError:
         pass
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    try:
+        if path.stat().st_size != len(data):
+            return False
+        with open(path, "rb") as fh:
+            return fh.read() == data
+    except OSError:
+        return False
 
 
 def _fsync_dir(p: Path) -> None:

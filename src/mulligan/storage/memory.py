@@ -28,6 +28,8 @@ class MemoryStorage(Storage):
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
         with self._lock:
             if not overwrite and key in self._objects:
+                if self._objects[key] == data:
+                    return  # the same bytes: this write is already done
                 raise ObjectExists(f"object {key} already exists")
             self._objects[key] = bytes(data)
 
