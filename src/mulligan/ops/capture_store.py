@@ -98,6 +98,7 @@ class SegmentWriter:
     index_parts: list = field(default_factory=list)
     MERGE_EVERY = 64
     merged_keys: list = field(default_factory=list)
+    sealed: tuple[str, bytes] | None = None  # (key, bytes) of a segment whose write has not succeeded
     RECENT_MAX = 1 << 14
 
     def next_commit_id(self) -> str:
@@ -132,9 +133,16 @@ class SegmentWriter:
         return point, ids
 
     def flush(self, end: dict | None = None) -> str | None:
-        """Packs, their index, then the segment object. Returns its key (None when empty)."""
+        """Packs, their index, then the segment object. Returns the key of the last segment
+        stored (None when there was nothing to store).
+
+        A segment is sealed (its bytes and its number fixed) before its first write; a write that
+        fails leaves it sealed and the next flush writes the same bytes again, first. A write that
+        landed but whose answer was lost then finds its own bytes and stands (storage/base.py);
+        writing the segment anew with the commits seen since would be refused for good."""
+        key = self._store_sealed()
         if not self.pending:
-            return None
+            return key
         if self.fresh:
             # Compressed in 64 KiB blocks of pages, as snapshots are: fewer, better-compressed blobs.
             w = self.writer = PackWriter(self.vault.storage, codec=self.vault.codec)
@@ -155,13 +163,19 @@ class SegmentWriter:
             "time_from": self.pending[0]["t"], "time_to": self.pending[-1]["t"],
             "commits": self.pending, "chunks": [c.hex() for c in self.chunk_list], "end": end or {},
         }
-        key = segment_key(self.target_id, self.base_id, self.seq)
-        body = encode_segment(seg, self.vault)
+        self.sealed = (segment_key(self.target_id, self.base_id, self.seq), encode_segment(seg, self.vault))
+        self.seq += 1  # commits seen from now on belong to the next segment
+        self.pending, self.chunk_list, self.chunk_pos, self.writer, self.fresh = [], [], {}, None, {}
+        return self._store_sealed()
+
+    def _store_sealed(self) -> str | None:
+        if self.sealed is None:
+            return None
+        key, body = self.sealed
         self.vault.storage.put(key, body)
+        self.sealed = None
         self.bytes_stored += len(body)
         self.objects_stored += 1
-        self.seq += 1
-        self.pending, self.chunk_list, self.chunk_pos, self.writer, self.fresh = [], [], {}, None, {}
         if len(self.index_parts) >= self.MERGE_EVERY or sum(len(w) for _, w in self.index_parts) >= 20000:
             self.merge_indexes()
         return key
@@ -171,8 +185,10 @@ class SegmentWriter:
         return sum(map(len, self.fresh.values()))
 
     def discard(self) -> None:
-        """Forget every commit not yet stored (the chain's next segment starts empty)."""
+        """Forget every commit not yet stored, a sealed segment's too (the caller starts a new
+        base: this chain gets no further segment)."""
         self.pending, self.chunk_list, self.chunk_pos, self.writer, self.fresh = [], [], {}, None, {}
+        self.sealed = None
 
     def merge_indexes(self) -> None:
         """One index object for the last flushes' packs (written first), then the small ones go."""
