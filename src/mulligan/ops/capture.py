@@ -326,7 +326,7 @@ class TargetCapture(FilesUnderCapture):
         if held <= self.o.backlog_max_mib * 1048576:
             return
         since = self.stats.oldest_pending or time.time()
-        n = len(self.seg.pending)
+        n = self.seg.unstored_commits()
         self.seg.discard()
         self._dropped = since  # the capture lag keeps counting from here until the new base
         self.last_point = self._stored_point  # the dropped commits can be no one's last good point

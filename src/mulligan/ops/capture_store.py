@@ -98,7 +98,8 @@ class SegmentWriter:
     index_parts: list = field(default_factory=list)
     MERGE_EVERY = 64
     merged_keys: list = field(default_factory=list)
-    sealed: tuple[str, bytes] | None = None  # (key, bytes) of a segment whose write has not succeeded
+    # (key, bytes, commits) of a segment whose write has not succeeded yet
+    sealed: tuple[str, bytes, int] | None = None
     RECENT_MAX = 1 << 14
 
     def next_commit_id(self) -> str:
@@ -163,7 +164,8 @@ class SegmentWriter:
             "time_from": self.pending[0]["t"], "time_to": self.pending[-1]["t"],
             "commits": self.pending, "chunks": [c.hex() for c in self.chunk_list], "end": end or {},
         }
-        self.sealed = (segment_key(self.target_id, self.base_id, self.seq), encode_segment(seg, self.vault))
+        self.sealed = (segment_key(self.target_id, self.base_id, self.seq), encode_segment(seg, self.vault),
+                       len(self.pending))
         self.seq += 1  # commits seen from now on belong to the next segment
         self.pending, self.chunk_list, self.chunk_pos, self.writer, self.fresh = [], [], {}, None, {}
         return self._store_sealed()
@@ -171,7 +173,7 @@ class SegmentWriter:
     def _store_sealed(self) -> str | None:
         if self.sealed is None:
             return None
-        key, body = self.sealed
+        key, body, _n = self.sealed
         self.vault.storage.put(key, body)
         self.sealed = None
         self.bytes_stored += len(body)
@@ -183,6 +185,9 @@ class SegmentWriter:
     def held_bytes(self) -> int:
         """Bytes of page content held for the next flush (what a vault that refuses writes lets grow)."""
         return sum(map(len, self.fresh.values()))
+
+    def unstored_commits(self) -> int:
+        return len(self.pending) + (self.sealed[2] if self.sealed else 0)
 
     def discard(self) -> None:
         """Forget every commit not yet stored, a sealed segment's too (the caller starts a new
