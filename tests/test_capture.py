@@ -324,6 +324,48 @@ def test_a_flush_whose_write_fails_stores_everything_at_the_next_one(failing):
     assert len(cs.load_segment(reader, key)["commits"]) == 40
 
 
+@pytest.mark.parametrize("backend", ["file", "memory"])
+def test_a_segment_stored_whose_answer_was_lost_is_not_stored_twice(backend, tmp_path):
+    """The segment lands but its write reports failure; more commits come before the next flush.
+    That flush writes the same segment again (found already there, so it stands), then the newer
+    commits as the next segment: the chain has each commit once, in order."""
+    import os
+
+    from mulligan.errors import StorageError
+    from mulligan.ops import capture_store as cs
+    from mulligan.storage.faulty import FaultyStorage
+    from mulligan.vault import Vault
+
+    inner = Vault.create(str(tmp_path / "vault") if backend == "file" else f"memory://{os.urandom(6).hex()}")
+    lost = []
+
+    def lose(key):
+        if key.startswith("capture/") and not lost:
+            lost.append(key)
+            return True
+        return False
+
+    v = Vault(FaultyStorage(inner.storage, lose_answer=lose), inner.config)
+    v.index()
+    seg = cs.SegmentWriter(v, "t-1", "base", 512)
+    points = []
+    for i in range(10):
+        points.append(seg.add(1000.0 + i, i, 2, {1: os.urandom(512), 2: os.urandom(512)}, "app")[0])
+    with pytest.raises(StorageError):
+        seg.flush()
+    assert lost and inner.storage.stat(lost[0]) is not None  # it landed
+    for i in range(10, 15):
+        points.append(seg.add(1000.0 + i, i, 2, {1: os.urandom(512)}, "app")[0])
+    assert seg.flush() is not None
+    keys = [k for k, _ in inner.storage.list("capture/")]
+    assert keys == [cs.segment_key("t-1", "base", 0), cs.segment_key("t-1", "base", 1)]
+    reader = Vault(inner.storage, inner.config)
+    segs = [cs.load_segment(reader, k) for k in keys]
+    assert [len(s["commits"]) for s in segs] == [10, 5] and segs[1]["prev"] == 0
+    assert [c["t"] for s in segs for c in s["commits"]] == [1000.0 + i for i in range(15)]
+    assert points == [cs.commit_id("base", 0, i) for i in range(10)] + [cs.commit_id("base", 1, i) for i in range(5)]
+
+
 @pytest.mark.parametrize("mode", ["TRUNCATE", "RESTART", "FULL"])
 def test_an_application_checkpoint_on_an_idle_database_is_not_kept_waiting(app_env, mode):
     """With nothing new in the WAL the watcher keeps its read where it is (no turn each poll);

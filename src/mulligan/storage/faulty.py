@@ -9,7 +9,8 @@ from .base import Storage
 
 
 class FaultyStorage(Storage):
-    """Wraps a backend; ``fail_put`` decides per key whether a put fails,
+    """Wraps a backend; ``fail_put`` decides per key whether a put fails, ``lose_answer``
+    whether a put is done but then reported failed (its answer lost on the way back),
     ``corrupt_get`` whether a get returns flipped bytes."""
 
     def __init__(
@@ -17,12 +18,14 @@ class FaultyStorage(Storage):
         inner: Storage,
         fail_put: Callable[[str], bool] | None = None,
         corrupt_get: Callable[[str], bool] | None = None,
+        lose_answer: Callable[[str], bool] | None = None,
     ):
         self.inner = inner
         self.url = inner.url
         self.read_ahead = inner.read_ahead
         self.fail_put = fail_put or (lambda key: False)
         self.corrupt_get = corrupt_get or (lambda key: False)
+        self.lose_answer = lose_answer or (lambda key: False)
         self.puts: list[str] = []
 
     def get(self, key: str) -> bytes:
@@ -38,6 +41,8 @@ class FaultyStorage(Storage):
             raise StorageError(f"injected failure writing {key}")
         self.inner.put(key, data, overwrite=overwrite)
         self.puts.append(key)
+        if self.lose_answer(key):
+            raise StorageError(f"injected loss of the answer to writing {key}")
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         return self.inner.list(prefix)
