@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import apsw
 import pytest
@@ -350,3 +351,57 @@ def test_stamping_a_database_on_a_full_disk_is_a_storage_error(tmp_path, monkeyp
     ident = Identity(target_id="t-1", name="app", env="test", stamped_at="2026-01-01T00:00:00Z")
     with pytest.raises(StorageError, match="disk .*full"):
         eng_mod.SqliteEngine().write_identity(db, ident)
+
+
+def test_watch_rides_out_a_full_vault_disk_and_loses_nothing_once_space_is_freed(tmp_path):
+    """The disk holding a local vault fills while the application writes at 100 tx/s: watch says
+    so once (that it tries again by itself, not to run the command again) and keeps running,
+    holding what it saw; once space is freed it says capture works again, every commit is stored
+    (no gap), and after SIGTERM every commit restores."""
+    from conftest import Env
+    from test_watch_kit import App, Watch, configure, ids_in, make_app_db
+
+    from mulligan.ops import setup as setup_ops
+
+    small = _tmpfs(tmp_path / "small", "16m")
+    try:
+        proj = tmp_path / "proj"
+        proj.mkdir()
+        setup_ops.init(proj / "mulligan.toml", str(small / "vault"))
+        env = Env(proj)
+        db = make_app_db(proj / "app.db")
+        env.protect(db)
+        configure(env, capture={"flush_interval": "0.5s"})
+        app = App(db, proj / "app.log", rate=100)
+        w = Watch(env, "app")
+        time.sleep(1.0)
+        filler = small / "filler"
+        with open(filler, "wb") as fh:  # the rest of the disk
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+        assert w.wait_for("disk holding the vault is full", 20), w.text()
+        time.sleep(2.0)
+        filler.unlink()
+        time.sleep(3.0)
+        t_term = time.time()
+        assert w.term() == 0
+        app.stop()
+        text = w.text()
+        assert text.count("disk holding the vault is full") == 1, text
+        assert "tried again by itself" in text and "run the command again" not in text, text
+        assert text.index("capture is working again") > text.index("disk holding the vault is full"), text
+        assert "everything seen is stored" in text and "dropped" not in text, text
+        out = proj / "r.db"
+        r = env.run("restore", "app", "--latest", "--to", str(out))
+        assert r.code == 0, r.err
+        got = set(ids_in(str(out)))
+        missing = [i for i, t in app.log() if t < t_term and i not in got]
+        assert not missing, f"{len(missing)} commits lost"
+        assert env.run("status", "app", "--json").json["targets"][0]["coverage"]["gaps"] == []
+        assert env.run("verify").code == 0
+    finally:
+        subprocess.run(["umount", str(small)])

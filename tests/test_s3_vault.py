@@ -226,6 +226,7 @@ def test_a_store_that_goes_away_while_watch_runs(s3, tmp_path, backlog):
         log = _term_and_restore_latest(env, w, app)
         assert "everything seen is stored" in w.text()
         gaps = env.run("status", "app", "--json").json["targets"][0]["coverage"]["gaps"]
+        assert "capture is working again" in w.text() and "run the command again" not in w.text(), w.text()
         if backlog == "held":
             assert gaps == [] and "dropped" not in w.text()
             return

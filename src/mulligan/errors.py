@@ -8,11 +8,16 @@ traceback.
 
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_INTEGRITY = 4
+
+
+_RUN_AGAIN = re.compile(r"(,? then)? run the command again[;,]?|^run the command again[;,]?")
 
 
 class MulliganError(Exception):
@@ -28,12 +33,18 @@ class MulliganError(Exception):
         self.unchanged = unchanged
         self.details = details or {}
 
-    def one_line(self) -> str:
+    def one_line(self, retrying: bool = False) -> str:
+        """Message, what was left unchanged, hint. With ``retrying`` (a daemon that tries again
+        by itself, as watch does) the hint says so instead of telling to run the command again."""
         parts = [self.message.rstrip(".") + "."]
         if self.unchanged:
             parts.append(self.unchanged.rstrip(".") + ".")
-        if self.hint:
-            parts.append(self.hint.rstrip(".") + ".")
+        hint = self.hint
+        if retrying:
+            hint = _RUN_AGAIN.sub("", hint).strip(" ,;")
+            hint = f"{hint}; it is tried again by itself" if hint else "it is tried again by itself"
+        if hint:
+            parts.append(hint.rstrip(".") + ".")
         return " ".join(parts)
 
     def to_json(self) -> dict:

@@ -220,12 +220,12 @@ class Watcher:
                 slot.capture = cap
             slot.capture.step(now)
             slot.last_ok = time.time()
-            slot.error = None
-            if slot.stale:
-                slot.stale = False
+            if slot.stale or slot.error is not None:
                 self.log("notice", f"{slot.target.name}: capture is working again")
+            slot.error = None
+            slot.stale = False
         except MulliganError as exc:
-            self._failed(slot, exc.one_line())
+            self._failed(slot, exc.one_line(retrying=True))
         except OSError as exc:
             self._failed(slot, f"{exc.__class__.__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - one target's bug must not stop the others' capture
