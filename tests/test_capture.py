@@ -448,3 +448,70 @@ def test_a_captured_commit_and_a_time_resolve_to_the_state_replayed_naively(comm
     assert got.id == point and pages_of(got) == expected
     before = cs.point_at(v, target, datetime.fromtimestamp(1000.5, timezone.utc))
     assert before.id == base.id
+
+
+def test_a_failing_vault_is_tried_again_with_backoff_while_polls_go_on(project):
+    """While every write to the vault fails, the watcher does not compress and try to store its
+    held pages at every poll (a core burnt, or the polls held up by an object store's retries,
+    for the whole outage): tries back off from the flush interval to FLUSH_RETRY_MAX. Polls go
+    on between tries and see the commits; every step reports the failure until a flush
+    succeeds; then everything seen is stored."""
+    import io
+    import time
+
+    import apsw
+
+    from mulligan.errors import StorageError
+    from mulligan.ops import capture_store as cs
+    from mulligan.ops.alerts import Alerter, Log
+    from mulligan.ops.capture import FLUSH_RETRY_MAX, CaptureOptions, TargetCapture
+    from mulligan.storage.faulty import FaultyStorage
+    from test_watch_kit import make_app_db
+
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    ws = project.ws
+    target = ws.target("app")
+    log = Log(io.StringIO())
+    opts = CaptureOptions(flush_interval=0.5, status_interval=3600, sample_interval=3600, idle_checkpoint=3600,
+                          base_interval=3600, generation_interval=3600)
+    cap = TargetCapture(ws, target, opts, Alerter({}, log), log)
+    cap.start()
+    tries, broken = [], [True]
+
+    def fail(key):
+        if key.startswith("packs/"):
+            tries.append(key)
+        return broken[0]
+
+    ws.vault.storage = FaultyStorage(ws.vault.storage, fail_put=fail)
+    app = apsw.Connection(db)
+    t0 = time.time()
+    cap._t["flush"] = t0
+    n = 0
+    for k in range(1, 301):  # 30 s of polls, 100 ms apart, a commit each
+        app.execute("INSERT INTO posts(user_id, body) VALUES (1, ?)", (f"during the outage {k}",))
+        n += 1
+        with pytest.raises(StorageError) if k >= 5 else _no_error():
+            cap.step(t0 + k * 0.1)
+    assert len([c for c in cap.seg.pending if c["by"] == "app"]) == n  # every commit seen, none stored
+    # tries at 0.5 s, then after 0.5, 1, 2, 4, 8, 8, 8 s: 8 in 30 s, not 296
+    assert 6 <= len(tries) <= 9, len(tries)
+    assert FLUSH_RETRY_MAX == 8.0
+    broken[0] = False
+    cap.step(t0 + 30.0 + FLUSH_RETRY_MAX)
+    assert cap.seg.unstored_commits() == 0
+    cap.step(t0 + 30.0 + FLUSH_RETRY_MAX + 0.1)  # no failure reported any more
+    cap.stop()
+    app.close()
+    base = cs.capture_bases(ws.vault, target.id)[-1]
+    pid, _t, seg = cs.last_commit(ws.vault, base)
+    assert seg["commits"][-1]["t"] >= t0
+
+
+class _no_error:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -33,6 +33,12 @@ from .capture_files import FilesUnderCapture
 from .capture_repack import Repacker
 from .workspace import Workspace
 
+# After a flush fails (a full disk, a store that does not answer), the next try waits twice as
+# long as the last, from the flush interval up to this: each try compresses every page held
+# since the last stored flush again, and on an object store waits out the client's retries,
+# so trying at every poll would burn a core, or hold the polls up, for the whole outage.
+FLUSH_RETRY_MAX = 8.0
+
 
 @dataclass
 class CaptureOptions:
@@ -107,6 +113,8 @@ class TargetCapture(FilesUnderCapture):
         self._dropped: float | None = None  # commits seen since then were dropped unstored (vault down)
         self._stored_point: tuple[str, float] | None = None  # last_point as of the last stored flush
         self._rebase_next = self._rebase_wait = 0.0  # after a drop: when to read the database again
+        self._flush_failed: MulliganError | None = None  # the last flush's failure, until one succeeds
+        self._flush_wait = 0.0
         self._rng = random.Random()
         self.repack = Repacker(self.vault, options.repack_after, int(options.repack_min_mib * 1048576),
                                options.repack_interval)
@@ -194,6 +202,11 @@ class TargetCapture(FilesUnderCapture):
         if now - self._t["status"] >= self.o.status_interval:
             self._t["status"] = now
             self.write_status()
+        if self._flush_failed is not None:
+            # Polls go on between tries (commits are seen, rollbacks noticed), but capture is
+            # failing until a flush succeeds: the watcher keeps reporting it (and the stale alert
+            # can fire).
+            raise self._flush_failed.with_traceback(None)
         self.stats.last_ok = time.time()
 
     def _apply_poll(self, res: Poll) -> None:
@@ -309,6 +322,7 @@ class TargetCapture(FilesUnderCapture):
         except MulliganError:
             self._bound_backlog()
             raise
+        self._flush_failed, self._flush_wait = None, 0.0
         self.repack.flushed += self.seg.page_bytes - before_p
         if key:
             self._stored_point = self.last_point
@@ -364,6 +378,16 @@ class TargetCapture(FilesUnderCapture):
                            f"(commits from {gap['from']} to {gap['to']} were not kept)")
 
     def _maintain(self, now: float) -> None:
+        try:
+            self._maintain_once(now)
+        except MulliganError as exc:
+            self._flush_failed = exc
+            self._flush_wait = min(FLUSH_RETRY_MAX, max(self.o.flush_interval, 2 * self._flush_wait))
+            self._t["flush"] = now + self._flush_wait - self.o.flush_interval
+            raise
+        self._flush_failed, self._flush_wait = None, 0.0
+
+    def _maintain_once(self, now: float) -> None:
         t = self.tailer
         if self._swapped is None:
             h = t.last

@@ -129,8 +129,8 @@ class Watcher:
             self.log("info", "watch stopped")
 
     def _vault_trouble(self, exc: MulliganError) -> None:
-        message = exc.one_line()
-        if message != self._last_trouble:
+        message = exc.one_line(retrying=True)
+        if self._last_trouble is None or _gist(message) != _gist(self._last_trouble):
             self._last_trouble = message
             self.log("warning", f"the vault could not be read: {message}")
 
