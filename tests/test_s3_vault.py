@@ -314,3 +314,60 @@ def test_prune_in_a_bucket_removes_the_packs_nothing_references(s3_env):
     assert p.json["packs_removed"] == 6 and p.json["bytes_freed"] == sum(before[k] for k in gone)
     assert env.run("verify").code == 0
     assert dump(_restored(env, "--latest")) == dump(db)
+
+
+def test_a_store_that_never_answers_holds_a_small_request_seconds_and_a_large_one_longer(monkeypatch):
+    """A store that takes the connection and the request but never answers: a request ends at
+    its timeout, not retried. Listings, stats and small objects get the short timeout (10 s; 1 s
+    here), large bodies the long one (a minute; 4 s here), so a hung store holds the watcher's
+    loop seconds, while a large pack still has time to move over a slow link. Reads are tried
+    again within a short window (here half a second: no second try)."""
+    import socket
+    import threading
+
+    from mulligan.errors import StorageError
+    from mulligan.storage import s3 as s3mod
+
+    monkeypatch.setattr(s3mod, "TIMEOUT_SMALL", "1s")
+    monkeypatch.setattr(s3mod, "RETRY_WINDOW_SMALL", 0.5)
+    monkeypatch.setattr(s3mod, "TIMEOUT", "4s")
+    for k, v in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(16)
+    held = []
+
+    def swallow():
+        while True:
+            try:
+                conn, _ = lst.accept()
+            except OSError:
+                return
+            held.append(conn)
+            threading.Thread(target=drain, args=(conn,), daemon=True).start()
+
+    def drain(conn):
+        try:
+            while conn.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+
+    threading.Thread(target=swallow, daemon=True).start()
+    try:
+        st = s3mod.S3Storage(f"s3://b/v?endpoint=http://127.0.0.1:{lst.getsockname()[1]}")
+        for call in (lambda: st.put("capture/x", b"small"), lambda: list(st.list("capture/")),
+                     lambda: st.stat("capture/x"), lambda: st.get_range("packs/x", 0, 4096)):
+            t0 = time.monotonic()
+            with pytest.raises(StorageError):
+                call()
+            assert time.monotonic() - t0 < 3.0
+        t0 = time.monotonic()
+        with pytest.raises(StorageError):
+            st.put("packs/big", os.urandom(s3mod.SMALL + 1))
+        assert time.monotonic() - t0 >= 3.5
+    finally:
+        lst.close()
+        for c in held:
+            c.close()

@@ -31,7 +31,16 @@ from .base import ObjectExists, ObjectMissing, Storage, register
 # Connection errors and 5xx answers are retried with backoff (0.1 s doubling): five tries take
 # about 3 s, so an unreachable store is reported in seconds, not minutes.
 _RETRY = {"max_retries": 5, "retry_timeout": timedelta(seconds=30)}
-_CLIENT = {"connect_timeout": "5s", "timeout": "60s"}
+_CLIENT = {"connect_timeout": "5s"}
+# A request whose answer never comes (a store that hangs) ends at its timeout; reads, listings
+# and deletes are then tried again while the retry window lasts, writes are not. Small requests
+# (listings, stats, deletes, objects and ranges up to SMALL) get a short timeout and a short
+# window, so a hung store holds the watcher's loop about 10-20 s, not minutes; large bodies keep
+# a minute to move over a slow link.
+TIMEOUT_SMALL = "10s"
+RETRY_WINDOW_SMALL = 10.0
+TIMEOUT = "60s"
+SMALL = 1 << 20
 _URL_OPTIONS = {"endpoint", "region"}
 
 
@@ -74,7 +83,11 @@ class S3Storage(Storage):
         if "region" in options:
             kwargs["region"] = options["region"]
         try:
-            self._store = S3Store(bucket, prefix=prefix or None, client_options=client, retry_config=_RETRY, **kwargs)
+            self._store = S3Store(bucket, prefix=prefix or None, client_options={**client, "timeout": TIMEOUT},
+                                  retry_config=_RETRY, **kwargs)
+            self._quick = S3Store(bucket, prefix=prefix or None, client_options={**client, "timeout": TIMEOUT_SMALL},
+                                  retry_config={**_RETRY, "retry_timeout": timedelta(seconds=RETRY_WINDOW_SMALL)},
+                                  **kwargs)
         except Exception as exc:  # noqa: BLE001 - obstore's configuration errors have no common base
             raise StorageError(f"cannot use the vault at {self.url}: {_one_line(exc)}",
                                hint="check the URL and the AWS_* environment variables") from None
@@ -94,7 +107,8 @@ class S3Storage(Storage):
         if length <= 0:
             return b""
         try:
-            return bytes(self._ob.get_range(self._store, key, start=offset, length=length))
+            store = self._quick if length <= SMALL else self._store
+            return bytes(self._ob.get_range(store, key, start=offset, length=length))
         except FileNotFoundError:
             raise ObjectMissing(f"object {key} is missing from the vault at {self.url}") from None
         except Exception as exc:  # noqa: BLE001
@@ -109,8 +123,8 @@ class S3Storage(Storage):
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
         self._check_key(key)
         try:
-            self._ob.put(self._store, key, memoryview(data), mode="overwrite" if overwrite else "create",
-                         use_multipart=False)
+            self._ob.put(self._quick if len(data) <= SMALL else self._store, key, memoryview(data),
+                         mode="overwrite" if overwrite else "create", use_multipart=False)
         except (self._x.AlreadyExistsError, self._x.PreconditionError):
             # The client retries a request whose answer was lost: if its first attempt landed,
             # the retry is refused. The same bytes under the key mean this write is done.
@@ -140,7 +154,7 @@ class S3Storage(Storage):
         folder = prefix.rpartition("/")[0]  # object stores list by path: filter the partial name here
         out = []
         try:
-            for batch in self._ob.list(self._store, prefix=folder or None, chunk_size=1000):
+            for batch in self._ob.list(self._quick, prefix=folder or None, chunk_size=1000):
                 for obj in batch:
                     key = obj["path"]
                     if key.startswith(prefix):
@@ -155,7 +169,7 @@ class S3Storage(Storage):
     def delete(self, key: str) -> None:
         self._check_key(key)
         try:
-            self._ob.delete(self._store, key)  # idempotent: deleting a missing key succeeds
+            self._ob.delete(self._quick, key)  # idempotent: deleting a missing key succeeds
         except FileNotFoundError:
             return
         except Exception as exc:  # noqa: BLE001
@@ -164,7 +178,7 @@ class S3Storage(Storage):
     def stat(self, key: str) -> int | None:
         self._check_key(key)
         try:
-            return int(self._ob.head(self._store, key)["size"])
+            return int(self._ob.head(self._quick, key)["size"])
         except FileNotFoundError:
             return None
         except Exception as exc:  # noqa: BLE001
