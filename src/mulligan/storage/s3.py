@@ -33,10 +33,11 @@ from .base import ObjectExists, ObjectMissing, Storage, register
 _RETRY = {"max_retries": 5, "retry_timeout": timedelta(seconds=30)}
 _CLIENT = {"connect_timeout": "5s"}
 # A request whose answer never comes (a store that hangs) ends at its timeout; reads, listings
-# and deletes are then tried again while the retry window lasts, writes are not. Small requests
-# (listings, stats, deletes, objects and ranges up to SMALL) get a short timeout and a short
-# window, so a hung store holds the watcher's loop about 10-20 s, not minutes; large bodies keep
-# a minute to move over a slow link.
+# and deletes are then tried again while the retry window lasts, writes are not. What the
+# watcher's loop waits on (listings, stats, deletes, writes up to SMALL) gets a short timeout and
+# a short window, so a hung store holds the loop about 10-20 s, not minutes. Larger writes keep a
+# minute to move over a slow link, and reads keep the one connection pool a restore's many
+# ranged reads share (a restore is a command a person can interrupt).
 TIMEOUT_SMALL = "10s"
 RETRY_WINDOW_SMALL = 10.0
 TIMEOUT = "60s"
@@ -107,8 +108,7 @@ class S3Storage(Storage):
         if length <= 0:
             return b""
         try:
-            store = self._quick if length <= SMALL else self._store
-            return bytes(self._ob.get_range(store, key, start=offset, length=length))
+            return bytes(self._ob.get_range(self._store, key, start=offset, length=length))
         except FileNotFoundError:
             raise ObjectMissing(f"object {key} is missing from the vault at {self.url}") from None
         except Exception as exc:  # noqa: BLE001
