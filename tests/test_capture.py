@@ -244,8 +244,8 @@ def test_stop_stores_the_commits_already_seen_even_when_the_last_poll_fails(proj
     cap.start()
     app = apsw.Connection(db)
     app.execute("INSERT INTO posts(user_id, body) VALUES (1, 'seen, not yet stored')")
-    cap._t["flush"] = time.time()
-    cap.step(time.time())
+    cap._t["flush"] = time.monotonic()
+    cap.step(time.monotonic())
     assert cap.seg.pending, "the commit should be seen and waiting for the next flush"
 
     def broken():
@@ -486,7 +486,7 @@ def test_a_failing_vault_is_tried_again_with_backoff_while_polls_go_on(project):
 
     ws.vault.storage = FaultyStorage(ws.vault.storage, fail_put=fail)
     app = apsw.Connection(db)
-    t0 = time.time()
+    t0, wall0 = time.monotonic(), time.time()
     cap._t["flush"] = t0
     n = 0
     for k in range(1, 301):  # 30 s of polls, 100 ms apart, a commit each
@@ -506,7 +506,7 @@ def test_a_failing_vault_is_tried_again_with_backoff_while_polls_go_on(project):
     app.close()
     base = cs.capture_bases(ws.vault, target.id)[-1]
     pid, _t, seg = cs.last_commit(ws.vault, base)
-    assert seg["commits"][-1]["t"] >= t0
+    assert seg["commits"][-1]["t"] >= wall0
 
 
 class _no_error:
@@ -515,3 +515,51 @@ class _no_error:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_a_wall_clock_stepped_back_an_hour_does_not_hold_capture(project, monkeypatch):
+    """The wall clock is stepped back an hour while watch runs (a fast clock corrected): flushes,
+    status and the stale check are timed on the monotonic clock, so commits go on being stored
+    every flush interval. Before, nothing was stored until the wall clock caught up: an hour of
+    commits held in memory, lost to a SIGKILL."""
+    import io
+    import threading
+    import time
+
+    import apsw
+
+    from mulligan.ops import capture_store as cs
+    from mulligan.ops.alerts import Alerter, Log
+    from mulligan.ops.capture import CaptureOptions
+    from mulligan.ops.capture_watch import Watcher
+    from test_watch_kit import make_app_db
+
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    ws = project.ws
+    target = ws.target("app")
+    log = Log(io.StringIO())
+    w = Watcher(ws, [target], CaptureOptions(flush_interval=0.2), Alerter({}, log), log)
+    th = threading.Thread(target=w.run, daemon=True)
+    th.start()
+    try:
+        deadline = time.monotonic() + 20
+        while w.slots[0].capture is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert w.slots[0].capture is not None
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() - 3600)
+        app = apsw.Connection(db)
+        for i in range(10):
+            app.execute("INSERT INTO posts(user_id, body) VALUES (1, ?)", (f"after the step {i}",))
+            time.sleep(0.05)
+        app.close()
+        time.sleep(1.5)
+        base = cs.capture_bases(ws.vault, target.id)[-1]
+        stored = [c for k in cs.segment_keys(ws.vault, target.id, base.id)
+                  for c in cs.load_segment(ws.vault, k)["commits"] if c["by"] == "app"]
+        assert len(stored) == 10, f"{len(stored)} of 10 commits stored 1.5 s after the last"
+        assert not w.slots[0].stale and w.slots[0].error is None
+    finally:
+        w.stop()
+        th.join(30)

@@ -286,7 +286,7 @@ def test_a_file_moved_over_the_path_opens_an_incident_even_when_older_points_can
 
         monkeypatch.setattr(cap.det.matcher, "best", broken)
         os.replace(old, db)
-        cap.step(time.time())
+        cap.step(time.monotonic())
         incs = inc_mod.list_incidents(ws.vault, target.id)
         assert len(incs) == 1 and incs[0]["kind"] == "rollback"
     finally:

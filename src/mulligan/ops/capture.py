@@ -106,6 +106,8 @@ class TargetCapture(FilesUnderCapture):
         self.last_point: tuple[str, float] | None = None  # (point id, seen time) of the last commit
         self.wal_pages: dict[int, int] = {}
         self.det = RollbackDetector(self)
+        # When each periodic task last ran, on the monotonic clock (``step``'s ``now``): a wall clock
+        # stepped back an hour must not hold flushes for an hour. Commit times are the wall clock's.
         self._t = {"flush": 0.0, "base": 0.0, "gen": 0.0, "sample": 0.0, "status": 0.0}
         self._swapped: dict | None = None  # the path names another file; we keep capturing ours
         self._stale_alerted = False
@@ -186,6 +188,7 @@ class TargetCapture(FilesUnderCapture):
 
     # ---- one poll -------------------------------------------------------------------------
     def step(self, now: float) -> None:
+        """One poll; ``now`` is ``time.monotonic()`` (what the periodic tasks are timed by)."""
         t = self.tailer
         assert t is not None
         if self._swapped is None and t.replaced():  # three stat() calls: every poll
@@ -356,7 +359,7 @@ class TargetCapture(FilesUnderCapture):
         since = self._dropped
         self.seg.discard()  # seen since the drop: the state read now holds them
         self.last_point = self._stored_point
-        now = time.time()
+        now = time.monotonic()
         if now < self._rebase_next:
             # Reading the whole database at every flush of an outage would burn a core; and this
             # is still a failure (status, the stale alert), not a quiet flush.
@@ -391,7 +394,7 @@ class TargetCapture(FilesUnderCapture):
         t = self.tailer
         if self._swapped is None:
             h = t.last
-            idle = self.stats.last_commit is None or now - self.stats.last_commit >= self.o.idle_checkpoint
+            idle = self.stats.last_commit is None or time.time() - self.stats.last_commit >= self.o.idle_checkpoint
             if h is not None and (h.mx_frame >= self.o.checkpoint_frames or (idle and h.mx_frame > h.n_backfill)):
                 try:
                     r = t.checkpoint()
@@ -431,7 +434,7 @@ class TargetCapture(FilesUnderCapture):
             self.det.own_generation = gen
             self._own_write("identity generation advanced")
             self._apply_poll(before)
-            self._t["gen"] = time.time()
+            self._t["gen"] = time.monotonic()
         except DatabaseBusy:
             pass
 
@@ -454,7 +457,7 @@ class TargetCapture(FilesUnderCapture):
         self.last_point = self._stored_point = (self.base.id, now)
         self.det.clean_point = self.last_point
         self.stats.bases += 1
-        self._t["base"] = now
+        self._t["base"] = time.monotonic()
         if bump:
             self._bump_generation()
 

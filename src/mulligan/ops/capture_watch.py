@@ -49,7 +49,8 @@ class Slot:
     target: Target
     capture: TargetCapture | None = None
     last_try: float = 0.0
-    last_ok: float = field(default_factory=time.time)
+    last_ok: float = field(default_factory=time.time)  # wall clock, for people
+    ok_at: float = field(default_factory=time.monotonic)  # the same moment, for measuring staleness
     error: str | None = None
     stale: bool = False
 
@@ -208,7 +209,7 @@ class Watcher:
         return False
 
     def _step(self, slot: Slot) -> None:
-        now = time.time()
+        now = time.monotonic()
         try:
             if slot.capture is None:
                 if now - slot.last_try < self.retry_every:
@@ -219,7 +220,7 @@ class Watcher:
                 cap.start()
                 slot.capture = cap
             slot.capture.step(now)
-            slot.last_ok = time.time()
+            slot.last_ok, slot.ok_at = time.time(), time.monotonic()
             if slot.stale or slot.error is not None:
                 self.log("notice", f"{slot.target.name}: capture is working again")
             slot.error = None
@@ -235,7 +236,7 @@ class Watcher:
                 self._failed(slot, f"SQLite: {exc}")
             else:
                 self._failed(slot, f"{exc.__class__.__name__}: {exc}")
-        self._check_stale(slot, time.time())
+        self._check_stale(slot, time.monotonic())
 
     def _failed(self, slot: Slot, message: str) -> None:
         # Logged once per kind of failure: an unreachable store fails every flush, each naming
@@ -251,10 +252,10 @@ class Watcher:
                 except Exception:
                     pass
                 slot.capture = None
-                slot.last_try = time.time() - self.retry_every + 0.2  # first retry soon
+                slot.last_try = time.monotonic() - self.retry_every + 0.2  # first retry soon
 
     def _check_stale(self, slot: Slot, now: float) -> None:
-        age = now - slot.last_ok
+        age = now - slot.ok_at
         if not slot.stale and age > self.alerter.stale_after:
             slot.stale = True
             t = slot.target
@@ -275,7 +276,7 @@ class Watcher:
         add("mulligan_capture_lag_seconds", "Age of the oldest commit seen but not yet stored in the vault.", "gauge",
             [(n, round(c.lag(), 3) if c else "NaN") for n, c in caps])
         add("mulligan_capture_last_ok_age_seconds", "Seconds since capture last worked.", "gauge",
-            [(s.target.name, round(time.time() - s.last_ok, 3)) for s in self.slots])
+            [(s.target.name, round(time.monotonic() - s.ok_at, 3)) for s in self.slots])
         add("mulligan_commits_captured_total", "Commits captured since watch started.", "counter",
             [(n, c.stats.commits if c else 0) for n, c in caps])
         add("mulligan_bytes_stored_total", "Bytes written to the vault since watch started.", "counter",

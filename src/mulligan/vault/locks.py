@@ -43,7 +43,7 @@ class Lease:
         self.key = f"locks/{self.id}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.renewed = 0.0  # when the lease was last stored
+        self.renewed = 0.0  # when the lease was last stored (monotonic: a gap in our own heartbeats)
         self.lapses = 0  # heartbeats that landed after a gap of LAPSE_AFTER or more
         self.yielded = False  # the holder stored everything and waits for a prune
 
@@ -57,13 +57,13 @@ class Lease:
         """Say (now, not at the next heartbeat) whether this writer has stepped aside for a prune."""
         self.yielded = flag
         self.storage.put(self.key, self._body(), overwrite=True)
-        self.renewed = time.time()
+        self.renewed = time.monotonic()
 
     def acquire(self) -> "Lease":
         if self._thread is not None:  # already held (writer_lease acquires, then `with` enters)
             return self
         self.storage.put(self.key, self._body(), overwrite=True)
-        self.renewed = time.time()
+        self.renewed = time.monotonic()
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
         return self
@@ -72,7 +72,7 @@ class Lease:
         while not self._stop.wait(HEARTBEAT):
             try:
                 self.storage.put(self.key, self._body(), overwrite=True)
-                now = time.time()
+                now = time.monotonic()
                 if now - self.renewed >= LAPSE_AFTER:
                     self.lapses += 1  # the vault was unreachable, or this process was paused
                 self.renewed = now
@@ -85,7 +85,7 @@ class Lease:
 
     def lapsed(self) -> bool:
         """Is the lease overdue now (others may soon, or already, take it for dead)?"""
-        return time.time() - self.renewed >= LAPSE_AFTER
+        return time.monotonic() - self.renewed >= LAPSE_AFTER
 
     def release(self) -> None:
         self._stop.set()
@@ -139,10 +139,10 @@ def remove_dead_leases(storage: Storage, older_than: float = STALE_AFTER * 5) ->
 
 def busy_writers(storage: Storage, wait: float = 0.0) -> list[dict]:
     """Live writer leases that have not yielded, after waiting up to ``wait`` s for them to."""
-    deadline = time.time() + wait
+    deadline = time.monotonic() + wait
     while True:
         busy = [w for w in live_leases(storage, "writer") if not w.get("yielded")]
-        if not busy or time.time() >= deadline:
+        if not busy or time.monotonic() >= deadline:
             return busy
         time.sleep(0.2)
 
@@ -156,11 +156,11 @@ def writer_lease(storage: Storage, purpose: str, wait: float = 600.0,
     signal handler) ends the wait early; the caller then does no work."""
     lease = Lease(storage, "writer", purpose).acquire()
     try:
-        deadline = time.time() + wait
+        deadline = time.monotonic() + wait
         while live_leases(storage, "prune"):
             if stop is not None and stop.is_set():
                 break
-            if time.time() >= deadline:
+            if time.monotonic() >= deadline:
                 raise StorageError(
                     f"a prune of the vault at {storage.url} has been removing data for more than {wait:.0f} s",
                     unchanged="nothing was written",
