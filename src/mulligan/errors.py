@@ -17,7 +17,7 @@ EXIT_REFUSED = 3
 EXIT_INTEGRITY = 4
 
 
-_RUN_AGAIN = re.compile(r"(,? then)? run the command again[;,]?|^run the command again[;,]?")
+_RUN_AGAIN = re.compile(r"(,? then)? ?run the command again[;,]?")
 
 
 class MulliganError(Exception):
