@@ -143,6 +143,23 @@ def _tmpfs(path, size="2m"):
     return path
 
 
+def _vault_on_tmpfs(tmp_path, size):
+    """A project whose vault is on a small tmpfs (unmount ``small`` when done): (small, proj, env)."""
+    from conftest import Env
+
+    from mulligan.ops import setup as setup_ops
+
+    small = _tmpfs(tmp_path / "small", size)
+    try:
+        proj = tmp_path / "proj"
+        proj.mkdir()
+        setup_ops.init(proj / "mulligan.toml", str(small / "vault"))
+    except BaseException:
+        subprocess.run(["umount", str(small)])
+        raise
+    return small, proj, Env(proj)
+
+
 def test_a_full_disk_during_restore_leaves_no_half_file(project, tmp_path):
     db = make_db(project.dir / "app.db", rows=3000, payload=400)
     project.protect(db)
@@ -157,16 +174,8 @@ def test_a_full_disk_during_restore_leaves_no_half_file(project, tmp_path):
 
 
 def test_a_full_disk_during_snapshot_keeps_the_vault_consistent(tmp_path):
-    from conftest import Env
-
-    from mulligan.ops import setup as setup_ops
-
-    small = _tmpfs(tmp_path / "small", "1m")
+    small, proj, env = _vault_on_tmpfs(tmp_path, "1m")
     try:
-        proj = tmp_path / "proj"
-        proj.mkdir()
-        setup_ops.init(proj / "mulligan.toml", str(small / "vault"))
-        env = Env(proj)
         db = make_db(proj / "little.db", rows=20)
         env.protect(db, name="little")
         assert env.run("snapshot", "little").code == 0
@@ -358,17 +367,10 @@ def test_watch_rides_out_a_full_vault_disk_and_loses_nothing_once_space_is_freed
     so once (that it tries again by itself, not to run the command again) and keeps running,
     holding what it saw; once space is freed it says capture works again, every commit is stored
     (no gap), and after SIGTERM every commit restores."""
-    from conftest import Env
     from test_watch_kit import App, Watch, configure, ids_in, make_app_db
 
-    from mulligan.ops import setup as setup_ops
-
-    small = _tmpfs(tmp_path / "small", "16m")
+    small, proj, env = _vault_on_tmpfs(tmp_path, "16m")
     try:
-        proj = tmp_path / "proj"
-        proj.mkdir()
-        setup_ops.init(proj / "mulligan.toml", str(small / "vault"))
-        env = Env(proj)
         db = make_app_db(proj / "app.db")
         env.protect(db)
         configure(env, capture={"flush_interval": "0.5s"})

@@ -515,31 +515,19 @@ def test_a_wall_clock_stepped_back_an_hour_does_not_hold_capture(project, monkey
     status and the stale check are timed on the monotonic clock, so commits go on being stored
     every flush interval. Before, nothing was stored until the wall clock caught up: an hour of
     commits held in memory, lost to a SIGKILL."""
-    import io
-    import threading
     import time
 
     import apsw
 
     from mulligan.ops import capture_store as cs
-    from mulligan.ops.alerts import Alerter, Log
-    from mulligan.ops.capture import CaptureOptions
-    from mulligan.ops.capture_watch import Watcher
-    from test_watch_kit import make_app_db
+    from test_watch_kit import make_app_db, watcher_in_thread
 
     db = make_app_db(project.dir / "app.db")
     project.protect(db)
     ws = project.ws
     target = ws.target("app")
-    log = Log(io.StringIO())
-    w = Watcher(ws, [target], CaptureOptions(flush_interval=0.2), Alerter({}, log), log)
-    th = threading.Thread(target=w.run, daemon=True)
-    th.start()
+    w, th = watcher_in_thread(ws, target, flush_interval=0.2)
     try:
-        deadline = time.monotonic() + 20
-        while w.slots[0].capture is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert w.slots[0].capture is not None
         real = time.time
         monkeypatch.setattr(time, "time", lambda: real() - 3600)
         app = apsw.Connection(db)

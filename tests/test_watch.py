@@ -127,20 +127,15 @@ def test_after_its_lease_lapsed_watch_does_not_dedup_against_data_a_prune_remove
     """The watcher's lease lapsed (vault unreachable, process paused) and a prune ran meanwhile:
     chunks the watcher's cached index names may be gone. A page that goes back to such content
     must be stored again, or the captured commit names a deleted chunk and cannot be restored."""
-    import io
-    import threading
     import time
     from datetime import timedelta
 
     import apsw
 
-    from mulligan.ops.alerts import Alerter, Log
-    from mulligan.ops.capture import CaptureOptions
-    from mulligan.ops.capture_watch import Watcher
     from mulligan.ops.prune import prune
     from mulligan.ops.restore import restore_new
     from mulligan.ops.capture_store import latest_point
-    from test_watch_kit import make_app_db
+    from test_watch_kit import make_app_db, watcher_in_thread
 
     db = make_app_db(project.dir / "app.db")
     project.protect(db)
@@ -159,14 +154,8 @@ def test_after_its_lease_lapsed_watch_does_not_dedup_against_data_a_prune_remove
     note("B" * 300)  # ...which no later state holds
     ws = project.ws
     target = ws.target("app")
-    log = Log(io.StringIO())
-    w = Watcher(ws, [target], CaptureOptions(flush_interval=0.1), Alerter({}, log), log)
-    th = threading.Thread(target=w.run, daemon=True)
-    th.start()
+    w, th = watcher_in_thread(ws, target, flush_interval=0.1)
     try:
-        deadline = time.time() + 10
-        while time.time() < deadline and not (w.slots[0].capture and w.slots[0].capture.base):
-            time.sleep(0.05)
         time.sleep(0.3)
         # The lease goes overdue: capture pauses; others take the lease for dead; prune removes S0's data.
         w.lease.lapsed = lambda: True

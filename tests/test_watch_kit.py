@@ -227,3 +227,26 @@ def seq_of(path: str, table: str) -> int:
         return row[0] if row else 0
     finally:
         conn.close()
+
+
+def watcher_in_thread(ws, target, flush_interval: float):
+    """A Watcher run in a thread of the test process (to reach into it), once its capture has a
+    base: (watcher, thread). The caller stops it: ``w.stop(); th.join()``."""
+    import io
+
+    from mulligan.ops.alerts import Alerter, Log
+    from mulligan.ops.capture import CaptureOptions
+    from mulligan.ops.capture_watch import Watcher
+
+    log = Log(io.StringIO())
+    w = Watcher(ws, [target], CaptureOptions(flush_interval=flush_interval), Alerter({}, log), log)
+    th = threading.Thread(target=w.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (w.slots[0].capture and w.slots[0].capture.base):
+        time.sleep(0.05)
+    if not (w.slots[0].capture and w.slots[0].capture.base):
+        w.stop()
+        th.join(30)
+        raise AssertionError("the watcher did not start capturing within 20 s")
+    return w, th
