@@ -286,6 +286,38 @@ def test_a_write_that_landed_but_whose_answer_was_lost_is_not_written_again(s3, 
         proxy.down()
 
 
+def test_a_stop_while_the_store_is_away_says_what_was_not_stored_and_exits_1(s3, tmp_path):
+    """SIGTERM while the bucket cannot be reached: the commits seen since the last stored flush
+    cannot be stored. watch says so in one line and exits 1 (a process manager sees a failed
+    stop, not a clean one); once the store is back, the next watch records the gap and the
+    latest state is whole."""
+    bucket = s3.new_bucket()
+    proxy = Outage(int(s3.endpoint.rsplit(":", 1)[1])).up()
+    try:
+        setup_ops.init(tmp_path / "mulligan.toml", f"s3://{bucket}/vault?endpoint=http://127.0.0.1:{proxy.port}")
+        env = Env(tmp_path)
+        db = make_app_db(env.dir / "app.db")
+        env.protect(db)
+        configure(env, capture={"flush_interval": "0.5s"})
+        app = App(db, env.dir / "app.log", rate=100)
+        w = Watch(env, "app")
+        time.sleep(1.0)
+        proxy.down()
+        assert w.wait_for("capture failed", 20), w.text()
+        assert w.term() == 1
+        text = w.text()
+        assert "watch stopped with commits of app seen but not stored" in text, text
+        assert "Traceback" not in text, text
+        proxy.up()
+        w2 = Watch(env, "app")
+        time.sleep(1.0)
+        _term_and_restore_latest(env, w2, app)
+        gaps = env.run("status", "app", "--json").json["targets"][0]["coverage"]["gaps"]
+        assert len(gaps) == 1, gaps
+    finally:
+        proxy.down()
+
+
 def test_prune_in_a_bucket_removes_the_packs_nothing_references(s3_env):
     """Prune on an object store deletes dead packs several at once: exactly those (here, packs a
     writer killed before its index landed would leave), with the bytes the listing gave; what

@@ -6,7 +6,7 @@ import signal
 
 import click
 
-from ..errors import UsageError
+from ..errors import StorageError, UsageError
 from ..ops import incidents as inc_mod
 from ..ops.alerts import Alerter, Log
 from ..ops.capture import CaptureOptions
@@ -63,6 +63,13 @@ def watch(cctx: click.Context, names, metrics_port, poll, flush):
         except Exception:
             pass
     watcher.run()
+    if watcher.unstored:
+        # The process manager and the person reading its status see that the stop lost history.
+        raise StorageError(
+            f"watch stopped with commits of {', '.join(watcher.unstored)} seen but not stored: the vault could not be written",
+            unchanged="the database holds those commits; the next watch starts a new base and records the gap",
+            hint="check the vault (the log above says what failed), then start watch again",
+        )
 
 
 def _seconds(text: str) -> float:

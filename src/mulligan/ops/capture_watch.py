@@ -68,6 +68,7 @@ class Watcher:
         self.metrics_server: ThreadingHTTPServer | None = None
         self._prune_checked = float("-inf")
         self._last_trouble: str | None = None  # the last vault problem logged outside a target
+        self.unstored: list[str] = []  # targets whose last commits could not be stored at the stop
 
     def stop(self) -> None:
         self._stop.set()
@@ -110,8 +111,10 @@ class Watcher:
                         self.log("info", f"{slot.target.name}: stopped; {slot.capture.stats.commits} commits captured, "
                                          "everything seen is stored")
                     except MulliganError as exc:
+                        self.unstored.append(slot.target.name)
                         self.log("error", f"{slot.target.name}: could not store the last commits: {exc.one_line()}")
                     except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others' flush
+                        self.unstored.append(slot.target.name)
                         self.log("error", f"{slot.target.name}: could not store the last commits: "
                                           f"{exc.__class__.__name__}: {exc}")
             self.alerter.drain(3.0)
