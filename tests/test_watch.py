@@ -188,4 +188,7 @@ def test_a_failure_repeated_at_every_flush_is_one_kind_of_failure():
     a = "cannot write packs/0f/0fde2f647a290f6000bc5fe1dc1a9bfc in the vault at s3://b/v: PUT in 1.038454698s, after 5 retries"
     b = "cannot write packs/44/44f72297755b4bf92334468209d8366e in the vault at s3://b/v: PUT in 803.07ms, after 5 retries"
     assert _gist(a) == _gist(b)
+    c = "cannot write index/7772d67fa8813d8bc47b1d6260a41c58 in the vault at s3://b/v: PUT http://127.0.0.1:5/b/v/index/7772d67fa8813d8bc47b1d6260a41c58 in 1.1s"
+    d = "cannot write packs/e0/e0ed62642cd567f815db438656f62d10 in the vault at s3://b/v: PUT http://127.0.0.1:5/b/v/packs/e0/e0ed62642cd567f815db438656f62d10 in 902.3ms"
+    assert _gist(c) == _gist(d)
     assert _gist(a) != _gist("the disk holding the vault is full (No space left on device) while writing packs/0f/0fde2f647a290f60")

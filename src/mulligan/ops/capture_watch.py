@@ -323,5 +323,6 @@ class Watcher:
 
 
 def _gist(message: str) -> str:
-    """A failure's message without what changes from one try to the next (object names, times)."""
-    return re.sub(r"(?:[0-9a-f]{2}/)?[0-9a-f]{8,}|\d+(\.\d+)?(ms|s)\b", "#", message)
+    """A failure's message without what changes from one try to the next (object names and
+    their folders, times): one flush fails on a pack, the next on an index object."""
+    return re.sub(r"[\w.-]+(?:/[\w.-]+)*/[0-9a-f]{8,}|[0-9a-f]{8,}|\d+(\.\d+)?(ms|s)\b", "#", message)
