@@ -407,3 +407,35 @@ def test_watch_rides_out_a_full_vault_disk_and_loses_nothing_once_space_is_freed
         assert env.run("verify").code == 0
     finally:
         subprocess.run(["umount", str(small)])
+
+
+def test_a_vault_folder_deleted_under_watch_is_reported_and_never_recreated(project):
+    """Someone deletes the local vault folder while watch runs (a clean-up, a disk unmounted).
+    Before, the next write made a fresh folder that no vault describes, watch went on as if all
+    were well and said "everything seen is stored" at the stop. Now each write fails saying the
+    folder is gone, no folder is made in its place, and the stop exits 1 saying what was not
+    stored."""
+    import shutil
+
+    from test_watch_kit import App, Watch, configure, make_app_db
+
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    configure(project, capture={"flush_interval": "0.5s"})
+    vault = project.dir / ".mulligan" / "vault"
+    assert (vault / "config").exists()
+    app = App(db, project.dir / "app.log", rate=100)
+    w = Watch(project, "app")
+    try:
+        time.sleep(1.0)
+        shutil.rmtree(vault)
+        assert w.wait_for("is gone", 20), w.text()
+        time.sleep(1.0)
+        assert not vault.exists()
+        assert w.term() == 1
+    finally:
+        app.stop()
+    text = w.text()
+    assert "everything seen is stored" not in text and "seen but not stored" in text, text
+    assert "Traceback" not in text, text
+    assert not vault.exists()

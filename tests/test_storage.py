@@ -1,5 +1,6 @@
 """One conformance suite for every storage backend."""
 
+import shutil
 import threading
 
 import pytest
@@ -12,7 +13,7 @@ from mulligan.storage.memory import MemoryStorage
 @pytest.fixture(params=["local", "memory", "s3"])
 def storage(request, tmp_path):
     if request.param == "local":
-        return LocalStorage(tmp_path / "store")
+        return _local(tmp_path / "store")
     if request.param == "s3":
         from mulligan.storage.s3 import S3Storage
 
@@ -31,6 +32,13 @@ def test_get_of_a_missing_key_raises_object_missing(storage):
     with pytest.raises(ObjectMissing):
         storage.get("nope")
     assert storage.stat("nope") is None
+
+
+def _local(root):
+    """A local backend whose folder exists, as creating a vault makes it (puts never do)."""
+    s = LocalStorage(root)
+    s.create_root()
+    return s
 
 
 def test_put_without_overwrite_refuses_an_existing_key_and_keeps_the_first(storage):
@@ -115,7 +123,7 @@ def test_concurrent_put_if_absent_lets_exactly_one_writer_win(storage):
 
 
 def test_local_storage_leaves_no_temporary_files_behind(tmp_path):
-    s = LocalStorage(tmp_path / "store")
+    s = _local(tmp_path / "store")
     s.put("a", b"x" * 10000)
     assert list((tmp_path / "store" / ".tmp").iterdir()) == []
     assert [k for k, _ in s.list("")] == ["a"]
@@ -125,9 +133,8 @@ def test_local_storage_turns_unreadable_objects_into_storage_errors(tmp_path):
     """An object the OS will not read (permissions, an I/O error, a folder where a file should
     be) is a StorageError with the path, never an OSError traceback from the CLI."""
     from mulligan.errors import StorageError
-    from mulligan.storage.local import LocalStorage
 
-    s = LocalStorage(tmp_path / "v")
+    s = _local(tmp_path / "v")
     (tmp_path / "v" / "index").mkdir(parents=True)
     (tmp_path / "v" / "index" / "odd").mkdir()
     with pytest.raises(StorageError, match="index/odd"):
@@ -147,7 +154,7 @@ def test_local_storage_makes_new_folders_durable_before_an_object_in_them_counts
     synced = []
     real = local._fsync_dir
     monkeypatch.setattr(local, "_fsync_dir", lambda p: (synced.append(str(p)), real(p)))
-    s = LocalStorage(tmp_path / "v")
+    s = _local(tmp_path / "v")
     s.put("config", b"{}")
     synced.clear()
     s.put("packs/ab/abcdef", b"pack")
@@ -165,7 +172,7 @@ def test_local_storage_delete_is_durable_before_it_returns(tmp_path, monkeypatch
     first, a power cut could bring the index back while its pack stays gone."""
     from mulligan.storage import local
 
-    s = LocalStorage(tmp_path / "v")
+    s = _local(tmp_path / "v")
     s.put("index/abc", b"x")
     synced = []
     real = local._fsync_dir
@@ -187,7 +194,7 @@ def test_local_storage_sweeps_only_temporary_files_old_enough(tmp_path):
     import os
     import time
 
-    s = LocalStorage(tmp_path / "store")
+    s = _local(tmp_path / "store")
     s.put("packs/ab/x", b"object")
     tmp = tmp_path / "store" / ".tmp"
     old, new = tmp / "1-killed-mid-write", tmp / "2-writing-now"
@@ -199,3 +206,18 @@ def test_local_storage_sweeps_only_temporary_files_old_enough(tmp_path):
     assert sorted(p.name for p in tmp.iterdir()) == ["2-writing-now"]
     assert s.get("packs/ab/x") == b"object" and [k for k, _ in s.list()] == ["packs/ab/x"]
     assert s.sweep(600) == (0, 0)
+
+
+def test_a_local_vault_folder_that_is_gone_is_never_made_again_by_a_write(tmp_path):
+    """Deleted (or unmounted) under a running writer: a put fails saying so, and leaves no folder
+    in its place (before, the write made a fresh folder that no vault describes and went on as if
+    all were well)."""
+    from mulligan.errors import StorageError
+
+    s = _local(tmp_path / "v")
+    s.put("packs/ab/abcd", b"x")
+    shutil.rmtree(tmp_path / "v")
+    with pytest.raises(StorageError, match="is gone") as e:
+        s.put("packs/ab/abce", b"y")
+    assert "no folder was made" in e.value.one_line()
+    assert not (tmp_path / "v").exists()

@@ -55,6 +55,11 @@ class Storage(ABC):
     def stat(self, key: str) -> int | None:
         """Size of the object, or None when it does not exist."""
 
+    def create_root(self) -> None:
+        """Make the place a new vault lives in (a local folder). Only creating a vault does this:
+        a put never makes it, so a vault deleted under a running writer is an error, not a
+        fresh empty folder quietly filled with objects no vault describes."""
+
     def check_writes(self) -> None:
         """Before a vault is created here: raise StorageError if this store would break a rule
         above (a local folder keeps them by construction; an object store is asked)."""

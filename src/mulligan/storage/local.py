@@ -20,6 +20,16 @@ class LocalStorage(Storage):
         self.root = Path(root)
         self.url = str(self.root)
 
+    def create_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _gone(self, key: str) -> StorageError:
+        return StorageError(
+            f"the vault folder {self.root} is gone (deleted or unmounted) while writing {key}",
+            unchanged="nothing was written; no folder was made in its place",
+            hint="bring the folder back (remount it, or restore it from a copy), or run 'mulligan init' for a new vault",
+        )
+
     def _path(self, key: str) -> Path:
         if key.startswith("/") or ".." in key.split("/"):
             raise StorageError(f"invalid object key {key!r}")
@@ -53,7 +63,9 @@ class LocalStorage(Storage):
         tmpdir = self.root / _TMP
         tmp = tmpdir / f"{os.getpid()}-{id(data):x}-{os.urandom(4).hex()}"
         try:
-            tmpdir.mkdir(parents=True, exist_ok=True)
+            if not self.root.is_dir():
+                raise self._gone(key)
+            tmpdir.mkdir(exist_ok=True)
             if not final.parent.is_dir():
                 self._make_folders(final.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -80,6 +92,8 @@ class LocalStorage(Storage):
             _fsync_dir(final.parent)
         except OSError as exc:
             _unlink_quiet(tmp)
+            if exc.errno == errno.ENOENT and not self.root.is_dir():
+                raise self._gone(key) from None
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise StorageError(
                     f"the disk holding the vault is full ({exc.strerror}) while writing {key}",
@@ -94,7 +108,9 @@ class LocalStorage(Storage):
         packs/ab/ while the index written after the pack survives)."""
         missing = []
         p = folder
-        while not p.is_dir() and p != p.parent:
+        while not p.is_dir():
+            if p == self.root or p == p.parent:
+                raise FileNotFoundError(errno.ENOENT, "the vault folder is gone", str(self.root))
             missing.append(p)
             p = p.parent
         for d in reversed(missing):

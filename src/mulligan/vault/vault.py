@@ -78,6 +78,7 @@ class Vault:
             )
         if any(True for _ in storage.list("snapshots/")):
             raise StorageError(f"{url} holds vault objects but no config", hint="point --vault at an empty folder")
+        storage.create_root()
         storage.check_writes()
         config = {
             "format_version": fmt.FORMAT_VERSION,
