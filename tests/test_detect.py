@@ -292,3 +292,41 @@ def test_a_file_moved_over_the_path_opens_an_incident_even_when_older_points_can
     finally:
         cap.stop()
         app.close()
+
+
+def test_a_database_deleted_from_its_path_is_said_to_be_deleted_not_rolled_back(project):
+    """``rm app.db`` while the application holds it open: an incident opens and the alert goes
+    out (production's file is gone from where everyone looks for it), saying the file was
+    deleted, not that the database went back in time; what the application still writes into
+    the file it holds open is captured."""
+    import io
+
+    from mulligan.ops import incidents as inc_mod
+    from mulligan.ops.alerts import Alerter, Log
+    from mulligan.ops.capture import CaptureOptions, TargetCapture
+
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    ws = project.ws
+    target = ws.target("app")
+    out = io.StringIO()
+    log = Log(out)
+    cap = TargetCapture(ws, target, CaptureOptions(), Alerter({}, log), log)
+    cap.start()
+    app = App(db, project.dir / "app.log", rate=50)  # another process, holding the file open
+    try:
+        time.sleep(0.5)
+        cap.step(time.monotonic())
+        os.unlink(db)
+        cap.step(time.monotonic())
+        incs = inc_mod.list_incidents(ws.vault, target.id)
+        assert len(incs) == 1
+        assert "was deleted from its path" in incs[0]["title"] and "back in time" not in incs[0]["title"]
+        assert "was deleted" in out.getvalue() and "cannot read" not in out.getvalue(), out.getvalue()
+        after = cap.stats.commits
+        time.sleep(0.5)
+        cap.step(time.monotonic())
+        assert cap.stats.commits > after  # the application's writes into the deleted file, captured
+    finally:
+        app.stop()
+        cap.stop()

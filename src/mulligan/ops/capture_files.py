@@ -12,6 +12,7 @@ the path) or goes through the tailer's descriptors, which stay open for its life
 
 from __future__ import annotations
 
+import os
 import time
 
 from ..engines.sqlite.capture import Tailer, read_plain_pages
@@ -94,15 +95,22 @@ class FilesUnderCapture:
         return out
 
     def _on_swap(self) -> None:
-        """Someone moved another file over the path while the app holds ours open."""
+        """Someone moved another file over the path (or deleted the file) while the app holds
+        ours open."""
         now = time.time()
-        self.log("error", f"{self.target.name}: {self.target.path} now names another file; "
-                          "still capturing what the application writes into the one it holds open")
+        deleted = not os.path.exists(self.target.path)
+        if deleted:
+            self.log("error", f"{self.target.name}: {self.target.path} was deleted; "
+                              "still capturing what the application writes into the file it holds open")
+        else:
+            self.log("error", f"{self.target.name}: {self.target.path} now names another file; "
+                              "still capturing what the application writes into the one it holds open")
+        ids, pages = [], []
         try:
-            ps, pages = read_plain_pages(self.target.path)
-            ids = [self.vault.codec.chunk_id(p) for p in pages]
+            if not deleted:
+                ps, pages = read_plain_pages(self.target.path)
+                ids = [self.vault.codec.chunk_id(p) for p in pages]
         except MulliganError as exc:
-            ids, pages = [], []
             self.log("warning", f"{self.target.name}: cannot read the file now at the path: {exc.message}")
         m, score = None, 0.0
         if ids:
@@ -112,9 +120,11 @@ class FilesUnderCapture:
                 self.log("warning", f"{self.target.name}: could not compare with older snapshots: {exc.message}")
         self.flush()
         lkg = self.last_point or (self.base.id, cs._ts(self.base))
-        inc = self.det.respond(self.det.obs or self.tailer.observe(), [
-            f"the file at {self.target.path} is no longer the file being captured (inode changed)"],
-            lkg, m if score >= detect.MATCH_MIN else None, score, "file moved over the path", raise_now=False)
+        signal = (f"there is no file at {self.target.path} any more (the file being captured was deleted)" if deleted
+                  else f"the file at {self.target.path} is no longer the file being captured (inode changed)")
+        inc = self.det.respond(self.det.obs or self.tailer.observe(), [signal],
+                               lkg, m if score >= detect.MATCH_MIN else None, score,
+                               detect.DELETED if deleted else "file moved over the path", raise_now=False)
         self._swapped = {"incident": inc["id"], "at": now, "lost": self.det.obs}
 
     def _switch_to_path(self) -> None:

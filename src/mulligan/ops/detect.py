@@ -166,8 +166,15 @@ class Rollback:
     detail: str = ""
 
 
+DELETED = "file deleted from the path"
+
+
 def describe(target: Target, rb: Rollback) -> str:
-    what = f"{target.env} database {target.name!r} ({target.path}) went back in time"
+    if rb.detail == DELETED:
+        what = (f"{target.env} database {target.name!r} ({target.path}) was deleted from its path; the application "
+                "still writes into the file it holds open, and watch still captures it")
+    else:
+        what = f"{target.env} database {target.name!r} ({target.path}) went back in time"
     if rb.rolled_back_to is not None:
         age = rb.detected_at - _ts(rb.rolled_back_to)
         what += (f": it now holds the state of snapshot {rb.rolled_back_to.id} "
