@@ -197,6 +197,17 @@ def test_a_damaged_pack_in_the_bucket_is_found_by_verify_and_never_restored(s3_e
     one_line(r.err)
 
 
+def _watch_through(proxy: Outage, bucket: str, tmp_path, **capture) -> tuple[Env, App, Watch]:
+    """A project whose vault is in ``bucket`` reached through ``proxy``; an application at
+    100 tx/s and a watcher storing every 0.5 s (plus ``capture`` settings)."""
+    setup_ops.init(tmp_path / "mulligan.toml", f"s3://{bucket}/vault?endpoint=http://127.0.0.1:{proxy.port}")
+    env = Env(tmp_path)
+    db = make_app_db(env.dir / "app.db")
+    env.protect(db)
+    configure(env, capture={"flush_interval": "0.5s", **capture})
+    return env, App(db, env.dir / "app.log", rate=100), Watch(env, "app")
+
+
 @pytest.mark.parametrize("backlog", ["held", "dropped"])
 def test_a_store_that_goes_away_while_watch_runs(s3, tmp_path, backlog):
     """The way to the bucket is cut for a few seconds while the application keeps writing: watch
@@ -206,13 +217,7 @@ def test_a_store_that_goes_away_while_watch_runs(s3, tmp_path, backlog):
     bucket = s3.new_bucket()
     proxy = Outage(int(s3.endpoint.rsplit(":", 1)[1])).up()
     try:
-        setup_ops.init(tmp_path / "mulligan.toml", f"s3://{bucket}/vault?endpoint=http://127.0.0.1:{proxy.port}")
-        env = Env(tmp_path)
-        db = make_app_db(env.dir / "app.db")
-        env.protect(db)
-        configure(env, capture={"flush_interval": "0.5s", "backlog_max_mib": 256 if backlog == "held" else 0.01})
-        app = App(db, env.dir / "app.log", rate=100)
-        w = Watch(env, "app")
+        env, app, w = _watch_through(proxy, bucket, tmp_path, backlog_max_mib=256 if backlog == "held" else 0.01)
         time.sleep(1.0)
         t_down = time.time()
         proxy.down()
@@ -265,13 +270,7 @@ def test_a_write_that_landed_but_whose_answer_was_lost_is_not_written_again(s3, 
 
     proxy = Outage(int(s3.endpoint.rsplit(":", 1)[1]), lose_reply=lose).up()
     try:
-        setup_ops.init(tmp_path / "mulligan.toml", f"s3://{bucket}/vault?endpoint=http://127.0.0.1:{proxy.port}")
-        env = Env(tmp_path)
-        db = make_app_db(env.dir / "app.db")
-        env.protect(db)
-        configure(env, capture={"flush_interval": "0.5s"})
-        app = App(db, env.dir / "app.log", rate=100)
-        w = Watch(env, "app")
+        env, app, w = _watch_through(proxy, bucket, tmp_path)
         deadline = time.time() + 30
         while proxy.lost_replies < lost and time.time() < deadline:
             time.sleep(0.1)
@@ -294,13 +293,7 @@ def test_a_stop_while_the_store_is_away_says_what_was_not_stored_and_exits_1(s3,
     bucket = s3.new_bucket()
     proxy = Outage(int(s3.endpoint.rsplit(":", 1)[1])).up()
     try:
-        setup_ops.init(tmp_path / "mulligan.toml", f"s3://{bucket}/vault?endpoint=http://127.0.0.1:{proxy.port}")
-        env = Env(tmp_path)
-        db = make_app_db(env.dir / "app.db")
-        env.protect(db)
-        configure(env, capture={"flush_interval": "0.5s"})
-        app = App(db, env.dir / "app.log", rate=100)
-        w = Watch(env, "app")
+        env, app, w = _watch_through(proxy, bucket, tmp_path)
         time.sleep(1.0)
         proxy.down()
         assert w.wait_for("capture failed", 20), w.text()
