@@ -30,13 +30,21 @@ def _restored_ids(env, *args) -> list[int]:
     return ids_in(str(out))
 
 
-def test_after_sigterm_every_commit_made_before_it_is_restored(app_env):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_after_sigterm_every_commit_made_before_it_is_restored(app_env, sig):
+    """SIGTERM (a service stopped), or SIGHUP (the terminal watch ran in closed, or a service
+    manager's reload): everything seen is stored, exit 0. SIGHUP used to end the process at once,
+    losing the commits since the last flush."""
+    import signal
+
     env, db = app_env
     app = App(db, env.dir / "app.log", rate=200)
     w = Watch(env, "app")
     time.sleep(1.5)
     t_term = time.time()
-    assert w.term() == 0
+    w.proc.send_signal(getattr(signal, sig))
+    assert w.proc.wait(20) == 0
+    w.err.close()
     app.stop()
     before = [i for i, t in app.log() if t < t_term]
     got = set(_restored_ids(env, "--latest"))

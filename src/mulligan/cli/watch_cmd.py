@@ -27,8 +27,8 @@ def watch(cctx: click.Context, names, metrics_port, poll, flush):
     """Continuous capture, rollback detection and alerts (a foreground daemon).
 
     Captures every committed transaction of each target (all targets when no NAME
-    is given), stamped with the time it was seen. SIGTERM or Ctrl-C stores what
-    was seen and exits. Logs go to standard error, one line per event.
+    is given), stamped with the time it was seen. SIGTERM, SIGHUP or Ctrl-C stores
+    what was seen and exits. Logs go to standard error, one line per event.
     """
     ctx: Ctx = cctx.obj
     ws = ctx.ws
@@ -52,6 +52,8 @@ def watch(cctx: click.Context, names, metrics_port, poll, flush):
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if hasattr(signal, "SIGHUP"):  # a closed terminal, a service manager's reload: stop cleanly too
+        signal.signal(signal.SIGHUP, on_signal)
     if metrics_port is not None:
         port = watcher.serve_metrics(metrics_port)
         log("info", f"metrics on http://127.0.0.1:{port}/metrics")
