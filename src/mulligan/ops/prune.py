@@ -21,7 +21,7 @@ from ..timeparse import from_iso, utc_now
 from ..vault import KIND_UNDO, Manifest, tree
 from ..vault.locks import Lease, busy_writers, remove_dead_leases
 from ..vault.packs import decode_index, encode_index, index_key, pack_key
-from ..vault.workers import worker
+from ..vault.workers import requests
 from .workspace import Workspace
 
 # How long prune waits for running writers (watch) to store what they hold and step aside.
@@ -184,7 +184,7 @@ def _collect(ws: Workspace, refs: set[bytes], res: PruneResult) -> None:
     # The packs last, in any order among themselves: several at once on an object store.
     ahead = st.read_ahead
     if ahead > 1:
-        list(worker(f"get-{4 * ahead}", 4 * ahead).map(lambda pid: st.delete(pack_key(pid)), dead_packs))
+        list(requests(ahead).map(lambda pid: st.delete(pack_key(pid)), dead_packs))
     else:
         for pid in dead_packs:
             st.delete(pack_key(pid))

@@ -24,7 +24,7 @@ from . import tree
 from .blocks import BLOCK_PAGES, BlockDigests
 from .codec import ID_LEN, PlainCodec
 from .locks import writer_lease
-from .workers import worker
+from .workers import REQUESTS_PER_READ_AHEAD, requests, worker
 from .manifest import KIND_UNDO, Manifest, manifest_key, new_snapshot_id
 from .packs import T_PAGE, T_TREE, ChunkIndex, Entry, PackWriter, index_key, merge_indexes, pack_key
 
@@ -126,15 +126,16 @@ class Vault:
 
     def get_many(self, listed: list[tuple[str, int]]) -> Iterator[tuple[str, bytes | None]]:
         """(key, object or None if it is gone) for each listed (key, size), in order. On an object
-        store several requests are in flight: up to four per ``read_ahead`` (a round trip each,
-        for mostly small objects: index objects, segments) and up to GET_MANY_BYTES of objects."""
+        store several requests are in flight: up to REQUESTS_PER_READ_AHEAD per ``read_ahead``
+        (a round trip each, for mostly small objects: index objects, segments) and up to
+        GET_MANY_BYTES of objects."""
         ahead = self.storage.read_ahead
         if ahead <= 1 or len(listed) < 2:
             for key, _size in listed:
                 yield key, self._get_or_none(key)
             return
-        most = 4 * ahead
-        pool = worker(f"get-{most}", most)
+        pool = requests(ahead)
+        most = REQUESTS_PER_READ_AHEAD * ahead
         pending: deque = deque()
         held = nxt = 0
         for i, (key, _size) in enumerate(listed):
@@ -312,7 +313,7 @@ class Vault:
                   for pack_id, blocks, offsets in part]
         ahead = self.storage.read_ahead
         if ahead > 1 and len(ranges) > 1:  # several small packs a round trip away: ask for them at once
-            bodies = list(worker(f"get-{4 * ahead}", 4 * ahead).map(lambda r: self._pack_range(*r), ranges))
+            bodies = list(requests(ahead).map(lambda r: self._pack_range(*r), ranges))
         else:
             bodies = [self._pack_range(*r) for r in ranges]
         for (_pack_id, blocks, offsets), (key, lo, _hi), body in zip(part, ranges, bodies):

@@ -10,6 +10,17 @@ _POOLS: dict[str, ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
 
 
+REQUESTS_PER_READ_AHEAD = 4
+
+
+def requests(read_ahead: int) -> ThreadPoolExecutor:
+    """The pool for small requests to a store a round trip away (objects, ranges, deletes):
+    REQUESTS_PER_READ_AHEAD threads per ``Storage.read_ahead``, so that many wait on the
+    network at once."""
+    n = REQUESTS_PER_READ_AHEAD * read_ahead
+    return worker(f"get-{n}", n)
+
+
 def worker(name: str, threads: int = 1) -> ThreadPoolExecutor:
     with _LOCK:
         pool = _POOLS.get(name)
