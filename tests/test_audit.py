@@ -144,3 +144,41 @@ def test_appending_reads_the_head_not_the_whole_log_and_survives_a_stale_or_miss
     check = audit.read(v)
     assert check.ok, check.problems
     assert [e["seq"] for e in check.entries] == list(range(1, 16))
+
+
+def test_two_appenders_that_write_the_same_entry_at_the_same_instant_both_keep_theirs(monkeypatch):
+    """Same seq, same second, same process and command: the two entries would be the same bytes,
+    and a put of bytes already under the key succeeds (a retried write whose answer was lost).
+    Each entry carries bytes of its own, so the second appender is refused and takes the next place."""
+    import os
+    import threading
+
+    from mulligan.ops import audit
+    from mulligan.vault import Vault
+
+    v = Vault.create(f"memory://{os.urandom(6).hex()}")
+    audit.record(v, command="snapshot", outcome="done")
+    monkeypatch.setattr(audit, "utc_now", lambda t=audit.utc_now(): t)
+    both_read = threading.Barrier(2)
+    tail = audit._tail
+    waited = set()
+
+    def tail_then_wait(vault):
+        found = tail(vault)
+        if threading.get_ident() not in waited:  # the first try of each appender reads the same tail
+            waited.add(threading.get_ident())
+            both_read.wait(timeout=5)
+        return found
+
+    monkeypatch.setattr(audit, "_tail", tail_then_wait)
+    written = []
+    threads = [threading.Thread(target=lambda: written.append(audit.record(v, command="c", outcome="done")))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(e["seq"] for e in written) == [2, 3]
+    check = audit.read(v)
+    assert check.ok, check.problems
+    assert [e["seq"] for e in check.entries] == [1, 2, 3]

@@ -6,7 +6,10 @@ entry carries the BLAKE3 hash of the previous entry and its own, so editing,
 removing or reordering an entry breaks the chain, and `audit`/`verify` say so.
 
 Entries are objects ``audit/<seq:012d>`` written with put-if-absent: two
-processes appending at once cannot both take the same place in the chain.
+processes appending at once cannot both take the same place in the chain. Each
+entry carries a random nonce: a put of the very bytes already under a key
+succeeds (a retried write whose answer was lost), so two appenders in the same
+second, process and command must never write the same bytes.
 ``refs/audit/head`` says which entry was appended last, so an append reads one
 entry instead of listing them all (one per command, a year of snapshots taken
 every minute is half a million); it is advisory: an append steps past it while
@@ -86,6 +89,7 @@ def record(vault: Vault, *, command: str, outcome: str, target=None, detail=None
             "outcome": outcome,
             "detail": detail,
             "prev": prev,
+            "nonce": os.urandom(8).hex(),
         }
         entry["hash"] = _hash(entry)
         try:
