@@ -409,8 +409,9 @@ def test_an_application_checkpoint_on_an_idle_database_is_not_kept_waiting(app_e
        st.integers(1, 6), st.data())
 def test_a_captured_commit_and_a_time_resolve_to_the_state_replayed_naively(commits, per_flush, data):
     """Any chain of commits (pages written, the database growing and shrinking), flushed in
-    segments of any size: the state of a commit by its id, and at any time, is the base
-    overlaid by every commit up to it, one by one."""
+    segments of any size, some commits read in pieces (an earlier piece may hold an older
+    version of a page; pieces go to the pack writer past a small threshold): the state of a
+    commit by its id, and at any time, is the base overlaid by every commit up to it, one by one."""
     import os
     from datetime import datetime, timezone
 
@@ -425,6 +426,7 @@ def test_a_captured_commit_and_a_time_resolve_to_the_state_replayed_naively(comm
     base_ids, _ = cs.store_pages(v, base_pages)
     base = cs.save_base(v, target, ps, base_ids, time=1000.0, meta={})
     seg = cs.SegmentWriter(v, target.id, base.id, ps)
+    seg.SPILL_BYTES = data.draw(st.sampled_from([2 * ps, 8 * ps]))
     state = list(base_pages)
     truth = []  # (point id, seen time, pages after it)
     for k, writes in enumerate(commits):
@@ -438,7 +440,13 @@ def test_a_captured_commit_and_a_time_resolve_to_the_state_replayed_naively(comm
             for p, d in pages.items():
                 state[p - 1] = d
         t = 1001.0 + k
-        point, _ = seg.add(t, k + 1, n, pages, "app")
+        items = list(pages.items())
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(items)), max_size=3)))
+        for a, b in zip([0] + cuts, cuts):
+            part = dict(items[a:b])
+            part.update({p: bytes([p, 7]) * (ps // 2) for p, _ in items[b:b + 1]})  # older, overwritten later
+            seg.add_part(part)
+        point, _ = seg.add(t, k + 1, n, dict(items[cuts[-1] if cuts else 0:]), "app")
         truth.append((point, t, list(state)))
         if (k + 1) % per_flush == 0:
             seg.flush()
@@ -552,3 +560,199 @@ def test_a_wall_clock_stepped_back_an_hour_does_not_hold_capture(project, monkey
     finally:
         w.stop()
         th.join(30)
+
+
+def _commits_read(tailer, bounded=True) -> tuple[list[tuple[int, int, dict]], int]:
+    """Every commit the tailer reads until it has caught up, pieces put together; and how many
+    polls stopped inside a commit."""
+    out, part, pieces = [], {}, 0
+    while True:
+        res = tailer.poll(bounded=bounded)
+        assert not res.restarted and not res.part_dropped
+        if res.part is not None:
+            part.update(res.part)
+            pieces += 1
+        for c in res.commits:
+            out.append((c.frame, c.db_pages, {**part, **c.pages}))
+            part = {}
+        if not res.more:
+            return out, pieces
+
+
+def test_a_commit_larger_than_a_poll_is_read_in_pieces_while_a_checkpoint_cannot_pass_them(tmp_path):
+    """A migration's commit of gigabytes must not be held in memory at once: polls read a
+    bounded amount, inside one commit if need be, and the pieces add up to the commit. Until
+    every piece is read, the watcher's read does not move: the application's checkpoint cannot
+    backfill past it, so the WAL cannot start over on the frames not read yet."""
+    import os
+
+    from mulligan.engines.sqlite.capture import Tailer
+
+    db = str(tmp_path / "a.db")
+    # The same SQLite library as the watcher's, or the two would not see each other's locks
+    # inside one process.
+    app = apsw.Connection(db)
+    app.execute("PRAGMA journal_mode=WAL").fetchall()
+    app.execute("PRAGMA wal_autocheckpoint=0").fetchall()
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+    ref, t = Tailer(db), Tailer(db)
+    for tl in (ref, t):
+        tl.open()
+        tl.full_state(lambda pages: None, lambda: None)
+    for i in range(3):
+        app.execute("INSERT INTO t (v) VALUES (?)", (os.urandom(300),))
+    app.execute("BEGIN")
+    for i in range(600):  # ~2.5 MB: many pieces of 64 KiB, a page written twice in it
+        app.execute("INSERT INTO t (v) VALUES (?)", (os.urandom(3000),))
+    app.execute("UPDATE t SET v = ? WHERE id = 1", (b"later",))
+    app.execute("COMMIT")
+    for i in range(3):
+        app.execute("INSERT INTO t (v) VALUES (?)", (os.urandom(300),))
+    expected, _ = _commits_read(ref, bounded=False)
+    ref.close()
+
+    t.poll_max = 64 << 10
+    res = t.poll()
+    assert [c.db_pages for c in res.commits] == [c[1] for c in expected[:3]] and res.more
+    first = [(c.frame, c.db_pages, c.pages) for c in res.commits]
+    res = t.poll()
+    assert res.part is not None and not res.commits and res.more
+    part = dict(res.part)
+    # The application checkpoints, the watcher reads a piece more, the application writes:
+    # were the watcher's read moved to the newest state at each piece, the checkpoint would
+    # backfill everything, the read after it would need no WAL frame, and the write would start
+    # the WAL over on the frames not read yet.
+    app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    res = t.poll()
+    assert res.part is not None and not res.commits and res.more
+    part.update(res.part)
+    app.execute("INSERT INTO t (v) VALUES (x'00')")
+    rest, pieces = _commits_read(t)
+    rest[0] = (rest[0][0], rest[0][1], {**part, **rest[0][2]})
+    got = first + rest
+    assert pieces >= 10
+    assert [(f, n) for f, n, _ in got[:-1]] == [(f, n) for f, n, _ in expected]
+    assert [p for _, _, p in got[:-1]] == [p for _, _, p in expected]
+    t.close()
+    app.close()
+
+
+def _peak_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_migration_of_hundreds_of_megabytes_in_one_commit_is_captured_in_bounded_memory(app_env):
+    """One transaction of 300 MiB (a migration, a bulk load) while the application goes on
+    committing: the watcher stores it piece by piece as it reads it (it held it whole, and more
+    than once: 1.45 times the commit's size at its peak), and every commit restores."""
+    import subprocess
+    import sys
+
+    env, db = app_env
+    app = App(db, env.dir / "app.log", rate=50)
+    w = Watch(env, "app")
+    start_mib = _peak_mib(w.proc.pid)
+    mib = 300
+    subprocess.run([sys.executable, "-c", f"""
+import apsw
+c = apsw.Connection({db!r})
+c.set_busy_timeout(5000)
+with c:
+    c.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, v BLOB)")
+    c.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {mib * 256}) "
+              "INSERT INTO bulk(v) SELECT randomblob(4000) FROM n")
+"""], check=True, timeout=60)
+    time.sleep(1.0)
+    deadline = time.time() + 30
+    out = env.dir / "latest.db"
+    while True:  # the watcher has caught up once the latest restore point holds the table
+        time.sleep(1.0)
+        r = env.run("restore", "app", "--latest", "--to", str(out))
+        assert r.code == 0, r.err
+        if apsw.Connection(str(out)).execute("SELECT count(*) FROM sqlite_master WHERE name = 'bulk'").fetchall()[0][0]:
+            break
+        out.unlink()
+        assert time.time() < deadline, w.text()
+    peak = _peak_mib(w.proc.pid)
+    app.stop()
+    assert w.term() == 0, w.text()
+    assert peak - start_mib < 0.6 * mib, f"the watcher grew from {start_mib:.0f} to {peak:.0f} MiB"
+    c = apsw.Connection(str(out))
+    assert c.execute("SELECT count(*), sum(length(v)) FROM bulk").fetchall()[0] == (mib * 256, mib * 256 * 4000)
+    assert c.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    got = set(_restored_ids(env, "--latest"))
+    assert sorted(got) == list(range(1, max(got) + 1))
+    assert {i for i, _ in app.log()} <= got
+
+
+@pytest.mark.parametrize("fails", ["while read", "at the flush"])
+def test_a_large_commit_whose_pieces_cannot_be_stored_is_dropped_and_read_again(project, monkeypatch, fails):
+    """Pieces of a large commit go to the vault as they are read; when the vault refuses them
+    (as they go, or the last of them at the flush), they are no longer in memory to try again,
+    so the commits not stored yet are dropped at once (logged, as a long outage's are) and,
+    once the vault answers, the whole database is read again under a new base: the latest
+    restore point is the database, and the gap is recorded."""
+    import io
+    import os
+
+    import apsw
+
+    from mulligan.errors import StorageError
+    from mulligan.ops import capture_store as cs
+    from mulligan.ops.alerts import Alerter, Log
+    from mulligan.ops.capture import CaptureOptions, TargetCapture
+    from mulligan.storage.faulty import FaultyStorage
+    from test_watch_kit import make_app_db
+
+    monkeypatch.setattr(cs.SegmentWriter, "SPILL_BYTES", 64 << 10)
+    monkeypatch.setattr(cs.PackWriter.__init__, "__defaults__", (64 << 10, None))  # packs cut as pieces come
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    ws = project.ws
+    target = ws.target("app")
+    out = io.StringIO()
+    log = Log(out)
+    opts = CaptureOptions(flush_interval=0.5, status_interval=3600, sample_interval=3600, idle_checkpoint=3600,
+                          base_interval=3600, generation_interval=3600)
+    cap = TargetCapture(ws, target, opts, Alerter({}, log), log)
+    cap.start()
+    cap.tailer.poll_max = 128 << 10
+    broken = [fails == "while read"]
+    ws.vault.storage = FaultyStorage(ws.vault.storage, fail_put=lambda key: broken[0] and key.startswith("packs/"))
+    app = apsw.Connection(db)
+    app.execute("INSERT INTO posts(user_id, body) VALUES (1, 'before the migration')")
+    with app:
+        app.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, v BLOB)")
+        for _ in range(500):  # 2 MB
+            app.execute("INSERT INTO bulk(v) VALUES (?)", (os.urandom(4000),))
+    t0 = time.monotonic()
+    cap._t["flush"] = t0
+    with pytest.raises(StorageError):
+        if fails == "at the flush":
+            cap.step(t0)  # read and handed over, not flushed yet
+            assert cap.seg.spilled and cap._dropped is None
+            broken[0] = True
+            cap.flush()
+        else:
+            cap.step(t0)
+    assert cap._dropped is not None and cap.seg.unstored_commits() == 0
+    assert "dropped from memory" in out.getvalue()
+    cap.step(t0 + 0.1)  # polls go on; the pieces are not kept meanwhile
+    assert not cap.seg.part_ids and not cap.seg.part_fresh
+    broken[0] = False
+    app.execute("INSERT INTO posts(user_id, body) VALUES (1, 'after')")
+    cap.step(t0 + 2.0)  # the flush reads everything again and starts a new base
+    assert cap._dropped is None
+    cap.step(t0 + 2.6)
+    cap.stop()
+    app.close()
+    r = project.run("restore", "app", "--latest", "--to", str(project.dir / "r.db"))
+    assert r.code == 0, r.err
+    got = apsw.Connection(str(project.dir / "r.db"))
+    want = apsw.Connection(db)
+    for q in ("SELECT count(*), sum(length(v)) FROM bulk", "SELECT group_concat(body, '|') FROM posts WHERE id > 50"):
+        assert got.execute(q).fetchall() == want.execute(q).fetchall()
+    assert project.run("snapshots", "app", "--json").json["coverage"]["gaps"]

@@ -9,8 +9,13 @@ heap and up to 64 MiB of free heap before trimming removes most of those faults
 (measured on a captured 93 MiB restore: 113,000-136,000 faults -> 19,000-25,000,
 1.14-1.40 s -> 1.04-1.09 s; docs/benchmarks.md). Restores call it before they
 write, and the ``snapshot`` command before it reads (a full snapshot of 239 MiB:
-~78,000 -> ~27,000 faults). ``watch`` does not: a daemon would hold up to 64 MiB
-of freed heap for good, for no measured gain.
+~78,000 -> ~27,000 faults). ``watch`` does the opposite (``daemon=True``): a
+daemon must give memory back. glibc raises its threshold to the size of each
+large block freed (up to 32 MiB), so after a large commit had gone through the
+watcher in 2 MiB reads and 8 MiB packs, those sizes stayed in the heap, scattered
+among live pages, and the watcher's memory stayed at its peak: capturing one
+commit of 300 MiB, a peak of 255-261 MiB of which 229-235 MiB stayed; with the
+threshold fixed at 64 KiB, 156-157 MiB and 106-109 MiB (docs/capture.md).
 Nothing changes where the allocator is not glibc, or where the user set
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` themselves.
 
@@ -27,13 +32,14 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
+DAEMON_MMAP_THRESHOLD = 64 << 10
 _done = False
 _gc_done = False
 GC_YOUNG_THRESHOLD = 50_000
 
 
-def tune_allocator() -> bool:
-    """Apply the allocator settings once; True if they were applied."""
+def tune_allocator(daemon: bool = False) -> bool:
+    """Apply the allocator settings once (the first call's kind wins); True if they were applied."""
     global _done
     if _done or not sys.platform.startswith("linux"):
         return False
@@ -47,6 +53,8 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError, ImportError):
         return False  # not glibc
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    if daemon:  # a fixed threshold (no dynamic raise); the trim threshold stays glibc's
+        return bool(mallopt(_M_MMAP_THRESHOLD, DAEMON_MMAP_THRESHOLD))
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 

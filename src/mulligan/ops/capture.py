@@ -171,7 +171,7 @@ class TargetCapture(FilesUnderCapture):
         try:
             if self.tailer is not None and self._swapped is None:
                 try:
-                    self._apply_poll(self.tailer.poll())
+                    self._catch_up()
                 except Exception as exc:  # noqa: BLE001 - a broken database (SQLite, I/O) must not cost
                     # the commits already seen: they are stored below whatever the last look gave.
                     msg = exc.one_line() if isinstance(exc, MulliganError) else f"{exc.__class__.__name__}: {exc}"
@@ -194,8 +194,7 @@ class TargetCapture(FilesUnderCapture):
         if self._swapped is None and t.replaced():  # three stat() calls: every poll
             if self._check_files(sample=False):
                 return
-        res = t.poll()
-        self._apply_poll(res)
+        self._catch_up()
         if now - self._t["sample"] >= self.o.sample_interval:
             self._t["sample"] = now
             if self._check_files():
@@ -212,7 +211,32 @@ class TargetCapture(FilesUnderCapture):
             raise self._flush_failed.with_traceback(None)
         self.stats.last_ok = time.time()
 
+    def _catch_up(self) -> Poll:
+        """Poll until every committed frame is read, storing each piece of a large commit as it
+        comes (Tailer.poll reads a bounded amount at a time); returns the last poll."""
+        restarted = False
+        while True:
+            res = self.tailer.poll()
+            self._apply_poll(res)
+            restarted |= res.restarted
+            if not res.more:
+                res.restarted = restarted
+                return res
+
+    def _take_part(self, res: Poll) -> None:
+        if res.part is None or self._dropped is not None:
+            return  # after a drop, the whole state is read again: pieces would be discarded with it
+        try:
+            self.seg.add_part(res.part)
+        except MulliganError:
+            # Pieces already handed over are gone from memory: no flush can store this commit,
+            # nor the ones before it in this segment (they share its packs).
+            self._drop_unstored()
+            raise
+
     def _apply_poll(self, res: Poll) -> None:
+        if res.part_dropped:
+            self.seg.drop_part()
         if res.restarted:
             self.wal_pages = {}
             if not res.continuous:
@@ -221,21 +245,22 @@ class TargetCapture(FilesUnderCapture):
             if self._main_mismatch(in_restart=True):
                 self.reconcile("the WAL restarted over a main database file that is not the captured state")
                 return
+        self._take_part(res)
         if not res.commits:
             return
         mass = False
         for c in res.commits:
             before = self.last_point
             point, ids = self.seg.add(c.seen, c.frame, c.db_pages, c.pages, c.by)
-            first_mass = c.by == "app" and len(c.pages) >= max(4, 0.5 * c.db_pages) and self.det.mass is None
+            first_mass = c.by == "app" and len(ids) >= max(4, 0.5 * c.db_pages) and self.det.mass is None
             if first_mass:
                 lkg_ids = list(self.ids)
             self._apply_ids(c.db_pages, ids)
             if first_mass:
                 # The states just before and just after the first mass rewrite: what the match compares.
                 self.det.mass = (lkg_ids, list(self.ids))
-            self._note_commit(c, point)
-            if c.by == "app" and len(c.pages) >= max(4, 0.5 * c.db_pages):
+            self._note_commit(c, point, ids)
+            if c.by == "app" and len(ids) >= max(4, 0.5 * c.db_pages):
                 mass = True
                 self.det.suspects.append((before[0] if before else None, before[1] if before else None, point))
         if all(c.by != "app" for c in res.commits):
@@ -243,9 +268,9 @@ class TargetCapture(FilesUnderCapture):
             return
         self.det.check(self.tailer.observe(), mass=mass, where="during capture")
 
-    def _note_commit(self, c, point: str) -> None:
+    def _note_commit(self, c, point: str, ids: dict[int, bytes]) -> None:
         """Bookkeeping of one captured commit: where its pages are, the last point, stats."""
-        for pgno in c.pages:
+        for pgno in ids:  # all its pages, those of earlier pieces too (their frames come before)
             self.wal_pages[pgno] = c.frame
         self.last_point = (point, c.seen)
         self.stats.commits += 1
@@ -268,10 +293,11 @@ class TargetCapture(FilesUnderCapture):
                 self.ids[pgno - 1] = cid
 
     def _apply_poll_quiet(self, res: Poll) -> None:
+        """A poll made holding the write lock (never in pieces: Tailer.sealed)."""
         for c in res.commits:
             point, ids = self.seg.add(c.seen, c.frame, c.db_pages, c.pages, c.by)
             self._apply_ids(c.db_pages, ids)
-            self._note_commit(c, point)
+            self._note_commit(c, point, ids)
 
     # ---- reading everything, our own writes --------------------------------------------------
     def _read_all(self) -> tuple[int, list[bytes], int]:
@@ -304,7 +330,7 @@ class TargetCapture(FilesUnderCapture):
             self.seg.recent = {}
         self._zero = None
         if self._swapped is None:
-            self._apply_poll(self.tailer.poll())
+            self._catch_up()
             self.flush()
             count, ids, nbytes = self._read_all()  # PageStore checks the reloaded index
             self.stats.bytes_stored += nbytes
@@ -323,7 +349,10 @@ class TargetCapture(FilesUnderCapture):
         try:
             key = self.seg.flush(end)
         except MulliganError:
-            self._bound_backlog()
+            if self.seg.spilled:
+                self._drop_unstored()  # pages of a large commit went out as read: not held to try again
+            else:
+                self._bound_backlog()
             raise
         self._flush_failed, self._flush_wait = None, 0.0
         self.repack.flushed += self.seg.page_bytes - before_p
@@ -339,9 +368,12 @@ class TargetCapture(FilesUnderCapture):
         """The vault refused a flush. Past ``backlog_max_mib`` of held pages, drop the commits
         seen since the last stored one: a long outage must not grow the watcher without end.
         Once the vault answers, the whole state is read again and a new base records the gap."""
+        if self.seg.held_bytes() > self.o.backlog_max_mib * 1048576:
+            self._drop_unstored()
+
+    def _drop_unstored(self) -> None:
+        """Drop the commits seen since the last stored one; the whole state is read again."""
         held = self.seg.held_bytes()
-        if held <= self.o.backlog_max_mib * 1048576:
-            return
         since = self.stats.oldest_pending or time.time()
         n = self.seg.unstored_commits()
         self.seg.discard()

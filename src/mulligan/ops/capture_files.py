@@ -72,8 +72,7 @@ class FilesUnderCapture:
             # read's snapshot): capture up to now and look at those pages again.
             time.sleep(0.01)
             if attempt < 2 and not in_restart:
-                res = t.poll()
-                self._apply_poll(res)
+                res = self._catch_up()
                 if res.restarted:
                     return False  # that poll judged the restart (and reconciled if it had to)
             nb = t.last.n_backfill if t.last is not None else 0
@@ -151,7 +150,7 @@ class FilesUnderCapture:
                 before, raised = self.tailer.write("counters", lambda c: detect.apply_counters(c, plan))
                 self._own_write("counters raised")
         self._new_base(gap=None, reason="switched to the file now at the path")
-        self._apply_poll(self.tailer.poll())
+        self._catch_up()
         try:
             inc = inc_mod.get(self.vault, info["incident"])
             inc["counters"]["raised"] = raised

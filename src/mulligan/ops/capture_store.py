@@ -101,26 +101,63 @@ class SegmentWriter:
     # (key, bytes, commits) of a segment whose write has not succeeded yet
     sealed: tuple[str, bytes, int] | None = None
     RECENT_MAX = 1 << 14
+    # A commit read in pieces (Tailer.poll): its page ids so far, and its new pages not yet
+    # handed to the pack writer. Past SPILL_BYTES they are: packs are stored as they fill, so
+    # the watcher holds a bounded part of even a commit of gigabytes.
+    part_ids: dict = field(default_factory=dict)
+    part_fresh: dict = field(default_factory=dict)
+    spilled: bool = False  # pages went to the pack writer before their commit was complete
+    SPILL_BYTES = 16 << 20
 
     def next_commit_id(self) -> str:
         return commit_id(self.base_id, self.seq, len(self.pending))
 
-    def add(self, seen: float, frame: int, db_pages: int, pages: dict[int, bytes], by: str) -> tuple[str, dict[int, bytes]]:
-        """Queue one commit; return its point id and {pgno: chunk id}."""
+    def _new_pages(self, pages: dict[int, bytes], into: dict) -> dict[int, bytes]:
+        """{pgno: chunk id}; pages the vault lacks go ``into`` (one of the fresh dicts)."""
         vault = self.vault
         # The index as this process knows it (loaded once, grown by our own writes): listing the
         # vault's index objects at every commit would cost more than the capture itself. A chunk
         # another process stored meanwhile may be stored twice; dedup is an economy, not a rule.
         idx = vault._index if vault._index is not None else vault.index()
         ids: dict[int, bytes] = {}
-        fresh = self.fresh  # compressed together at the flush (one multi-threaded call)
-        recent = self.recent
+        fresh, part_fresh, recent, w = self.fresh, self.part_fresh, self.recent, self.writer
         chunk_id = vault.codec.chunk_id
         for pgno, data in pages.items():
             cid = chunk_id(data)
             ids[pgno] = cid
-            if cid not in fresh and cid not in idx and cid not in recent:
-                fresh[cid] = data
+            if cid not in fresh and cid not in part_fresh and cid not in idx and cid not in recent \
+                    and not (w is not None and w.has(cid)):
+                into[cid] = data
+        return ids
+
+    def add_part(self, pages: dict[int, bytes]) -> None:
+        """Pages of a commit still being read; ``add`` of its last piece completes it.
+
+        Raises StorageError when a pack of it could not be stored: the pieces are then gone
+        from memory, and the caller must drop every commit not stored yet."""
+        self.part_ids.update(self._new_pages(pages, self.part_fresh))
+        if sum(map(len, self.part_fresh.values())) < self.SPILL_BYTES:
+            return
+        items, self.part_fresh = list(self.part_fresh.items()), {}
+        if self.writer is None:
+            self.writer = PackWriter(self.vault.storage, codec=self.vault.codec)
+        self.spilled = True
+        self.page_bytes += sum(len(d) for _, d in items)
+        self.writer.add_raw_many(items, T_PAGE)  # stores each pack as it fills
+
+    def drop_part(self) -> None:
+        """The commit being read in pieces will be read again from its start."""
+        self.part_ids, self.part_fresh = {}, {}
+
+    def add(self, seen: float, frame: int, db_pages: int, pages: dict[int, bytes], by: str) -> tuple[str, dict[int, bytes]]:
+        """Queue one commit (or the last piece of one, after ``add_part``); return its point
+        id and {pgno: chunk id}."""
+        fresh = self.fresh  # compressed together at the flush (one multi-threaded call)
+        ids = self._new_pages(pages, fresh)
+        if self.part_ids:
+            ids = {**self.part_ids, **ids}  # the later version of a page wins
+            fresh.update(self.part_fresh)
+            self.part_ids, self.part_fresh = {}, {}
         refs = []
         for pgno in sorted(ids):
             cid = ids[pgno]
@@ -146,8 +183,11 @@ class SegmentWriter:
             return key
         if self.fresh:
             # Compressed in 64 KiB blocks of pages, as snapshots are: fewer, better-compressed blobs.
-            w = self.writer = PackWriter(self.vault.storage, codec=self.vault.codec)
-            w.add_raw_many(list(self.fresh.items()), T_PAGE)
+            # A writer that failed starts over with every held page, unless pages went to it as
+            # they were read (then they are no longer held: the flush cannot be tried again).
+            if self.writer is None or not self.spilled:
+                self.writer = PackWriter(self.vault.storage, codec=self.vault.codec)
+            self.writer.add_raw_many(list(self.fresh.items()), T_PAGE)
             self.page_bytes += sum(map(len, self.fresh.values()))
         w = self.writer
         if w is not None:
@@ -168,6 +208,7 @@ class SegmentWriter:
                        len(self.pending))
         self.seq += 1  # commits seen from now on belong to the next segment
         self.pending, self.chunk_list, self.chunk_pos, self.writer, self.fresh = [], [], {}, None, {}
+        self.spilled = False
         return self._store_sealed()
 
     def _store_sealed(self) -> str | None:
@@ -184,7 +225,7 @@ class SegmentWriter:
 
     def held_bytes(self) -> int:
         """Bytes of page content held for the next flush (what a vault that refuses writes lets grow)."""
-        return sum(map(len, self.fresh.values()))
+        return sum(map(len, self.fresh.values())) + sum(map(len, self.part_fresh.values()))
 
     def unstored_commits(self) -> int:
         return len(self.pending) + (self.sealed[2] if self.sealed else 0)
@@ -194,6 +235,7 @@ class SegmentWriter:
         base: this chain gets no further segment)."""
         self.pending, self.chunk_list, self.chunk_pos, self.writer, self.fresh = [], [], {}, None, {}
         self.sealed = None
+        self.part_ids, self.part_fresh, self.spilled = {}, {}, False
 
     def merge_indexes(self) -> None:
         """One index object for the last flushes' packs (written first), then the small ones go."""

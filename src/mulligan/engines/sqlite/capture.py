@@ -60,6 +60,16 @@ class Poll:
     restarted: bool = False  # the WAL started over since the last poll
     continuous: bool = True  # everything before the restart was captured and backfilled
     header: wal.IndexHeader | None = None
+    more: bool = False  # committed frames remain unread: poll again before anything else
+    # Pages of a commit too large to read at once, read so far: the first commit of a later
+    # poll completes it (its pages win over these).
+    part: dict[int, bytes] | None = None
+    part_dropped: bool = False  # the pieces read before will not be completed: forget them
+
+
+# What one poll reads at most: a commit larger than this (a migration, a VACUUM) is read in
+# pieces, so the watcher's memory does not grow with the largest transaction.
+POLL_MAX_BYTES = 16 << 20
 
 
 @dataclass
@@ -112,6 +122,10 @@ class Tailer:
         self._schema: tuple[int, list[str], set[str]] | None = None
         self.inodes: dict[str, tuple[int, int]] = {}
         self._turned_at: tuple | None = None  # the WAL (salts, mxFrame, nBackfill) at the last turn
+        # Inside a commit read in pieces: the last frame read and the frame of each page so far.
+        self._part_end = 0
+        self._part_at: dict[int, int] = {}
+        self.poll_max = POLL_MAX_BYTES
 
     # ---- lifecycle ------------------------------------------------------------
     def open(self) -> None:
@@ -209,26 +223,28 @@ class Tailer:
         WAL restarted during the read (possible only while we hold read mark 0),
         ``restart`` is called and the read done again. Sets the capture position
         to that commit."""
+        self.forget_part()
         for _ in range(10):
             restart()
             h = self.header()
             ps = h.page_size
-            overlay: dict[int, bytes] = {}
             frames: dict[int, int] = {}
             count = 0
             nb = min(h.n_backfill, h.mx_frame)
             self.page_frames = {}
             if h.mx_frame > nb:
                 # Frames up to nBackfill are in the main file already (and after a file was copied
-                # over the main file, SQLite's readers no longer apply them either).
-                fr = wal.read_commits(self.wal_fd, nb, h.mx_frame, ps, h.salts, where=self.page_frames)
+                # over the main file, SQLite's readers no longer apply them either). The pages past
+                # it are read one by one below, not held: the WAL may hold gigabytes not backfilled.
+                fr = wal.scan_commits(self.wal_fd, nb, h.mx_frame, ps, h.salts)
                 if fr.bad:
                     self._turn()
                     continue
-                for f, size, pages in fr.commits:
-                    overlay.update(pages)
-                    frames.update(dict.fromkeys(pages, f))
+                for f, size, at in fr.commits:
+                    self.page_frames.update(at)
+                    frames.update(dict.fromkeys(at, f))
                     count = size
+            overlay = self.page_frames
             raw = os.pread(self.db_fd, 100, 0)
             size_now = os.fstat(self.db_fd).st_size
             if not count:
@@ -244,8 +260,12 @@ class Tailer:
                     blob += bytes(ps * n - len(blob))
                 pages = []
                 for i in range(n):
-                    pg = overlay.get(start + i)
-                    pages.append(pg if pg is not None else blob[i * ps:(i + 1) * ps])
+                    f = overlay.get(start + i)
+                    if f is None:
+                        pages.append(blob[i * ps:(i + 1) * ps])
+                    else:
+                        pg = os.pread(self.wal_fd, ps, wal.frame_offset(f, ps) + wal.FRAME_HEADER)
+                        pages.append(pg + bytes(ps - len(pg)))  # a short read: the check below reads again
                 consume(pages)
             h2 = self.header()
             if h2.salts != h.salts or h2.mx_frame < h.mx_frame:
@@ -256,8 +276,13 @@ class Tailer:
             return count, h
         raise DatabaseBusy(f"the WAL of {self.path} kept restarting during the read", hint="watch retries by itself")
 
-    def poll(self) -> Poll:
-        """Commits since the last poll, then move the held read forward past them."""
+    def poll(self, bounded: bool = True) -> Poll:
+        """Commits since the last poll, then move the held read forward past them.
+
+        ``bounded``: at most about ``poll_max`` bytes of pages are read; ``more`` then says to
+        poll again. The
+        held read stays where it was until everything is read: while it is held, no checkpoint
+        can backfill past it and the WAL cannot start over, so the frames not read yet stay."""
         h = self.header()
         res = Poll(header=h)
         if h.salts != self.salts:
@@ -267,17 +292,37 @@ class Tailer:
             res.continuous = prev is not None and self.frame == prev.mx_frame and prev.n_backfill >= prev.mx_frame \
                 and h.mx_frame >= 0
             self.salts, self.frame, self.page_frames = h.salts, 0, {}
+            res.part_dropped |= self.forget_part()
         if h.mx_frame < self.frame:  # cannot happen without a restart; treat it as one
             res.restarted, res.continuous = True, False
             self.frame, self.page_frames = 0, {}
+            res.part_dropped |= self.forget_part()
         if h.mx_frame > self.frame:
-            fr = wal.read_commits(self.wal_fd, self.frame, h.mx_frame, self.page_size or h.page_size, h.salts,
-                                  where=self.page_frames)
+            where: dict[int, int] = {}
+            fr = wal.read_commits(self.wal_fd, max(self.frame, self._part_end), h.mx_frame,
+                                  self.page_size or h.page_size, h.salts, where=where,
+                                  max_bytes=self.poll_max if bounded else None)
             now = time.time()
             for f, size, pages in fr.commits:
                 res.commits.append(Commit(f, size, pages, now, self.own.pop((h.salts, f), "app")))
-            self.frame = fr.last_frame
+            if fr.part is not None:
+                res.part = fr.part
+                self._part_end = fr.part_end
+                self._part_at.update(fr.part_at)
+            else:
+                if fr.commits and self._part_at:
+                    # The pieces read before belong to the first commit; its own frames are later.
+                    where = {**self._part_at, **where}
+                if fr.commits:
+                    self.forget_part()
+                elif fr.bad:
+                    res.part_dropped |= self.forget_part()
+                self.frame = fr.last_frame
+            self.page_frames.update(where)
+            res.more = fr.more
         self.last = h
+        if res.more:
+            return res
         # Move the held read forward only when the WAL changed: with no new commit, no new
         # backfill and no restart, the read already sees the newest state, and an application's
         # checkpoint has nothing to wait for from us (it backfills first, which changes
@@ -287,6 +332,12 @@ class Tailer:
             self._turn()
             self._turned_at = mark
         return res
+
+    def forget_part(self) -> bool:
+        """Read the commit being read in pieces from its start again; True if one was."""
+        was = bool(self._part_end)
+        self._part_end, self._part_at = 0, {}
+        return was
 
     # ---- our own writes and checkpoints ---------------------------------------------
     def _wal_hook(self, _conn, _db, nframes: int) -> int:
@@ -302,7 +353,12 @@ class Tailer:
         except apsw.BusyError:
             raise DatabaseBusy("the application holds the write lock", hint="tried again at the next poll") from None
         try:
-            yield self.poll()
+            h = self.header()
+            unread = h.mx_frame - (max(self.frame, self._part_end) if h.salts == self.salts else 0)
+            if self._part_end or unread * (wal.FRAME_HEADER + h.page_size) > self.poll_max:
+                # Everything is read under the lock at once: not with a large commit still to read.
+                raise DatabaseBusy("a large commit is still being captured", hint="tried again at the next poll")
+            yield self.poll(bounded=False)
         finally:
             if self._w.in_transaction:
                 self._w.execute("ROLLBACK")

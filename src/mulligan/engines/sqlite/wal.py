@@ -209,19 +209,34 @@ class Frames:
     commits: list[tuple[int, int, dict[int, bytes]]]  # (commit frame, db size in pages, {pgno: page})
     last_frame: int
     bad: bool = False  # a frame's salts did not match: the WAL moved; read again
+    more: bool = False  # stopped at ``max_bytes``: committed frames past ``last_frame`` remain
+    # Stopped inside one commit larger than ``max_bytes``: its pages read so far, the last frame
+    # read, and (with ``where``) the frame of each. The next read starts after ``part_end``;
+    # the commit that read ends with is this one, whose later pages win.
+    part: dict[int, bytes] | None = None
+    part_end: int = 0
+    part_at: dict[int, int] = field(default_factory=dict)
 
 
 def read_commits(fd: int, after: int, upto: int, page_size: int, salts: tuple[int, int],
-                 chunk_frames: int = 512, where: dict[int, int] | None = None) -> Frames:
+                 chunk_frames: int = 512, where: dict[int, int] | None = None,
+                 max_bytes: int | None = None) -> Frames:
     """Read frames ``after+1 .. upto`` (``upto`` a commit frame SQLite validated) and
     group them into commits; the latest version of a page inside one commit wins.
-    ``where`` (if given) learns the frame holding each page of every commit read."""
+    ``where`` (if given) learns the frame holding each page of every commit read.
+
+    With ``max_bytes``, stop once about that many bytes of pages are held: at the last whole
+    commit read, or, when not even one commit fits, inside it (``part``), so that a commit of
+    gigabytes (a migration, a VACUUM) is read in bounded pieces."""
     fsize = FRAME_HEADER + page_size
     out: list[tuple[int, int, dict[int, bytes]]] = []
     pending: dict[int, bytes] = {}
     pending_at: dict[int, int] = {}
     frame = after + 1
     last = after
+    held = 0
+    if max_bytes is not None:
+        chunk_frames = max(1, min(chunk_frames, max_bytes // fsize))
     while frame <= upto:
         n = min(chunk_frames, upto - frame + 1)
         raw = os.pread(fd, fsize * n, frame_offset(frame, page_size))
@@ -233,14 +248,46 @@ def read_commits(fd: int, after: int, upto: int, page_size: int, salts: tuple[in
             if (s1, s2) != salts or pgno == 0:
                 return Frames(out, last, bad=True)
             pending[pgno] = raw[base + FRAME_HEADER: base + fsize]
-            if where is not None:
-                pending_at[pgno] = frame + i
+            pending_at[pgno] = frame + i
             if size:
                 out.append((frame + i, size, pending))
                 pending = {}
                 last = frame + i
                 if where is not None:
                     where.update(pending_at)
-                    pending_at = {}
+                pending_at = {}
         frame += n
+        held += fsize * n
+        if max_bytes is not None and held >= max_bytes and frame <= upto:
+            if out:  # whole commits only; the frames read past the last one are read again next time
+                return Frames(out, last, more=True)
+            return Frames([], last, more=True, part=pending, part_end=frame - 1, part_at=pending_at)
     return Frames(out, last)
+
+
+def scan_commits(fd: int, after: int, upto: int, page_size: int, salts: tuple[int, int],
+                 chunk_frames: int = 512) -> Frames:
+    """``read_commits`` without the pages: per commit, {pgno: frame of its version in that
+    commit}, for reading the pages later one by one (memory: the frame numbers only)."""
+    fsize = FRAME_HEADER + page_size
+    out: list[tuple[int, int, dict[int, int]]] = []
+    pending: dict[int, int] = {}
+    frame = after + 1
+    last = after
+    while frame <= upto:
+        n = min(chunk_frames, upto - frame + 1)
+        raw = os.pread(fd, fsize * n, frame_offset(frame, page_size))
+        if len(raw) < fsize * n:
+            return Frames(out, last, bad=True)
+        for i in range(n):
+            pgno, size, s1, s2 = struct.unpack_from(">4I", raw, i * fsize)
+            if (s1, s2) != salts or pgno == 0:
+                return Frames(out, last, bad=True)
+            pending[pgno] = frame + i
+            if size:
+                out.append((frame + i, size, pending))
+                pending = {}
+                last = frame + i
+        frame += n
+    return Frames(out, last)  # type: ignore[arg-type]
+
