@@ -367,13 +367,15 @@ def phase3(tool_cls, template: Path, mb: int, wait: float = 120.0) -> dict:
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-c", LARGE_TX, str(db), str(rows)], check=True, timeout=600)
     committed = time.monotonic() - t0
-    out, held, took = work / "latest.db", 0, None
-    while time.monotonic() - t0 < wait:  # until a restore of the latest state holds the commit
-        if out.exists():
-            out.unlink()
+    held, took, failed = 0, None, None
+    for k in range(10**6):  # until a restore of the latest state holds the commit
+        if time.monotonic() - t0 > wait:
+            break
+        out = work / f"latest-{k}.db"  # a new path each time: reading one leaves its -wal/-shm beside it
         try:
             tool.restore(out)
-        except subprocess.CalledProcessError:
+        except subprocess.CalledProcessError as exc:
+            failed = (exc.stderr or b"").decode(errors="replace").strip()[-300:]
             time.sleep(1.0)
             continue
         conn = apsw.Connection(str(out), flags=apsw.SQLITE_OPEN_READONLY)
@@ -393,7 +395,7 @@ def phase3(tool_cls, template: Path, mb: int, wait: float = 120.0) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     return {"tool": tool.name, "commit_mb": mb, "commit_s": round(committed, 2), "peak_mb_before": round(before, 1),
             "peak_mb": round(peak, 1), "restorable_after_s": round(took, 1) if took is not None else None,
-            "rows_restored": held, "rows_committed": rows}
+            "rows_restored": held, "rows_committed": rows, **({"last_restore_error": failed} if took is None else {})}
 
 
 def _dir_bytes(work: Path) -> int:
