@@ -59,6 +59,41 @@ def test_a_database_locked_by_another_writer_fails_with_a_busy_message(project):
         holder.wait()
     assert r.code == 1
     assert "locked" in one_line(r.err) and "nothing was" in r.err
+    assert f"process {holder.pid}" in r.err and "locking_mode" not in r.err  # a writer, not a setting
+
+
+def test_an_application_holding_its_wal_database_exclusively_is_named_with_the_setting_to_change(project):
+    """An application that set PRAGMA locking_mode=EXCLUSIVE lets no other process read its
+    database, for as long as it runs: snapshot and watch say which process and which setting,
+    not just "locked"; watch goes on trying, and captures once the application lets go."""
+    from test_watch_kit import Watch
+
+    db = make_db(project.dir / "app.db", wal=True)
+    project.protect(db)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import apsw,sys,time; c=apsw.Connection(sys.argv[1]); c.execute('PRAGMA locking_mode=EXCLUSIVE').fetchall();"
+        "c.execute('UPDATE users SET email=email'); print('held', flush=True); sys.stdin.readline()"), db],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    w = None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = project.run("snapshot", "app")
+        assert r.code == 1
+        line = one_line(r.err)
+        assert f"held exclusively by process {holder.pid}" in line and "locking_mode=EXCLUSIVE" in line
+        assert "nothing was read or written" in line
+        w = Watch(project, "app", ready="watch started")
+        assert w.wait_for("locking_mode=EXCLUSIVE", 15), w.text()
+        assert "tried again by itself" not in w.text()  # its hint says so once, not twice
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(10)
+        assert w.wait_for("capturing", 20), w.text()
+    finally:
+        holder.kill()
+        holder.wait()
+        if w is not None:
+            assert w.term() == 0, w.text()
 
 
 def test_a_missing_vault_is_reported_with_the_way_out(project, tmp_path):

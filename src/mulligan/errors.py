@@ -42,7 +42,8 @@ class MulliganError(Exception):
         hint = self.hint
         if retrying:
             hint = _RUN_AGAIN.sub("", hint).strip(" ,;")
-            hint = f"{hint}; it is tried again by itself" if hint else "it is tried again by itself"
+            if "by itself" not in hint:  # some hints say so already ("watch retries by itself")
+                hint = f"{hint}; it is tried again by itself" if hint else "it is tried again by itself"
         if hint:
             parts.append(hint.rstrip(".") + ".")
         return " ".join(parts)

@@ -36,6 +36,7 @@ import apsw
 from ...errors import DatabaseBusy, MulliganError, NotADatabase, NotFound
 from . import identity as ident_mod
 from . import wal
+from .locks import locked_message
 from .reader import parse_header, sniff
 
 SHM_DMS_BYTE = 128  # a connection holds a shared lock on this byte of -shm while it has the database open
@@ -152,7 +153,11 @@ class Tailer:
                 c.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
             self._begin(self._readers[0])
         except apsw.BusyError:
-            self.close()
+            self.close()  # first: no lock of ours is left for the probe below to drop
+            held = locked_message(self.path)
+            if held:
+                raise DatabaseBusy(held[0], unchanged="nothing was captured",
+                                   hint=f"{held[1]}; watch retries by itself") from None
             raise DatabaseBusy(f"{self.path} stayed locked", hint="watch retries by itself") from None
         except apsw.Error as exc:
             self.close()

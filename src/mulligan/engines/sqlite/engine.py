@@ -17,6 +17,7 @@ from ...errors import DatabaseBusy, IntegrityError, NotADatabase, StorageError
 from ...model import Identity
 from ..base import Engine
 from . import identity as ident_mod
+from .locks import locked_message
 from .reader import ConsistentReader, sniff
 
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
@@ -47,10 +48,15 @@ class SqliteEngine(Engine):
         except apsw.NotADBError:
             raise NotADatabase(f"{location} is not a SQLite database", unchanged="nothing was read or written") from None
         except apsw.BusyError:
-            raise DatabaseBusy(f"{location} stayed locked by another process", unchanged="nothing was read or written",
-                               hint="run the command again; if it keeps failing, look for a process holding a long transaction") from None
+            pass
         finally:
             conn.close()
+        # Closed first: this process holds no lock on the file for the probe to drop (locks.py).
+        held = locked_message(location)
+        if held:
+            raise DatabaseBusy(held[0], unchanged="nothing was read or written", hint=held[1])
+        raise DatabaseBusy(f"{location} stayed locked by another process", unchanged="nothing was read or written",
+                           hint="run the command again; if it keeps failing, look for a process holding a long transaction")
 
     def write_identity(self, location: str, identity: Identity) -> None:
         sniff(location)

@@ -36,6 +36,7 @@ import apsw
 from ...errors import DatabaseBusy, IntegrityError, NotADatabase, NotFound
 from ...model import PageBatch
 from . import wal, walindex
+from .locks import locked_message
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BATCH = 512
@@ -159,6 +160,9 @@ class ConsistentReader:
         except apsw.NotADBError:
             raise NotADatabase(f"{self.path} is not a SQLite database", unchanged="nothing was read or written") from None
         except apsw.BusyError:
+            held = locked_message(self.path, self._db_fd)  # a descriptor kept open: no lock of ours dropped
+            if held:
+                raise DatabaseBusy(held[0], unchanged="nothing was read or written", hint=held[1]) from None
             raise DatabaseBusy(
                 f"{self.path} stayed locked by another process for {self.busy_timeout_ms / 1000:.0f} s",
                 unchanged="nothing was read or written",
