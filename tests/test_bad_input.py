@@ -474,3 +474,51 @@ def test_a_vault_folder_deleted_under_watch_is_reported_and_never_recreated(proj
     assert "everything seen is stored" not in text and "seen but not stored" in text, text
     assert "Traceback" not in text, text
     assert not vault.exists()
+
+
+def test_a_full_disk_under_the_database_does_not_stop_capture(project, tmp_path):
+    """The disk holding the database fills while watch runs: the application's commits fail,
+    and so do the watcher's own writes into it (its checkpoints). Before, that stopped capture
+    ("capture failed: SQLite: database or disk is full"), dropped the commits read under the
+    write lock, and started a new base from a full read at each try. Now it is one warning, capture
+    goes on, every commit the application made is restored, and once space is freed the
+    watcher says its writes work again."""
+    from test_watch_kit import Watch, configure
+
+    disk = _tmpfs(tmp_path / "disk", "3m")
+    w = None
+    try:
+        db = make_db(disk / "app.db", rows=20)
+        ballast = disk / "ballast"
+        ballast.write_bytes(os.urandom(1 << 20))
+        project.protect(db)
+        configure(project, capture={"idle_checkpoint": "0.3s", "flush_interval": "0.2s"})
+        w = Watch(project, "app")
+        app = subprocess.run([sys.executable, "-c", (
+            "import apsw,sys,time\n"
+            "c = apsw.Connection(sys.argv[1]); c.set_busy_timeout(5000); ok = fails = 0\n"
+            "while fails < 20:\n"
+            "    try:\n"
+            "        with c: c.execute('INSERT INTO posts(user_id, body) VALUES (1, randomblob(3000))')\n"
+            "        ok += 1\n"
+            "    except apsw.FullError:\n"
+            "        fails += 1; time.sleep(0.1)\n"
+            "print(ok)\n"), db], capture_output=True, text=True, timeout=120)
+        assert app.returncode == 0, app.stderr
+        assert w.wait_for("is full", 10), w.text()
+        ballast.unlink()  # space again: the next checkpoint goes through
+        assert w.wait_for("work again", 10), w.text()
+        assert w.term() == 0, w.text()
+        log = w.text()
+        assert "capture failed" not in log and log.count("capturing") == 1, log
+        assert log.count("is full") == 1, log
+        out = project.dir / "latest.db"
+        r = project.run("restore", "app", "--latest", "--to", str(out))
+        assert r.code == 0, r.err
+        q = "SELECT count(*), max(id) FROM posts"
+        assert apsw.Connection(str(out)).execute(q).fetchall() == apsw.Connection(db).execute(q).fetchall()
+    finally:
+        if w is not None and w.proc.poll() is None:
+            w.kill()  # it holds the database open: the disk could not be unmounted
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(disk)])

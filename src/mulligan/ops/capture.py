@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from ..engines.sqlite.capture import Observation, Poll, Tailer
+from ..engines.sqlite.capture import Observation, OwnWriteFailed, Poll, Tailer
 from ..errors import DatabaseBusy, MulliganError, StorageError
 from ..model import Target
 from ..runtime import hostname
@@ -115,6 +115,7 @@ class TargetCapture(FilesUnderCapture):
         self._dropped: float | None = None  # commits seen since then were dropped unstored (vault down)
         self._stored_point: tuple[str, float] | None = None  # last_point as of the last stored flush
         self._rebase_next = self._rebase_wait = 0.0  # after a drop: when to read the database again
+        self._own_failing: str | None = None  # why the watcher's own writes into the database fail
         self._flush_failed: MulliganError | None = None  # the last flush's failure, until one succeeds
         self._flush_wait = 0.0
         self._rng = random.Random()
@@ -431,7 +432,9 @@ class TargetCapture(FilesUnderCapture):
                 try:
                     r = t.checkpoint()
                     self._apply_poll(r["tail"])
-                    self.stats.checkpoints += 1
+                    self._own_write_result(r["failed"])
+                    if r["failed"] is None:
+                        self.stats.checkpoints += 1
                 except DatabaseBusy:
                     pass  # the application is writing or checkpointing: next time
             if now - self._t["base"] >= self.o.base_interval:
@@ -460,15 +463,32 @@ class TargetCapture(FilesUnderCapture):
                               f" page order ({done.skipped} changed since seen, left as they were); a new base starts")
             self._new_base(gap=None, reason="repacked")
 
+    def _own_write_result(self, failed: OwnWriteFailed | None) -> None:
+        """A write of ours into the database (a checkpoint, the identity's generation) failed or
+        went through: logged once when it starts failing and once when it works again. Capture
+        goes on either way: the commits are in the WAL, which a failed checkpoint leaves whole."""
+        if failed is not None:
+            if self._own_failing is None:
+                self.log("warning", f"{self.target.name}: {failed.one_line(retrying=True)}")
+            self._own_failing = failed.message
+        elif self._own_failing is not None:
+            self.log("notice", f"{self.target.name}: the watcher's writes into the database work again")
+            self._own_failing = None
+
     def _bump_generation(self) -> None:
         try:
             before, gen = self.tailer.bump_generation()
-            self.det.own_generation = gen
-            self._own_write("identity generation advanced")
-            self._apply_poll(before)
-            self._t["gen"] = time.monotonic()
+        except OwnWriteFailed as exc:
+            self._apply_poll(exc.tail)
+            self._own_write_result(exc)
+            return
         except DatabaseBusy:
-            pass
+            return
+        self.det.own_generation = gen
+        self._own_write("identity generation advanced")
+        self._apply_poll(before)
+        self._t["gen"] = time.monotonic()
+        self._own_write_result(None)
 
     def _new_base(self, gap: dict | None, reason: str, bump: bool = True) -> None:
         self.flush()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from ..engines.sqlite.capture import Observation
+from ..engines.sqlite.capture import Observation, OwnWriteFailed
 from ..errors import MulliganError
 from ..timeparse import iso
 from . import capture_store as cs
@@ -135,6 +135,8 @@ class RollbackDetector:
                     cap._own_write("counters raised")
                     cap._apply_poll_quiet(before)
             except MulliganError as exc:
+                if isinstance(exc, OwnWriteFailed):
+                    cap._apply_poll_quiet(exc.tail)  # the commits read before it are captured all the same
                 inc_mod.add_event(cap.vault, inc, "counters not raised", exc.message)
         inc["counters"] = {"raised": raised, "no_counter": no_counter, "no_counter_detail": detail,
                            **({"deferred": "raised when the application reopens the file at the path"} if not raise_now else {})}

@@ -139,23 +139,30 @@ class FilesUnderCapture:
         self.tailer = None
         self._swapped = None
         self._reopen_tailer()
+        raised, no_counter, not_raised = {}, [], None
+        if lost is not None:
+            # Before the whole state is read: what the application commits meanwhile, and the
+            # counters, are then in the new base (read after this write, commits it saw before
+            # it would be in neither the base nor any segment).
+            plan, no_counter, _ = detect.counter_plan(lost, self.tailer.observe())
+            if plan:
+                try:
+                    _, raised = self.tailer.write("counters", lambda c: detect.apply_counters(c, plan))
+                    self._own_write("counters raised")
+                except MulliganError as exc:  # the incident says so below; capture goes on
+                    not_raised = exc.message
+                    self.log("warning", f"{self.target.name}: counters not raised: {exc.message}")
         count, ids, nbytes = self._read_all()
         self.stats.bytes_stored += nbytes
         self.ids, self.wal_pages = ids, dict(self.tailer.overlay_frames)
-        obs = self.tailer.observe()
-        raised, no_counter = {}, []
-        if lost is not None:
-            plan, no_counter, _ = detect.counter_plan(lost, obs)
-            if plan:
-                before, raised = self.tailer.write("counters", lambda c: detect.apply_counters(c, plan))
-                self._own_write("counters raised")
         self._new_base(gap=None, reason="switched to the file now at the path")
         self._catch_up()
         try:
             inc = inc_mod.get(self.vault, info["incident"])
             inc["counters"]["raised"] = raised
             inc["counters"].pop("deferred", None)
-            inc_mod.add_event(self.vault, inc, "capture switched to the file at the path", {"counters_raised": raised})
+            inc_mod.add_event(self.vault, inc, "capture switched to the file at the path",
+                              {"counters_raised": raised, **({"counters_not_raised": not_raised} if not_raised else {})})
         except MulliganError:
             pass
         self.det.obs = self.tailer.observe()

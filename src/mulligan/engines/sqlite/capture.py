@@ -46,6 +46,25 @@ class NotWal(MulliganError):
     kind = "not-wal"
 
 
+class OwnWriteFailed(DatabaseBusy):
+    """A write of the watcher's own into the database failed (a full disk, an I/O error). ``tail``
+    holds the commits read under the write lock before it: the caller must still apply them."""
+
+    def __init__(self, message: str, tail: "Poll", **kw):
+        super().__init__(message, **kw)
+        self.tail = tail
+
+
+def _own_write_failure(path: str, what: str, exc: Exception, tail: "Poll") -> OwnWriteFailed:
+    if isinstance(exc, apsw.FullError):
+        msg = f"the disk holding {path} is full: the watcher's {what} could not be written"
+        hint = "free space on that disk (the application cannot commit there either); capture goes on meanwhile"
+    else:
+        msg = f"the watcher's {what} in {path} failed: SQLite: {exc}"
+        hint = "capture goes on meanwhile"
+    return OwnWriteFailed(msg, tail, unchanged="nothing of the database was changed by it", hint=hint)
+
+
 @dataclass
 class Commit:
     frame: int
@@ -369,7 +388,10 @@ class Tailer:
                 self._w.execute("ROLLBACK")
 
     def checkpoint(self) -> dict:
-        """Seal, capture the tail (returned), PASSIVE checkpoint, release. The caller stores the tail."""
+        """Seal, capture the tail (returned), PASSIVE checkpoint, release. The caller stores the
+        tail. A checkpoint that could not write (a full disk) is ``failed``, not raised: the
+        tail must be stored all the same, and the WAL keeps every commit meanwhile."""
+        failed = None
         with self.sealed() as tail:
             # The writer connection holds a read at the newest commit: backfill may reach it.
             self._end(self.reader)
@@ -377,12 +399,15 @@ class Tailer:
                 busy, log, done = self._ck.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
             except apsw.BusyError:
                 busy, log, done = 1, -1, -1
+            except apsw.Error as exc:
+                busy, log, done = 1, -1, -1
+                failed = _own_write_failure(self.path, "checkpoint", exc, tail)
             # Take a read again before the write lock goes: fully backfilled means read mark 0,
             # which lets the next writer restart the WAL but blocks any backfill past us.
             self._begin(self.reader)
             self._turned_at = None
             self.last = self.header()
-        return {"tail": tail, "busy": busy, "log": log, "checkpointed": done}
+        return {"tail": tail, "busy": busy, "log": log, "checkpointed": done, "failed": failed}
 
     def truncate_wal(self) -> bool:
         """Checkpoint everything and empty the -wal (only when no other process uses the file:
@@ -403,8 +428,11 @@ class Tailer:
         Returns (commits captured before it, fn's result)."""
         with self.sealed() as before:
             self._own_frame = 0
-            result = fn(self._w)
-            self._w.execute("COMMIT")
+            try:
+                result = fn(self._w)
+                self._w.execute("COMMIT")
+            except apsw.Error as exc:  # rolled back by sealed(); the commits read before it still count
+                raise _own_write_failure(self.path, f"write ({why})", exc, before) from None
             if self._own_frame:
                 self.last_own = (self.salts_now(), self._own_frame)
                 self.own[self.last_own] = f"mulligan:{why}"
