@@ -169,6 +169,29 @@ def test_a_non_wal_database_is_refused_with_a_hint(project):
     assert "WAL" in e.value.hint
 
 
+def test_status_says_a_running_watch_captures_nothing_and_why(project):
+    """A watch whose target cannot be captured (here: not in WAL mode) keeps running and trying.
+    status said "watch is not running" then, which sends an operator to start another one;
+    it now says the watch runs, captures nothing, since when, and why; once watch stops, that
+    it does not run."""
+    path = project.dir / "j.db"
+    conn = apsw.Connection(str(path))
+    conn.execute("CREATE TABLE t(x)")
+    conn.close()
+    project.protect(str(path), name="j")
+    configure(project, capture={"status_interval": "0.2s"})
+    w = Watch(project, "j", ready="not in WAL mode")
+    time.sleep(0.5)
+    r = project.run("--json", "status", "j")
+    t = r.json["targets"][0]
+    assert t["watch"]["running"] and t["watch"]["capturing"] is False and t["stale"], t
+    assert any("capturing nothing since" in p and "not in WAL mode" in p for p in t["problems"]), t["problems"]
+    assert "capturing nothing" in project.run("status", "j").out
+    assert w.term() == 0
+    t = project.run("--json", "status", "j").json["targets"][0]
+    assert not t["watch"]["running"] and t["stale"]
+
+
 def test_configuration_sets_intervals(project):
     from mulligan.ops.capture import CaptureOptions
 
@@ -802,3 +825,37 @@ def test_reading_the_whole_state_takes_the_newest_version_of_each_page_from_a_wa
     # the backup's copy differs from the source only in its header's change counter fields
     assert got[0][100:] == want[100:ps]
     assert all(got[i] == want[i * ps:(i + 1) * ps] for i in range(1, count))
+
+
+def test_a_wal_cut_short_outside_sqlite_is_named_not_read_again_for_ever(tmp_path):
+    """Someone truncates the -wal under a running application (a careless clean-up, a disk
+    tool): the frames its index says are committed are gone. The watcher read short, took it
+    for a WAL starting over, and read again at every poll without a word (or failed with
+    "file is not a database", or with "the WAL kept restarting"); it now says what happened,
+    that every commit captured before is in the vault, and how to get it."""
+    import os
+
+    from mulligan.engines.sqlite.capture import Tailer, WalDamaged
+
+    db = str(tmp_path / "a.db")
+    app = apsw.Connection(db)
+    app.execute("PRAGMA journal_mode=WAL").fetchall()
+    app.execute("PRAGMA wal_autocheckpoint=0").fetchall()
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+    t = Tailer(db)
+    t.open()
+    try:
+        t.full_state(lambda pages: None, lambda: None)
+        for _ in range(20):
+            app.execute("INSERT INTO t (v) VALUES (?)", (os.urandom(3000),))
+        size = os.path.getsize(db + "-wal")
+        os.truncate(db + "-wal", size // 2)
+        with pytest.raises(WalDamaged) as e:
+            for _ in range(3):
+                t.poll()
+        assert "shorter than its index says" in e.value.message and "restore" in e.value.hint
+        with pytest.raises(WalDamaged):
+            t.full_state(lambda pages: None, lambda: None)
+    finally:
+        t.close()
+        app.close()

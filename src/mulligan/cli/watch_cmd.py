@@ -99,7 +99,8 @@ def status(cctx: click.Context, name, stale_after):
         cov = r["coverage"]
         age = r["last_capture_age_seconds"]
         t.add_row(r["name"], env_label(r["env"]),
-                  f"running (pid {r['watch']['pid']})" if r["watch"]["running"] else "[bold red]not running[/]",
+                  ("[bold red]capturing nothing[/]" if not r["watch"]["capturing"] else "running")
+                  + f" (pid {r['watch']['pid']})" if r["watch"]["running"] else "[bold red]not running[/]",
                   r["last_capture"] or "never", human_age(age) if age is not None else "-",
                   f"{r['lag_seconds']:.2f} s" if r["lag_seconds"] is not None else "-",
                   f"{cov['from'] or '-'} → {cov['to'] or '-'}", str(len(cov["gaps"])),

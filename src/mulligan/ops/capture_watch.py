@@ -21,10 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..errors import MulliganError
 from ..model import Target
+from ..runtime import hostname
 from ..timeparse import human_age, iso
 from ..vault.locks import Lease, live_leases, writer_lease
 from .alerts import Alerter, Log
-from .capture import CaptureOptions, TargetCapture
+from .capture import CaptureOptions, TargetCapture, status_key
 from .targets import open_incident_count
 from .workspace import Workspace
 
@@ -53,6 +54,7 @@ class Slot:
     ok_at: float = field(default_factory=time.monotonic)  # the same moment, for measuring staleness
     error: str | None = None
     stale: bool = False
+    heartbeat_at: float = float("-inf")  # monotonic: the last heartbeat written while capture fails
 
 
 class Watcher:
@@ -117,6 +119,8 @@ class Watcher:
                         self.unstored.append(slot.target.name)
                         self.log("error", f"{slot.target.name}: could not store the last commits: "
                                           f"{exc.__class__.__name__}: {exc}")
+                elif slot.heartbeat_at != float("-inf"):
+                    self._failing_heartbeat(slot, time.monotonic(), running=False)  # not "running" any more
             self.alerter.drain(3.0)
             from .detect import record
 
@@ -216,6 +220,7 @@ class Watcher:
         try:
             if slot.capture is None:
                 if now - slot.last_try < self.retry_every:
+                    self._failing_heartbeat(slot, now)
                     self._check_stale(slot, now)
                     return
                 slot.last_try = now
@@ -240,6 +245,22 @@ class Watcher:
             else:
                 self._failed(slot, f"{exc.__class__.__name__}: {exc}")
         self._check_stale(slot, time.monotonic())
+
+    def _failing_heartbeat(self, slot: Slot, now: float, running: bool = True) -> None:
+        """While a target's capture fails to start, the watcher still says it runs, and why it
+        captures nothing: without this, ``status`` said "watch is not running" while it was
+        running and retrying."""
+        if running and (slot.error is None or now - slot.heartbeat_at < self.options.status_interval):
+            return
+        slot.heartbeat_at = now
+        t, wall = slot.target, time.time()
+        try:
+            self.ws.vault.put_json(status_key(t.id), {
+                "target": t.name, "target_id": t.id, "pid": os.getpid(), "host": hostname(),
+                "heartbeat": iso(wall), "heartbeat_ts": wall, "running": running, "capturing": False,
+                "error": slot.error, "last_ok": iso(slot.last_ok)})
+        except MulliganError:
+            pass  # the vault is what fails: status says the heartbeat is old
 
     def _failed(self, slot: Slot, message: str) -> None:
         # Logged once per kind of failure: an unreachable store fails every flush, each naming

@@ -32,13 +32,16 @@ def target_status(ws: Workspace, target: Target, stale_after: float = STALE_AFTE
     last_capture = cov["to"] or (last.time if last else None)
     age = now - from_iso(last_capture).timestamp() if last_capture else None
     running = bool(hb and hb.get("running") and now - hb.get("heartbeat_ts", 0) < max(stale_after, 10))
+    capturing = None if hb is None else running and hb.get("capturing", True)
     problems = []
     if hb is None:
         problems.append("no watch has ever captured this target")
     elif not running:
         problems.append("watch is not running for this target" if not hb.get("running") else
                         f"the watcher's heartbeat is {human_age(now - hb.get('heartbeat_ts', 0))} old")
-    if hb and hb.get("error"):
+    if running and not capturing:
+        problems.append(f"watch is running but capturing nothing since {hb.get('last_ok')}: {hb.get('error')}")
+    elif hb and hb.get("error"):
         problems.append(f"last capture error: {hb['error']}")
     open_incidents = [
         {"id": i["id"], "kind": i.get("kind"), "opened_at": i.get("opened_at"), "title": i.get("title")}
@@ -46,14 +49,14 @@ def target_status(ws: Workspace, target: Target, stale_after: float = STALE_AFTE
     ]
     return {
         "name": target.name, "id": target.id, "env": target.env, "path": target.path,
-        "watch": {"running": running, "pid": hb.get("pid") if hb else None, "host": hb.get("host") if hb else None,
+        "watch": {"running": running, "capturing": capturing, "pid": hb.get("pid") if hb else None, "host": hb.get("host") if hb else None,
                   "heartbeat": hb.get("heartbeat") if hb else None, "commits": hb.get("commits") if hb else None,
                   "bytes_stored": hb.get("bytes_stored") if hb else None,
                   "repacks": hb.get("repacks") if hb else None},
         "last_capture": last_capture,
         "last_capture_age_seconds": round(age, 3) if age is not None else None,
-        "lag_seconds": hb.get("lag_seconds") if hb and running else None,
-        "stale": not running,
+        "lag_seconds": hb.get("lag_seconds") if hb and capturing else None,
+        "stale": not capturing,
         "coverage": cov,
         "open_incidents": open_incidents,
         "problems": problems,

@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 
 import apsw
 
-from ...errors import DatabaseBusy, MulliganError, NotADatabase, NotFound
+from ...errors import DatabaseBusy, IntegrityError, MulliganError, NotADatabase, NotFound
 from . import identity as ident_mod
 from . import wal
 from .locks import locked_message
@@ -44,6 +44,10 @@ SHM_DMS_BYTE = 128  # a connection holds a shared lock on this byte of -shm whil
 
 class NotWal(MulliganError):
     kind = "not-wal"
+
+
+class WalDamaged(IntegrityError):
+    """The -wal file is shorter than its index says, and the WAL did not start over."""
 
 
 class OwnWriteFailed(DatabaseBusy):
@@ -262,6 +266,8 @@ class Tailer:
                 # it are read one by one below, not held: the WAL may hold gigabytes not backfilled.
                 fr = wal.scan_commits(self.wal_fd, nb, h.mx_frame, ps, h.salts)
                 if fr.bad:
+                    if fr.short:
+                        self._check_short(h)
                     self._turn()
                     continue
                 for f, size, at in fr.commits:
@@ -326,6 +332,8 @@ class Tailer:
             fr = wal.read_commits(self.wal_fd, max(self.frame, self._part_end), h.mx_frame,
                                   self.page_size or h.page_size, h.salts, where=where,
                                   max_bytes=self.poll_max if bounded else None)
+            if fr.short and not fr.commits:
+                self._check_short(h)
             now = time.time()
             for f, size, pages in fr.commits:
                 res.commits.append(Commit(f, size, pages, now, self.own.pop((h.salts, f), "app")))
@@ -356,6 +364,21 @@ class Tailer:
             self._turn()
             self._turned_at = mark
         return res
+
+    def _check_short(self, h: wal.IndexHeader) -> None:
+        """The -wal ended before the frames its index says are committed. A WAL that started
+        over (a TRUNCATE checkpoint) has new salts by now; one that did not was cut short or
+        damaged outside SQLite, and reading it again would never succeed."""
+        now = self.header()
+        if now.salts != h.salts or now.mx_frame < h.mx_frame:
+            return  # it started over: the next read sees the new WAL
+        size = os.fstat(self.wal_fd).st_size
+        end = wal.frame_offset(h.mx_frame, h.page_size) + wal.FRAME_HEADER + h.page_size
+        raise WalDamaged(f"{self.path}-wal is shorter than its index says ({size:,} bytes; its last committed "
+                         f"frame, {h.mx_frame}, ends at {end:,}): it was cut short or damaged outside SQLite",
+                         unchanged="every commit captured before it is in the vault",
+                         hint=f"'mulligan restore NAME --latest --to PATH' gives the last state captured; the "
+                              f"application's database is likely damaged too (PRAGMA integrity_check)")
 
     def forget_part(self) -> bool:
         """Read the commit being read in pieces from its start again; True if one was."""

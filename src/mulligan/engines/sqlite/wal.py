@@ -208,7 +208,8 @@ class Frames:
 
     commits: list[tuple[int, int, dict[int, bytes]]]  # (commit frame, db size in pages, {pgno: page})
     last_frame: int
-    bad: bool = False  # a frame's salts did not match: the WAL moved; read again
+    bad: bool = False  # a frame's salts did not match, or the file ended: the WAL moved; read again
+    short: bool = False  # the file ended before ``upto``: restarted (truncated), or damaged
     more: bool = False  # stopped at ``max_bytes``: committed frames past ``last_frame`` remain
     # Stopped inside one commit larger than ``max_bytes``: its pages read so far, the last frame
     # read, and (with ``where``) the frame of each. The next read starts after ``part_end``;
@@ -241,7 +242,7 @@ def read_commits(fd: int, after: int, upto: int, page_size: int, salts: tuple[in
         n = min(chunk_frames, upto - frame + 1)
         raw = os.pread(fd, fsize * n, frame_offset(frame, page_size))
         if len(raw) < fsize * n:
-            return Frames(out, last, bad=True)
+            return Frames(out, last, bad=True, short=True)
         for i in range(n):
             base = i * fsize
             pgno, size, s1, s2 = struct.unpack_from(">4I", raw, base)
@@ -278,7 +279,7 @@ def scan_commits(fd: int, after: int, upto: int, page_size: int, salts: tuple[in
         n = min(chunk_frames, upto - frame + 1)
         raw = os.pread(fd, fsize * n, frame_offset(frame, page_size))
         if len(raw) < fsize * n:
-            return Frames(out, last, bad=True)
+            return Frames(out, last, bad=True, short=True)
         for i in range(n):
             pgno, size, s1, s2 = struct.unpack_from(">4I", raw, i * fsize)
             if (s1, s2) != salts or pgno == 0:
