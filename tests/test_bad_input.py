@@ -522,3 +522,55 @@ def test_a_full_disk_under_the_database_does_not_stop_capture(project, tmp_path)
             w.kill()  # it holds the database open: the disk could not be unmounted
         if subprocess.run(["umount", str(disk)], capture_output=True).returncode:
             subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_a_wal_cut_short_under_watch_is_reported_by_watch_and_status(project):
+    """The -wal is truncated behind SQLite's back while the application holds the database and
+    has commits in it the watcher has not read yet. watch says what happened (once), keeps
+    running, status says it captures nothing and why, and the last state captured before it
+    restores."""
+    import signal
+
+    from test_watch_kit import Watch, configure
+
+    db = make_db(project.dir / "app.db", rows=20)
+    rows_before = apsw.Connection(db).execute("SELECT count(*) FROM posts").fetchall()[0][0]
+    project.protect(db)
+    configure(project, capture={"status_interval": "0.2s"})
+    app = subprocess.Popen([sys.executable, "-c", (
+        "import apsw,sys,os\n"
+        "c = apsw.Connection(sys.argv[1]); c.set_busy_timeout(5000)\n"
+        "c.execute('PRAGMA wal_autocheckpoint=0').fetchall()\n"
+        "for line in sys.stdin:\n"
+        "    for _ in range(int(line)):\n"
+        "        c.execute('INSERT INTO posts(user_id, body) VALUES (1, ?)', (os.urandom(3000).hex(),))\n"
+        "    print('done', flush=True)\n"), db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    w = Watch(project, "app")
+    try:
+        app.stdin.write("5\n")
+        app.stdin.flush()
+        assert app.stdout.readline().strip() == "done"
+        time.sleep(1.0)  # captured and stored
+        before = project.run("--json", "status", "app").json["targets"][0]["coverage"]["to"]
+        w.proc.send_signal(signal.SIGSTOP)
+        app.stdin.write("20\n")
+        app.stdin.flush()
+        assert app.stdout.readline().strip() == "done"
+        os.truncate(db + "-wal", os.path.getsize(db + "-wal") // 2)
+        w.proc.send_signal(signal.SIGCONT)
+        assert w.wait_for("shorter than its index says", 10), w.text()
+        time.sleep(0.6)
+        t = project.run("--json", "status", "app").json["targets"][0]
+        assert t["watch"]["running"] and t["watch"]["capturing"] is False and t["stale"], t
+        assert any("shorter than its index says" in p for p in t["problems"]), t["problems"]
+        assert t["coverage"]["to"] == before
+    finally:
+        w.proc.send_signal(signal.SIGCONT)
+        app.kill()
+        app.wait()
+    assert w.term() == 0, w.text()
+    failed = [line for line in w.text().splitlines() if "capture failed" in line]
+    assert len(failed) == 1 and "shorter than its index says" in failed[0], w.text()  # once, not at every poll
+    out = project.dir / "latest.db"
+    assert project.run("restore", "app", "--latest", "--to", str(out)).code == 0
+    assert apsw.Connection(str(out)).execute("SELECT count(*) FROM posts").fetchall()[0][0] == rows_before + 5

@@ -536,7 +536,7 @@ class TargetCapture(FilesUnderCapture):
             "last_ok": iso(s.last_ok) if s.last_ok else None,
             "lag_seconds": round(self.lag(), 3), "commits": s.commits, "bytes_stored": s.bytes_stored,
             "segments": s.segments, "bases": s.bases, "checkpoints": s.checkpoints, "repacks": s.repacks,
-            "base": self.base.id if self.base else None, "error": s.error, "capturing": True,
+            "base": self.base.id if self.base else None, "error": s.error, "capturing": s.error is None,
             "swapped": bool(self._swapped),
         }
 

@@ -231,28 +231,35 @@ class Watcher:
             slot.last_ok, slot.ok_at = time.time(), time.monotonic()
             if slot.stale or slot.error is not None:
                 self.log("notice", f"{slot.target.name}: capture is working again")
+                slot.capture.stats.error = None
+                slot.capture.write_status()  # status says so now, not at the next interval
             slot.error = None
             slot.stale = False
         except MulliganError as exc:
             self._failed(slot, exc.one_line(retrying=True))
         except OSError as exc:
-            self._failed(slot, f"{exc.__class__.__name__}: {exc}")
+            self._failed(slot, f"{exc.__class__.__name__}: {exc}", reopen=True)
         except Exception as exc:  # noqa: BLE001 - one target's bug must not stop the others' capture
             import apsw
 
             if isinstance(exc, apsw.Error):
-                self._failed(slot, f"SQLite: {exc}")
+                self._failed(slot, f"SQLite: {exc}", reopen=True)
             else:
-                self._failed(slot, f"{exc.__class__.__name__}: {exc}")
+                self._failed(slot, f"{exc.__class__.__name__}: {exc}", reopen=True)
+        if slot.error is not None:
+            self._failing_heartbeat(slot, time.monotonic())
         self._check_stale(slot, time.monotonic())
 
     def _failing_heartbeat(self, slot: Slot, now: float, running: bool = True) -> None:
-        """While a target's capture fails to start, the watcher still says it runs, and why it
-        captures nothing: without this, ``status`` said "watch is not running" while it was
-        running and retrying."""
+        """While a target's capture fails (to start, or at each step), the watcher still says it
+        runs, and why it captures nothing: without this, ``status`` said "watch is not running"
+        while it was running and retrying (a step that fails writes no heartbeat of its own)."""
         if running and (slot.error is None or now - slot.heartbeat_at < self.options.status_interval):
             return
         slot.heartbeat_at = now
+        if slot.capture is not None:
+            slot.capture.write_status(stopping=not running)  # its error says why it captures nothing
+            return
         t, wall = slot.target, time.time()
         try:
             self.ws.vault.put_json(status_key(t.id), {
@@ -262,7 +269,10 @@ class Watcher:
         except MulliganError:
             pass  # the vault is what fails: status says the heartbeat is old
 
-    def _failed(self, slot: Slot, message: str) -> None:
+    def _failed(self, slot: Slot, message: str, reopen: bool = False) -> None:
+        """``reopen``: an error nothing of ours described (SQLite, the OS): stop this capture
+        (storing what it saw) and start it again. A MulliganError describes its own state, and
+        the next step tries again (it may say "...outside SQLite": the words are not the kind)."""
         # Logged once per kind of failure: an unreachable store fails every flush, each naming
         # another object (hex names and durations differ; the failure does not).
         if slot.error is None or _gist(message) != _gist(slot.error):
@@ -270,7 +280,7 @@ class Watcher:
         slot.error = message
         if slot.capture is not None:
             slot.capture.stats.error = message
-            if slot.capture.tailer is None or "SQLite" in message or "OSError" in message:
+            if slot.capture.tailer is None or reopen:
                 try:
                     slot.capture.stop()
                 except Exception:
