@@ -192,3 +192,19 @@ def test_a_failure_repeated_at_every_flush_is_one_kind_of_failure():
     d = "cannot write packs/e0/e0ed62642cd567f815db438656f62d10 in the vault at s3://b/v: PUT http://127.0.0.1:5/b/v/packs/e0/e0ed62642cd567f815db438656f62d10 in 902.3ms"
     assert _gist(c) == _gist(d)
     assert _gist(a) != _gist("the disk holding the vault is full (No space left on device) while writing packs/0f/0fde2f647a290f60")
+
+
+def test_a_metrics_port_in_use_is_one_line_naming_the_port_and_nothing_starts(project):
+    import socket
+
+    project.protect(make_app_db(project.dir / "app.db"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = project.run("watch", "app", "--metrics-port", str(port))
+    assert r.code == 2, r.err
+    line = r.err.strip().splitlines()[-1]
+    assert f"127.0.0.1:{port}" in line and "in use" in line and "another --metrics-port" in line
+    assert "Traceback" not in r.err
+    assert project.run("--json", "status", "app").json["targets"][0]["watch"]["running"] is False

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..errors import MulliganError
+from ..errors import MulliganError, UsageError
 from ..model import Target
 from ..runtime import hostname
 from ..timeparse import human_age, iso
@@ -348,7 +348,12 @@ class Watcher:
             def log_message(self, *a):
                 pass
 
-        self.metrics_server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        try:
+            self.metrics_server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        except OSError as exc:
+            raise UsageError(f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror or exc}",
+                             unchanged="watch did not start; nothing was captured",
+                             hint="choose another --metrics-port, or stop what listens there") from None
         threading.Thread(target=self.metrics_server.serve_forever, name="mulligan-metrics", daemon=True).start()
         return self.metrics_server.server_address[1]
 
