@@ -215,12 +215,10 @@ def start_writer(work: Path, db: Path, rate: float) -> tuple[subprocess.Popen, P
     return p, logp
 
 
-def phase1(tool_cls, template: Path, rate: float, duration: float, kills: int = 5) -> tuple[dict, Tool]:
-    """One tool at one rate. CPU, memory and the writer's stalls over ``duration`` s of steady
-    capture; then ``kills`` SIGKILLs of the capturer at random moments (restarted 2-4 s before
-    each one after the first), each followed by a restore, with the writer paused (SIGSTOP)
-    while the restore runs: commits lost are counted per kill, restore times kept per kill."""
-    work = Path(tempfile.mkdtemp(prefix=f"bench-{tool_cls.name}-"))
+def _started(tool_cls, template: Path, rate: float, prefix: str) -> tuple[Path, Path, Tool, subprocess.Popen, Path]:
+    """A fresh copy of the seeded database, the tool capturing it, the writer at ``rate``, 2 s
+    of warm-up: (work dir, database, tool, writer, writer's log)."""
+    work = Path(tempfile.mkdtemp(prefix=f"{prefix}-{tool_cls.name}-"))
     db = work / "app.db"
     shutil.copyfile(template, db)
     tool = tool_cls(work, db)
@@ -228,6 +226,15 @@ def phase1(tool_cls, template: Path, rate: float, duration: float, kills: int = 
     tool.start()
     writer, logp = start_writer(work, db, rate)
     time.sleep(2.0)  # warm-up
+    return work, db, tool, writer, logp
+
+
+def phase1(tool_cls, template: Path, rate: float, duration: float, kills: int = 5) -> tuple[dict, Tool]:
+    """One tool at one rate. CPU, memory and the writer's stalls over ``duration`` s of steady
+    capture; then ``kills`` SIGKILLs of the capturer at random moments (restarted 2-4 s before
+    each one after the first), each followed by a restore, with the writer paused (SIGSTOP)
+    while the restore runs: commits lost are counted per kill, restore times kept per kill."""
+    work, db, tool, writer, logp = _started(tool_cls, template, rate, "bench")
     c0, w0 = cpu_seconds(tool.proc.pid), time.monotonic()
     time.sleep(duration)
     c1, w1 = cpu_seconds(tool.proc.pid), time.monotonic()
@@ -354,14 +361,7 @@ with c:
 
 def phase3(tool_cls, template: Path, mb: int, wait: float = 120.0) -> dict:
     """One transaction of ``mb`` MiB while the writer commits at 100 tx/s."""
-    work = Path(tempfile.mkdtemp(prefix=f"bench-large-{tool_cls.name}-"))
-    db = work / "app.db"
-    shutil.copyfile(template, db)
-    tool = tool_cls(work, db)
-    tool.setup()
-    tool.start()
-    writer, _ = start_writer(work, db, 100)
-    time.sleep(2.0)
+    work, db, tool, writer, _ = _started(tool_cls, template, 100, "bench-large")
     before = peak_mb(tool.proc.pid)
     rows = mb * 256
     t0 = time.monotonic()

@@ -255,24 +255,16 @@ def test_stop_stores_the_commits_already_seen_even_when_the_last_poll_fails(proj
     """When the database breaks under watch (a SQLite or I/O error), the watcher stops that
     capture: the commits it already saw but had not stored yet must still be stored, not
     dropped because the final look at the database failed."""
-    import io
     import time
 
     import apsw
 
     from mulligan.ops import capture_store as cs
-    from mulligan.ops.alerts import Alerter, Log
-    from mulligan.ops.capture import CaptureOptions, TargetCapture
-    from test_watch_kit import make_app_db
+    from test_watch_kit import capture_in_process
 
-    db = make_app_db(project.dir / "app.db")
-    project.protect(db)
-    ws = project.ws
-    target = ws.target("app")
-    log = Log(io.StringIO())
-    opts = CaptureOptions(flush_interval=3600, status_interval=3600, sample_interval=3600, idle_checkpoint=3600)
-    cap = TargetCapture(ws, target, opts, Alerter({}, log), log)
-    cap.start()
+    cap, db, _ = capture_in_process(project, flush_interval=3600, status_interval=3600, sample_interval=3600,
+                                    idle_checkpoint=3600)
+    ws, target = project.ws, cap.target
     app = apsw.Connection(db)
     app.execute("INSERT INTO posts(user_id, body) VALUES (1, 'seen, not yet stored')")
     cap._t["flush"] = time.monotonic()
@@ -495,7 +487,6 @@ def test_a_failing_vault_is_tried_again_with_backoff_while_polls_go_on(project):
     for the whole outage): tries back off from the flush interval to FLUSH_RETRY_MAX. Polls go
     on between tries and see the commits; every step reports the failure until a flush
     succeeds; then everything seen is stored."""
-    import io
     import time
     from contextlib import nullcontext
 
@@ -503,20 +494,13 @@ def test_a_failing_vault_is_tried_again_with_backoff_while_polls_go_on(project):
 
     from mulligan.errors import StorageError
     from mulligan.ops import capture_store as cs
-    from mulligan.ops.alerts import Alerter, Log
-    from mulligan.ops.capture import FLUSH_RETRY_MAX, CaptureOptions, TargetCapture
+    from mulligan.ops.capture import FLUSH_RETRY_MAX
     from mulligan.storage.faulty import FaultyStorage
-    from test_watch_kit import make_app_db
+    from test_watch_kit import capture_in_process
 
-    db = make_app_db(project.dir / "app.db")
-    project.protect(db)
-    ws = project.ws
-    target = ws.target("app")
-    log = Log(io.StringIO())
-    opts = CaptureOptions(flush_interval=0.5, status_interval=3600, sample_interval=3600, idle_checkpoint=3600,
-                          base_interval=3600, generation_interval=3600)
-    cap = TargetCapture(ws, target, opts, Alerter({}, log), log)
-    cap.start()
+    cap, db, _ = capture_in_process(project, flush_interval=0.5, status_interval=3600, sample_interval=3600,
+                                    idle_checkpoint=3600, base_interval=3600, generation_interval=3600)
+    ws, target = cap.ws, cap.target
     tries, broken = [], [True]
 
     def fail(key):
@@ -719,30 +703,20 @@ def test_a_large_commit_whose_pieces_cannot_be_stored_is_dropped_and_read_again(
     so the commits not stored yet are dropped at once (logged, as a long outage's are) and,
     once the vault answers, the whole database is read again under a new base: the latest
     restore point is the database, and the gap is recorded."""
-    import io
     import os
 
     import apsw
 
     from mulligan.errors import StorageError
     from mulligan.ops import capture_store as cs
-    from mulligan.ops.alerts import Alerter, Log
-    from mulligan.ops.capture import CaptureOptions, TargetCapture
     from mulligan.storage.faulty import FaultyStorage
-    from test_watch_kit import make_app_db
+    from test_watch_kit import capture_in_process
 
     monkeypatch.setattr(cs.SegmentWriter, "SPILL_BYTES", 64 << 10)
     monkeypatch.setattr(cs.PackWriter.__init__, "__defaults__", (64 << 10, None))  # packs cut as pieces come
-    db = make_app_db(project.dir / "app.db")
-    project.protect(db)
-    ws = project.ws
-    target = ws.target("app")
-    out = io.StringIO()
-    log = Log(out)
-    opts = CaptureOptions(flush_interval=0.5, status_interval=3600, sample_interval=3600, idle_checkpoint=3600,
-                          base_interval=3600, generation_interval=3600)
-    cap = TargetCapture(ws, target, opts, Alerter({}, log), log)
-    cap.start()
+    cap, db, out = capture_in_process(project, flush_interval=0.5, status_interval=3600, sample_interval=3600,
+                                      idle_checkpoint=3600, base_interval=3600, generation_interval=3600)
+    ws = cap.ws
     cap.tailer.poll_max = 128 << 10
     broken = [fails == "while read"]
     ws.vault.storage = FaultyStorage(ws.vault.storage, fail_put=lambda key: broken[0] and key.startswith("packs/"))

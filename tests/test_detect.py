@@ -263,21 +263,15 @@ def test_a_file_moved_over_the_path_opens_an_incident_even_when_older_points_can
     """Finding which snapshot the file at the path matches is a nicety: a damaged or unreadable
     restore point must not keep the rollback incident from being opened (it used to raise out
     of the poll, and every later poll tried again and failed the same way)."""
-    import io
 
     from mulligan.errors import IntegrityError
     from mulligan.ops import incidents as inc_mod
-    from mulligan.ops.alerts import Alerter, Log
-    from mulligan.ops.capture import CaptureOptions, TargetCapture
+    from test_watch_kit import capture_in_process
 
-    db = make_app_db(project.dir / "app.db")
-    project.protect(db)
-    ws = project.ws
-    target = ws.target("app")
+    cap, db, _ = capture_in_process(project, start=False)
+    ws, target = cap.ws, cap.target
     old = str(project.dir / "old.db")
     shutil.copy(db, old)
-    log = Log(io.StringIO())
-    cap = TargetCapture(ws, target, CaptureOptions(), Alerter({}, log), log)
     app = apsw.Connection(db)  # the application holds the file it has open
     cap.start()
     try:
@@ -299,20 +293,12 @@ def test_a_database_deleted_from_its_path_is_said_to_be_deleted_not_rolled_back(
     out (production's file is gone from where everyone looks for it), saying the file was
     deleted, not that the database went back in time; what the application still writes into
     the file it holds open is captured."""
-    import io
 
     from mulligan.ops import incidents as inc_mod
-    from mulligan.ops.alerts import Alerter, Log
-    from mulligan.ops.capture import CaptureOptions, TargetCapture
+    from test_watch_kit import capture_in_process
 
-    db = make_app_db(project.dir / "app.db")
-    project.protect(db)
-    ws = project.ws
-    target = ws.target("app")
-    out = io.StringIO()
-    log = Log(out)
-    cap = TargetCapture(ws, target, CaptureOptions(), Alerter({}, log), log)
-    cap.start()
+    cap, db, out = capture_in_process(project)
+    ws, target = cap.ws, cap.target
     app = App(db, project.dir / "app.log", rate=50)  # another process, holding the file open
     try:
         time.sleep(0.5)

@@ -208,3 +208,47 @@ def test_a_metrics_port_in_use_is_one_line_naming_the_port_and_nothing_starts(pr
     assert f"127.0.0.1:{port}" in line and "in use" in line and "another --metrics-port" in line
     assert "Traceback" not in r.err
     assert project.run("--json", "status", "app").json["targets"][0]["watch"]["running"] is False
+
+
+def test_while_the_vault_fails_no_heartbeat_is_tried(project):
+    """A step that fails writes the watcher's heartbeat, so that status says it runs and why it
+    captures nothing; but not when the vault is what fails: each try would hold the loop for an
+    object store's timeouts (10 s), delaying the polls and the flush retries."""
+    import threading
+    import time
+
+    import apsw
+
+    from mulligan.ops.capture import status_key
+    from mulligan.storage.faulty import FaultyStorage
+    from test_watch_kit import watcher_in_thread
+
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    ws = project.ws
+    target = ws.target("app")
+    w, th = watcher_in_thread(ws, target, flush_interval=0.1)
+    tried, broken, lock = [], [True], threading.Lock()
+
+    def fail(key):
+        with lock:
+            if key == status_key(target.id):
+                tried.append(key)
+        return broken[0]
+
+    try:
+        w.options.status_interval = 0.1
+        inner = ws.vault.storage
+        ws.vault.storage = FaultyStorage(inner, fail_put=fail)
+        app = apsw.Connection(db)
+        for i in range(10):
+            app.execute("INSERT INTO posts(user_id, body) VALUES (1, 'during the outage')")
+            time.sleep(0.1)
+        assert w.slots[0].error is not None and w.slots[0].vault_failing
+        assert tried == [], f"{len(tried)} heartbeats tried on a failing vault"
+        broken[0] = False
+        time.sleep(1.0)
+        assert w.slots[0].error is None
+    finally:
+        w.stop()
+        th.join(15)

@@ -250,3 +250,22 @@ def watcher_in_thread(ws, target, flush_interval: float):
         th.join(30)
         raise AssertionError("the watcher did not start capturing within 20 s")
     return w, th
+
+
+def capture_in_process(project, start: bool = True, **options):
+    """A target "app" (make_app_db) and its TargetCapture in the test process, logging into a
+    StringIO: (capture, database path, log text). Nothing is polled until the test steps it."""
+    import io
+
+    from mulligan.ops.alerts import Alerter, Log
+    from mulligan.ops.capture import CaptureOptions, TargetCapture
+
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    ws = project.ws
+    out = io.StringIO()
+    log = Log(out)
+    cap = TargetCapture(ws, ws.target("app"), CaptureOptions(**options), Alerter({}, log), log)
+    if start:
+        cap.start()
+    return cap, db, out

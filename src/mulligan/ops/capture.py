@@ -202,7 +202,9 @@ class TargetCapture(FilesUnderCapture):
                 return
         if now - self._t["flush"] >= self.o.flush_interval:
             self._maintain(now)
-        if now - self._t["status"] >= self.o.status_interval:
+        if now - self._t["status"] >= self.o.status_interval and self._flush_failed is None:
+            # Not while the vault refuses writes: on an object store each try could hold the
+            # polls for its timeouts (10 s); the flush's own tries (backing off) probe it.
             self._t["status"] = now
             self.write_status()
         if self._flush_failed is not None:

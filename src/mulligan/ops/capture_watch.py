@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..errors import MulliganError, UsageError
+from ..errors import MulliganError, StorageError, UsageError
 from ..model import Target
 from ..runtime import hostname
 from ..timeparse import human_age, iso
@@ -55,6 +55,7 @@ class Slot:
     error: str | None = None
     stale: bool = False
     heartbeat_at: float = float("-inf")  # monotonic: the last heartbeat written while capture fails
+    vault_failing: bool = False  # the failure is the vault's: no heartbeat is tried meanwhile
 
 
 class Watcher:
@@ -236,7 +237,7 @@ class Watcher:
             slot.error = None
             slot.stale = False
         except MulliganError as exc:
-            self._failed(slot, exc.one_line(retrying=True))
+            self._failed(slot, exc.one_line(retrying=True), vault=isinstance(exc, StorageError))
         except OSError as exc:
             self._failed(slot, f"{exc.__class__.__name__}: {exc}", reopen=True)
         except Exception as exc:  # noqa: BLE001 - one target's bug must not stop the others' capture
@@ -254,8 +255,9 @@ class Watcher:
         """While a target's capture fails (to start, or at each step), the watcher still says it
         runs, and why it captures nothing: without this, ``status`` said "watch is not running"
         while it was running and retrying (a step that fails writes no heartbeat of its own)."""
-        if running and (slot.error is None or now - slot.heartbeat_at < self.options.status_interval):
-            return
+        if running and (slot.error is None or slot.vault_failing
+                        or now - slot.heartbeat_at < self.options.status_interval):
+            return  # a vault that fails would hold the loop for each heartbeat tried (an object store's timeouts)
         slot.heartbeat_at = now
         if slot.capture is not None:
             slot.capture.write_status(stopping=not running)  # its error says why it captures nothing
@@ -269,7 +271,7 @@ class Watcher:
         except MulliganError:
             pass  # the vault is what fails: status says the heartbeat is old
 
-    def _failed(self, slot: Slot, message: str, reopen: bool = False) -> None:
+    def _failed(self, slot: Slot, message: str, reopen: bool = False, vault: bool = False) -> None:
         """``reopen``: an error nothing of ours described (SQLite, the OS): stop this capture
         (storing what it saw) and start it again. A MulliganError describes its own state, and
         the next step tries again (it may say "...outside SQLite": the words are not the kind)."""
@@ -277,7 +279,7 @@ class Watcher:
         # another object (hex names and durations differ; the failure does not).
         if slot.error is None or _gist(message) != _gist(slot.error):
             self.log("error", f"{slot.target.name}: capture failed: {message}")
-        slot.error = message
+        slot.error, slot.vault_failing = message, vault
         if slot.capture is not None:
             slot.capture.stats.error = message
             if slot.capture.tailer is None or reopen:

@@ -377,8 +377,8 @@ class Tailer:
         raise WalDamaged(f"{self.path}-wal is shorter than its index says ({size:,} bytes; its last committed "
                          f"frame, {h.mx_frame}, ends at {end:,}): it was cut short or damaged outside SQLite",
                          unchanged="every commit captured before it is in the vault",
-                         hint=f"'mulligan restore NAME --latest --to PATH' gives the last state captured; the "
-                              f"application's database is likely damaged too (PRAGMA integrity_check)")
+                         hint="'mulligan restore NAME --latest --to PATH' gives the last state captured; the "
+                              "application's database is likely damaged too (PRAGMA integrity_check)")
 
     def forget_part(self) -> bool:
         """Read the commit being read in pieces from its start again; True if one was."""
