@@ -221,6 +221,9 @@ def test_prune_keeps_the_capture_chain_and_verify_checks_it(app_env):
     r = env.run("prune", "app", "--keep-last", "1", "--json")
     assert r.code == 0, r.err
     assert any(k["reason"] for k in r.json["kept"] if k["kind"] == "snapshot")
+    # Said as what it is: no incident is open (it read "open incident").
+    assert {k["reason"] for k in r.json["kept"]} <= {"last", "capture base: the newest commits grow from it"}, r.json
+    assert any(k["reason"].startswith("capture base") for k in r.json["kept"]), r.json
     when = log[len(log) // 2][1]
     got = _restored_ids(env, "--at", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1e6):06d}Z")
     assert set(i for i, t in log if t <= when - 0.3) <= set(got)

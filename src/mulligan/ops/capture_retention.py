@@ -30,17 +30,19 @@ def referenced(ws: Workspace) -> set[bytes]:
     return refs
 
 
-def pins(ws: Workspace, target, keep_within=None) -> set[str]:
+def pins(ws: Workspace, target, keep_within=None) -> dict[str, str]:
+    """{base id: why kept}: the base the newest chain grows from, and those whose chains reach
+    into ``--keep-within``'s window."""
     bases = cs.capture_bases(ws.vault, target.id)
     if not bases:
-        return set()
-    out = {bases[-1].id}
+        return {}
+    out = {bases[-1].id: "capture base: the newest commits grow from it"}
     if keep_within is not None:
         start = (utc_now() - keep_within).timestamp()
         for i, b in enumerate(bases):
             nxt = cs._ts(bases[i + 1]) if i + 1 < len(bases) else float("inf")
             if nxt > start:
-                out.add(b.id)
+                out.setdefault(b.id, "capture base: its commits reach into the window")
     return out
 
 

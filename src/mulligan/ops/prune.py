@@ -67,8 +67,11 @@ def _incident_pins(ws: Workspace, target: Target) -> set[str]:
 
 
 def choose(manifests: list[Manifest], *, keep_within=None, keep_last=None, keep_hourly=None, keep_daily=None,
-           pins: set[str] = frozenset(), now=None) -> dict[str, str]:
-    """Map snapshot id -> reason kept. Manifests not in the map are removed."""
+           pins=frozenset(), now=None) -> dict[str, str]:
+    """Map snapshot id -> reason kept. Manifests not in the map are removed. ``pins``: ids never
+    removed, as {id: why} (a set: why is "open incident")."""
+    if not isinstance(pins, dict):
+        pins = dict.fromkeys(pins, "open incident")
     now = now or utc_now()
     keep: dict[str, str] = {}
     newest_first = sorted(manifests, key=lambda m: m.time, reverse=True)
@@ -76,7 +79,7 @@ def choose(manifests: list[Manifest], *, keep_within=None, keep_last=None, keep_
         if m.kind == KIND_UNDO:
             keep[m.id] = "undo point"
         elif m.id in pins:
-            keep[m.id] = "open incident"
+            keep[m.id] = pins[m.id]
     history = [m for m in newest_first if m.kind != KIND_UNDO]
     if keep_within is not None:
         for m in history:
@@ -116,9 +119,10 @@ def prune(ws: Workspace, target: Target, *, keep_within: timedelta | None = None
                          hint="for example --keep-within 7d --keep-daily 30; add --dry-run to see what would go")
     vault, st = ws.vault, ws.vault.storage
     manifests = vault.manifests(target.id)
-    pins = _incident_pins(ws, target)
-    for extra in EXTRA_PINS:
-        pins |= extra(ws, target, keep_within)
+    pins = dict.fromkeys(_incident_pins(ws, target), "open incident")
+    for extra in EXTRA_PINS:  # each gives {id: why kept}
+        for sid, why in extra(ws, target, keep_within).items():
+            pins.setdefault(sid, why)
     keep = choose(manifests, keep_within=keep_within, keep_last=keep_last, keep_hourly=keep_hourly,
                   keep_daily=keep_daily, pins=pins)
     res = PruneResult(target=target.name, dry_run=dry_run)
