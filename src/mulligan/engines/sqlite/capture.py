@@ -310,9 +310,9 @@ class Tailer:
         """Commits since the last poll, then move the held read forward past them.
 
         ``bounded``: at most about ``poll_max`` bytes of pages are read; ``more`` then says to
-        poll again. The
-        held read stays where it was until everything is read: while it is held, no checkpoint
-        can backfill past it and the WAL cannot start over, so the frames not read yet stay."""
+        poll again. The held read stays where it was until everything is read: while it is held,
+        no checkpoint can backfill past it and the WAL cannot start over, so the frames not read
+        yet stay."""
         h = self.header()
         res = Poll(header=h)
         if h.salts != self.salts:
