@@ -657,8 +657,8 @@ def _peak_mib(pid: int) -> float:
 def test_a_migration_of_hundreds_of_megabytes_in_one_commit_is_captured_in_bounded_memory(app_env):
     """One transaction of 300 MiB (a migration, a bulk load) while the application goes on
     committing: the watcher stores it piece by piece as it reads it (it held it whole, and more
-    than once: it grew by 1.6 times the commit's size; now about 0.6 times, most of it
-    bookkeeping per page), and every commit restores."""
+    than once: it grew by 1.6 times the commit's size; now about 0.6 times: the pieces and
+    packs in flight, and bookkeeping per page), and every commit restores."""
     import subprocess
     import sys
 
