@@ -868,3 +868,46 @@ def test_a_watcher_killed_while_storing_a_large_commit_in_pieces_leaves_a_vault_
     assert c.execute("SELECT count(*), sum(length(v)) FROM bulk").fetchall() == [(rows, rows * 4000)]
     v = env.run("verify", "--json")
     assert v.code == 0 and v.json["ok"], v.out
+
+
+def test_a_commit_in_pieces_after_a_failed_flush_is_stored_whole_once_the_vault_answers(monkeypatch):
+    """A flush fails (several packs refused), then a large commit comes in pieces once the
+    vault answers again: its pieces go to a pack writer as they come, the commits held since
+    the failure with them, and the next flush stores every one, whole."""
+    import os
+
+    from mulligan.errors import StorageError
+    from mulligan.ops import capture_store as cs
+    from mulligan.storage.faulty import FaultyStorage
+    from mulligan.vault import Vault
+
+    monkeypatch.setattr(cs.PackWriter.__init__, "__defaults__", (8 << 10, None))  # many small packs
+    inner = Vault.create(f"memory://{os.urandom(6).hex()}")
+    broken = [True]
+    v = Vault(FaultyStorage(inner.storage, fail_put=lambda key: broken[0] and key.startswith("packs/")), inner.config)
+    v.index()
+    seg = cs.SegmentWriter(v, "t-1", "base", 512)
+    seg.SPILL_BYTES = 4 << 10
+    stored = {}
+
+    def commit(i, pieces=1):
+        pages = {1 + j: os.urandom(512) for j in range(16)}
+        items = list(pages.items())
+        step = len(items) // pieces
+        for k in range(pieces - 1):
+            seg.add_part(dict(items[k * step:(k + 1) * step]))
+        _, ids = seg.add(1000.0 + i, i, 16, dict(items[(pieces - 1) * step:]), "app")
+        stored.update({cid: pages[p] for p, cid in ids.items()})
+
+    for i in range(4):
+        commit(i)
+    with pytest.raises(StorageError):
+        seg.flush()
+    broken[0] = False
+    commit(4, pieces=4)  # spills: 4 KiB at a time
+    assert seg.spilled
+    key = seg.flush()
+    assert key is not None and not seg.spilled
+    reader = Vault(inner.storage, inner.config)
+    assert all(reader.load_chunk(cid) == data for cid, data in stored.items())
+    assert len(cs.load_segment(reader, key)["commits"]) == 5

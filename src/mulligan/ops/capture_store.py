@@ -139,7 +139,8 @@ class SegmentWriter:
         if sum(map(len, self.part_fresh.values())) < self.SPILL_BYTES:
             return
         items, self.part_fresh = list(self.part_fresh.items()), {}
-        if self.writer is None:
+        if self.writer is None or not self.spilled:
+            # A writer left by a failed flush holds nothing ``fresh`` does not: start clean.
             self.writer = PackWriter(self.vault.storage, codec=self.vault.codec)
         self.spilled = True
         self.page_bytes += sum(len(d) for _, d in items)
