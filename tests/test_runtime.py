@@ -19,16 +19,6 @@ def test_the_allocator_is_tuned_once_unless_the_user_set_it():
     assert out.split() == ["False", "False"]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator settings are Linux-only")
-def test_the_daemons_settings_win_when_applied_first():
-    """watch applies the daemon's settings at start; a later one-shot setting (a restore's
-    write path reached from the watcher) must not undo them."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    code = "from mulligan.runtime import tune_allocator as t; print(t(daemon=True), t(), t(daemon=True))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["True", "False", "False"]
-
-
 def test_the_collector_is_tuned_once_and_still_collects_cycles():
     code = (
         "import gc, weakref\n"

@@ -9,14 +9,11 @@ heap and up to 64 MiB of free heap before trimming removes most of those faults
 (measured on a captured 93 MiB restore: 113,000-136,000 faults -> 19,000-25,000,
 1.14-1.40 s -> 1.04-1.09 s; docs/benchmarks.md). Restores call it before they
 write, and the ``snapshot`` command before it reads (a full snapshot of 239 MiB:
-~78,000 -> ~27,000 faults). ``watch`` does the opposite (``daemon=True``): a
-daemon must give memory back. glibc raises its threshold to the size of each
-large block freed (up to 32 MiB), so after a large commit had gone through the
-watcher in 2 MiB reads and 8 MiB packs, those sizes stayed in the heap among live
-pages: capturing one commit of 300 MiB peaked at 255-261 MiB. With blocks from
-1 MiB up always mapped and 8 MiB of free heap kept before trimming, 203-208 MiB
-(and at 64 KiB, 154-164 MiB, but the watcher's CPU at 1,000 tx/s rose from
-about 8-9 % to 9.4-10.3 %; at 1 MiB it is within the runs' spread; docs/capture.md).
+~78,000 -> ~27,000 faults). ``watch`` keeps glibc's own settings: fixing its
+threshold lower (so that a large commit's 2 MiB reads and 8 MiB packs go back to
+the kernel) cost the watcher 4-5 % more CPU at every rate, for good (page faults on
+each pack), to save some 50 MB at the peak of a 300 MiB commit. It calls
+``release_free_memory`` once such a commit is stored instead (docs/capture.md).
 Nothing changes where the allocator is not glibc, or where the user set
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` themselves.
 
@@ -33,15 +30,13 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
-DAEMON_MMAP_THRESHOLD = 1 << 20
-DAEMON_TRIM_THRESHOLD = 8 << 20
 _done = False
 _gc_done = False
 GC_YOUNG_THRESHOLD = 50_000
 
 
-def tune_allocator(daemon: bool = False) -> bool:
-    """Apply the allocator settings once (the first call's kind wins); True if they were applied."""
+def tune_allocator() -> bool:
+    """Apply the allocator settings once; True if they were applied."""
     global _done
     if _done or not sys.platform.startswith("linux"):
         return False
@@ -55,10 +50,24 @@ def tune_allocator(daemon: bool = False) -> bool:
     except (OSError, AttributeError, ImportError):
         return False  # not glibc
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    if daemon:
-        return bool(mallopt(_M_MMAP_THRESHOLD, DAEMON_MMAP_THRESHOLD)) \
-            and bool(mallopt(_M_TRIM_THRESHOLD, DAEMON_TRIM_THRESHOLD))
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the kernel (glibc's ``malloc_trim``): after a large
+    transient peak, a long-running process would otherwise keep it resident for good. True
+    if it was done."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError, ImportError):
+        return False  # not glibc
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
 
 
 def tune_gc() -> bool:

@@ -13,7 +13,6 @@ from ..ops.capture import CaptureOptions
 from ..ops.capture_watch import Watcher
 from ..ops.status import status as status_op
 from ..report.tables import env_label, table
-from ..runtime import tune_allocator
 from ..timeparse import human_age, parse_duration
 from .context import Ctx, pass_ctx
 
@@ -32,7 +31,6 @@ def watch(cctx: click.Context, names, metrics_port, poll, flush):
     what was seen and exits. Logs go to standard error, one line per event.
     """
     ctx: Ctx = cctx.obj
-    tune_allocator(daemon=True)  # give the buffers of a large commit back once it is stored (runtime.py)
     ws = ctx.ws
     targets = [ws.target(n) for n in names] if names else list(ws.config.targets.values())
     if not targets:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ..engines.sqlite.capture import Observation, OwnWriteFailed, Poll, Tailer
 from ..errors import DatabaseBusy, MulliganError, StorageError
 from ..model import Target
-from ..runtime import hostname
+from ..runtime import hostname, release_free_memory
 from ..timeparse import iso
 from . import capture_store as cs
 from .alerts import Alerter, Log
@@ -349,6 +349,7 @@ class TargetCapture(FilesUnderCapture):
             return
         end = {"observation": self.det.obs.to_json() if self.det.obs else None}
         before_b, before_o, before_p = self.seg.bytes_stored, self.seg.objects_stored, self.seg.page_bytes
+        large = self.seg.spilled
         try:
             key = self.seg.flush(end)
         except MulliganError:
@@ -358,6 +359,8 @@ class TargetCapture(FilesUnderCapture):
                 self._bound_backlog()
             raise
         self._flush_failed, self._flush_wait = None, 0.0
+        if large:
+            release_free_memory()  # a large commit's pieces and packs are gone: give their pages back
         self.repack.flushed += self.seg.page_bytes - before_p
         if key:
             self._stored_point = self.last_point
