@@ -914,3 +914,19 @@ def test_a_commit_in_pieces_after_a_failed_flush_is_stored_whole_once_the_vault_
     reader = Vault(inner.storage, inner.config)
     assert all(reader.load_chunk(cid) == data for cid, data in stored.items())
     assert len(cs.load_segment(reader, key)["commits"]) == 5
+
+
+def test_leaving_wal_mode_while_watch_runs_fails_at_once_as_docs_say(app_env):
+    """docs/capture.md: with watch holding its read, PRAGMA journal_mode=DELETE fails at once
+    with "database is locked" (stop watch first); the database stays in WAL mode and captured."""
+    env, db = app_env
+    w = Watch(env, "app")
+    try:
+        conn = apsw.Connection(db)
+        conn.set_busy_timeout(2000)
+        with pytest.raises(apsw.BusyError):
+            conn.execute("PRAGMA journal_mode=DELETE").fetchall()
+        assert conn.execute("PRAGMA journal_mode").fetchall() == [("wal",)]
+        conn.close()
+    finally:
+        assert w.term() == 0, w.text()

@@ -35,7 +35,7 @@ def test_keep_daily_keeps_the_newest_point_of_each_day():
 
 def test_undo_points_and_incident_points_are_never_pruned():
     ms = [m(0, 0), m(1, 50, kind="undo"), m(2, 100)]
-    kept = choose(ms, keep_last=1, pins={"s2"}, now=NOW)
+    kept = choose(ms, keep_last=1, pins={"s2": "open incident"}, now=NOW)
     assert kept == {"s0": "last", "s1": "undo point", "s2": "open incident"}
 
 

@@ -35,6 +35,20 @@ _gc_done = False
 GC_YOUNG_THRESHOLD = 50_000
 
 
+def _glibc(name: str, *argtypes):
+    """The named function of glibc, or None where the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        fn = getattr(ctypes.CDLL("libc.so.6"), name)
+    except (OSError, AttributeError, ImportError):
+        return None
+    fn.argtypes = list(argtypes)
+    return fn
+
+
 def tune_allocator() -> bool:
     """Apply the allocator settings once; True if they were applied."""
     global _done
@@ -43,13 +57,11 @@ def tune_allocator() -> bool:
     _done = True
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
-    try:
-        import ctypes
+    import ctypes
 
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError, ImportError):
-        return False  # not glibc
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt = _glibc("mallopt", ctypes.c_int, ctypes.c_int)
+    if mallopt is None:
+        return False
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
@@ -57,15 +69,11 @@ def release_free_memory() -> bool:
     """Hand the heap's free pages back to the kernel (glibc's ``malloc_trim``): after a large
     transient peak, a long-running process would otherwise keep it resident for good. True
     if it was done."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
+    import ctypes
 
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError, ImportError):
-        return False  # not glibc
-    trim.argtypes = [ctypes.c_size_t]
+    trim = _glibc("malloc_trim", ctypes.c_size_t)
+    if trim is None:
+        return False
     trim(0)
     return True
 

@@ -67,11 +67,10 @@ def _incident_pins(ws: Workspace, target: Target) -> set[str]:
 
 
 def choose(manifests: list[Manifest], *, keep_within=None, keep_last=None, keep_hourly=None, keep_daily=None,
-           pins=frozenset(), now=None) -> dict[str, str]:
+           pins: dict[str, str] | None = None, now=None) -> dict[str, str]:
     """Map snapshot id -> reason kept. Manifests not in the map are removed. ``pins``: ids never
-    removed, as {id: why} (a set: why is "open incident")."""
-    if not isinstance(pins, dict):
-        pins = dict.fromkeys(pins, "open incident")
+    removed, as {id: why}."""
+    pins = pins or {}
     now = now or utc_now()
     keep: dict[str, str] = {}
     newest_first = sorted(manifests, key=lambda m: m.time, reverse=True)
