@@ -254,6 +254,78 @@ def test_one_watch_captures_every_target(project):
         assert len(ids_in(str(out))) == 50 + n
 
 
+def test_a_large_commit_of_one_target_does_not_hold_the_others(project, monkeypatch):
+    """One watch, two targets: while the first reads a commit of many pieces (a migration),
+    the second's commits are still seen, and both end up whole in the vault."""
+    import io
+    import threading
+
+    from mulligan.ops.alerts import Alerter, Log
+    from mulligan.ops.capture import CaptureOptions, TargetCapture
+    from mulligan.ops.capture_watch import Watcher
+
+    monkeypatch.setattr(TargetCapture, "STEP_BUDGET", 0.05, raising=False)
+    a, b = make_app_db(project.dir / "a.db"), make_app_db(project.dir / "b.db")
+    project.protect(a, name="a")
+    project.protect(b, name="b")
+    ws = project.ws
+    log = Log(io.StringIO())
+    w = Watcher(ws, [ws.target("a"), ws.target("b")], CaptureOptions(flush_interval=0.2), Alerter({}, log), log)
+    th = threading.Thread(target=w.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not all(s.capture and s.capture.base for s in w.slots):
+        time.sleep(0.05)
+    cap_a, cap_b = w.slots[0].capture, w.slots[1].capture
+    assert cap_a and cap_a.base and cap_b and cap_b.base, "the watcher did not start capturing within 20 s"
+    cap_a.tailer.poll_max = 8 << 10  # two pages a poll: the commit below takes a few thousand polls
+
+    done = threading.Event()
+    seen: list[tuple[bool, int]] = []  # (first target partway through its commit, second target's commits)
+
+    def write_b():
+        conn = apsw.Connection(b)
+        conn.set_busy_timeout(5000)
+        while not done.is_set():
+            conn.execute("INSERT INTO posts(user_id, body) VALUES (2, 'beside the migration')")
+            time.sleep(0.01)
+        conn.close()
+
+    def sample():
+        while not done.is_set():
+            seen.append((bool(cap_a.tailer and cap_a.tailer._part_end), cap_b.stats.commits))
+            time.sleep(0.002)
+
+    helpers = [threading.Thread(target=write_b), threading.Thread(target=sample)]
+    for h in helpers:
+        h.start()
+    try:
+        app = apsw.Connection(a)
+        app.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, v BLOB);"
+                    "INSERT INTO bulk(v) SELECT randomblob(4000) FROM "
+                    "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000) SELECT i FROM n)")
+        app.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (any(p for p, _ in seen) and not seen[-1][0]):
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        done.set()
+        for h in helpers:
+            h.join()
+        w.stop()
+        th.join(60)
+    during = [n for partway, n in seen if partway]
+    assert during, "the first target's commit was never seen partway (read in one poll?)"
+    assert max(during) - min(during) >= 3, f"the second target was not polled while the first read its commit: {during[:3]}...{during[-3:]}"
+    for name, path, q in (("a", a, "SELECT count(*), sum(length(v)) FROM bulk"),
+                          ("b", b, "SELECT count(*), max(id) FROM posts")):
+        out = project.dir / f"{name}-r.db"
+        r = project.run("restore", name, "--latest", "--to", str(out))
+        assert r.code == 0, r.err
+        assert apsw.Connection(str(out)).execute(q).fetchall() == apsw.Connection(path).execute(q).fetchall()
+
+
 def test_stop_stores_the_commits_already_seen_even_when_the_last_poll_fails(project, monkeypatch):
     """When the database breaks under watch (a SQLite or I/O error), the watcher stops that
     capture: the commits it already saw but had not stored yet must still be stored, not

@@ -95,6 +95,10 @@ class CaptureStats:
 
 
 class TargetCapture(FilesUnderCapture):
+    # Seconds of reading a large commit (a migration, a bulk load) a step may spend before the
+    # other targets of the same watch get their turn: a commit of gigabytes takes a minute.
+    STEP_BUDGET = 0.5
+
     def __init__(self, ws: Workspace, target: Target, options: CaptureOptions, alerter: Alerter, log: Log):
         self.ws, self.vault, self.target = ws, ws.vault, target
         self.o, self.alerter, self.log = options, alerter, log
@@ -118,6 +122,7 @@ class TargetCapture(FilesUnderCapture):
         self._own_failing: str | None = None  # why the watcher's own writes into the database fail
         self._flush_failed: MulliganError | None = None  # the last flush's failure, until one succeeds
         self._flush_wait = 0.0
+        self._more = False  # the last step left a large commit partly read
         self._rng = random.Random()
         self.repack = Repacker(self.vault, options.repack_after, int(options.repack_min_mib * 1048576),
                                options.repack_interval)
@@ -188,14 +193,24 @@ class TargetCapture(FilesUnderCapture):
                 self.tailer = None
 
     # ---- one poll -------------------------------------------------------------------------
-    def step(self, now: float) -> None:
-        """One poll; ``now`` is ``time.monotonic()`` (what the periodic tasks are timed by)."""
+    def step(self, now: float) -> bool:
+        """One poll; ``now`` is ``time.monotonic()`` (what the periodic tasks are timed by).
+
+        Returns True while a large commit is still being read (at most STEP_BUDGET seconds of it
+        a step): the caller steps again without waiting, after the other targets' turn. Nothing
+        else happens to this target until that commit is whole: no flush, no checkpoint, no new
+        base (its pieces belong to the segment writer of now), no look at the files."""
         t = self.tailer
         assert t is not None
-        if self._swapped is None and t.replaced():  # three stat() calls: every poll
+        if not self._more and self._swapped is None and t.replaced():  # three stat() calls: every poll
             if self._check_files(sample=False):
-                return
-        self._catch_up()
+                return False
+        self._more = self._catch_up(budget=self.STEP_BUDGET).more
+        if self._more:
+            if now - self._t["status"] >= self.o.status_interval and self._flush_failed is None:
+                self._t["status"] = now
+                self.write_status()  # the heartbeat goes on through a commit of gigabytes
+            return True
         if now - self._t["sample"] >= self.o.sample_interval:
             self._t["sample"] = now
             if self._check_files():
@@ -213,17 +228,23 @@ class TargetCapture(FilesUnderCapture):
             # can fire).
             raise self._flush_failed.with_traceback(None)
         self.stats.last_ok = time.time()
+        return False
 
-    def _catch_up(self) -> Poll:
+    def _catch_up(self, budget: float | None = None) -> Poll:
         """Poll until every committed frame is read, storing each piece of a large commit as it
-        comes (Tailer.poll reads a bounded amount at a time); returns the last poll."""
+        comes (Tailer.poll reads a bounded amount at a time); returns the last poll. With a
+        ``budget`` (seconds), stop polling once it is spent: the last poll's ``more`` is then
+        True and the next call goes on where this one stopped."""
         restarted = False
+        deadline = None if budget is None else time.monotonic() + budget
         while True:
             res = self.tailer.poll()
             self._apply_poll(res)
             restarted |= res.restarted
             if not res.more:
                 res.restarted = restarted
+                return res
+            if deadline is not None and time.monotonic() >= deadline:
                 return res
 
     def _take_part(self, res: Poll) -> None:

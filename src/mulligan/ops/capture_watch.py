@@ -87,12 +87,15 @@ class Watcher:
         self.log("info", f"watch started (pid {os.getpid()}) for {names}; poll every "
                          f"{self.options.poll_interval * 1000:.0f} ms, store every {self.options.flush_interval:g} s")
         try:
+            busy = False  # a target is partway through a large commit: step again at once
             while not self._stop.is_set():
                 t0 = time.monotonic()
-                if self._lease_lapsed():
+                # Not partway through a large commit: a prune waits (as it would for the commit's
+                # read), and the lease is looked at once it is whole.
+                if not busy and self._lease_lapsed():
                     self._stop.wait(self.options.poll_interval)
                     continue
-                if t0 - self._prune_checked >= PRUNE_CHECK_EVERY:
+                if not busy and t0 - self._prune_checked >= PRUNE_CHECK_EVERY:
                     self._prune_checked = t0
                     try:
                         if self._yield_to_prune():
@@ -102,10 +105,12 @@ class Watcher:
                         # stale alert follows): keep reading the databases. Skipping a look is safe:
                         # a prune removes nothing while this watcher's lease is live and not yielded.
                         self._vault_trouble(exc)
+                busy = False
                 for slot in self.slots:
-                    self._step(slot)
-                spent = time.monotonic() - t0
-                self._stop.wait(max(0.0, self.options.poll_interval - spent))
+                    busy |= self._step(slot)
+                if not busy:
+                    spent = time.monotonic() - t0
+                    self._stop.wait(max(0.0, self.options.poll_interval - spent))
         finally:
             for slot in self.slots:
                 if slot.capture is not None:
@@ -216,20 +221,23 @@ class Watcher:
         self._reread("the watcher's lease was overdue, so a prune may have removed data")
         return False
 
-    def _step(self, slot: Slot) -> None:
+    def _step(self, slot: Slot) -> bool:
+        """One step of a target; True when it is partway through a large commit."""
         now = time.monotonic()
         try:
             if slot.capture is None:
                 if now - slot.last_try < self.retry_every:
                     self._failing_heartbeat(slot, now)
                     self._check_stale(slot, now)
-                    return
+                    return False
                 slot.last_try = now
                 cap = TargetCapture(self.ws, slot.target, self.options, self.alerter, self.log)
                 cap.start()
                 slot.capture = cap
-            slot.capture.step(now)
+            more = slot.capture.step(now)
             slot.last_ok, slot.ok_at = time.time(), time.monotonic()
+            if more:
+                return True  # the rest of this step (saying it works again) once the commit is whole
             if slot.stale or slot.error is not None:
                 self.log("notice", f"{slot.target.name}: capture is working again")
                 slot.capture.stats.error = None
@@ -250,6 +258,7 @@ class Watcher:
         if slot.error is not None:
             self._failing_heartbeat(slot, time.monotonic())
         self._check_stale(slot, time.monotonic())
+        return False
 
     def _failing_heartbeat(self, slot: Slot, now: float, running: bool = True) -> None:
         """While a target's capture fails (to start, or at each step), the watcher still says it
