@@ -36,6 +36,7 @@ import apsw
 from ...errors import DatabaseBusy, IntegrityError, MulliganError, NotADatabase, NotFound
 from . import identity as ident_mod
 from . import wal
+from .files import resolved, side_file
 from .locks import locked_message
 from .reader import parse_header, sniff
 
@@ -125,7 +126,8 @@ def _ino(st: os.stat_result) -> tuple[int, int]:
 
 class Tailer:
     def __init__(self, path: str, busy_ms: int = 50):
-        self.path = os.path.abspath(path)
+        self.path = os.path.abspath(path)  # as configured (in messages; a link may change target)
+        self.file = self.path  # the file it named at open(), every link followed: SQLite's files are next to it
         self.busy_ms = busy_ms
         self._readers: list[apsw.Connection] = []
         self._active = 0
@@ -154,6 +156,7 @@ class Tailer:
     # ---- lifecycle ------------------------------------------------------------
     def open(self) -> None:
         info = sniff(self.path)  # no SQLite lock is held yet: plain open/close is safe here
+        self.file = resolved(self.path)
         if not info.wal_mode:
             raise NotWal(f"{self.path} is not in WAL mode: continuous capture needs it",
                          unchanged="nothing was captured",
@@ -161,14 +164,14 @@ class Tailer:
                               "'mulligan snapshot' still works meanwhile")
         try:
             for _ in range(2):
-                c = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+                c = apsw.Connection(self.file, flags=apsw.SQLITE_OPEN_READWRITE)
                 c.set_busy_timeout(2000)
                 c.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints are ours, on purpose
                 self._readers.append(c)
-            self._w = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+            self._w = apsw.Connection(self.file, flags=apsw.SQLITE_OPEN_READWRITE)
             self._w.set_busy_timeout(self.busy_ms)
             self._w.set_wal_hook(self._wal_hook)
-            self._ck = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+            self._ck = apsw.Connection(self.file, flags=apsw.SQLITE_OPEN_READWRITE)
             self._ck.execute("PRAGMA wal_autocheckpoint=0")
             for c in self._readers + [self._w, self._ck]:
                 # Closing must never checkpoint: after a file was copied over the database, a
@@ -187,9 +190,9 @@ class Tailer:
             raise NotADatabase(f"cannot open {self.path} for capture: {exc}") from None
         # The read transaction exists, so -wal and -shm exist. Open each once, for good.
         try:
-            self.db_fd = os.open(self.path, os.O_RDONLY)
-            self.wal_fd = os.open(self.path + "-wal", os.O_RDONLY)
-            self.shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
+            self.db_fd = os.open(self.file, os.O_RDONLY)
+            self.wal_fd = os.open(self.file + "-wal", os.O_RDONLY)
+            self.shm_fd = os.open(self.file + "-shm", os.O_RDONLY)
             self.inodes = {s: _ino(os.fstat(fd)) for s, fd in
                            (("", self.db_fd), ("-wal", self.wal_fd), ("-shm", self.shm_fd))}
         except OSError as exc:
@@ -502,7 +505,9 @@ class Tailer:
         out = []
         for suffix, ino in self.inodes.items():
             try:
-                if _ino(os.stat(self.path + suffix)) != ino:
+                # The path itself (a link re-pointed is a file replaced); SQLite's files where
+                # they now are for it.
+                if _ino(os.stat(side_file(self.path, suffix) if suffix else self.path)) != ino:
                     out.append(suffix or "db")
             except FileNotFoundError:
                 out.append(suffix or "db")

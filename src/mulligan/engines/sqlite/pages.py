@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import wal, walindex
+from .files import side_file
 from .btree import PageMapError, accounted_pages, leaf_rowid_range, walk
 
 BLOCK_PAGES = 256
@@ -73,7 +74,7 @@ class FileImage:
     def open(cls, path: str) -> "FileImage | None":
         """None when the file's pages cannot be read as its state (a hot journal, an unreadable WAL)."""
         try:
-            if os.path.getsize(path + "-journal") > 0:
+            if os.path.getsize(side_file(path, "-journal")) > 0:
                 return None
         except OSError:
             pass
@@ -92,7 +93,8 @@ class FileImage:
             if not valid or count == 0:
                 count = size // ps
             img = cls(path, fd, ps, min(count, size // ps), ps - header[20], header, size // ps)
-            if os.path.exists(path + "-wal") and os.path.getsize(path + "-wal") > 0 and not img._read_wal():
+            wal_path = side_file(path, "-wal")
+            if os.path.exists(wal_path) and os.path.getsize(wal_path) > 0 and not img._read_wal():
                 img.close()
                 return None
             return img
@@ -105,8 +107,8 @@ class FileImage:
 
     def _read_wal(self) -> bool:
         try:
-            self.wal_fd = os.open(self.path + "-wal", os.O_RDONLY)
-            self.shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
+            self.wal_fd = os.open(side_file(self.path, "-wal"), os.O_RDONLY)
+            self.shm_fd = os.open(side_file(self.path, "-shm"), os.O_RDONLY)
         except FileNotFoundError:
             return False
         idx = walindex.read(self.shm_fd)

@@ -36,6 +36,7 @@ import apsw
 from ...errors import DatabaseBusy, IntegrityError, NotADatabase, NotFound
 from ...model import PageBatch
 from . import wal, walindex
+from .files import resolved
 from .locks import locked_message
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -110,6 +111,7 @@ class ConsistentReader:
 
     def __init__(self, path: str, busy_timeout_ms: int = 5000):
         self.path = os.path.abspath(path)
+        self._file = self.path
         self.busy_timeout_ms = busy_timeout_ms
         self._db_fd: int | None = None
         self._wal_fd: int | None = None
@@ -120,10 +122,11 @@ class ConsistentReader:
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> PageState:
         sniff(self.path)  # before any SQLite lock is held: opening/closing here is safe
-        self._db_fd = os.open(self.path, os.O_RDONLY)
+        self._file = resolved(self.path)  # a link's target, once: where SQLite keeps the -wal
+        self._db_fd = os.open(self._file, os.O_RDONLY)
         for suffix, attr in (("-wal", "_wal_fd"), ("-shm", "_shm_fd")):
             try:
-                setattr(self, attr, os.open(self.path + suffix, os.O_RDONLY))
+                setattr(self, attr, os.open(self._file + suffix, os.O_RDONLY))
             except FileNotFoundError:
                 pass
         try:
@@ -151,7 +154,7 @@ class ConsistentReader:
 
     def _begin(self) -> PageState:
         try:
-            conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+            conn = apsw.Connection(self._file, flags=apsw.SQLITE_OPEN_READWRITE)
             self._conn = conn
             conn.set_busy_timeout(self.busy_timeout_ms)
             mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0].lower()
@@ -178,9 +181,9 @@ class ConsistentReader:
             # The WAL appeared after our descriptors were opened (first write since open):
             # opening one now is safe (closing it later, after the connection, is what matters).
             try:
-                self._wal_fd = os.open(self.path + "-wal", os.O_RDONLY)
+                self._wal_fd = os.open(self._file + "-wal", os.O_RDONLY)
                 if self._shm_fd is None:
-                    self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
+                    self._shm_fd = os.open(self._file + "-shm", os.O_RDONLY)
             except FileNotFoundError:
                 pass
         self._plan(state)

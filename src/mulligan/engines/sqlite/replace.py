@@ -35,6 +35,7 @@ from ...errors import DatabaseBusy, IntegrityError, MulliganError, StorageError
 from ...model import Identity
 from . import identity as ident_mod
 from . import wal as wal_mod
+from .files import side_file
 from .reader import sniff
 
 
@@ -65,10 +66,10 @@ def last_write(path: str) -> tuple[float, str]:
     newest, what = os.stat(path).st_mtime, "database file"
     scan = _wal_scan(path)
     if scan is not None and scan.commits:
-        m = os.stat(path + "-wal").st_mtime
+        m = os.stat(side_file(path, "-wal")).st_mtime
         if m > newest:
             newest, what = m, "write-ahead log"
-    journal = path + "-journal"
+    journal = side_file(path, "-journal")
     if os.path.exists(journal) and os.path.getsize(journal) > 0:
         m = os.stat(journal).st_mtime
         if m > newest:
@@ -78,7 +79,7 @@ def last_write(path: str) -> tuple[float, str]:
 
 def _wal_scan(path: str):
     try:
-        fd = os.open(path + "-wal", os.O_RDONLY)
+        fd = os.open(side_file(path, "-wal"), os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
