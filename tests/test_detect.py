@@ -233,6 +233,83 @@ def test_a_mass_delete_by_the_app_is_not_a_rollback(scene):
     assert env.run("incidents", "--json").json["incidents"] == []
 
 
+def _compacted_copy(db: str) -> str:
+    """The application's own compaction: VACUUM INTO a new file (same rows, pages moved)."""
+    conn = apsw.Connection(db)
+    conn.set_busy_timeout(5000)
+    with conn:
+        for _ in range(200):
+            conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'row')")
+    conn.execute("DELETE FROM posts WHERE id % 2 = 0")
+    new = db + ".compact"
+    conn.execute("VACUUM INTO ?", (new,))
+    conn.close()
+    copy = apsw.Connection(new)
+    copy.execute("PRAGMA journal_mode=WAL").fetchall()  # as the original (VACUUM INTO leaves it in rollback mode)
+    copy.close()
+    return new
+
+
+def test_a_compacted_copy_renamed_over_the_path_is_not_a_rollback(scene):
+    """VACUUM INTO, then a rename over the database: the file at the path changed, but it holds
+    the same rows. No incident, no alert; capture follows the new file."""
+    env, db, hook = scene
+    w = Watch(env, "app")
+    new = _compacted_copy(db)
+    time.sleep(0.5)
+    assert ids_in(new) == ids_in(db)
+    os.replace(new, db)
+    assert w.wait_for("holding the same rows as the captured state", 5), w.text()
+    assert w.wait_for("capturing the file now at", 5), w.text()
+    conn = apsw.Connection(db)
+    conn.set_busy_timeout(5000)
+    with conn:
+        for _ in range(10):
+            conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'after the compaction')")
+    conn.close()
+    time.sleep(0.5)
+    assert w.term() == 0
+    assert "capture failed" not in w.text()
+    assert hook.wait("rollback", 0.2) is None, w.text()
+    assert env.run("incidents", "--json").json["incidents"] == []
+    out = env.dir / "latest.db"
+    r = env.run("restore", "app", "--latest", "--to", str(out))
+    assert r.code == 0, r.err
+    assert ids_in(str(out)) == ids_in(db)
+
+
+def test_a_commit_into_the_old_file_after_a_same_rows_copy_is_an_alert(scene):
+    """The same compaction, but a connection still holding the old file commits after the
+    rename: that commit is not in the file at the path, so it is an incident (and captured)."""
+    env, db, hook = scene
+    holder = apsw.Connection(db)
+    holder.set_busy_timeout(5000)
+    holder.execute("SELECT 1").fetchall()
+    w = Watch(env, "app")
+    new = _compacted_copy(db)
+    time.sleep(0.5)
+    os.replace(new, db)
+    assert w.wait_for("holding the same rows as the captured state", 5), w.text()
+    assert hook.wait("rollback", 0.3) is None
+    t0 = time.time()
+    holder.execute("INSERT INTO posts(user_id, body) VALUES (1, 'into the old file')")
+    lost = holder.execute("SELECT max(id) FROM posts").fetchone()[0]
+    got = hook.wait("rollback", 6)
+    assert got is not None, w.text()
+    assert got[0] - t0 < 2.0, f"alert after {got[0] - t0:.2f} s"
+    holder.close()
+    assert w.wait_for("capturing the file now at", 5), w.text()
+    time.sleep(0.3)
+    assert w.term() == 0
+    inc = env.run("incidents", "--json").json["incidents"]
+    assert len(inc) == 1
+    out = env.dir / "lkg.db"
+    r = env.run("restore", "app", "--snapshot", inc[0]["last_good"]["point"], "--to", str(out))
+    assert r.code == 0, r.err
+    assert lost in ids_in(str(out)) and lost not in ids_in(db)
+    assert seq_of(db, "posts") >= lost, w.text()  # the counter raised in the file at the path
+
+
 def test_the_snapshot_matcher_keeps_page_lists_only_of_the_points_it_still_compares():
     """watch makes a base every ten minutes and compares states with the newest restore points at
     each suspicious change: the cached page id lists (16 bytes a page) of points that fell out of
@@ -275,6 +352,9 @@ def test_a_file_moved_over_the_path_opens_an_incident_even_when_older_points_can
     app = apsw.Connection(db)  # the application holds the file it has open
     cap.start()
     try:
+        app.execute("INSERT INTO posts(user_id, body) VALUES (1, 'not in the copy')")
+        cap.step(time.monotonic())
+
         def broken(*a, **k):
             raise IntegrityError("manifest snapshots/x is damaged")
 

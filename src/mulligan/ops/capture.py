@@ -290,6 +290,8 @@ class TargetCapture(FilesUnderCapture):
         if all(c.by != "app" for c in res.commits):
             self.det.obs = self.tailer.observe()
             return
+        if self._swapped is not None and self._swapped["incident"] is None:
+            self._late_commit()  # into the file no longer at the path, which held the same rows
         self.det.check(self.tailer.observe(), mass=mass, where="during capture")
 
     def _note_commit(self, c, point: str, ids: dict[int, bytes]) -> None:

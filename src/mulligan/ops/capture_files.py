@@ -13,14 +13,28 @@ the path) or goes through the tailer's descriptors, which stay open for its life
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 
-from ..engines.sqlite.capture import Tailer, read_plain_pages
+import apsw
+
+from ..engines.sqlite.capture import Tailer, plain_pages
+from ..engines.sqlite.diff import diff_files
 from ..errors import MulliganError
 from ..timeparse import iso
 from . import capture_store as cs
 from . import detect
 from . import incidents as inc_mod
+
+
+# A file moved over the path is compared row by row with the captured state up to this size
+# (two temporary copies); a larger one different in any page is taken for a rollback.
+SAME_ROWS_MAX = 256 << 20
+
+
+def _rollback_mode(page1: bytes) -> bytes:
+    """Page 1 with the header's WAL marks cleared: a copy SQLite opens without a -wal."""
+    return page1[:18] + b"\x01\x01" + page1[20:]
 
 
 class FilesUnderCapture:
@@ -38,6 +52,12 @@ class FilesUnderCapture:
             return False
         if "db" in replaced:
             self._on_swap()
+            if not t.others_attached():
+                # Nobody else holds the old file: let go of it now, emptying its -wal first. The
+                # -wal and -shm beside the path are still the old file's, and an application
+                # opening the file now at the path would read their frames as its own.
+                self._switch_to_path()
+                return True
             return False
         if replaced:
             self.reopen(f"{', '.join(replaced)} beside the database was replaced or removed")
@@ -96,21 +116,33 @@ class FilesUnderCapture:
     def _on_swap(self) -> None:
         """Someone moved another file over the path (or deleted the file) while the app holds
         ours open."""
+        self._catch_up()  # the old file's last commits first: they are what the new one is compared with
         now = time.time()
-        deleted = not os.path.exists(self.target.path)
-        if deleted:
-            self.log("error", f"{self.target.name}: {self.target.path} was deleted; "
-                              "still capturing what the application writes into the file it holds open")
-        else:
-            self.log("error", f"{self.target.name}: {self.target.path} now names another file; "
-                              "still capturing what the application writes into the one it holds open")
-        ids, pages = [], []
+        path = self.target.path
+        deleted = not os.path.exists(path)
+        ids: list[bytes] = []
         try:
             if not deleted:
-                ps, pages = read_plain_pages(self.target.path)
-                ids = [self.vault.codec.chunk_id(p) for p in pages]
+                chunk_id = self.vault.codec.chunk_id
+                for _ps, batch in plain_pages(path):  # never the whole file in memory
+                    ids.extend(chunk_id(p) for p in batch)
         except MulliganError as exc:
             self.log("warning", f"{self.target.name}: cannot read the file now at the path: {exc.message}")
+        if ids and self._same_rows(ids):
+            # A copy of the current state, or the application's own compaction (VACUUM INTO,
+            # then a rename): nothing went back in time. What would be lost is a commit into the
+            # file we hold from now on: _late_commit opens the incident then.
+            self.log("notice", f"{self.target.name}: {path} now names another file, holding the same rows as the "
+                               "captured state: no rollback. Its commits are captured once the application lets go "
+                               "of the file it holds; a commit into that one meanwhile would be lost, and is an alert")
+            self._swapped = {"incident": None, "at": now, "lost": self.det.obs, "point": self.last_point}
+            return
+        if deleted:
+            self.log("error", f"{self.target.name}: {path} was deleted; "
+                              "still capturing what the application writes into the file it holds open")
+        else:
+            self.log("error", f"{self.target.name}: {path} now names another file; "
+                              "still capturing what the application writes into the one it holds open")
         m, score = None, 0.0
         if ids:
             try:
@@ -119,12 +151,57 @@ class FilesUnderCapture:
                 self.log("warning", f"{self.target.name}: could not compare with older snapshots: {exc.message}")
         self.flush()
         lkg = self.last_point or (self.base.id, cs._ts(self.base))
-        signal = (f"there is no file at {self.target.path} any more (the file being captured was deleted)" if deleted
-                  else f"the file at {self.target.path} is no longer the file being captured (inode changed)")
+        signal = (f"there is no file at {path} any more (the file being captured was deleted)" if deleted
+                  else f"the file at {path} is no longer the file being captured (inode changed)")
         inc = self.det.respond(self.det.obs or self.tailer.observe(), [signal],
                                lkg, m if score >= detect.MATCH_MIN else None, score,
                                detect.DELETED if deleted else "file moved over the path", raise_now=False)
         self._swapped = {"incident": inc["id"], "at": now, "lost": self.det.obs}
+
+    def _same_rows(self, ids: list[bytes]) -> bool:
+        """Does the file now at the path hold the captured state's rows? The same pages, or (up
+        to SAME_ROWS_MAX) the same rows compared one by one, as `mulligan diff` does. Any doubt
+        (a page that is not the captured one, a file that cannot be read) is a no."""
+        if ids == self.ids:
+            return True
+        t = self.tailer
+        ps = t.page_size
+        if not self.ids or max(len(ids), len(self.ids)) * ps > SAME_ROWS_MAX:
+            return False
+        try:
+            with tempfile.TemporaryDirectory(prefix="mulligan-swap-") as d:
+                captured, at_path = os.path.join(d, "captured.db"), os.path.join(d, "at-path.db")
+                with open(captured, "wb") as out:
+                    chunk_id = self.vault.codec.chunk_id
+                    for start in range(1, len(self.ids) + 1, 1024):
+                        pgnos = list(range(start, min(len(self.ids), start + 1023) + 1))
+                        pages = t.current_pages(pgnos)
+                        if any(chunk_id(p) != self.ids[n - 1] for n, p in zip(pgnos, pages)):
+                            return False  # not the captured state any more (the WAL moved on)
+                        out.write(_rollback_mode(pages[0]) if start == 1 else pages[0])
+                        out.writelines(pages[1:])
+                with open(at_path, "wb") as out:
+                    first = True
+                    for _ps, batch in plain_pages(self.target.path):
+                        out.write(_rollback_mode(batch[0]) if first else batch[0])
+                        out.writelines(batch[1:])
+                        first = False
+                d = diff_files(captured, at_path, limit=1, compare_pages=False)
+                return not d.changed_tables and not d.schema
+        except (MulliganError, OSError, apsw.Error) as exc:
+            self.log("debug", f"{self.target.name}: could not compare the file now at the path: {exc}")
+            return False
+
+    def _late_commit(self) -> None:
+        """The application committed into the file it holds after a file with the same rows was
+        moved over the path: those commits are not in that file, and reopening it loses them."""
+        info = self._swapped
+        lkg = self.last_point
+        signal = (f"the application committed into the file it holds after another file was moved over "
+                  f"{self.target.path}: the file at the path lacks those commits")
+        inc = self.det.respond(self.det.obs or self.tailer.observe(), [signal], lkg, None, 0.0,
+                               "file moved over the path", raise_now=False)
+        info["incident"] = inc["id"]
 
     def _switch_to_path(self) -> None:
         """The application let go of the old file: capture the file now at the path."""
@@ -157,6 +234,9 @@ class FilesUnderCapture:
         self.ids, self.wal_pages = ids, dict(self.tailer.overlay_frames)
         self._new_base(gap=None, reason="switched to the file now at the path")
         self._catch_up()
+        if info["incident"] is None:  # the same rows, and no commit into the old file since
+            self.det.obs = self.tailer.observe()
+            return
         try:
             inc = inc_mod.get(self.vault, info["incident"])
             inc["counters"]["raised"] = raised

@@ -557,15 +557,21 @@ class Tailer:
         return (st.st_size, st.st_mtime_ns)
 
 
-def read_plain_pages(path: str) -> tuple[int, list[bytes]]:
-    """Pages of a database file read with plain I/O, WAL ignored (for a file we must not open with SQLite)."""
+def plain_pages(path: str, batch_pages: int = 1024) -> Iterator[tuple[int, list[bytes]]]:
+    """(page size, a batch of pages) of a database file read with plain I/O, WAL ignored, a
+    batch at a time (for a file we must not open with SQLite: another inode at the path, whose
+    -wal beside it may be ours). The last batch is padded with zeros to the header's count."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        fh = open(path, "rb")
     except FileNotFoundError:
         raise NotFound(f"no database at {path}") from None
-    hdr = parse_header(raw[:100], len(raw), path)
-    ps = hdr.page_size
-    n = hdr.page_count
-    raw = raw[: n * ps].ljust(n * ps, b"\0")
-    return ps, [raw[i * ps:(i + 1) * ps] for i in range(n)]
+    with fh:
+        raw = fh.read(100)
+        hdr = parse_header(raw, os.fstat(fh.fileno()).st_size, path)
+        ps, left = hdr.page_size, hdr.page_count
+        fh.seek(0)
+        while left:
+            k = min(left, batch_pages)
+            blob = fh.read(k * ps).ljust(k * ps, b"\0")
+            yield ps, [blob[i * ps:(i + 1) * ps] for i in range(k)]
+            left -= k
