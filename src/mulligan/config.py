@@ -36,6 +36,12 @@ class Config:
             return url
         return str(self._resolve(url))
 
+    @property
+    def vault_min_free(self) -> int | None:
+        """``[vault] min_free``: bytes a local vault leaves free on its disk (None: the default)."""
+        raw = self.data.get("vault", {}).get("min_free")
+        return None if raw is None else parse_size(raw, "[vault] min_free")
+
     def _resolve(self, p: str) -> Path:
         q = Path(p).expanduser()
         return q if q.is_absolute() else (self.dir / q)
@@ -151,3 +157,24 @@ def write_new(path: Path, vault_url: str) -> Config:
     )
     _atomic_write(path, text)
     return load(path)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+               "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_size(value, what: str) -> int:
+    """A size in bytes from 123, "512MiB", "2GB", "1.5 GiB"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    text = str(value).strip().lower().replace(" ", "")
+    num = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(num):]
+    try:
+        n = float(num)
+    except ValueError:
+        n = -1.0
+    if unit not in _SIZE_UNITS or n < 0:
+        raise ConfigError(f"cannot read {what} = {value!r} as a size",
+                          hint="use a number of bytes or forms such as 512MiB, 2GiB or 0 (none)")
+    return int(n * _SIZE_UNITS[unit])

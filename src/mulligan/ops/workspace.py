@@ -28,4 +28,7 @@ class Workspace:
 
     @classmethod
     def open(cls, config: Config) -> "Workspace":
-        return cls(config, Vault.open(config.vault_url))
+        vault = Vault.open(config.vault_url)
+        if hasattr(vault.storage, "min_free"):  # a local vault: room it leaves on its disk
+            vault.storage.min_free = config.vault_min_free
+        return cls(config, vault)

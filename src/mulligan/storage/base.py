@@ -55,6 +55,10 @@ class Storage(ABC):
     def stat(self, key: str) -> int | None:
         """Size of the object, or None when it does not exist."""
 
+    def check_room(self, nbytes: int) -> None:
+        """Raise StorageError when storing ``nbytes`` more of data would eat into the room kept
+        free on the disk (a local vault: its disk is often the database's). Object stores: no-op."""
+
     def create_root(self) -> None:
         """Make the place a new vault lives in (a local folder). Only creating a vault does this:
         a put never makes it, so a vault deleted under a running writer is an error, not a

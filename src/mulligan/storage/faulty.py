@@ -47,6 +47,9 @@ class FaultyStorage(Storage):
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         return self.inner.list(prefix)
 
+    def check_room(self, nbytes: int) -> None:
+        self.inner.check_room(nbytes)
+
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 

@@ -15,10 +15,46 @@ from .base import ObjectExists, ObjectMissing, Storage, register
 _TMP = ".tmp"
 
 
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+# Room left free on the disk holding a local vault unless [vault] min_free says otherwise: the
+# smaller of this and a tenth of the filesystem.
+MIN_FREE_DEFAULT = 1 << 30
+
+
 class LocalStorage(Storage):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.url = str(self.root)
+        # Bytes to leave free on the vault's disk ([vault] min_free; None: the default, 0: none).
+        self.min_free: int | None = None
+
+    def check_room(self, nbytes: int) -> None:
+        """Packs are not stored into the last of the disk. A local vault often shares its disk
+        with the databases it protects; filling it would make the application's own commits fail
+        (SQLITE_FULL): a backup must never be what takes production down."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return  # the write itself says what is wrong
+        keep = self.min_free
+        if keep is None:
+            keep = min(MIN_FREE_DEFAULT, st.f_blocks * st.f_frsize // 10)
+        free = st.f_bavail * st.f_frsize
+        if keep and free - nbytes < keep:
+            raise StorageError(
+                f"the disk holding the vault is nearly full: {_size(free)} free, and Mulligan leaves "
+                f"{_size(keep)} free there so that the databases beside it can still commit",
+                unchanged="no restore point was recorded by this write; existing ones are intact",
+                hint=f"free space on the disk holding {self.root} ('mulligan prune' removes old restore points), "
+                     "or set [vault] min_free in mulligan.toml",
+            )
 
     def create_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

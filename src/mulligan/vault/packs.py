@@ -457,7 +457,9 @@ class PackWriter:
                 entries.append(pack(cid, t, off, slen, ln, inner))
                 inner += ln
         index = _index_object([(pack_id, entries)])
-        self.storage.put(pack_key(pack_id), b"".join([*parts, index, struct.pack("<I", len(index)), PACK_MAGIC]))
+        body = b"".join([*parts, index, struct.pack("<I", len(index)), PACK_MAGIC])
+        self.storage.check_room(len(body))
+        self.storage.put(pack_key(pack_id), body)
         ikey = index_key(os.urandom(ID_LEN))
         self.storage.put(ikey, index)
         self.index_keys.append(ikey)
