@@ -1002,3 +1002,35 @@ def test_leaving_wal_mode_while_watch_runs_fails_at_once_as_docs_say(app_env):
         conn.close()
     finally:
         assert w.term() == 0, w.text()
+
+
+def test_a_second_watch_of_the_same_database_steps_aside(project):
+    """Two watchers of one database would each keep a chain of the same commits and take the
+    other's identity stamps for someone else's: the second refuses (exit 3, one line) and the
+    first goes on. A watcher SIGKILLed leaves its lease behind, but not a live process: the next
+    one starts."""
+    import subprocess
+    import sys
+
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    first = Watch(project, "app")
+    r = subprocess.run([sys.executable, "-m", "mulligan", "watch", "app"], cwd=project.dir, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 3, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("mulligan:")]
+    assert len(lines) == 1 and "already captured by another watch" in lines[0], r.stderr
+    assert f"pid {first.proc.pid}" in lines[0] and "Traceback" not in r.stderr
+    conn = apsw.Connection(db)
+    conn.set_busy_timeout(5000)
+    conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'the first watcher still captures')")
+    time.sleep(0.8)
+    first.kill()
+    second = Watch(project, "app")
+    conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'and then the next one')")
+    time.sleep(0.8)
+    assert second.term() == 0
+    out = project.dir / "r.db"
+    assert project.run("restore", "app", "--latest", "--to", str(out)).code == 0
+    assert ids_in(str(out)) == ids_in(db)
+    conn.close()

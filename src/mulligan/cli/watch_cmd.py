@@ -57,13 +57,6 @@ def watch(cctx: click.Context, names, metrics_port, poll, flush):
     if metrics_port is not None:
         port = watcher.serve_metrics(metrics_port)
         log("info", f"metrics on http://127.0.0.1:{port}/metrics")
-    from ..ops import audit
-
-    for t in targets:
-        try:
-            audit.record(ws.vault, command="watch", outcome="started", target=t, detail={"options": options.__dict__})
-        except Exception:
-            pass
     watcher.run()
     if watcher.unstored:
         # The process manager and the person reading its status see that the stop lost history.

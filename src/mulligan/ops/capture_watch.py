@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..errors import MulliganError, StorageError, UsageError
+from ..errors import GuardRefused, MulliganError, StorageError, UsageError
 from ..model import Target
 from ..runtime import hostname
 from ..timeparse import human_age, iso
@@ -84,6 +84,23 @@ class Watcher:
             self.log("notice", "a prune is removing data from the vault: capture starts when it is done")
         # Like any writer, wait for a prune that is removing data before loading the chunk index.
         self.lease = writer_lease(storage, f"{WATCH_PURPOSE} {names}", stop=self._stop)
+        rival = self._rival()
+        if rival is not None:
+            self.lease.release()
+            raise GuardRefused(
+                f"{rival['names']} {'is' if ',' not in rival['names'] else 'are'} already captured by another watch "
+                f"on this host (pid {rival['pid']}): one watcher per database",
+                unchanged="nothing was captured by this process; the running watcher goes on",
+                hint="leave that one running ('mulligan status' shows it), or stop it first",
+            )
+        from . import audit
+
+        for slot in self.slots:
+            try:
+                audit.record(self.ws.vault, command="watch", outcome="started", target=slot.target,
+                             detail={"options": self.options.__dict__})
+            except Exception:  # noqa: BLE001 - the audit log must not keep capture from starting
+                pass
         self.log("info", f"watch started (pid {os.getpid()}) for {names}; poll every "
                          f"{self.options.poll_interval * 1000:.0f} ms, store every {self.options.flush_interval:g} s")
         try:
@@ -141,6 +158,31 @@ class Watcher:
                 self.metrics_server.shutdown()
                 self.metrics_server.server_close()  # free the port, not only stop serving
             self.log("info", "watch stopped")
+
+    def _rival(self) -> dict | None:
+        """Another live watch process on this host capturing one of our targets, if any: two
+        would each keep a chain of the same commits, checkpoint and stamp the same database,
+        and take the other's identity stamps for changes by someone else. The older lease wins
+        (two started at once: each sees the other, and only the later one steps aside)."""
+        from .liveuse import looks_like_mulligan
+
+        ours = {s.target.name for s in self.slots}
+        me = (self.lease.since, os.getpid())
+        for lease in watcher_pids(self.ws, hostname()):
+            if lease.get("key") == self.lease.key:
+                continue
+            names = set(str(lease.get("purpose", "")).partition(" ")[2].split(","))
+            pid = int(lease.get("pid") or 0)
+            if not names & ours or pid == os.getpid() or (float(lease.get("since", 0)), pid) > me:
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+            except OSError:
+                continue  # gone: a watcher killed before it could drop its lease
+            if looks_like_mulligan(argv) and "watch" in argv:
+                return {"pid": pid, "names": ", ".join(sorted(names & ours))}
+        return None
 
     def _vault_trouble(self, exc: MulliganError) -> None:
         message = exc.one_line(retrying=True)

@@ -46,11 +46,12 @@ class Lease:
         self.renewed = 0.0  # when the lease was last stored (monotonic: a gap in our own heartbeats)
         self.lapses = 0  # heartbeats that landed after a gap of LAPSE_AFTER or more
         self.yielded = False  # the holder stored everything and waits for a prune
+        self.since = time.time()  # when it was first taken (the older of two rival holders keeps it)
 
     def _body(self) -> bytes:
         return json.dumps(
             {"kind": self.kind, "purpose": self.purpose, "host": hostname(), "pid": os.getpid(),
-             "heartbeat": time.time(), "yielded": self.yielded}
+             "heartbeat": time.time(), "yielded": self.yielded, "since": self.since}
         ).encode()
 
     def set_yielded(self, flag: bool) -> None:
