@@ -145,7 +145,7 @@ class Tailer:
         self._own_frame = 0
         self.last_own: tuple | None = None
         self.overlay_frames: dict[int, int] = {}  # pgno -> WAL frame, of the last full_state()
-        self._schema: tuple[int, list[str], set[str]] | None = None
+        self._schema: tuple[int, list[tuple[list[str], str]], set[str]] | None = None
         self.inodes: dict[str, tuple[int, int]] = {}
         self._turned_at: tuple | None = None  # the WAL (salts, mxFrame, nBackfill) at the last turn
         # Inside a commit read in pieces: the last frame read and the frame of each page so far.
@@ -487,15 +487,21 @@ class Tailer:
                 tables.append(name)
                 if "AUTOINCREMENT" in upper:
                     autoinc.add(name)
-            self._schema = (schema_version, tables, autoinc)
-        _, tables, autoinc = self._schema
+            # The largest key of every table in one statement per 400 tables (SQLite allows 500
+            # terms in a compound SELECT): one statement each cost 45 % more at 100 tables.
+            quoted = ['"' + t.replace('"', '""') + '"' for t in tables]
+            queries = [(tables[i:i + 400], " UNION ALL ".join(f"SELECT (SELECT max(rowid) FROM {q})"
+                                                              for q in quoted[i:i + 400]))
+                       for i in range(0, len(tables), 400)]
+            self._schema = (schema_version, queries, autoinc)
+        _, queries, autoinc = self._schema
         seq: dict[str, int] = {}
         if c.execute("SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'").fetchall():
             seq = {n: int(s) for n, s in c.execute("SELECT name, seq FROM sqlite_sequence") if s is not None}
         maxrow = {}
-        for t in tables:
-            v = c.execute(f'SELECT max(rowid) FROM "{t}"').fetchone()[0]
-            maxrow[t] = int(v or 0)
+        for names, sql in queries:
+            for t, (v,) in zip(names, c.execute(sql)):
+                maxrow[t] = int(v or 0)
         return Observation(ident.target_id if ident else None, ident.generation if ident else None,
                            seq, maxrow, set(autoinc), time.time())
 
