@@ -608,3 +608,38 @@ def test_a_wal_cut_short_under_watch_is_reported_by_watch_and_status(project):
     out = project.dir / "latest.db"
     assert project.run("restore", "app", "--latest", "--to", str(out)).code == 0
     assert apsw.Connection(str(out)).execute("SELECT count(*) FROM posts").fetchall()[0][0] == rows_before + 5
+
+
+def test_a_damaged_capture_segment_names_the_newest_point_that_still_restores(project):
+    """A segment in the middle of a captured chain is damaged: every commit from it on is lost
+    to restores. `restore --latest` refuses with one line (exit 4) naming the newest point
+    before it, and that point restores."""
+    from mulligan.ops import capture_store as cs
+    from test_watch_kit import capture_in_process, ids_in
+
+    cap, db, _ = capture_in_process(project)
+    app = apsw.Connection(db)
+    keys, counts = [], []
+    for k in range(4):
+        for _ in range(3):
+            app.execute("INSERT INTO posts(user_id, body) VALUES (1, 'segment by segment')")
+        cap.step(time.monotonic())
+        cap.flush()
+        counts.append(len(ids_in(db)))
+    cap.stop()
+    app.close()
+    keys = cs.segment_keys(project.ws.vault, cap.target.id, cap.base.id)
+    assert len(keys) >= 4
+    path = project.ws.vault.storage.root / keys[2]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    r = project.run("restore", "app", "--latest", "--to", str(project.dir / "r.db"))
+    assert r.code == 4, r.err
+    line = one_line(r.err)
+    assert f"{keys[2]} is damaged" in line and "the newest point before it is" in line, line
+    point = line.split("the newest point before it is ")[1].split(" ")[0]
+    assert not (project.dir / "r.db").exists()
+    r = project.run("restore", "app", "--snapshot", point, "--to", str(project.dir / "r.db"))
+    assert r.code == 0, r.err
+    assert len(ids_in(str(project.dir / "r.db"))) == counts[1]

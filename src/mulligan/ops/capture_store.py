@@ -41,7 +41,9 @@ from ..vault.packs import T_PAGE, T_TREE, PackWriter, encode_index, index_key
 PREFIX = "capture/"
 KIND_COMMIT = "commit"
 _COMMIT_ID = re.compile(r"^([0-9a-f]{16})\.(\d+)\.(\d+)$")
-_cctx = zstandard.ZstdCompressor(level=3)
+# The frame carries a checksum of its content: a segment maps pages to chunks, and a flipped byte
+# in a page number would otherwise restore a page's content at the wrong place, every page hash right.
+_cctx = zstandard.ZstdCompressor(level=3, write_checksum=True)
 _dctx = zstandard.ZstdDecompressor()
 
 
@@ -401,8 +403,11 @@ def _replay(vault: Vault, base: Manifest, *, seq: int | None = None, index: int 
     # stops early has asked for at most a few it does not use.
     for key, body in vault.get_many(list(vault.storage.list(segment_prefix(base.target_id, base.id)))):
         if body is None:
-            raise ObjectMissing(f"segment {key} is missing from the vault", hint="run 'mulligan verify'")
-        seg = decode_segment(body, vault, key)
+            raise _chain_broken(ObjectMissing, f"capture segment {key} is missing from the vault", base, last)
+        try:
+            seg = decode_segment(body, vault, key)
+        except IntegrityError as exc:
+            raise _chain_broken(IntegrityError, exc.message, base, last) from None
         if (seq is not None and seg["seq"] > seq) or (when is not None and seg["time_from"] > when):
             break
         chunks = [bytes.fromhex(c) for c in seg["chunks"]]
@@ -423,6 +428,17 @@ def _replay(vault: Vault, base: Manifest, *, seq: int | None = None, index: int 
             if seg["seq"] == seq and i == index:
                 return ids, last
     return ids or [], last
+
+
+def _chain_broken(kind, what: str, base: Manifest, last: tuple[int, int, float] | None):
+    """A segment of a chain cannot be read: every commit from it on is lost to restores (each
+    builds on the ones before). Say which point before it still restores, and how."""
+    point = commit_id(base.id, last[0], last[1]) if last else base.id
+    when = iso(last[2]) if last else base.time
+    return kind(f"{what}: the commits it and the later segments of this chain hold cannot be restored; "
+                f"the newest point before it is {point} ({when})",
+                hint=f"restore that point ('mulligan restore {base.target_name} --snapshot {point} --to PATH'), "
+                     "and run 'mulligan verify'")
 
 
 def _commit_point(base: Manifest, seq: int, index: int, t: float, ids: list[bytes]) -> CommitPoint:
@@ -483,7 +499,11 @@ def latest_point(vault: Vault, target: Target) -> Manifest | None:
         base = m
     if base is None:
         return m
-    lc = last_commit(vault, base)
+    try:
+        lc = last_commit(vault, base)
+    except (IntegrityError, ObjectMissing):
+        _replay(vault, base)  # raises at the first segment it cannot read, naming the point before it
+        raise
     if lc is None:
         return m
     if m is not None and _ts(m) > lc[1]:
