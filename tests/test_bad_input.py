@@ -643,3 +643,31 @@ def test_a_damaged_capture_segment_names_the_newest_point_that_still_restores(pr
     r = project.run("restore", "app", "--snapshot", point, "--to", str(project.dir / "r.db"))
     assert r.code == 0, r.err
     assert len(ids_in(str(project.dir / "r.db"))) == counts[1]
+
+
+def test_a_database_on_a_read_only_mount_is_named_as_such(project, tmp_path):
+    """SQLite cannot open a WAL database where it cannot create the -shm: snapshot, watch and
+    protect say the file system is read-only (they said "unable to open database file")."""
+    from test_watch_kit import make_app_db
+
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    db = make_app_db(src / "app.db")
+    p = subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot bind-mount a folder here: {p.stderr.decode().strip()}")
+    try:
+        project.protect(str(ro / "app.db"))
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True, capture_output=True)
+        r = project.run("snapshot", "app")
+        assert r.code == 1, r.err
+        line = one_line(r.err)
+        assert "is on a read-only file system" in line and "mount it read-write" in line, line
+        assert project.run("snapshot", "app").code == 1
+        w = subprocess.run([sys.executable, "-m", "mulligan", "protect", str(ro / "app.db"), "--name", "other",
+                            "--env", "staging"], cwd=project.dir, capture_output=True, text=True)
+        assert w.returncode != 0 and "Traceback" not in w.stderr
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+    assert os.path.getsize(db) > 0

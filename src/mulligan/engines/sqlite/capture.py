@@ -36,7 +36,7 @@ import apsw
 from ...errors import DatabaseBusy, IntegrityError, MulliganError, NotADatabase, NotFound
 from . import identity as ident_mod
 from . import wal
-from .files import resolved, side_file
+from .files import cannot_open, resolved, side_file
 from .locks import locked_message
 from .reader import parse_header, sniff
 
@@ -185,6 +185,9 @@ class Tailer:
                 raise DatabaseBusy(held[0], unchanged="nothing was captured",
                                    hint=f"{held[1]}; watch retries by itself") from None
             raise DatabaseBusy(f"{self.path} stayed locked", hint="watch retries by itself") from None
+        except apsw.CantOpenError:
+            self.close()
+            raise cannot_open(self.path, "nothing was captured", "watch retries by itself") from None
         except apsw.Error as exc:
             self.close()
             raise NotADatabase(f"cannot open {self.path} for capture: {exc}") from None

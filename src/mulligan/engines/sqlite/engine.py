@@ -17,6 +17,7 @@ from ...errors import DatabaseBusy, IntegrityError, NotADatabase, StorageError
 from ...model import Identity
 from ..base import Engine
 from . import identity as ident_mod
+from .files import cannot_open
 from .locks import locked_message
 from .reader import ConsistentReader, sniff
 
@@ -47,6 +48,8 @@ class SqliteEngine(Engine):
             return ident_mod.read(conn)
         except apsw.NotADBError:
             raise NotADatabase(f"{location} is not a SQLite database", unchanged="nothing was read or written") from None
+        except apsw.CantOpenError:
+            raise cannot_open(location, "nothing was read or written", "or snapshot a copy made where it can be") from None
         except apsw.BusyError:
             pass
         finally:
@@ -65,6 +68,9 @@ class SqliteEngine(Engine):
             ident_mod.write(conn, identity)
         except apsw.NotADBError:
             raise NotADatabase(f"{location} is not a SQLite database") from None
+        except apsw.CantOpenError:
+            raise cannot_open(location, "the database was not stamped",
+                              "protect writes the identity row once, then reads only") from None
         except apsw.ReadOnlyError:
             raise StorageError(
                 f"{location} is read-only", unchanged="the database was not stamped", hint="run as a user that can write it"

@@ -36,7 +36,7 @@ import apsw
 from ...errors import DatabaseBusy, IntegrityError, NotADatabase, NotFound
 from ...model import PageBatch
 from . import wal, walindex
-from .files import resolved
+from .files import cannot_open, resolved
 from .locks import locked_message
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -172,7 +172,7 @@ class ConsistentReader:
                 hint="run the command again; if it keeps failing, find the process holding a long write transaction",
             ) from None
         except apsw.CantOpenError:
-            raise NotFound(f"cannot open {self.path}", hint="check the path and its permissions") from None
+            raise cannot_open(self.path, "nothing was read or written", "or snapshot a copy made where it can be") from None
         except apsw.CorruptError:
             raise IntegrityError(f"{self.path} is damaged (SQLite reports corruption)", unchanged="nothing was written") from None
         self._began = time.monotonic()
