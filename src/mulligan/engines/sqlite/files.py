@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from ...errors import MulliganError, NotFound, StorageError
+
 
 def resolved(path: str) -> str:
     """The database file ``path`` names, every symbolic link followed (as SQLite does)."""
@@ -22,12 +24,10 @@ def side_file(path: str, suffix: str) -> str:
     return resolved(path) + suffix
 
 
-def cannot_open(path: str, unchanged: str, then: str):
+def cannot_open(path: str, unchanged: str, then: str) -> MulliganError:
     """The error for SQLite's "unable to open database file" on a database that is there:
     usually a folder Mulligan cannot write into (a read-only mount, another user's folder).
     Reading a WAL database needs its -shm beside it, which SQLite creates when missing."""
-    from ...errors import NotFound, StorageError
-
     folder = os.path.dirname(resolved(path)) or "."
     try:
         read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import wal, walindex
-from .files import side_file
 from .btree import PageMapError, accounted_pages, leaf_rowid_range, walk
+from .files import side_file
 
 BLOCK_PAGES = 256
 SUB_PAGES = 16
