@@ -1034,3 +1034,39 @@ def test_a_second_watch_of_the_same_database_steps_aside(project):
     assert project.run("restore", "app", "--latest", "--to", str(out)).code == 0
     assert ids_in(str(out)) == ids_in(db)
     conn.close()
+
+
+def test_a_stop_in_the_middle_of_a_commit_of_gigabytes_does_not_wait_for_its_end(project, monkeypatch):
+    """SIGTERM while a migration of gigabytes is read in pieces: reading it to its end could
+    take minutes (systemd kills after 90 s). The stop reads on for STOP_BUDGET, then leaves it:
+    the commits before it are stored, and the next watch reads it with the whole database."""
+    from mulligan.ops.capture import TargetCapture
+    from test_watch_kit import capture_in_process
+
+    monkeypatch.setattr(TargetCapture, "STOP_BUDGET", 0.05)
+    cap, db, out = capture_in_process(project, flush_interval=3600, status_interval=3600, sample_interval=3600,
+                                      idle_checkpoint=3600, base_interval=3600, generation_interval=3600)
+    cap.tailer.poll_max = 8 << 10  # two pages a poll: the commit below takes thousands of polls
+    app = apsw.Connection(db)
+    app.execute("INSERT INTO posts(user_id, body) VALUES (1, 'before the migration')")
+    cap.step(time.monotonic())
+    app.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, v BLOB);"
+                "INSERT INTO bulk(v) SELECT randomblob(4000) FROM "
+                "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000) SELECT i FROM n)")
+    t0 = time.monotonic()
+    cap.stop()
+    assert time.monotonic() - t0 < 5.0
+    assert "stopping in the middle of a commit" in out.getvalue()
+    r = project.run("restore", "app", "--latest", "--to", str(project.dir / "r1.db"))
+    assert r.code == 0, r.err
+    got = apsw.Connection(str(project.dir / "r1.db"))
+    assert got.execute("SELECT count(*) FROM bulk").fetchone()[0] == 0  # its CREATE was a commit of its own
+    assert got.execute("SELECT count(*) FROM posts WHERE body = 'before the migration'").fetchone()[0] == 1
+    again = TargetCapture(cap.ws, cap.target, cap.o, cap.alerter, cap.log)  # the next watch: the whole database
+    again.start()
+    again.stop()
+    r = project.run("restore", "app", "--latest", "--to", str(project.dir / "r2.db"))
+    assert r.code == 0, r.err
+    q = "SELECT count(*), sum(length(v)) FROM bulk"
+    assert apsw.Connection(str(project.dir / "r2.db")).execute(q).fetchall() == app.execute(q).fetchall()
+    app.close()

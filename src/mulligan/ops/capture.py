@@ -98,6 +98,8 @@ class TargetCapture(FilesUnderCapture):
     # Seconds of reading a large commit (a migration, a bulk load) a step may spend before the
     # other targets of the same watch get their turn: a commit of gigabytes takes a minute.
     STEP_BUDGET = 0.5
+    # ... and the stop may spend, storing what it saw, before it leaves such a commit unread.
+    STOP_BUDGET = 10.0
 
     def __init__(self, ws: Workspace, target: Target, options: CaptureOptions, alerter: Alerter, log: Log):
         self.ws, self.vault, self.target = ws, ws.vault, target
@@ -123,6 +125,7 @@ class TargetCapture(FilesUnderCapture):
         self._flush_failed: MulliganError | None = None  # the last flush's failure, until one succeeds
         self._flush_wait = 0.0
         self._more = False  # the last step left a large commit partly read
+        self.left_unread = False  # the stop left a large commit unread (the next watch reads it)
         self._rng = random.Random()
         self.repack = Repacker(self.vault, options.repack_after, int(options.repack_min_mib * 1048576),
                                options.repack_interval)
@@ -177,7 +180,8 @@ class TargetCapture(FilesUnderCapture):
         try:
             if self.tailer is not None and self._swapped is None:
                 try:
-                    self._catch_up()
+                    if self._catch_up(budget=self.STOP_BUDGET).more:
+                        self._drop_part_at_stop()
                 except Exception as exc:  # noqa: BLE001 - a broken database (SQLite, I/O) must not cost
                     # the commits already seen: they are stored below whatever the last look gave.
                     msg = exc.one_line() if isinstance(exc, MulliganError) else f"{exc.__class__.__name__}: {exc}"
@@ -191,6 +195,19 @@ class TargetCapture(FilesUnderCapture):
             if self.tailer is not None:
                 self.tailer.close()
                 self.tailer = None
+
+    def _drop_part_at_stop(self) -> None:
+        """Asked to stop in the middle of a commit of gigabytes: reading it to its end could take
+        minutes, past a service manager's patience (systemd kills after 90 s). Its pieces are
+        dropped (packs already stored stay unnamed until prune), the commits before it are
+        stored, and the next watch reads it with the whole database (a gap recorded)."""
+        self.tailer.forget_part()
+        self.seg.drop_part()
+        self.left_unread = True
+        self.log("warning", f"{self.target.name}: stopping in the middle of a commit larger than "
+                            f"{self.tailer.poll_max >> 20} MiB (a migration, a bulk load) after "
+                            f"{self.STOP_BUDGET:g} s of reading it: it is not stored; the next watch reads it "
+                            "with the whole database")
 
     # ---- one poll -------------------------------------------------------------------------
     def step(self, now: float) -> bool:

@@ -133,8 +133,10 @@ class Watcher:
                 if slot.capture is not None:
                     try:
                         slot.capture.stop()
+                        stored = ("everything before the large commit is stored" if slot.capture.left_unread
+                                  else "everything seen is stored")
                         self.log("info", f"{slot.target.name}: stopped; {slot.capture.stats.commits} commits captured, "
-                                         "everything seen is stored")
+                                         f"{stored}")
                     except MulliganError as exc:
                         self.unstored.append(slot.target.name)
                         self.log("error", f"{slot.target.name}: could not store the last commits: {exc.one_line()}")
