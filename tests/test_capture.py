@@ -1065,6 +1065,9 @@ def test_a_stop_in_the_middle_of_a_commit_of_gigabytes_does_not_wait_for_its_end
     again = TargetCapture(cap.ws, cap.target, cap.o, cap.alerter, cap.log)  # the next watch: the whole database
     again.start()
     again.stop()
+    from mulligan.ops import incidents as inc_mod
+
+    assert inc_mod.list_incidents(cap.ws.vault, cap.target.id) == []  # a gap, not a rollback
     r = project.run("restore", "app", "--latest", "--to", str(project.dir / "r2.db"))
     assert r.code == 0, r.err
     q = "SELECT count(*), sum(length(v)) FROM bulk"
