@@ -291,9 +291,14 @@ def test_a_large_commit_of_one_target_does_not_hold_the_others(project, monkeypa
             time.sleep(0.01)
         conn.close()
 
+    lags: list[float] = []
+
     def sample():
         while not done.is_set():
-            seen.append((bool(cap_a.tailer and cap_a.tailer._part_end), cap_b.stats.commits))
+            partway = bool(cap_a.tailer and cap_a.tailer._part_end)
+            seen.append((partway, cap_b.stats.commits))
+            if partway:
+                lags.append(cap_a.lag())
             time.sleep(0.002)
 
     helpers = [threading.Thread(target=write_b), threading.Thread(target=sample)]
@@ -301,8 +306,9 @@ def test_a_large_commit_of_one_target_does_not_hold_the_others(project, monkeypa
         h.start()
     try:
         app = apsw.Connection(a)
-        app.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, v BLOB);"
-                    "INSERT INTO bulk(v) SELECT randomblob(4000) FROM "
+        app.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, v BLOB)")
+        time.sleep(0.6)  # stored: the commit below is then the only one waiting
+        app.execute("INSERT INTO bulk(v) SELECT randomblob(4000) FROM "
                     "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000) SELECT i FROM n)")
         app.close()
         deadline = time.monotonic() + 60
@@ -318,6 +324,7 @@ def test_a_large_commit_of_one_target_does_not_hold_the_others(project, monkeypa
     during = [n for partway, n in seen if partway]
     assert during, "the first target's commit was never seen partway (read in one poll?)"
     assert max(during) - min(during) >= 3, f"the second target was not polled while the first read its commit: {during[:3]}...{during[-3:]}"
+    assert max(lags) > 0.2, "status said no lag while a commit was read in pieces"
     for name, path, q in (("a", a, "SELECT count(*), sum(length(v)) FROM bulk"),
                           ("b", b, "SELECT count(*), max(id) FROM posts")):
         out = project.dir / f"{name}-r.db"

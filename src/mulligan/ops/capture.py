@@ -267,6 +267,8 @@ class TargetCapture(FilesUnderCapture):
     def _take_part(self, res: Poll) -> None:
         if res.part is None or self._dropped is not None:
             return  # after a drop, the whole state is read again: pieces would be discarded with it
+        if self.stats.oldest_pending is None:
+            self.stats.oldest_pending = time.time()  # the lag counts from its first piece, not its last
         try:
             self.seg.add_part(res.part)
         except MulliganError:
