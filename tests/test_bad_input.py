@@ -671,3 +671,16 @@ def test_a_database_on_a_read_only_mount_is_named_as_such(project, tmp_path):
     finally:
         subprocess.run(["umount", str(ro)], capture_output=True)
     assert os.path.getsize(db) > 0
+
+
+def test_status_warns_before_the_vault_disk_reaches_its_reserve(project):
+    """status says the vault's disk is within twice its reserve, before snapshots stop."""
+    from test_watch_kit import make_app_db
+
+    project.protect(make_app_db(project.dir / "app.db"))
+    r = project.run("status", "--json")
+    assert r.code == 0 and not any("disk holding the vault" in p for p in r.json["targets"][0]["problems"]), r.out
+    _min_free(project, "100000TiB")
+    r = project.run("status", "--json")
+    assert r.code == 0, r.err
+    assert any("disk holding the vault has" in p and "min_free" in p for p in r.json["targets"][0]["problems"]), r.out

@@ -12,6 +12,7 @@ from ..errors import MulliganError
 from ..model import Target
 from ..storage import ObjectMissing
 from ..timeparse import from_iso, human_age
+from ..units import human_size
 from . import capture_store as cs
 from . import incidents as inc_mod
 from .capture import status_key
@@ -43,6 +44,10 @@ def target_status(ws: Workspace, target: Target, stale_after: float = STALE_AFTE
         problems.append(f"watch is running but capturing nothing since {hb.get('last_ok')}: {hb.get('error')}")
     elif hb and hb.get("error"):
         problems.append(f"last capture error: {hb['error']}")
+    room = vault.storage.room() if hasattr(vault.storage, "room") else None
+    if room is not None and room[1] and room[0] < 2 * room[1]:
+        problems.append(f"the disk holding the vault has {human_size(room[0])} free; snapshots and captures stop "
+                        f"storing at {human_size(room[1])} ([vault] min_free): prune old restore points or free space")
     open_incidents = [
         {"id": i["id"], "kind": i.get("kind"), "opened_at": i.get("opened_at"), "title": i.get("title")}
         for i in inc_mod.list_incidents(vault, target.id) if i.get("status", "open") == "open"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..units import human_size
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -80,13 +82,7 @@ def _drawn_fast(t, options) -> list | None:
 
 
 def size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    return "-" if n is None else human_size(n)
 
 
 def env_label(env: str) -> str:

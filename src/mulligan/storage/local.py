@@ -10,17 +10,10 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import StorageError
+from ..units import human_size
 from .base import ObjectExists, ObjectMissing, Storage, register
 
 _TMP = ".tmp"
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 # Room left free on the disk holding a local vault unless [vault] min_free says otherwise: the
@@ -35,22 +28,29 @@ class LocalStorage(Storage):
         # Bytes to leave free on the vault's disk ([vault] min_free; None: the default, 0: none).
         self.min_free: int | None = None
 
+    def room(self) -> tuple[int, int] | None:
+        """(bytes free on the vault's disk, bytes kept free there), or None if it cannot be told."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        keep = self.min_free
+        if keep is None:
+            keep = min(MIN_FREE_DEFAULT, st.f_blocks * st.f_frsize // 10)
+        return st.f_bavail * st.f_frsize, keep
+
     def check_room(self, nbytes: int) -> None:
         """Packs are not stored into the last of the disk. A local vault often shares its disk
         with the databases it protects; filling it would make the application's own commits fail
         (SQLITE_FULL): a backup must never be what takes production down."""
-        try:
-            st = os.statvfs(self.root)
-        except OSError:
+        room = self.room()
+        if room is None:
             return  # the write itself says what is wrong
-        keep = self.min_free
-        if keep is None:
-            keep = min(MIN_FREE_DEFAULT, st.f_blocks * st.f_frsize // 10)
-        free = st.f_bavail * st.f_frsize
+        free, keep = room
         if keep and free - nbytes < keep:
             raise StorageError(
-                f"the disk holding the vault is nearly full: {_size(free)} free, and Mulligan leaves "
-                f"{_size(keep)} free there so that the databases beside it can still commit",
+                f"the disk holding the vault is nearly full: {human_size(free)} free, and Mulligan leaves "
+                f"{human_size(keep)} free there so that the databases beside it can still commit",
                 unchanged="no restore point was recorded by this write; existing ones are intact",
                 hint=f"free space on the disk holding {self.root} ('mulligan prune' removes old restore points), "
                      "or set [vault] min_free in mulligan.toml",
