@@ -15,6 +15,10 @@ from test_watch_kit import App, Watch, configure, free_port, ids_in, make_app_db
 
 pytestmark = pytest.mark.timeout(90)
 
+# One commit of 4,000 rows of 4,000 random bytes (16 MB): thousands of pieces at a small poll_max.
+BULK_16MB = ("INSERT INTO bulk(v) SELECT randomblob(4000) FROM "
+             "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000) SELECT i FROM n)")
+
 
 @pytest.fixture
 def app_env(project):
@@ -264,7 +268,7 @@ def test_a_large_commit_of_one_target_does_not_hold_the_others(project, monkeypa
     from mulligan.ops.capture import CaptureOptions, TargetCapture
     from mulligan.ops.capture_watch import Watcher
 
-    monkeypatch.setattr(TargetCapture, "STEP_BUDGET", 0.05, raising=False)
+    monkeypatch.setattr(TargetCapture, "STEP_BUDGET", 0.05)
     a, b = make_app_db(project.dir / "a.db"), make_app_db(project.dir / "b.db")
     project.protect(a, name="a")
     project.protect(b, name="b")
@@ -308,8 +312,7 @@ def test_a_large_commit_of_one_target_does_not_hold_the_others(project, monkeypa
         app = apsw.Connection(a)
         app.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, v BLOB)")
         time.sleep(0.6)  # stored: the commit below is then the only one waiting
-        app.execute("INSERT INTO bulk(v) SELECT randomblob(4000) FROM "
-                    "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000) SELECT i FROM n)")
+        app.execute(BULK_16MB)
         app.close()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (any(p for p, _ in seen) and not seen[-1][0]):
@@ -1057,9 +1060,8 @@ def test_a_stop_in_the_middle_of_a_commit_of_gigabytes_does_not_wait_for_its_end
     app = apsw.Connection(db)
     app.execute("INSERT INTO posts(user_id, body) VALUES (1, 'before the migration')")
     cap.step(time.monotonic())
-    app.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, v BLOB);"
-                "INSERT INTO bulk(v) SELECT randomblob(4000) FROM "
-                "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000) SELECT i FROM n)")
+    app.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, v BLOB)")
+    app.execute(BULK_16MB)
     t0 = time.monotonic()
     cap.stop()
     assert time.monotonic() - t0 < 5.0
