@@ -199,6 +199,7 @@ def test_a_full_disk_during_restore_leaves_no_half_file(project, tmp_path):
     db = make_db(project.dir / "app.db", rows=3000, payload=400)
     project.protect(db)
     project.call("snapshot", "app")
+    _min_free(project, "0")  # the disk itself refuses (the reserve is tested below)
     small = _tmpfs(tmp_path / "small", "512k")
     try:
         r = project.run("restore", "app", "--latest", "--to", str(small / "out.db"))
@@ -258,6 +259,10 @@ def test_the_vault_leaves_room_on_its_disk_for_the_database(project):
     assert "Traceback" not in r.err
     v = project.run("--json", "verify")
     assert v.code == 0 and v.json["manifests"] == 1, v.out
+    r = project.run("restore", "app", "--latest", "--to", str(project.dir / "r1.db"))  # a restore fills disks too
+    assert r.code == 1 and "would leave" in one_line(r.err) and "min_free" in one_line(r.err), r.err
+    assert not (project.dir / "r1.db").exists()
+    _min_free(project, "0")
     assert project.run("restore", "app", "--latest", "--to", str(project.dir / "r1.db")).code == 0
     _min_free(project, "bad size")
     r = project.run("snapshot", "app")

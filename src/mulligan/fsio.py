@@ -4,7 +4,8 @@
   a single page is written (and the file system allocates in one go);
 - ``RunWriter``: writes pages given by page number, gathering consecutive
   pages into one ``pwritev`` and asking the kernel to start writing back
-  what is done every few MiB, so the final fsync has little left to do.
+  what is done every few MiB, so the final fsync has little left to do;
+- ``room``: what is free on a disk, and what Mulligan leaves free there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,22 @@ _WRITEBACK_EVERY = 8 << 20
 
 
 _sync_file_range = None if sys.platform.startswith("linux") else False  # None: not looked up yet
+
+# Room Mulligan leaves free on a disk it stores or restores onto, unless [vault] min_free says
+# otherwise: the smaller of this and a tenth of the filesystem. Such a disk is often a
+# production database's, and filling it makes the application's own commits fail.
+MIN_FREE_DEFAULT = 1 << 30
+
+
+def room(path: str, min_free: int | None) -> tuple[int, int] | None:
+    """(bytes free on the disk holding ``path``, bytes to leave free there), or None if it
+    cannot be told. ``min_free``: None for the default, 0 for none."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    keep = min_free if min_free is not None else min(MIN_FREE_DEFAULT, st.f_blocks * st.f_frsize // 10)
+    return st.f_bavail * st.f_frsize, keep
 
 
 def _load_sync_file_range():

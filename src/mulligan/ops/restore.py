@@ -6,10 +6,12 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
+from .. import fsio
 from ..engines.base import engine_for
-from ..errors import GuardRefused, UsageError
+from ..errors import GuardRefused, StorageError, UsageError
 from ..model import ENVIRONMENTS, RESTORED_ENV, Identity
 from ..timeparse import iso, utc_now
+from ..units import human_size
 from ..vault import Manifest
 from .workspace import Workspace
 
@@ -89,6 +91,15 @@ def restore_new(
         source_target_id=point.target_id,
         source_snapshot=point.id,
     )
+    need = point.page_count * point.page_size
+    free = fsio.room(os.path.dirname(to), ws.config.vault_min_free)
+    if free is not None and free[1] and free[0] - need < free[1]:
+        raise StorageError(
+            f"restoring {human_size(need)} to {to} would leave {human_size(max(0, free[0] - need))} free on its "
+            f"disk, and Mulligan leaves {human_size(free[1])} free there so that the databases on it can still commit",
+            unchanged="nothing was written",
+            hint="restore to another disk (--to), free space, or set [vault] min_free in mulligan.toml",
+        )
     if os.path.exists(to):  # an empty file: replace it through the same no-clobber link
         os.unlink(to)
     engine = engine_for(point.engine)

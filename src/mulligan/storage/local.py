@@ -9,16 +9,12 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from .. import fsio
 from ..errors import StorageError
 from ..units import human_size
 from .base import ObjectExists, ObjectMissing, Storage, register
 
 _TMP = ".tmp"
-
-
-# Room left free on the disk holding a local vault unless [vault] min_free says otherwise: the
-# smaller of this and a tenth of the filesystem.
-MIN_FREE_DEFAULT = 1 << 30
 
 
 class LocalStorage(Storage):
@@ -30,14 +26,7 @@ class LocalStorage(Storage):
 
     def room(self) -> tuple[int, int] | None:
         """(bytes free on the vault's disk, bytes kept free there), or None if it cannot be told."""
-        try:
-            st = os.statvfs(self.root)
-        except OSError:
-            return None
-        keep = self.min_free
-        if keep is None:
-            keep = min(MIN_FREE_DEFAULT, st.f_blocks * st.f_frsize // 10)
-        return st.f_bavail * st.f_frsize, keep
+        return fsio.room(str(self.root), self.min_free)
 
     def check_room(self, nbytes: int) -> None:
         """Packs are not stored into the last of the disk. A local vault often shares its disk
