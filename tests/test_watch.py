@@ -254,3 +254,11 @@ def test_while_the_vault_fails_no_heartbeat_is_tried(project):
     finally:
         w.stop()
         th.join(15)
+
+
+def test_a_poll_interval_that_cannot_work_is_a_usage_error(project):
+    """--poll 0 made the loop spin (a core at 100 %); a negative one was taken as well."""
+    project.protect(make_app_db(project.dir / "app.db"))
+    for args in (("--poll", "0"), ("--poll", "-1"), ("--poll", "2m"), ("--flush", "-1")):
+        r = project.call("watch", "app", *args)
+        assert r.code == 2 and "cannot be used" in r.err, (args, r.err)

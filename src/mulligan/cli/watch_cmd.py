@@ -42,6 +42,7 @@ def watch(cctx: click.Context, names, metrics_port, poll, flush):
         options.poll_interval = _seconds(poll)
     if flush:
         options.flush_interval = _seconds(flush)
+    options.check()
     log = Log(verbosity=ctx.verbosity)
     alerter = Alerter(ws.config.section("alerts"), log)
     watcher = Watcher(ws, targets, options, alerter, log)

@@ -75,6 +75,18 @@ class CaptureOptions:
                 setattr(o, name, float(section[name]))
         return o
 
+    def check(self) -> None:
+        """Refuse intervals that cannot work: a poll of 0 s turns the loop into a busy spin (a
+        core at 100 %), a negative one is a typo."""
+        from ..errors import UsageError
+
+        if not 0.001 <= self.poll_interval <= 60:
+            raise UsageError(f"a poll interval of {self.poll_interval:g} s cannot be used",
+                             hint="give --poll (or [capture] poll_interval) between 1ms and 60s; the default is 100ms")
+        if self.flush_interval < 0:
+            raise UsageError(f"a flush interval of {self.flush_interval:g} s cannot be used",
+                             hint="give --flush (or [capture] flush_interval) as a duration such as 0.5s or 5s")
+
 
 @dataclass
 class CaptureStats:
