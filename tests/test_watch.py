@@ -262,3 +262,17 @@ def test_a_poll_interval_that_cannot_work_is_a_usage_error(project):
     for args in (("--poll", "0"), ("--poll", "-1"), ("--poll", "2m"), ("--flush", "-1")):
         r = project.call("watch", "app", *args)
         assert r.code == 2 and "cannot be used" in r.err, (args, r.err)
+
+
+def test_two_targets_naming_one_database_file_are_refused(project):
+    """Two sections of mulligan.toml for one file (one through a link): one watch would capture
+    it twice. Refused before anything starts."""
+    import os
+
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    os.symlink(db, project.dir / "link.db")
+    cfg = project.dir / "mulligan.toml"
+    cfg.write_text(cfg.read_text() + f'\n[targets.again]\npath = "{project.dir / "link.db"}"\nenv = "production"\n')
+    r = project.call("watch")
+    assert r.code != 0 and "name the same database file" in r.err, r.err

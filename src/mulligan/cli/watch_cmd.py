@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import click
 
-from ..errors import StorageError, UsageError
+from ..errors import ConfigError, StorageError, UsageError
 from ..ops import incidents as inc_mod
 from ..ops.alerts import Alerter, Log
 from ..ops.capture import CaptureOptions
@@ -35,6 +36,12 @@ def watch(cctx: click.Context, names, metrics_port, poll, flush):
     targets = [ws.target(n) for n in names] if names else list(ws.config.targets.values())
     if not targets:
         raise UsageError("no target to watch", hint="register one with 'mulligan protect PATH --name NAME --env ENV'")
+    files: dict[str, str] = {}
+    for t in targets:  # one watcher per database, within one watch too
+        other = files.setdefault(os.path.realpath(t.path), t.name)
+        if other != t.name:
+            raise ConfigError(f"targets {other!r} and {t.name!r} name the same database file ({t.path})",
+                              hint="remove one of them from mulligan.toml; a database is one target")
     ctx.audit = False  # the watcher writes its own audit entries (start, incidents, counter raises)
     section = ws.config.section("capture")
     options = CaptureOptions.from_config(section, local_vault="://" not in ws.config.vault_url)
