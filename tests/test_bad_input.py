@@ -689,3 +689,37 @@ def test_status_warns_before_the_vault_disk_reaches_its_reserve(project):
     r = project.run("status", "--json")
     assert r.code == 0, r.err
     assert any("disk holding the vault has" in p and "min_free" in p for p in r.json["targets"][0]["problems"]), r.out
+
+
+def test_a_vault_out_of_inodes_says_so(tmp_path):
+    """A file system with space but no inode left refuses a new file with ENOSPC too: the vault
+    says it is out of inodes (not "full", which `df` would contradict), and stays consistent."""
+    from conftest import Env
+
+    from mulligan.ops import setup as setup_ops
+
+    small = tmp_path / "few"
+    small.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=40", "tmpfs", str(small)], capture_output=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs with few inodes here: {p.stderr.decode().strip()}")
+    try:
+        proj = tmp_path / "proj"
+        proj.mkdir()
+        setup_ops.init(proj / "mulligan.toml", str(small / "vault"))
+        env = Env(proj)
+        db = make_db(proj / "app.db", rows=50)
+        env.protect(db, name="app")
+        line = ""
+        for i in range(40):
+            with apsw.Connection(db) as c:
+                c.execute("INSERT INTO posts(user_id, body) VALUES (1, ?)", (f"row {i}",))
+            r = env.run("snapshot", "app")
+            if r.code != 0:
+                line = one_line(r.err)
+                break
+        assert "no free inodes left" in line, line
+        v = env.run("--json", "verify")
+        assert v.code == 0, v.out
+    finally:
+        subprocess.run(["umount", str(small)])

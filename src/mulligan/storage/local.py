@@ -17,6 +17,17 @@ from .base import ObjectExists, ObjectMissing, Storage, register
 _TMP = ".tmp"
 
 
+def _out_of_inodes(root: Path) -> bool:
+    """ENOSPC with space left: the file system has no inode for one more object (a vault is
+    many small files: two segments a second at steady writes, until prune). tmpfs refuses a
+    link with one inode still free, hence "at most one"."""
+    try:
+        st = os.statvfs(root)
+    except OSError:
+        return False
+    return st.f_files > 0 and st.f_favail <= 1 and st.f_bavail * st.f_frsize >= 1 << 20
+
+
 class LocalStorage(Storage):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -116,9 +127,18 @@ class LocalStorage(Storage):
                     _unlink_quiet(tmp)
             _fsync_dir(final.parent)
         except OSError as exc:
+            no_inode = exc.errno == errno.ENOSPC and _out_of_inodes(self.root)  # before our file frees one
             _unlink_quiet(tmp)
             if exc.errno == errno.ENOENT and not self.root.is_dir():
                 raise self._gone(key) from None
+            if no_inode:
+                raise StorageError(
+                    f"the disk holding the vault has no free inodes left (too many files, though there is space) "
+                    f"while writing {key}",
+                    unchanged="no restore point was recorded by this write; existing ones are intact",
+                    hint="'mulligan prune' removes the objects of old restore points; or give the vault a file system "
+                         "with more inodes",
+                ) from None
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise StorageError(
                     f"the disk holding the vault is full ({exc.strerror}) while writing {key}",
