@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..engines.sqlite.capture import Observation, OwnWriteFailed, Poll, Tailer
-from ..errors import DatabaseBusy, MulliganError, StorageError
+from ..errors import DatabaseBusy, MulliganError, StorageError, UsageError
 from ..model import Target
 from ..runtime import hostname, release_free_memory
 from ..timeparse import iso
@@ -78,8 +78,6 @@ class CaptureOptions:
     def check(self) -> None:
         """Refuse intervals that cannot work: a poll of 0 s turns the loop into a busy spin (a
         core at 100 %), a negative one is a typo."""
-        from ..errors import UsageError
-
         if not 0.001 <= self.poll_interval <= 60:
             raise UsageError(f"a poll interval of {self.poll_interval:g} s cannot be used",
                              hint="give --poll (or [capture] poll_interval) between 1ms and 60s; the default is 100ms")
