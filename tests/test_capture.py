@@ -1082,3 +1082,32 @@ def test_a_stop_in_the_middle_of_a_commit_of_gigabytes_does_not_wait_for_its_end
     q = "SELECT count(*), sum(length(v)) FROM bulk"
     assert apsw.Connection(str(project.dir / "r2.db")).execute(q).fetchall() == app.execute(q).fetchall()
     app.close()
+
+
+def test_the_wal_index_header_is_read_again_while_a_writer_is_between_its_two_copies(tmp_path):
+    """A writer descheduled between the header's two copies (a busy machine) left them differing
+    for every read of a tight loop: capture failed with "cannot be read consistently" (seen in
+    CI). The reads back off as SQLite's own readers do, and get the header once it is whole."""
+    import os
+    import threading
+
+    from mulligan.engines.sqlite import wal
+
+    db = make_app_db(tmp_path / "app.db")
+    conn = apsw.Connection(db)
+    conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'x')")
+    whole = open(db + "-shm", "rb").read(wal.SHM_READ)
+    shm = tmp_path / "copy-shm"
+    torn = bytearray(whole)
+    torn[48 + 16] ^= 0xFF  # the second copy's mxFrame, as if the writer had not copied it yet
+    shm.write_bytes(bytes(torn))
+    fd = os.open(shm, os.O_RDWR)
+    try:
+        mended = threading.Timer(0.02, lambda: os.pwrite(fd, whole, 0))
+        mended.start()
+        h = wal.read_index_header(fd)
+        mended.join()
+        assert h is not None and h == wal.read_index_header(fd)
+    finally:
+        os.close(fd)
+        conn.close()

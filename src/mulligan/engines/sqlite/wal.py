@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from dataclasses import dataclass, field
 
 WAL_HEADER = 32
@@ -180,10 +181,16 @@ class IndexHeader:
         return (self.salt1, self.salt2)
 
 
-def read_index_header(fd: int, tries: int = 8) -> IndexHeader | None:
+def read_index_header(fd: int, tries: int = 12) -> IndexHeader | None:
     """The wal-index header read through ``fd`` (an -shm descriptor kept open), or
-    None when it is not initialised or keeps changing under us."""
-    for _ in range(tries):
+    None when it is not initialised or keeps changing under us.
+
+    A writer updates the two copies one after the other; if it is descheduled in between (a
+    busy machine), every read in a tight loop sees them differ. After four quick tries the
+    reads wait 1, 2, 4 ... ms (under 0.3 s in all), as SQLite's own readers back off."""
+    for attempt in range(tries):
+        if attempt >= 4:
+            time.sleep(0.001 * (1 << (attempt - 4)))
         raw = os.pread(fd, SHM_READ, 0)
         if len(raw) < SHM_READ:
             return None
