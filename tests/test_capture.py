@@ -137,6 +137,17 @@ def test_frames_missed_while_watch_was_down_start_a_new_base_and_show_as_a_gap(a
     assert len(cov["gaps"]) == 1 and "not running" in cov["gaps"][0]["reason"]
     assert env.run("incidents", "--json").json["incidents"] == []
     assert 51 in _restored_ids(env, "--latest")
+    # A time inside the gap: the last state captured before it, and a warning saying so.
+    g = cov["gaps"][0]
+    from mulligan.timeparse import from_iso, iso
+
+    inside = iso((from_iso(g["from"]).timestamp() + from_iso(g["to"]).timestamp()) / 2)
+    r = env.run("restore", "app", "--at", inside, "--to", str(env.dir / "in-gap.db"), "--json")
+    assert r.code == 0, r.err
+    assert any("falls in a gap of capture" in w for w in r.json["warnings"]), r.json
+    assert "falls in a gap of capture" in r.err
+    r = env.run("restore", "app", "--latest", "--to", str(env.dir / "no-gap.db"), "--json")
+    assert not any("gap" in w for w in r.json["warnings"]), r.json
 
 
 def test_status_and_metrics_report_capture(app_env):

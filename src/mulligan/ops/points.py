@@ -43,6 +43,24 @@ def resolve_point(
     return point_at(vault, target, when)
 
 
+def gap_at(vault: Vault, target: Target, when) -> str | None:
+    """A warning when ``when`` falls in a gap of the target's capture coverage: the database
+    changed then without being captured, so the state restored (the last one captured before
+    the gap) may lack commits made before ``when``."""
+    from . import capture_store
+
+    try:
+        gaps = capture_store.coverage(vault, target)["gaps"]
+    except Exception:  # noqa: BLE001 - a warning must not keep the restore from happening
+        return None
+    for g in gaps:
+        if g.get("from") and g.get("to") and from_iso(g["from"]) <= when < from_iso(g["to"]):
+            return (f"{iso(when)} falls in a gap of capture ({g['from']} to {g['to']}: {g.get('reason') or 'not captured'}): "
+                    "the database changed then without being captured; the state restored is the last one "
+                    "captured before the gap")
+    return None
+
+
 def point_at(vault: Vault, target: Target, when) -> Manifest:
     """The newest restore point of the target's own history at or before ``when``
     (a captured commit when watch was running, else a snapshot)."""
