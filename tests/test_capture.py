@@ -1122,3 +1122,26 @@ def test_the_wal_index_header_is_read_again_while_a_writer_is_between_its_two_co
     finally:
         os.close(fd)
         conn.close()
+
+
+def test_a_restore_past_the_last_capture_says_how_old_it_is(app_env, monkeypatch):
+    """watch stopped (or died) and nobody noticed: `restore --latest` or `--at` a later time
+    gives the last state captured, and says how long before the time asked capture stopped."""
+    from mulligan.ops import points
+
+    env, db = app_env
+    w = Watch(env, "app")
+    conn = apsw.Connection(db)
+    conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'captured')")
+    time.sleep(0.5)
+    assert w.term() == 0
+    conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'after watch stopped')")
+    conn.close()
+    r = env.call("restore", "app", "--latest", "--to", str(env.dir / "fresh.db"), "--json")
+    assert r.code == 0 and r.json["warnings"] == [w for w in r.json["warnings"] if "capture is known" not in w]
+    monkeypatch.setattr(points, "HEARTBEAT_SLACK", 1.0)
+    time.sleep(1.5)
+    r = env.call("restore", "app", "--latest", "--to", str(env.dir / "old.db"), "--json")
+    assert r.code == 0, r.err
+    assert any("after the last moment capture is known to have run" in w for w in r.json["warnings"]), r.json
+    assert 52 not in ids_in(str(env.dir / "old.db"))

@@ -11,7 +11,7 @@ from ..ops.points import gap_at, resolve_point
 from ..ops.restore import restore_new
 from ..report.tables import env_label
 from ..runtime import tune_gc
-from ..timeparse import human_age, parse_time
+from ..timeparse import human_age, parse_time, utc_now
 from .context import Ctx, pass_ctx
 
 
@@ -60,8 +60,8 @@ def restore(ctx: Ctx, name, snapshot_id, at, latest, to, in_place, confirm_name,
                           allow_cross_target=allow_cross_target)
     with ctx.progress(f"restore {point.id}", point.page_count) as advance:
         res = restore_new(ws, point, to, env=env, full_check=check == "full", progress=advance)
-    if at:
-        gap = gap_at(ws.vault, target, parse_time(at))
+    if at or latest:
+        gap = gap_at(ws.vault, target, parse_time(at) if at else utc_now())
         if gap:
             res.warnings.append(gap)
     for w in res.warnings:

@@ -606,5 +606,4 @@ class TargetCapture(FilesUnderCapture):
             pass
 
 
-def status_key(target_id: str) -> str:
-    return f"{cs.PREFIX}{target_id}/status"
+status_key = cs.status_key  # where the watcher's heartbeat for a target is kept

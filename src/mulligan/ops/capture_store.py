@@ -47,6 +47,11 @@ _cctx = zstandard.ZstdCompressor(level=3, write_checksum=True)
 _dctx = zstandard.ZstdDecompressor()
 
 
+def status_key(target_id: str) -> str:
+    """The watcher's heartbeat for a target (ops/capture.py writes it, status reads it)."""
+    return f"{PREFIX}{target_id}/status"
+
+
 def segment_prefix(target_id: str, base_id: str) -> str:
     return f"{PREFIX}{target_id}/{base_id}/"
 

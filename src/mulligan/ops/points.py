@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import GuardRefused, NotFound, UsageError
 from ..model import Target
-from ..timeparse import from_iso, iso, parse_time
+from ..timeparse import from_iso, human_age, iso, parse_time
 from ..vault import KIND_UNDO, Manifest, Vault
 
 
@@ -43,21 +43,40 @@ def resolve_point(
     return point_at(vault, target, when)
 
 
+# A capture is known to run up to its watcher's last heartbeat (written every 5 s by default).
+HEARTBEAT_SLACK = 15.0
+
+
 def gap_at(vault: Vault, target: Target, when) -> str | None:
-    """A warning when ``when`` falls in a gap of the target's capture coverage: the database
-    changed then without being captured, so the state restored (the last one captured before
-    the gap) may lack commits made before ``when``."""
+    """A warning when capture did not cover ``when``: it falls in a gap (the database changed
+    then without being captured), or after the last moment a watcher is known to have been
+    capturing (watch stopped or died, and nobody noticed: the state restored is older than
+    asked). Snapshot-only targets get none: they never had more."""
     from . import capture_store
 
     try:
-        gaps = capture_store.coverage(vault, target)["gaps"]
+        cov = capture_store.coverage(vault, target)
     except Exception:  # noqa: BLE001 - a warning must not keep the restore from happening
         return None
-    for g in gaps:
+    if cov["to"] is None:
+        return None
+    for g in cov["gaps"]:
         if g.get("from") and g.get("to") and from_iso(g["from"]) <= when < from_iso(g["to"]):
             return (f"{iso(when)} falls in a gap of capture ({g['from']} to {g['to']}: {g.get('reason') or 'not captured'}): "
                     "the database changed then without being captured; the state restored is the last one "
                     "captured before the gap")
+    until = from_iso(cov["to"]).timestamp()
+    try:
+        hb = vault.get_json(capture_store.status_key(target.id))
+    except Exception:  # noqa: BLE001 - no heartbeat: the last commit captured is all that is known
+        hb = None
+    if hb and hb.get("capturing", True) and hb.get("heartbeat_ts"):
+        until = max(until, float(hb["heartbeat_ts"]))
+    late = when.timestamp() - until
+    if late > HEARTBEAT_SLACK:
+        return (f"{iso(when)} is {human_age(late)} after the last moment capture is known to have run "
+                f"({iso(until)}): commits made since are not in the vault (is watch running?); the state "
+                "restored is the last one captured")
     return None
 
 
