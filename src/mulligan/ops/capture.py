@@ -234,21 +234,15 @@ class TargetCapture(FilesUnderCapture):
                 return False
         self._more = self._catch_up(budget=self.STEP_BUDGET).more
         if self._more:
-            if now - self._t["status"] >= self.o.status_interval and self._flush_failed is None:
-                self._t["status"] = now
-                self.write_status()  # the heartbeat goes on through a commit of gigabytes
+            self._heartbeat(now)  # it goes on through a commit of gigabytes
             return True
         if now - self._t["sample"] >= self.o.sample_interval:
             self._t["sample"] = now
             if self._check_files():
-                return
+                return False
         if now - self._t["flush"] >= self.o.flush_interval:
             self._maintain(now)
-        if now - self._t["status"] >= self.o.status_interval and self._flush_failed is None:
-            # Not while the vault refuses writes: on an object store each try could hold the
-            # polls for its timeouts (10 s); the flush's own tries (backing off) probe it.
-            self._t["status"] = now
-            self.write_status()
+        self._heartbeat(now)
         if self._flush_failed is not None:
             # Polls go on between tries (commits are seen, rollbacks noticed), but capture is
             # failing until a flush succeeds: the watcher keeps reporting it (and the stale alert
@@ -256,6 +250,14 @@ class TargetCapture(FilesUnderCapture):
             raise self._flush_failed.with_traceback(None)
         self.stats.last_ok = time.time()
         return False
+
+    def _heartbeat(self, now: float) -> None:
+        """The status object, every ``status_interval``. Not while the vault refuses writes: on
+        an object store each try could hold the polls for its timeouts (10 s); the flush's own
+        tries (backing off) probe it."""
+        if now - self._t["status"] >= self.o.status_interval and self._flush_failed is None:
+            self._t["status"] = now
+            self.write_status()
 
     def _catch_up(self, budget: float | None = None) -> Poll:
         """Poll until every committed frame is read, storing each piece of a large commit as it

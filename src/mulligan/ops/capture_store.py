@@ -524,12 +524,17 @@ def coverage(vault: Vault, target: Target) -> dict:
         return {"from": None, "to": None, "gaps": [], "bases": 0}
     last = last_commit(vault, bases[-1])
     to = iso(last[1]) if last else bases[-1].time
-    gaps = []
+    return {"from": bases[0].time, "to": to, "gaps": gaps(bases), "bases": len(bases)}
+
+
+def gaps(bases: list[Manifest]) -> list[dict]:
+    """The gaps between capture chains, from their bases alone (no segment is read)."""
+    out = []
     for b in bases[1:]:
         g = b.meta.get("gap_before")
         if g:
-            gaps.append({"from": g.get("from"), "to": g.get("to") or b.time, "reason": g.get("reason", "")})
-    return {"from": bases[0].time, "to": to, "gaps": gaps, "bases": len(bases)}
+            out.append({"from": g.get("from"), "to": g.get("to") or b.time, "reason": g.get("reason", "")})
+    return out
 
 
 def chain_chunks(vault: Vault, target_id: str, base_id: str) -> set[bytes]:

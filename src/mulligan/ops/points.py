@@ -55,23 +55,26 @@ def gap_at(vault: Vault, target: Target, when) -> str | None:
     from . import capture_store
 
     try:
-        cov = capture_store.coverage(vault, target)
+        bases = capture_store.capture_bases(vault, target.id)  # the manifests resolving the point listed
+        if not bases:
+            return None
+        for g in capture_store.gaps(bases):
+            if g.get("from") and g.get("to") and from_iso(g["from"]) <= when < from_iso(g["to"]):
+                return (f"{iso(when)} falls in a gap of capture ({g['from']} to {g['to']}: "
+                        f"{g.get('reason') or 'not captured'}): the database changed then without being "
+                        "captured; the state restored is the last one captured before the gap")
+        until = 0.0
+        try:
+            hb = vault.get_json(capture_store.status_key(target.id))
+        except Exception:  # noqa: BLE001 - no heartbeat: the last commit captured is all that is known
+            hb = None
+        if hb and hb.get("capturing", True) and hb.get("heartbeat_ts"):
+            until = float(hb["heartbeat_ts"])
+        if when.timestamp() - until > HEARTBEAT_SLACK:  # the heartbeat does not settle it: the last commit
+            last = capture_store.last_commit(vault, bases[-1])
+            until = max(until, last[1] if last else from_iso(bases[-1].time).timestamp())
     except Exception:  # noqa: BLE001 - a warning must not keep the restore from happening
         return None
-    if cov["to"] is None:
-        return None
-    for g in cov["gaps"]:
-        if g.get("from") and g.get("to") and from_iso(g["from"]) <= when < from_iso(g["to"]):
-            return (f"{iso(when)} falls in a gap of capture ({g['from']} to {g['to']}: {g.get('reason') or 'not captured'}): "
-                    "the database changed then without being captured; the state restored is the last one "
-                    "captured before the gap")
-    until = from_iso(cov["to"]).timestamp()
-    try:
-        hb = vault.get_json(capture_store.status_key(target.id))
-    except Exception:  # noqa: BLE001 - no heartbeat: the last commit captured is all that is known
-        hb = None
-    if hb and hb.get("capturing", True) and hb.get("heartbeat_ts"):
-        until = max(until, float(hb["heartbeat_ts"]))
     late = when.timestamp() - until
     if late > HEARTBEAT_SLACK:
         return (f"{iso(when)} is {human_age(late)} after the last moment capture is known to have run "
