@@ -1,0 +1,121 @@
+"""Two costs of `watch` that grow with the user's data (docs/capture.md, "Limits").
+
+    python benchmarks/bench_watch_limits.py [--tables 3,100,1000] [--chunks 2000000]
+
+1. The rollback detector reads the largest key of every rowid table after each poll that
+   found commits. For each table count: a database of that many tables, the watcher's
+   tailer, a commit into one table, a poll, then the observation timed (median of 30).
+2. The watcher holds the vault's whole chunk index. `mulligan watch` is started on a small
+   database over an empty vault and over one whose index objects name ``--chunks`` chunks
+   (written directly: entries no pack holds, which only the memory sees), and its peak
+   resident memory (VmHWM) once it captures is printed, with the bytes each chunk costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import apsw
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _setup import byte_compile  # noqa: E402
+
+MULLIGAN = [sys.executable, "-m", "mulligan"]
+
+
+def observe_ms(work: Path, tables: int) -> float:
+    from mulligan.engines.sqlite.capture import Tailer
+
+    db = work / f"t{tables}.db"
+    conn = apsw.Connection(str(db))
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    with conn:
+        for i in range(tables):
+            conn.execute(f"CREATE TABLE t{i}(id INTEGER PRIMARY KEY AUTOINCREMENT, v BLOB)")
+            conn.execute(f"INSERT INTO t{i}(v) VALUES (randomblob(100))")
+    t = Tailer(str(db))
+    t.open()
+    t.poll()
+    took = []
+    for k in range(30):
+        conn.execute(f"INSERT INTO t{k % tables}(v) VALUES (randomblob(100))")
+        t.poll()
+        t0 = time.perf_counter()
+        t.observe()
+        took.append(time.perf_counter() - t0)
+    t.close()
+    conn.close()
+    return statistics.median(took) * 1000
+
+
+def watch_peak_mb(work: Path, chunks: int) -> float:
+    from mulligan.vault.packs import ID_LEN, encode_index
+
+    proj = work / f"v{chunks}"
+    proj.mkdir()
+    env = dict(os.environ)
+    env.pop("MULLIGAN_CONFIG", None)
+    subprocess.run(MULLIGAN + ["init"], cwd=proj, check=True, capture_output=True, env=env)
+    db = apsw.Connection(str(proj / "app.db"))
+    db.execute("PRAGMA journal_mode=WAL").fetchall()
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('x')")
+    db.close()
+    subprocess.run(MULLIGAN + ["protect", "app.db", "--name", "app", "--env", "production"], cwd=proj, check=True,
+                   capture_output=True, env=env)
+    per_pack, per_object = 2000, 1_000_000
+    index = proj / ".mulligan" / "vault" / "index"
+    index.mkdir(exist_ok=True)
+    left = chunks
+    while left:
+        n = min(per_object, left)
+        packs = [(os.urandom(ID_LEN), [(os.urandom(ID_LEN), 1, i * 1000, 900, 4096, 0) for i in range(per_pack)])
+                 for _ in range(max(1, n // per_pack))]
+        (index / os.urandom(16).hex()).write_bytes(encode_index(packs))
+        left -= n
+    log = proj / "watch.log"
+    with open(log, "w") as err:
+        p = subprocess.Popen(MULLIGAN + ["watch", "app"], cwd=proj, stderr=err, stdout=subprocess.DEVNULL, env=env)
+        try:
+            end = time.time() + 300
+            while "capturing" not in log.read_text():
+                assert p.poll() is None and time.time() < end, log.read_text()
+                time.sleep(0.1)
+            time.sleep(1.0)
+            with open(f"/proc/{p.pid}/status") as fh:
+                hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+        finally:
+            p.terminate()
+            p.wait(60)
+    return hwm / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tables", default="3,100,1000")
+    ap.add_argument("--chunks", type=int, default=2_000_000)
+    a = ap.parse_args()
+    byte_compile()
+    with tempfile.TemporaryDirectory(prefix="bench-limits-") as d:
+        work = Path(d)
+        print("| tables | detector's observation after a commit (median of 30) |")
+        print("|---|---|")
+        for n in (int(x) for x in a.tables.split(",") if x):
+            print(f"| {n:,} | {observe_ms(work, n):.3f} ms |")
+        base = watch_peak_mb(work, 0)
+        big = watch_peak_mb(work, a.chunks)
+        print()
+        print("| chunks named by the vault's index | watch's peak resident memory once capturing |")
+        print("|---|---|")
+        print(f"| 0 | {base:.0f} MB |")
+        print(f"| {a.chunks:,} | {big:.0f} MB ({(big - base) * 1048576 / a.chunks:.0f} bytes a chunk) |")
+
+
+if __name__ == "__main__":
+    main()
