@@ -410,6 +410,44 @@ def test_watchs_index_objects_stay_few_over_a_long_history(monkeypatch):
     assert all(reader.load_chunk(cid) == data for cid, data in stored.items())
 
 
+def test_a_watchers_cached_index_does_not_grow_with_its_bases_and_older_bases_still_read(project):
+    """Each base stores the tree nodes its pages changed; a watcher kept every one in its cached
+    index, so its memory grew with every base for as long as it ran (a base every 10 minutes,
+    and after every repack pass). It now keeps the last base's; an older base is read from the
+    vault as before (the rollback matcher reads recent bases' page lists)."""
+    from test_watch_kit import capture_in_process
+
+    cap, db, _ = capture_in_process(project, flush_interval=3600, status_interval=3600, sample_interval=3600,
+                                    generation_interval=3600, base_interval=3600, repack_after=0)
+    conn = apsw.Connection(db)
+    with conn:
+        conn.executemany("INSERT INTO notes(id, body) VALUES (?, ?)", [(i, "x" * 300) for i in range(20000)])
+    rnd = random.Random(7)
+    sizes, bases = [], []
+    for b in range(24):
+        with conn:  # rows spread over the table: most leaves of the page-id tree change
+            conn.executemany("UPDATE notes SET body = ? WHERE id = ?",
+                             [(rnd.randbytes(150).hex(), rnd.randrange(20000)) for _ in range(300)])
+        cap.step(time.monotonic())
+        cap._new_base(gap=None, reason="test", bump=False)
+        bases.append(cap.base)
+        sizes.append(len(cap.vault.index()._written))
+    conn.close()
+    per_base = bases[-1].new_chunks
+    assert per_base > 10
+    assert max(sizes[4:]) - sizes[3] <= per_base, sizes  # grew by ~per_base at every base before
+    first = bases[0]
+    assert len(cap.det.matcher.ids(first)) == first.page_count
+    cap.stop()
+    assert restore_ids(cap.ws, first) == cap.vault.page_ids(first)
+
+
+def restore_ids(ws, m):
+    from mulligan.vault import Vault
+
+    return Vault.open(ws.config.vault_url).page_ids(m)
+
+
 @pytest.mark.parametrize("failing", ["packs/", "index/", "capture/"])
 def test_a_flush_whose_write_fails_stores_everything_at_the_next_one(failing):
     """A flush stores its pack and index object from a worker thread, then the segment; when a

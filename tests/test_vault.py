@@ -16,7 +16,8 @@ from mulligan.storage.faulty import FaultyStorage
 from mulligan.storage.memory import MemoryStorage
 from mulligan.vault import Vault, tree
 from mulligan.vault.catalog import catalog_key
-from mulligan.vault.packs import ChunkIndex, Entry, decode_index, decode_pack_trailer, encode_index, pack_key, pack_rank
+from mulligan.vault.packs import (T_TREE, ChunkIndex, Entry, decode_index, decode_pack_trailer, encode_index, index_key,
+                                  pack_key, pack_rank)
 
 PS = 512
 
@@ -523,6 +524,47 @@ def test_a_write_failing_at_any_step_of_a_snapshot_leaves_no_restore_point_and_t
 
     res = verify(Workspace(_Config(), Vault.open(str(tmp_path / "v"))))
     assert res.ok, res.problems
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(entry_lists, min_size=1, max_size=4), st.randoms(use_true_random=False))
+def test_chunks_located_one_index_object_at_a_time_are_the_copies_the_whole_index_reads(objects, rnd):
+    built = [[(os.urandom(16), entries), (os.urandom(16), entries[:1])] for entries in objects]
+    everything = _best_entries(built)
+    vault = new_vault()
+    for packs in rnd.sample(built, len(built)):
+        vault.storage.put(index_key(os.urandom(16)), encode_index(packs))
+    asked = rnd.sample(sorted(everything), min(len(everything), rnd.randint(0, 8))) + [b"y" * 16]
+    found = vault.locate(asked)
+    assert {c: found.get(c) for c in asked} == {c: everything.get(c) for c in asked}
+    assert vault._index is None  # nothing cached: a long-running process's memory stays put
+
+
+def test_tree_nodes_the_cached_index_forgot_are_found_in_the_vault():
+    """A watcher drops the tree nodes of its older bases from its cached index (its memory grew
+    with every base); reading such a base again looks in every index object, although the ones
+    holding those nodes count as loaded."""
+    vault = new_vault()
+    pages = [os.urandom(PS) for _ in range(300)]
+    first = save(vault, pages)
+    idx = vault.index()
+    nodes = [c for c, e in idx._written.items() if e[1] == T_TREE]
+    assert nodes
+    idx.forget(nodes)
+    assert not any(c in idx for c in nodes)
+    assert read_back(vault, first) == pages
+    assert vault.page_ids(first) == [vault.codec.chunk_id(p) for p in pages]
+
+
+def test_restore_points_removed_by_another_process_leave_the_cached_manifests():
+    vault = new_vault()
+    points = [save(vault, [os.urandom(PS)]) for _ in range(5)]
+    assert len(vault.manifests("t-1")) == 5
+    other = Vault(vault.storage, vault.config)
+    for m in points[:3]:
+        other.delete_manifest(m)  # a prune in another process
+    assert [m.id for m in vault.manifests("t-1")] == [m.id for m in points[3:]]
+    assert sorted(vault._known) == sorted(m.key for m in points[3:])
 
 
 def test_a_reader_whose_index_predates_a_write_finds_the_new_chunks():

@@ -118,6 +118,7 @@ class TargetCapture(FilesUnderCapture):
         self.ids: list[bytes] = []
         self.seg: cs.SegmentWriter | None = None
         self.base = None
+        self._base_nodes: set[bytes] = set()  # the tree nodes of the last base stored
         self.stats = CaptureStats()
         self.last_point: tuple[str, float] | None = None  # (point id, seen time) of the last commit
         self.wal_pages: dict[int, int] = {}
@@ -560,7 +561,13 @@ class TargetCapture(FilesUnderCapture):
                 "generation": self.det.obs.generation if self.det.obs else None}
         if gap:
             meta["gap_before"] = gap
-        self.base = cs.save_base(self.vault, self.target, self.tailer.page_size, ids, time=now, meta=meta)
+        nodes: set[bytes] = set()
+        self.base = cs.save_base(self.vault, self.target, self.tailer.page_size, ids, time=now, meta=meta, nodes=nodes)
+        # The tree nodes the last base stored and this one does not use leave the cached index:
+        # kept, a watcher's memory grew with every base (a base every 80 s when repacking).
+        # Reading an older base again (the rollback matcher) finds them in the vault's index.
+        self.vault.index().forget(self._base_nodes - nodes)
+        self._base_nodes = nodes
         prev = self.seg
         self.seg = cs.SegmentWriter(self.vault, self.target.id, self.base.id, self.tailer.page_size,
                                     recent=prev.recent if prev is not None else {},

@@ -275,14 +275,17 @@ class SegmentWriter:
 
 
 def save_base(vault: Vault, target: Target, page_size: int, ids: list[bytes], *, time: float, meta: dict,
-              tag: str | None = "capture") -> Manifest:
-    """A base snapshot from chunk ids whose pages are already stored: only tree nodes are new."""
+              tag: str | None = "capture", nodes: set[bytes] | None = None) -> Manifest:
+    """A base snapshot from chunk ids whose pages are already stored: only tree nodes are new.
+    ``nodes``, when given, receives the id of every node of its tree."""
     idx = vault.index()
     writer = PackWriter(vault.storage)
     new = {"bytes": 0, "chunks": 0}
 
     def store_node(node: bytes) -> bytes:
         cid = vault.codec.chunk_id(node)
+        if nodes is not None:
+            nodes.add(cid)
         if cid not in idx and not writer.has(cid):
             blob = vault.codec.pack_blobs([node])[0]
             writer.add(cid, T_TREE, blob, len(node))

@@ -222,6 +222,32 @@ class ChunkIndex:
         self._written.update(written)
         self._where.update(dict.fromkeys(written, -1))
 
+    def forget(self, cids) -> None:
+        """Drop chunks given by :meth:`update` (a long-running writer's old tree nodes): a
+        later lookup of one misses here and is found by reading the vault's index objects
+        again (``Vault.locate``)."""
+        written, where = self._written, self._where
+        for cid in cids:
+            if written.pop(cid, None) is not None and where.get(cid) == -1:
+                del where[cid]
+
+    def best_entries(self, cids: set[bytes]) -> dict[bytes, tuple[tuple, tuple]]:
+        """{id: (rank, entry as a plain tuple)} of the given chunks this index holds, each from
+        the copy the index reads (``pack_rank``); ids it lacks are left out."""
+        if self._pending:
+            self._look_up(cids)
+        out = {}
+        for cid in cids:
+            h = self._where.get(cid)
+            if h is None:
+                continue
+            if h < 0:
+                out[cid] = ((True, 1 << 62, b""), self._written[cid])  # stored by this process: kept
+            else:
+                pack_id, data = self._segments[h >> 32]
+                out[cid] = (self._ranks[h >> 32], (pack_id, *_ENTRY.unpack_from(data, h & 0xFFFFFFFF)[1:]))
+        return out
+
     def get(self, cid: bytes, default=None) -> Entry | None:
         e = self.raw(cid)
         return default if e is None else Entry(*e)

@@ -55,6 +55,17 @@ def _decode_manifest(key: str, data: bytes) -> Manifest:
         raise IntegrityError(f"manifest {key} is damaged", hint="run 'mulligan verify'") from None
 
 
+def _merge_groups(by_pack: dict, more: dict) -> None:
+    """Add ``ChunkIndex.group``'s ``more`` into ``by_pack`` (same shape)."""
+    for pack_id, blocks in more.items():
+        have = by_pack.setdefault(pack_id, {})
+        for off, (slen, chunks) in blocks.items():
+            if off in have:
+                have[off][1].extend(chunks)
+            else:
+                have[off] = (slen, chunks)
+
+
 class Vault:
     def __init__(self, storage: Storage, config: dict):
         self.storage = storage
@@ -204,10 +215,31 @@ class Vault:
         self._index.add_index(data, key)
         self._loaded_index_keys.add(key)
 
+    def locate(self, wanted: Iterable[bytes]) -> ChunkIndex:
+        """A chunk index of the wanted chunks alone, found by reading every index object in the
+        vault, one at a time (memory: one object, not the vault's whole index). For a chunk the
+        cached index does not name although an object it counts as loaded does: a long-running
+        watcher forgets the tree nodes of its older bases (``ChunkIndex.forget``)."""
+        want = set(wanted)
+        best: dict[bytes, tuple[tuple, tuple]] = {}
+        for key, data in self.get_many(list(self.storage.list("index/"))):
+            if data is None:
+                continue  # replaced since the listing: its replacement is in it (written first)
+            part = ChunkIndex()
+            part.add_index(data, key)
+            for cid, (rank, entry) in part.best_entries(want).items():
+                if cid not in best or best[cid][0] < rank:
+                    best[cid] = (rank, entry)
+        found = ChunkIndex()
+        found.update({cid: entry for cid, (_rank, entry) in best.items()})
+        return found
+
     def _where(self, cid: bytes) -> Entry:
         e = self.index().get(cid)
         if e is None:
             e = self.index(refresh=True).get(cid)
+        if e is None:
+            e = self.locate([cid]).get(cid)
         if e is None:
             raise IntegrityError(f"chunk {cid.hex()} is not in any pack of the vault", hint="run 'mulligan verify'")
         return e
@@ -249,16 +281,13 @@ class Vault:
         by_pack, missing = idx.group(wanted)
         if missing:  # written since the index was loaded: a read that misses refreshes it
             more, missing = self.index(refresh=True).group({c: wanted[c] for c in missing})
-            if missing:
-                raise IntegrityError(f"chunk {missing[0].hex()} is not in any pack of the vault",
-                                     hint="run 'mulligan verify'")
-            for pack_id, blocks in more.items():
-                have = by_pack.setdefault(pack_id, {})
-                for off, (slen, chunks) in blocks.items():
-                    if off in have:
-                        have[off][1].extend(chunks)
-                    else:
-                        have[off] = (slen, chunks)
+            _merge_groups(by_pack, more)
+        if missing:  # forgotten by a long-running writer (Vault.locate)
+            more, missing = self.locate(missing).group({c: wanted[c] for c in missing})
+            _merge_groups(by_pack, more)
+        if missing:
+            raise IntegrityError(f"chunk {missing[0].hex()} is not in any pack of the vault",
+                                 hint="run 'mulligan verify'")
         # Work for the reading thread in parts: a large pack is cut every 256 blocks, small
         # packs (a captured history's flushes hold a few blocks each) are read together up to
         # PART_BLOCKS blocks and PART_BYTES read (from a pack's first wanted block to its last),
@@ -529,7 +558,14 @@ class Vault:
         keys = [key for key, _ in self.storage.list(prefix)]
         if direct:
             return sorted((_decode_manifest(k, self.storage.get(k)) for k in keys), key=lambda m: (m.time, m.id))
+        self._drop_unlisted(prefix, set(keys))
         return self._read_manifests(keys)
+
+    def _drop_unlisted(self, prefix: str, listed: set[str]) -> None:
+        """Forget cached manifests under ``prefix`` that a listing no longer shows (pruned): a
+        long-running watcher's cache stays the size of the vault's restore points."""
+        for key in [k for k in self._known if k.startswith(prefix) and k not in listed]:
+            del self._known[key]
 
     def _read_manifests(self, keys: list[str]) -> list[Manifest]:
         out = []
@@ -570,6 +606,7 @@ class Vault:
         if target_id not in self._catalogs:
             self._load_catalog(target_id)
         held, listed = self._catalogs[target_id], set(keys)
+        self._drop_unlisted(f"snapshots/{target_id}/", listed)
         close = held == listed or (not always and len(listed - held) < catalog.SLACK
                                    and len(held - listed) < catalog.SLACK)
         if close and target_id not in self.catalog_problems:
