@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from ..engines.sqlite.capture import Observation, OwnWriteFailed, Poll, Tailer
@@ -118,7 +119,7 @@ class TargetCapture(FilesUnderCapture):
         self.ids: list[bytes] = []
         self.seg: cs.SegmentWriter | None = None
         self.base = None
-        self._base_nodes: set[bytes] = set()  # the tree nodes of the last base stored
+        self._base_nodes: deque[set[bytes]] = deque()  # the tree nodes of each recent base
         self.stats = CaptureStats()
         self.last_point: tuple[str, float] | None = None  # (point id, seen time) of the last commit
         self.wal_pages: dict[int, int] = {}
@@ -563,11 +564,7 @@ class TargetCapture(FilesUnderCapture):
             meta["gap_before"] = gap
         nodes: set[bytes] = set()
         self.base = cs.save_base(self.vault, self.target, self.tailer.page_size, ids, time=now, meta=meta, nodes=nodes)
-        # The tree nodes the last base stored and this one does not use leave the cached index:
-        # kept, a watcher's memory grew with every base (a base every 80 s when repacking).
-        # Reading an older base again (the rollback matcher) finds them in the vault's index.
-        self.vault.index().forget(self._base_nodes - nodes)
-        self._base_nodes = nodes
+        self._keep_nodes_of_recent_bases(nodes)
         prev = self.seg
         self.seg = cs.SegmentWriter(self.vault, self.target.id, self.base.id, self.tailer.page_size,
                                     recent=prev.recent if prev is not None else {},
@@ -578,6 +575,17 @@ class TargetCapture(FilesUnderCapture):
         self._t["base"] = time.monotonic()
         if bump:
             self._bump_generation()
+
+    def _keep_nodes_of_recent_bases(self, nodes: set[bytes]) -> None:
+        """The tree nodes of the bases the rollback matcher compares with stay in the cached
+        index; those only older bases use leave it. Kept, a watcher's memory grew with every
+        base for as long as it ran (a base every 10 minutes, and after every repack pass).
+        Reading an older base again finds its nodes in the vault's index objects (Vault.locate)."""
+        recent = self._base_nodes
+        recent.append(nodes)
+        if len(recent) > max(1, self.det.matcher.limit):
+            old = recent.popleft()
+            self.vault.index().forget(old.difference(*recent))
 
     def _fill(self, ids: list[bytes]) -> list[bytes]:
         if all(ids):
