@@ -443,6 +443,52 @@ def test_a_watchers_cached_index_does_not_grow_with_its_bases_and_older_bases_st
     assert restore_ids(cap.ws, first) == cap.vault.page_ids(first)
 
 
+def test_a_watcher_restarted_over_its_history_looks_its_pages_up_and_stores_none_again(project):
+    """The chunk index grows with the history (about 1.3 million chunks an hour of busy capture),
+    and a watcher loaded it whole at start, ~195 bytes a chunk: a restart over a day of it needed
+    gigabytes. It now looks up the pages of the state it starts from (and the tree nodes it reads),
+    one index object at a time, and stores none of them again."""
+    from test_watch_kit import capture_in_process
+
+    from mulligan.ops.capture import TargetCapture
+    from mulligan.vault.packs import decode_index
+
+    cap, db, _ = capture_in_process(project, flush_interval=3600, status_interval=3600, sample_interval=3600,
+                                    generation_interval=3600, base_interval=3600, repack_after=0)
+    conn = apsw.Connection(db)
+    with conn:
+        conn.executemany("INSERT INTO notes(id, body) VALUES (?, ?)", [(i, "x" * 300) for i in range(20000)])
+    rnd = random.Random(3)
+    for _ in range(20):  # a history: more chunks in the index than the database has pages
+        with conn:
+            conn.executemany("UPDATE notes SET body = ? WHERE id = ?",
+                             [(rnd.randbytes(150).hex(), rnd.randrange(20000)) for _ in range(100)])
+        cap.step(time.monotonic())
+        cap.flush()
+    cap.stop()
+    ws = project.ws
+    st = ws.vault.storage
+    chunks = sum(len(e) for k, _ in st.list("index/") for e in decode_index(st.get(k), k).values())
+    again = TargetCapture(ws, ws.target("app"), cap.o, cap.alerter, cap.log)
+    again.start()
+    try:
+        idx = ws.vault._index
+        assert not idx._segments and not idx._pending  # no index object held whole
+        pages = len(again.ids)
+        assert chunks > pages + 1000
+        assert again.stats.bytes_stored == 0  # every page found in the vault
+        assert len(idx._where) <= pages + 2 * again.base.page_count // 64 + 8
+        with conn:
+            conn.execute("INSERT INTO notes(id, body) VALUES (-1, 'after the restart')")
+        again.step(time.monotonic())
+    finally:
+        again.stop()
+        conn.close()
+    out = project.dir / "r.db"
+    assert project.run("restore", "app", "--latest", "--to", str(out)).code == 0
+    assert ids_in(str(out), "notes") == ids_in(db, "notes")
+
+
 def restore_ids(ws, m):
     from mulligan.vault import Vault
 

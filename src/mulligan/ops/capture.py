@@ -114,6 +114,7 @@ class TargetCapture(FilesUnderCapture):
 
     def __init__(self, ws: Workspace, target: Target, options: CaptureOptions, alerter: Alerter, log: Log):
         self.ws, self.vault, self.target = ws, ws.vault, target
+        self.vault.lean = True  # never the whole chunk index (Vault.lean)
         self.o, self.alerter, self.log = options, alerter, log
         self.tailer: Tailer | None = None
         self.ids: list[bytes] = []
@@ -149,6 +150,7 @@ class TargetCapture(FilesUnderCapture):
         self.tailer = t
         try:
             prev = self._previous()
+            self._dedup_against(prev["ids"] if prev is not None else [])
             count, ids, nbytes = self._read_all()
             self.stats.bytes_stored += nbytes
             self.ids = ids
@@ -172,6 +174,20 @@ class TargetCapture(FilesUnderCapture):
             t.close()
             self.tailer = None
             raise
+
+    def _dedup_against(self, ids: list[bytes]) -> None:
+        """Tell the vault which pages the reading of the whole database need not store again:
+        the given state's (the last one captured) and, when the target's newest restore point
+        is a snapshot, that one's. Looked up in one pass over the vault's index objects: the
+        watcher's vault is lean (Vault.lean), its memory the database's size, not the history's."""
+        cands = set(ids)
+        latest = self.vault.latest(self.target.id)
+        if latest is not None and not latest.meta.get("capture"):
+            cands.update(self.vault.page_ids(latest))
+        if self._base_nodes:
+            cands.update(self._base_nodes[-1])  # the last base's tree nodes, for the next base
+        if cands:
+            self.vault.know_present(cands)
 
     def _previous(self) -> dict | None:
         """The last captured state of this target (ids, time, point, observation), if any."""
@@ -391,7 +407,8 @@ class TargetCapture(FilesUnderCapture):
         if self._swapped is None:
             self._catch_up()
             self.flush()
-            count, ids, nbytes = self._read_all()  # PageStore checks the reloaded index
+            self._dedup_against(self.ids)  # a prune may have removed some: looked up again
+            count, ids, nbytes = self._read_all()
             self.stats.bytes_stored += nbytes
             self.ids, self.wal_pages = ids, dict(self.tailer.overlay_frames)
         self._new_base(gap=None, reason="the watcher's lease lapsed: pages stored again where missing")

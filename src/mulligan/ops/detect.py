@@ -98,6 +98,10 @@ class SnapshotMatcher:
         keep = {m.id for m in window}
         for mid in [k for k in self._ids if k not in keep]:
             del self._ids[mid]  # out of the window for good (newer points only arrive)
+        todo = [m for m in window if m.id not in self._ids and not (before is not None and _ts(m) > before)
+                and m.id != exclude]
+        if len(todo) > 1:  # their trees a level at a time (a watcher's lean vault: a pass a level)
+            self._ids.update(self.vault.page_ids_many(todo))
         best, best_score = None, 0.0
         for m in window:
             if (before is not None and _ts(m) > before) or m.id == exclude:

@@ -123,6 +123,26 @@ def pack_rank(pack_id: bytes, count: int, repacked: bool = False) -> tuple[bool,
     return (repacked, count, pack_id)
 
 
+def find_in_index(data: bytes, key: str, wanted: set[bytes], only_type: int | None = None):
+    """(id, rank, entry as a plain tuple) of each wanted chunk an index object names, a pack's
+    section at a time (memory: one section's ids), the last entry of a chunk in a section;
+    ``only_type``: sections holding no chunk of that type are passed over, their entries' type
+    bytes looked at in one slice."""
+    size = _ENTRY.size
+    wanted_type = None if only_type is None else bytes([only_type])
+    for pack_id, pos, end in _pack_spans(data, key):
+        if wanted_type is not None and wanted_type not in data[pos + ID_LEN : end : size]:
+            continue
+        ids = [data[p : p + ID_LEN] for p in range(pos, end, size)]
+        hits = wanted.intersection(ids)
+        if not hits:
+            continue
+        rank = pack_rank(pack_id, len(ids), data[pos + ID_LEN] == T_REPACKED)
+        at = dict(zip(ids, range(pos, end, size)))
+        for cid in hits:
+            yield cid, rank, (pack_id, *_ENTRY.unpack_from(data, at[cid])[1:])
+
+
 class ChunkIndex:
     """Chunk id -> :class:`Entry`, loaded from index objects without unpacking them.
 
@@ -174,7 +194,7 @@ class ChunkIndex:
             if where:
                 for cid in where.keys() & ids:
                     h = where[cid]
-                    if h < 0 or ranks[h >> 32] >= rank:
+                    if h == -1 or (h >= 0 and ranks[h >> 32] >= rank):  # -2: present, place unknown
                         keep.append((cid, h))
             where.update(zip(ids, range(seg | pos, seg | (pos + len(ids) * size), size)))
             if keep:
@@ -213,7 +233,7 @@ class ChunkIndex:
                     if off < 0:
                         continue
                 h = where.get(cid)
-                if h is None or (h >= 0 and ranks[h >> 32] < rank):
+                if h is None or h == -2 or (h >= 0 and ranks[h >> 32] < rank):
                     where[cid] = seg | off
         upto.update(dict.fromkeys(todo, n))
 
@@ -221,6 +241,14 @@ class ChunkIndex:
         """Chunks this process stored: id -> (pack, type, offset, stored_len, length, inner)."""
         self._written.update(written)
         self._where.update(dict.fromkeys(written, -1))
+
+    def add_present(self, cids) -> None:
+        """Chunks known to be in the vault, without where: a writer deduplicates against them
+        (``in``); a read of one finds it with ``Vault.locate``. About 100 bytes a chunk."""
+        where = self._where
+        for cid in cids:
+            if cid not in where:
+                where[cid] = -2
 
     def forget(self, cids) -> None:
         """Drop chunks given by :meth:`update` (a long-running writer's old tree nodes): a
@@ -230,23 +258,6 @@ class ChunkIndex:
         for cid in cids:
             if written.pop(cid, None) is not None and where.get(cid) == -1:
                 del where[cid]
-
-    def best_entries(self, cids: set[bytes]) -> dict[bytes, tuple[tuple, tuple]]:
-        """{id: (rank, entry as a plain tuple)} of the given chunks this index holds, each from
-        the copy the index reads (``pack_rank``); ids it lacks are left out."""
-        if self._pending:
-            self._look_up(cids)
-        out = {}
-        for cid in cids:
-            h = self._where.get(cid)
-            if h is None:
-                continue
-            if h < 0:
-                out[cid] = ((True, 1 << 62, b""), self._written[cid])  # stored by this process: kept
-            else:
-                pack_id, data = self._segments[h >> 32]
-                out[cid] = (self._ranks[h >> 32], (pack_id, *_ENTRY.unpack_from(data, h & 0xFFFFFFFF)[1:]))
-        return out
 
     def get(self, cid: bytes, default=None) -> Entry | None:
         e = self.raw(cid)
@@ -266,7 +277,7 @@ class ChunkIndex:
         if h is None:
             return None
         if h < 0:
-            return self._written[cid]
+            return self._written.get(cid)  # None: known to be in the vault, not where (add_present)
         pack_id, data = self._segments[h >> 32]
         return (pack_id, *_ENTRY.unpack_from(data, h & 0xFFFFFFFF)[1:])
 
@@ -286,7 +297,11 @@ class ChunkIndex:
                 missing.append(cid)
                 continue
             if h < 0:
-                pack_id, _, off, slen, length, inner = written[cid]
+                e = written.get(cid)
+                if e is None:  # known to be in the vault, not where (add_present)
+                    missing.append(cid)
+                    continue
+                pack_id, _, off, slen, length, inner = e
             else:
                 pack_id, data = segments[h >> 32]
                 _, _, off, slen, length, inner = unpack(data, h & 0xFFFFFFFF)

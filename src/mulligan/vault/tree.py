@@ -43,6 +43,23 @@ def expand(root: bytes, depth: int, load: Callable[[bytes], bytes],
     return b"".join(level)
 
 
+def expand_many(trees: dict, load_many: Callable[[list[bytes]], dict[bytes, bytes]]) -> dict:
+    """``expand`` for several trees ({key: (root, depth)}) at once: one ``load_many`` a level
+    for all of them, so a caller paying per call (a lean vault's pass over its index objects)
+    pays for the deepest tree's depth, not for every tree's."""
+    levels = {k: [root] for k, (root, _depth) in trees.items()}
+    left = {k: depth for k, (_root, depth) in trees.items()}
+    while any(left.values()):
+        need = list(dict.fromkeys(n for k, level in levels.items() if left[k] for n in level))
+        got = load_many(need)
+        for k, level in levels.items():
+            if left[k]:
+                level_bytes = b"".join(got[n] for n in level)
+                levels[k] = [level_bytes[i : i + ID_LEN] for i in range(0, len(level_bytes), ID_LEN)]
+                left[k] -= 1
+    return {k: b"".join(level) for k, level in levels.items()}
+
+
 def node_ids(root: bytes, depth: int, load: Callable[[bytes], bytes]) -> list[bytes]:
     """Every tree node id (not the leaves' chunk ids), for reachability checks."""
     out = []

@@ -26,7 +26,8 @@ from .codec import ID_LEN, PlainCodec
 from .locks import writer_lease
 from .workers import REQUESTS_PER_READ_AHEAD, requests, worker
 from .manifest import KIND_UNDO, Manifest, manifest_key, new_snapshot_id
-from .packs import T_PAGE, T_TREE, ChunkIndex, Entry, PackWriter, index_key, merge_indexes, pack_key
+from .packs import (T_PAGE, T_TREE, ChunkIndex, Entry, PackWriter, find_in_index, index_key, merge_indexes,
+                    pack_key)
 
 Progress = Callable[[int], None]
 
@@ -73,6 +74,12 @@ class Vault:
         self.codec = PlainCodec(level=int(config.get("zstd_level", 1)))
         self._index: ChunkIndex | None = None
         self._loaded_index_keys: set[str] = set()
+        # A lean vault (a watcher's) never loads the whole chunk index, which grows with the
+        # vault's history (~195 bytes a chunk, 1.3 million chunks an hour of busy capture):
+        # what it reads is looked up one index object at a time (locate), the tree nodes it
+        # read are kept, and a writer tells it which chunks to deduplicate against
+        # (know_present).
+        self.lean = False
         self._known: dict[str, Manifest] = {}  # manifest key -> manifest (they never change)
         self._catalogs: dict[str, set[str]] = {}  # target id -> manifest keys its catalog holds
         self.catalog_problems: dict[str, str] = {}  # target id -> why its catalog was ignored
@@ -125,8 +132,8 @@ class Vault:
         write (dedup is an optimisation), and a read that misses refreshes it."""
         if self._index is None:
             self._index = ChunkIndex()
-            refresh = True
-        if refresh:
+            refresh = not self.lean
+        if refresh and not self.lean:
             listed = [(key, size) for key, size in self.storage.list("index/") if key not in self._loaded_index_keys]
             for key, data in self.get_many(listed):
                 # None: replaced since the listing (prune rewrites indexes, watch merges small
@@ -215,28 +222,36 @@ class Vault:
         self._index.add_index(data, key)
         self._loaded_index_keys.add(key)
 
-    def locate(self, wanted: Iterable[bytes]) -> ChunkIndex:
+    def locate(self, wanted: Iterable[bytes], *, tree: bool = False) -> ChunkIndex:
         """A chunk index of the wanted chunks alone, found by reading every index object in the
-        vault, one at a time (memory: one object, not the vault's whole index). For a chunk the
-        cached index does not name although an object it counts as loaded does: a long-running
-        watcher forgets the tree nodes of its older bases (``ChunkIndex.forget``)."""
+        vault, one at a time (memory: one object, not the vault's whole index). For a lean
+        vault's reads, and for a chunk the cached index does not name although an object it
+        counts as loaded does (a watcher forgets the tree nodes of its older bases,
+        ``ChunkIndex.forget``). ``tree``: the wanted chunks are tree nodes, and the packs
+        holding none (nearly all of a capture's) are passed over without reading their ids."""
         want = set(wanted)
         best: dict[bytes, tuple[tuple, tuple]] = {}
         for key, data in self.get_many(list(self.storage.list("index/"))):
             if data is None:
                 continue  # replaced since the listing: its replacement is in it (written first)
-            part = ChunkIndex()
-            part.add_index(data, key)
-            for cid, (rank, entry) in part.best_entries(want).items():
+            for cid, rank, entry in find_in_index(data, key, want, T_TREE if tree else None):
                 if cid not in best or best[cid][0] < rank:
                     best[cid] = (rank, entry)
+            del data  # not held while the next object is read
         found = ChunkIndex()
         found.update({cid: entry for cid, (_rank, entry) in best.items()})
         return found
 
+    def know_present(self, cids: Iterable[bytes]) -> int:
+        """Tell a lean vault's index which of these chunks the vault holds (one pass over its
+        index objects), for a writer to deduplicate against. Returns how many it holds."""
+        found = self.locate(cids)
+        self.index().add_present(found)
+        return len(found)
+
     def _where(self, cid: bytes) -> Entry:
         e = self.index().get(cid)
-        if e is None:
+        if e is None and not self.lean:
             e = self.index(refresh=True).get(cid)
         if e is None:
             e = self.locate([cid]).get(cid)
@@ -266,24 +281,27 @@ class Vault:
         for batch in self.iter_chunk_batches(wanted):
             yield from batch
 
-    def iter_chunk_batches(self, wanted: Iterable[bytes]) -> Iterator[list[tuple[bytes, bytes]]]:
+    def iter_chunk_batches(self, wanted: Iterable[bytes], *, tree: bool = False) -> Iterator[list[tuple[bytes, bytes]]]:
         """Lists of (id, data) of the wanted chunks, a few MiB at a time, each verified."""
         check = self.codec.check
-        for part in self._read_blocks(dict.fromkeys(wanted)):
+        for part in self._read_blocks(dict.fromkeys(wanted), tree=tree):
             yield [(c, check(bytes(block[i : i + n]), c, n)) for block, chunks in part for i, n, c, _ in chunks]
 
-    def _read_blocks(self, wanted: dict) -> Iterator[list[tuple[memoryview, list]]]:
+    def _read_blocks(self, wanted: dict, tree: bool = False) -> Iterator[list[tuple[memoryview, list]]]:
         """The blocks holding the wanted chunks (id -> tag), decompressed, as lists of
         (block, [(inner, length, id, tag), ...]): a part at a time (up to 256 blocks of one
         pack, or up to PART_BLOCKS blocks of several small ones), the next part read and
         decompressed in a worker thread meanwhile."""
         idx = self.index()
         by_pack, missing = idx.group(wanted)
-        if missing:  # written since the index was loaded: a read that misses refreshes it
+        if missing and not self.lean:  # written since the index was loaded: a read that misses refreshes it
             more, missing = self.index(refresh=True).group({c: wanted[c] for c in missing})
             _merge_groups(by_pack, more)
-        if missing:  # forgotten by a long-running writer (Vault.locate)
-            more, missing = self.locate(missing).group({c: wanted[c] for c in missing})
+        if missing:  # a lean vault's, or forgotten by a long-running writer (Vault.locate)
+            found = self.locate(missing, tree=tree)
+            if tree and self.lean:
+                idx.update({c: found.raw(c) for c in missing if found.raw(c) is not None})
+            more, missing = found.group({c: wanted[c] for c in missing})
             _merge_groups(by_pack, more)
         if missing:
             raise IntegrityError(f"chunk {missing[0].hex()} is not in any pack of the vault",
@@ -493,20 +511,34 @@ class Vault:
 
     # ---- reading states ----------------------------------------------------
     def page_ids(self, m: Manifest) -> list[bytes]:
-        resolved = getattr(m, "resolved_ids", None)  # a captured commit point (ops/capture_store.py)
-        if resolved is not None:
-            return list(resolved)
-        if getattr(m, "from_catalog", False):
-            self._confirm(m)
-        flat = tree.expand(bytes.fromhex(m.root), m.depth, self.load_chunk,
-                           lambda level: dict(self.iter_chunks(level)))
-        ids = [flat[i : i + ID_LEN] for i in range(0, len(flat), ID_LEN)]
-        if len(ids) != m.page_count:
-            raise IntegrityError(
-                f"restore point {m.id} lists {len(ids)} pages but says it has {m.page_count}",
-                hint="run 'mulligan verify'",
-            )
-        return ids
+        return self.page_ids_many([m])[m.id]
+
+    def page_ids_many(self, ms: list[Manifest]) -> dict[str, list[bytes]]:
+        """{point id: its page ids} of several restore points, their trees read a level at a time
+        for all of them (a lean vault looks each level up in one pass over its index objects)."""
+        out, trees = {}, {}
+        for m in ms:
+            resolved = getattr(m, "resolved_ids", None)  # a captured commit point (ops/capture_store.py)
+            if resolved is not None:
+                out[m.id] = list(resolved)
+                continue
+            if getattr(m, "from_catalog", False):
+                self._confirm(m)
+            trees[m.id] = (bytes.fromhex(m.root), m.depth)
+        flats = tree.expand_many(
+            trees, lambda level: {c: d for batch in self.iter_chunk_batches(level, tree=True) for c, d in batch})
+        for m in ms:
+            if m.id in out:
+                continue
+            flat = flats[m.id]
+            ids = [flat[i : i + ID_LEN] for i in range(0, len(flat), ID_LEN)]
+            if len(ids) != m.page_count:
+                raise IntegrityError(
+                    f"restore point {m.id} lists {len(ids)} pages but says it has {m.page_count}",
+                    hint="run 'mulligan verify'",
+                )
+            out[m.id] = ids
+        return out
 
     def iter_pages(self, m: Manifest) -> Iterator[tuple[list[int], bytes]]:
         """Yield (page numbers starting at 1, page bytes) for every distinct page, verified."""
