@@ -229,8 +229,6 @@ class FilesUnderCapture:
     def _switch_to_path(self) -> None:
         """The application let go of the old file: capture the file now at the path."""
         info = self._swapped
-        self.log("notice", f"{self.target.name}: no process holds the replaced file any more; "
-                           f"capturing the file now at {self.target.path}")
         lost = self.tailer.observe()  # the final state of the file the application let go of
         self.flush()
         if not self.tailer.truncate_wal():
@@ -239,6 +237,10 @@ class FilesUnderCapture:
         self.tailer = None
         self._swapped = None
         self._reopen_tailer()
+        # Said once the old file's -wal is empty and the new file is open: a connection opened on
+        # the path before that shares the old file's -wal and -shm (docs/capture.md).
+        self.log("notice", f"{self.target.name}: no process holds the replaced file any more; "
+                           f"capturing the file now at {self.target.path}")
         raised, no_counter, not_raised = {}, [], None
         if lost is not None:
             # Before the whole state is read: what the application commits meanwhile, and the
