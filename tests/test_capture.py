@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mulligan.timeparse import iso
 from test_watch_kit import App, Watch, configure, free_port, ids_in, make_app_db
 
 pytestmark = pytest.mark.timeout(90)
@@ -487,6 +488,38 @@ def test_a_watcher_restarted_over_its_history_looks_its_pages_up_and_stores_none
     out = project.dir / "r.db"
     assert project.run("restore", "app", "--latest", "--to", str(out)).code == 0
     assert ids_in(str(out), "notes") == ids_in(db, "notes")
+
+
+def test_a_restore_over_a_large_index_gives_the_same_states(project, monkeypatch):
+    """Past LEAN_READ_INDEX_BYTES of index objects a restore reads them one at a time (its
+    memory would otherwise grow with the history): the latest state and a past one are the
+    same as with the index loaded."""
+    from test_watch_kit import capture_in_process
+
+    from mulligan.vault import vault as vault_mod
+
+    cap, db, _ = capture_in_process(project, flush_interval=3600, status_interval=3600, sample_interval=3600,
+                                    generation_interval=3600, base_interval=3600, repack_after=0)
+    conn = apsw.Connection(db)
+    seen = []
+    for i in range(6):
+        with conn:
+            conn.executemany("INSERT INTO notes(id, body) VALUES (?, ?)", [(i * 1000 + j, "y" * 200) for j in range(300)])
+        cap.step(time.monotonic())
+        cap.flush()
+        seen.append((time.time(), ids_in(db, "notes")))
+        time.sleep(0.05)
+    cap.stop()
+    conn.close()
+    out = []
+    for limit in (1 << 40, 0):
+        monkeypatch.setattr(vault_mod, "LEAN_READ_INDEX_BYTES", limit)
+        for k, args in enumerate((["--latest"], ["--at", iso(seen[2][0])])):
+            path = project.dir / f"r-{limit}-{k}.db"
+            r = project.call("restore", "app", *args, "--to", str(path))
+            assert r.code == 0, r.err
+            out.append(ids_in(str(path), "notes"))
+    assert out[0] == out[2] == seen[-1][1] and out[1] == out[3] == seen[2][1]
 
 
 def restore_ids(ws, m):

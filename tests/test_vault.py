@@ -576,6 +576,24 @@ def test_a_lean_vault_reads_states_and_deduplicates_without_loading_the_index():
     assert len(passes) == max(m.depth for m in points) > 1
 
 
+def test_a_reader_over_a_large_index_reads_it_one_object_at_a_time():
+    """A restore whose vault's index objects are large (a long, busy capture) reads every tree
+    node in one pass and its pages in one more, holding one index object at a time."""
+    writer = new_vault()
+    points = [save(writer, [os.urandom(PS) for _ in range(n)]) for n in (40, 3000, 700)]
+    small = Vault(writer.storage, writer.config)
+    assert not small.lean_if_large() and not small.lean  # a small index is loaded as before
+    reader = Vault(writer.storage, writer.config)
+    assert reader.lean_if_large(limit=0) and reader.lean
+    passes = []
+    real = reader.locate
+    reader.locate = lambda wanted, **kw: passes.append(kw.get("tree", False)) or real(wanted, **kw)
+    for m in points:
+        assert read_back(reader, m) == read_back(writer, m)
+    assert passes == [False, False, False]  # one pass each for the pages; the nodes were all read first
+    assert not reader._index._segments and not reader._index._pending
+
+
 def test_tree_nodes_the_cached_index_forgot_are_found_in_the_vault():
     """A watcher drops the tree nodes of its older bases from its cached index (its memory grew
     with every base); reading such a base again looks in every index object, although the ones

@@ -123,21 +123,28 @@ def pack_rank(pack_id: bytes, count: int, repacked: bool = False) -> tuple[bool,
     return (repacked, count, pack_id)
 
 
-def find_in_index(data: bytes, key: str, wanted: set[bytes], only_type: int | None = None):
-    """(id, rank, entry as a plain tuple) of each wanted chunk an index object names, a pack's
-    section at a time (memory: one section's ids), the last entry of a chunk in a section;
-    ``only_type``: sections holding no chunk of that type are passed over, their entries' type
-    bytes looked at in one slice."""
+def find_in_index(data: bytes, key: str, wanted: set[bytes] | None, only_type: int | None = None):
+    """(id, rank, entry as a plain tuple) of each wanted chunk an index object names (every
+    chunk of ``only_type`` when ``wanted`` is None), a pack's section at a time (memory: one
+    section's ids), the last entry of a chunk in a section; ``only_type``: sections holding no
+    chunk of that type are passed over, their entries' type bytes looked at in one slice."""
     size = _ENTRY.size
     wanted_type = None if only_type is None else bytes([only_type])
     for pack_id, pos, end in _pack_spans(data, key):
-        if wanted_type is not None and wanted_type not in data[pos + ID_LEN : end : size]:
+        types = data[pos + ID_LEN : end : size]
+        if wanted_type is not None and wanted_type not in types:
+            continue
+        rank = pack_rank(pack_id, len(types), bool(types) and types[0] == T_REPACKED)
+        if wanted is None:
+            for i, t in enumerate(types):
+                if t == only_type:
+                    p = pos + i * size
+                    yield data[p : p + ID_LEN], rank, (pack_id, *_ENTRY.unpack_from(data, p)[1:])
             continue
         ids = [data[p : p + ID_LEN] for p in range(pos, end, size)]
         hits = wanted.intersection(ids)
         if not hits:
             continue
-        rank = pack_rank(pack_id, len(ids), data[pos + ID_LEN] == T_REPACKED)
         at = dict(zip(ids, range(pos, end, size)))
         for cid in hits:
             yield cid, rank, (pack_id, *_ENTRY.unpack_from(data, at[cid])[1:])

@@ -41,6 +41,11 @@ PART_BYTES = 8 << 20
 GROUP_BLOCKS = 256  # a large pack is read in parts of this many blocks
 GET_MANY_BYTES = 64 << 20  # objects fetched ahead at once (Vault.get_many) hold at most this much
 INDEX_SMALL = 1 << 20
+# A restore whose vault's index objects hold more than this reads them one at a time (Vault.lean)
+# instead of holding them: ~1.3 million chunks, about an hour of busy capture. Past it the lean
+# read is also the faster (docs/benchmarks.md: 1.28-1.40 s and 113 MB against 1.55-1.85 s and
+# 568 MB over 152 MB of index objects; 3 % slower over 10 MB).
+LEAN_READ_INDEX_BYTES = 64 << 20
 
 
 @dataclass
@@ -221,6 +226,29 @@ class Vault:
         assert self._index is not None
         self._index.add_index(data, key)
         self._loaded_index_keys.add(key)
+
+    def lean_if_large(self, limit: int | None = None) -> bool:
+        """A reader's vault (a restore) whose index objects are larger than ``limit`` (default
+        LEAN_READ_INDEX_BYTES) becomes lean: loaded whole, the index would take some 2.4 times
+        its bytes of memory (a restore over a few days of busy capture: gigabytes). Every tree
+        node is then read in one pass, and the pages a restore wants in one more. Not for a
+        writer: it would deduplicate against nothing (know_present)."""
+        if self._index is not None or self.lean:
+            return self.lean
+        limit = LEAN_READ_INDEX_BYTES if limit is None else limit
+        if sum(size for _, size in self.storage.list("index/")) <= limit:
+            return False
+        self.lean = True
+        best: dict[bytes, tuple[tuple, tuple]] = {}
+        for key, data in self.get_many(list(self.storage.list("index/"))):
+            if data is None:
+                continue
+            for cid, rank, entry in find_in_index(data, key, None, T_TREE):
+                if cid not in best or best[cid][0] < rank:
+                    best[cid] = (rank, entry)
+            del data
+        self.index().update({cid: entry for cid, (_rank, entry) in best.items()})
+        return True
 
     def locate(self, wanted: Iterable[bytes], *, tree: bool = False) -> ChunkIndex:
         """A chunk index of the wanted chunks alone, found by reading every index object in the
