@@ -10,6 +10,10 @@
    (written directly: entries no pack holds), twice each (the second start looks the state
    the first captured up in the index), and its peak resident memory (VmHWM) once it
    captures is printed, with the bytes each chunk costs, and how long it took to start.
+3. A restore over the same index: a 40 MB database snapshotted into a vault whose index also
+   names ``--chunks`` chunks, restored into a new file (`restore --latest --to`) with the
+   index loaded whole and read an object at a time (Vault.lean_if_large, forced each way), in
+   turns, 4 times each: seconds and peak memory.
 """
 
 from __future__ import annotations
@@ -103,6 +107,63 @@ def watch_peak_mb(work: Path, chunks: int) -> float:
     return out
 
 
+RESTORE = """
+import sys
+from mulligan.vault import vault
+if sys.argv[1] == "whole":
+    vault.LEAN_READ_INDEX_BYTES = 1 << 62  # the index loaded whole, as before it was read in part
+elif sys.argv[1] == "lean":
+    vault.LEAN_READ_INDEX_BYTES = 0
+from mulligan.cli.main import run
+sys.argv = ["mulligan", "-q", "restore", "app", "--latest", "--to", sys.argv[2]]
+run()
+"""
+
+
+def restore_over_index(work: Path, chunks: int, rounds: int = 4) -> dict[str, list[tuple[float, float]]]:
+    """A 40 MB database snapshotted into a vault whose index objects also name ``chunks`` chunks
+    no pack holds, restored into a new file with the index loaded whole and read in part, in
+    turns: [(seconds, peak MB)] each."""
+    from mulligan.vault.packs import ID_LEN, encode_index
+
+    proj = work / f"r{chunks}"
+    proj.mkdir()
+    env = dict(os.environ)
+    env.pop("MULLIGAN_CONFIG", None)
+    subprocess.run(MULLIGAN + ["init"], cwd=proj, check=True, capture_output=True, env=env)
+    db = apsw.Connection(str(proj / "app.db"))
+    db.execute("PRAGMA journal_mode=WAL").fetchall()
+    with db:
+        db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        db.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120000) "
+                   "INSERT INTO t(v) SELECT randomblob(300) FROM n")
+    db.close()
+    for cmd in (["protect", "app.db", "--name", "app", "--env", "production"], ["snapshot", "app"]):
+        subprocess.run(MULLIGAN + cmd, cwd=proj, check=True, capture_output=True, env=env)
+    index = proj / ".mulligan" / "vault" / "index"
+    left = chunks
+    while left:
+        n = min(1_000_000, left)
+        packs = [(os.urandom(ID_LEN), [(os.urandom(ID_LEN), 0, i * 1000, 900, 4096, 0) for i in range(2000)])
+                 for _ in range(max(1, n // 2000))]
+        (index / os.urandom(16).hex()).write_bytes(encode_index(packs))
+        left -= n
+    script = proj / "restore.py"
+    script.write_text(RESTORE)
+    out: dict[str, list[tuple[float, float]]] = {"whole": [], "lean": []}
+    for k in range(rounds):
+        for how in (("whole", "lean") if k % 2 == 0 else ("lean", "whole")):
+            target = proj / f"{how}-{k}.db"
+            t0 = time.monotonic()
+            p = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, str(script), how, str(target)], cwd=proj,
+                               capture_output=True, text=True, env=env)
+            took = time.monotonic() - t0
+            assert p.returncode == 0, p.stderr
+            out[how].append((took, int(p.stderr.strip().splitlines()[-1]) / 1024))
+            target.unlink()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tables", default="3,100,1000")
@@ -125,6 +186,15 @@ def main() -> None:
             for (mb, secs), (mb0, _s0), run in zip(runs, base, ("first", "again, over its last state")):
                 per = f" ({(mb - mb0) * 1048576 / n:.0f} bytes a chunk)" if n else ""
                 print(f"| {n:,} | {run} | {mb:.0f} MB{per} | {secs:.2f} |")
+        if os.path.exists("/usr/bin/time"):
+            print()
+            print("| chunks named by the vault's index | restore --to, index | seconds: median (each) | peak MB |")
+            print("|---|---|---|---|")
+            for n in (0, a.chunks):
+                for how, runs in restore_over_index(work, n).items():
+                    each = ", ".join(f"{t:.2f}" for t, _ in runs)
+                    print(f"| {n:,} | {how} | {statistics.median(t for t, _ in runs):.2f} ({each}) "
+                          f"| {max(m for _, m in runs):.0f} |")
 
 
 if __name__ == "__main__":
