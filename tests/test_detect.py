@@ -325,13 +325,14 @@ def test_the_snapshot_matcher_keeps_page_lists_only_of_the_points_it_still_compa
         def manifests(self, tid):
             return list(self.ms)
 
-        def page_ids(self, m):
-            return [b"x" * 16] * 10
+        def page_ids_many(self, ms):
+            return {m.id: [b"x" * 16] * 10 for m in ms}
 
     v = FakeVault()
     matcher = SnapshotMatcher(v, limit=3)
     for i in range(10):
-        v.ms.append(SimpleNamespace(id=f"m{i:02d}", time=f"2026-01-01T00:{i:02d}:00.000Z", kind="snapshot"))
+        v.ms.append(SimpleNamespace(id=f"m{i:02d}", time=f"2026-01-01T00:{i:02d}:00.000Z", kind="snapshot",
+                                    page_count=10))
         matcher.best([b"x" * 16] * 10, ["t-1"])
     assert set(matcher._ids) <= {"m07", "m08", "m09"}
 
@@ -396,3 +397,30 @@ def test_a_database_deleted_from_its_path_is_said_to_be_deleted_not_rolled_back(
     finally:
         app.stop()
         cap.stop()
+
+
+@pytest.mark.parametrize("cache_ids", [0, 700, 10**9])
+def test_the_snapshot_matcher_finds_the_same_point_whatever_page_lists_it_may_keep(monkeypatch, cache_ids):
+    """The matcher compares a state with up to 40 recent points; it kept every one's page list,
+    6 GB for a 10 GB database. It keeps at most CACHE_IDS ids and reads the rest each time."""
+    from mulligan.ops.detect import SnapshotMatcher
+    from mulligan.vault import Vault
+
+    monkeypatch.setattr(SnapshotMatcher, "CACHE_IDS", cache_ids)
+    vault = Vault.create(f"memory://{os.urandom(6).hex()}")
+    ps = 512
+    pages = [os.urandom(ps) for _ in range(300)]
+    states = []
+    for k in range(6):  # each point changes 40 more pages of the first
+        state = [os.urandom(ps) if i < 40 * k else p for i, p in enumerate(pages)]
+        states.append(vault.save_pages(target_id="t-1", target_name="t", page_size=ps, batches=[state],
+                                       time=f"2026-01-01T00:00:0{k}.000Z"))
+    ids = vault.page_ids(states[2])
+    ids[0] = b"x" * 16  # the state at point 2, one page since rewritten
+    matcher = SnapshotMatcher(vault)
+    for _ in range(2):
+        m, score = matcher.best(ids, ["t-1"])
+        assert m.id == states[2].id and score == pytest.approx(299 / 300)
+        assert sum(map(len, matcher._ids.values())) <= cache_ids
+    assert len(matcher._ids) == min(6, cache_ids // 300)
+

@@ -69,7 +69,11 @@ def compare(lkg: Observation | None, cur: Observation, own_generation: int | Non
 
 # ---- which snapshot was it rolled back to -------------------------------------------
 class SnapshotMatcher:
-    """Compares a state's page ids with recent restore points (page id lists are cached)."""
+    """Compares a state's page ids with recent restore points (page id lists are cached, up to
+    CACHE_IDS ids in all: 40 lists of a 10 GB database's 2.6 million pages would be 6 GB, held
+    by a watcher from its first detection on)."""
+
+    CACHE_IDS = 4_000_000  # ~230 MB of ids; a database of up to 100,000 pages keeps all 40 lists
 
     def __init__(self, vault: Vault, limit: int = 40):
         self.vault = vault
@@ -98,17 +102,21 @@ class SnapshotMatcher:
         keep = {m.id for m in window}
         for mid in [k for k in self._ids if k not in keep]:
             del self._ids[mid]  # out of the window for good (newer points only arrive)
-        todo = [m for m in window if m.id not in self._ids and not (before is not None and _ts(m) > before)
-                and m.id != exclude]
-        if len(todo) > 1:  # their trees a level at a time (a watcher's lean vault: a pass a level)
-            self._ids.update(self.vault.page_ids_many(todo))
+        eligible = [m for m in window if not (before is not None and _ts(m) > before) and m.id != exclude]
+        scores = {m.id: self.score(ids, self._ids[m.id]) for m in eligible if m.id in self._ids}
+        todo = [m for m in eligible if m.id not in scores]
+        # Read a few at a time, their trees a level at a time (a watcher's lean vault: a pass a
+        # level), no more ids at once than the cache may hold; kept while the cache has room.
+        step = max(1, self.CACHE_IDS // max([m.page_count for m in todo] + [1]))
+        for i in range(0, len(todo), step):
+            for mid, pids in self.vault.page_ids_many(todo[i : i + step]).items():
+                scores[mid] = self.score(ids, pids)
+                if sum(map(len, self._ids.values())) + len(pids) <= self.CACHE_IDS:
+                    self._ids[mid] = pids
         best, best_score = None, 0.0
-        for m in window:
-            if (before is not None and _ts(m) > before) or m.id == exclude:
-                continue
-            sc = self.score(ids, self.ids(m))
-            if sc > best_score + 1e-9:
-                best, best_score = m, sc
+        for m in eligible:  # newest first: the newest of equal matches
+            if scores[m.id] > best_score + 1e-9:
+                best, best_score = m, scores[m.id]
         return best, best_score
 
 
