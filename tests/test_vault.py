@@ -59,17 +59,24 @@ def test_any_list_of_pages_round_trips_through_the_vault(pages):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.binary(min_size=16, max_size=16), max_size=5000))
-def test_the_chunk_id_tree_expands_to_exactly_the_ids_it_was_built_from(ids):
+@given(st.lists(st.lists(st.binary(min_size=16, max_size=16), max_size=5000), min_size=1, max_size=4))
+def test_chunk_id_trees_expand_to_exactly_the_ids_they_were_built_from(lists):
+    """Several trees of any depths expanded at once, a level of all of them a call."""
     nodes = {}
+    calls = []
 
     def store(node):
         key = os.urandom(16)
         nodes[key] = node
         return key
 
-    root, depth = tree.build(b"".join(ids), store)
-    assert tree.expand(root, depth, nodes.__getitem__) == b"".join(ids)
+    def load_many(level):
+        calls.append(len(level))
+        return {n: nodes[n] for n in level}
+
+    trees = {k: tree.build(b"".join(ids), store) for k, ids in enumerate(lists)}
+    assert tree.expand_many(trees, load_many) == {k: b"".join(ids) for k, ids in enumerate(lists)}
+    assert len(calls) == max(depth for _root, depth in trees.values())
 
 
 @settings(max_examples=60, deadline=None)

@@ -29,24 +29,10 @@ def build(ids: bytes, store: Callable[[bytes], bytes]) -> tuple[bytes, int]:
         level = parents
 
 
-def expand(root: bytes, depth: int, load: Callable[[bytes], bytes],
-           load_many: Callable[[list[bytes]], dict[bytes, bytes]] | None = None) -> bytes:
-    """Return the concatenated leaf ids under ``root`` (``load_many`` fetches a level at once)."""
-    level = [root]
-    for _ in range(depth):
-        if load_many is not None and len(level) > 1:
-            got = load_many(level)
-            level_bytes = b"".join(got[n] for n in level)
-        else:
-            level_bytes = b"".join(load(n) for n in level)
-        level = [level_bytes[i : i + ID_LEN] for i in range(0, len(level_bytes), ID_LEN)]
-    return b"".join(level)
-
-
 def expand_many(trees: dict, load_many: Callable[[list[bytes]], dict[bytes, bytes]]) -> dict:
-    """``expand`` for several trees ({key: (root, depth)}) at once: one ``load_many`` a level
-    for all of them, so a caller paying per call (a lean vault's pass over its index objects)
-    pays for the deepest tree's depth, not for every tree's."""
+    """The concatenated leaf ids under each of several trees ({key: (root, depth)}), read a
+    level of all of them per ``load_many`` call: a caller paying per call (a lean vault's pass
+    over its index objects) pays for the deepest tree's depth, not for every tree's."""
     levels = {k: [root] for k, (root, _depth) in trees.items()}
     left = {k: depth for k, (_root, depth) in trees.items()}
     while any(left.values()):

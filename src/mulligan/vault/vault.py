@@ -239,15 +239,7 @@ class Vault:
         if sum(size for _, size in self.storage.list("index/")) <= limit:
             return False
         self.lean = True
-        best: dict[bytes, tuple[tuple, tuple]] = {}
-        for key, data in self.get_many(list(self.storage.list("index/"))):
-            if data is None:
-                continue
-            for cid, rank, entry in find_in_index(data, key, None, T_TREE):
-                if cid not in best or best[cid][0] < rank:
-                    best[cid] = (rank, entry)
-            del data
-        self.index().update({cid: entry for cid, (_rank, entry) in best.items()})
+        self.index().update(self._scan_index(None, T_TREE))
         return True
 
     def locate(self, wanted: Iterable[bytes], *, tree: bool = False) -> ChunkIndex:
@@ -257,18 +249,22 @@ class Vault:
         counts as loaded does (a watcher forgets the tree nodes of its older bases,
         ``ChunkIndex.forget``). ``tree``: the wanted chunks are tree nodes, and the packs
         holding none (nearly all of a capture's) are passed over without reading their ids."""
-        want = set(wanted)
+        found = ChunkIndex()
+        found.update(self._scan_index(set(wanted), T_TREE if tree else None))
+        return found
+
+    def _scan_index(self, wanted: set[bytes] | None, only_type: int | None) -> dict[bytes, tuple]:
+        """{id: entry} of the wanted chunks (every chunk of ``only_type`` when None) over every
+        index object, one object held at a time, each from the copy ``pack_rank`` puts first."""
         best: dict[bytes, tuple[tuple, tuple]] = {}
         for key, data in self.get_many(list(self.storage.list("index/"))):
             if data is None:
                 continue  # replaced since the listing: its replacement is in it (written first)
-            for cid, rank, entry in find_in_index(data, key, want, T_TREE if tree else None):
+            for cid, rank, entry in find_in_index(data, key, wanted, only_type):
                 if cid not in best or best[cid][0] < rank:
                     best[cid] = (rank, entry)
             del data  # not held while the next object is read
-        found = ChunkIndex()
-        found.update({cid: entry for cid, (_rank, entry) in best.items()})
-        return found
+        return {cid: entry for cid, (_rank, entry) in best.items()}
 
     def know_present(self, cids: Iterable[bytes]) -> int:
         """Tell a lean vault's index which of these chunks the vault holds (one pass over its
@@ -327,8 +323,8 @@ class Vault:
             _merge_groups(by_pack, more)
         if missing:  # a lean vault's, or forgotten by a long-running writer (Vault.locate)
             found = self.locate(missing, tree=tree)
-            if tree and self.lean:
-                idx.update({c: found.raw(c) for c in missing if found.raw(c) is not None})
+            if tree and self.lean:  # the tree nodes read are kept
+                idx.update({c: e for c in missing if (e := found.raw(c)) is not None})
             more, missing = found.group({c: wanted[c] for c in missing})
             _merge_groups(by_pack, more)
         if missing:
