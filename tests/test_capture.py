@@ -522,6 +522,38 @@ def test_a_restore_over_a_large_index_gives_the_same_states(project, monkeypatch
     assert out[0] == out[2] == seen[-1][1] and out[1] == out[3] == seen[2][1]
 
 
+def test_a_damaged_index_object_does_not_stop_capture(project):
+    """A damaged index object made watch fail at every start ("capture failed ... tried again
+    by itself", nothing captured, for as long as nobody looked), and every restore fail. It is
+    passed over with a warning; what it alone names is stored again; the states restore."""
+    from test_watch_kit import capture_in_process
+
+    from mulligan.ops.capture import TargetCapture
+
+    cap, db, log = capture_in_process(project, flush_interval=3600, status_interval=3600, sample_interval=3600,
+                                    generation_interval=3600, base_interval=3600, repack_after=0)
+    cap.stop()
+    st = project.ws.vault.storage
+    keys = [k for k, _ in st.list("index/")]
+    for k in keys:  # every index object the first watch wrote
+        st.put(k, b"XXXX" + st.get(k)[4:], overwrite=True)
+    ws = project.ws
+    again = TargetCapture(ws, ws.target("app"), cap.o, cap.alerter, cap.log)
+    again.start()
+    assert "is not a Mulligan index object: passed over; capture goes on" in log.getvalue()
+    conn = apsw.Connection(db)
+    with conn:
+        conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'after the damage')")
+    conn.close()
+    again.step(time.monotonic())
+    again.stop()
+    assert again.stats.bytes_stored > 0  # the pages only the damaged objects named, stored again
+    r = project.call("restore", "app", "--latest", "--to", str(project.dir / "r.db"))
+    assert r.code == 0, r.err
+    assert "passed over" in r.err
+    assert ids_in(str(project.dir / "r.db")) == ids_in(db)
+
+
 def restore_ids(ws, m):
     from mulligan.vault import Vault
 

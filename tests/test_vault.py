@@ -601,6 +601,32 @@ def test_a_reader_over_a_large_index_reads_it_one_object_at_a_time():
     assert not reader._index._segments and not reader._index._pending
 
 
+@pytest.mark.parametrize("lean", [False, True])
+@pytest.mark.parametrize("damage", ["magic", "truncated"])
+def test_a_damaged_index_object_is_passed_over_and_named_when_a_chunk_is_missing(lean, damage):
+    """One damaged index object used to fail every read of the vault (and stop watch from
+    capturing anything): it is passed over; what other objects name reads as before, and a
+    chunk named only there is missing with the object named."""
+    writer = new_vault()
+    first_pages = [os.urandom(PS) for _ in range(50)]
+    first = save(writer, first_pages)
+    first_keys = {k for k, _ in writer.storage.list("index/")}
+    second_pages = [os.urandom(PS) for _ in range(60)]
+    second = save(writer, second_pages)
+    (bad,) = first_keys
+    data = writer.storage.get(bad)
+    writer.storage.put(bad, b"XXXX" + data[4:] if damage == "magic" else data[:-7], overwrite=True)
+    reader = Vault(writer.storage, writer.config)
+    reader.lean = lean
+    assert read_back(reader, second) == second_pages
+    assert bad in reader.index_problems and len(reader.index_problems) == 1
+    with pytest.raises(IntegrityError) as exc:
+        read_back(reader, first)
+    assert bad in exc.value.message and "not in any pack" in exc.value.message
+    again = save(reader, first_pages)  # a writer stores what it cannot find again
+    assert read_back(Vault(writer.storage, writer.config), again) == first_pages
+
+
 def test_tree_nodes_the_cached_index_forgot_are_found_in_the_vault():
     """A watcher drops the tree nodes of its older bases from its cached index (its memory grew
     with every base); reading such a base again looks in every index object, although the ones

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..engines.sqlite.capture import Observation, OwnWriteFailed, Poll, Tailer
-from ..errors import DatabaseBusy, MulliganError, StorageError, UsageError
+from ..errors import DatabaseBusy, IntegrityError, MulliganError, StorageError, UsageError
 from ..model import Target
 from ..runtime import hostname, release_free_memory
 from ..timeparse import iso
@@ -121,6 +121,7 @@ class TargetCapture(FilesUnderCapture):
         self.seg: cs.SegmentWriter | None = None
         self.base = None
         self._base_nodes: deque[set[bytes]] = deque()  # the tree nodes of each recent base
+        self._index_reported: set[str] = set()  # damaged index objects already logged
         self.stats = CaptureStats()
         self.last_point: tuple[str, float] | None = None  # (point id, seen time) of the last commit
         self.wal_pages: dict[int, int] = {}
@@ -149,9 +150,15 @@ class TargetCapture(FilesUnderCapture):
         t.open()
         self.tailer = t
         try:
-            prev = self._previous()
+            try:
+                prev = self._previous()
+            except IntegrityError as exc:  # a damaged vault must not keep the database from being captured
+                self.log("warning", f"{self.target.name}: the last captured state cannot be read ({exc.message}); "
+                                    "capture starts from the database as it is. Run 'mulligan verify'")
+                prev = None
             self._dedup_against(prev["ids"] if prev is not None else [])
             count, ids, nbytes = self._read_all()
+            self._report_index_problems()
             self.stats.bytes_stored += nbytes
             self.ids = ids
             self.wal_pages = dict(t.overlay_frames)
@@ -183,11 +190,21 @@ class TargetCapture(FilesUnderCapture):
         cands = set(ids)
         latest = self.vault.latest(self.target.id)
         if latest is not None and not latest.meta.get("capture"):
-            cands.update(self.vault.page_ids(latest))
+            try:
+                cands.update(self.vault.page_ids(latest))
+            except IntegrityError:
+                pass  # only an economy: its pages are stored again
         if self._base_nodes:
             cands.update(self._base_nodes[-1])  # the last base's tree nodes, for the next base
         if cands:
             self.vault.know_present(cands)
+
+    def _report_index_problems(self) -> None:
+        for key, why in self.vault.index_problems.items():
+            if key not in self._index_reported:
+                self._index_reported.add(key)
+                self.log("warning", f"{self.target.name}: the vault's {why}: passed over; capture goes on, and "
+                                    "pages only it names are stored again. Run 'mulligan verify'")
 
     def _previous(self) -> dict | None:
         """The last captured state of this target (ids, time, point, observation), if any."""
@@ -409,6 +426,7 @@ class TargetCapture(FilesUnderCapture):
             self.flush()
             self._dedup_against(self.ids)  # a prune may have removed some: looked up again
             count, ids, nbytes = self._read_all()
+            self._report_index_problems()
             self.stats.bytes_stored += nbytes
             self.ids, self.wal_pages = ids, dict(self.tailer.overlay_frames)
         self._new_base(gap=None, reason="the watcher's lease lapsed: pages stored again where missing")

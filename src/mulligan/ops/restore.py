@@ -107,5 +107,7 @@ def restore_new(
     cb = (lambda n: progress(n, total)) if progress else None
     engine.write_new(to, point.page_size, point.page_count, ws.vault.iter_page_batches(point), progress=cb,
                      identity=ident, full_check=full_check)
+    warnings += [f"the vault's {why}: it was passed over, and every page was found elsewhere; run 'mulligan verify'"
+                 for why in ws.vault.index_problems.values()]
     return RestoreResult(to, point, ident, "integrity_check" if full_check else "quick_check",
                          os.path.getsize(to), warnings)

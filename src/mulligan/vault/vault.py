@@ -85,6 +85,7 @@ class Vault:
         # read are kept, and a writer tells it which chunks to deduplicate against
         # (know_present).
         self.lean = False
+        self.index_problems: dict[str, str] = {}  # damaged index objects passed over: key -> why
         self._known: dict[str, Manifest] = {}  # manifest key -> manifest (they never change)
         self._catalogs: dict[str, set[str]] = {}  # target id -> manifest keys its catalog holds
         self.catalog_problems: dict[str, str] = {}  # target id -> why its catalog was ignored
@@ -143,9 +144,26 @@ class Vault:
             for key, data in self.get_many(listed):
                 # None: replaced since the listing (prune rewrites indexes, watch merges small
                 # ones): the replacement was written first, and a later miss lists again.
-                if data is not None:
+                if data is None:
+                    continue
+                try:
                     self._add_index(key, data)
+                except IntegrityError as exc:
+                    self._skip_damaged(key, exc)
         return self._index
+
+    def _skip_damaged(self, key: str, exc: IntegrityError) -> None:
+        """A damaged index object is passed over, not a reason to stop: pages are checked
+        against their ids wherever they are found, a writer stores a page it cannot find again,
+        and prune reads the index objects itself (it stops at a damaged one). A chunk named only
+        there is missing, and the error says which object may name it."""
+        self.index_problems[key] = exc.message
+        self._loaded_index_keys.add(key)
+
+    def _chunk_missing(self, cid: bytes) -> IntegrityError:
+        damaged = "".join(f" (the vault's {m}: it may name it)" for m in list(self.index_problems.values())[:1])
+        return IntegrityError(f"chunk {cid.hex()} is not in any pack of the vault{damaged}",
+                              hint="run 'mulligan verify'")
 
     def get_many(self, listed: list[tuple[str, int]]) -> Iterator[tuple[str, bytes | None]]:
         """(key, object or None if it is gone) for each listed (key, size), in order. On an object
@@ -260,9 +278,12 @@ class Vault:
         for key, data in self.get_many(list(self.storage.list("index/"))):
             if data is None:
                 continue  # replaced since the listing: its replacement is in it (written first)
-            for cid, rank, entry in find_in_index(data, key, wanted, only_type):
-                if cid not in best or best[cid][0] < rank:
-                    best[cid] = (rank, entry)
+            try:
+                for cid, rank, entry in find_in_index(data, key, wanted, only_type):
+                    if cid not in best or best[cid][0] < rank:
+                        best[cid] = (rank, entry)
+            except IntegrityError as exc:  # raised before any entry of it is taken
+                self._skip_damaged(key, exc)
             del data  # not held while the next object is read
         return {cid: entry for cid, (_rank, entry) in best.items()}
 
@@ -280,7 +301,7 @@ class Vault:
         if e is None:
             e = self.locate([cid]).get(cid)
         if e is None:
-            raise IntegrityError(f"chunk {cid.hex()} is not in any pack of the vault", hint="run 'mulligan verify'")
+            raise self._chunk_missing(cid)
         return e
 
     def _absorb(self, writer: PackWriter) -> None:
@@ -328,8 +349,7 @@ class Vault:
             more, missing = found.group({c: wanted[c] for c in missing})
             _merge_groups(by_pack, more)
         if missing:
-            raise IntegrityError(f"chunk {missing[0].hex()} is not in any pack of the vault",
-                                 hint="run 'mulligan verify'")
+            raise self._chunk_missing(missing[0])
         # Work for the reading thread in parts: a large pack is cut every 256 blocks, small
         # packs (a captured history's flushes hold a few blocks each) are read together up to
         # PART_BLOCKS blocks and PART_BYTES read (from a pack's first wanted block to its last),
