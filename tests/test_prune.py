@@ -64,6 +64,34 @@ def test_prune_removes_old_points_and_their_data_and_dry_run_changes_nothing(pro
     assert project.run("verify", "--restore-test").code == 0
 
 
+def test_a_damaged_index_object_stops_prune_before_any_pack_goes_and_verify_says_why(project):
+    """Readers and writers pass over a damaged index object; prune must not: the packs it names
+    would look unindexed, hence garbage. verify says those packs may be named there."""
+    import apsw
+
+    db = make_db(project.dir / "app.db", rows=500)
+    project.protect(db)
+    assert project.run("snapshot", "app").code == 0
+    st = project.ws.vault.storage
+    (first,) = [k for k, _ in st.list("index/")]
+    c = apsw.Connection(db)
+    with c:
+        c.execute("UPDATE posts SET body = hex(randomblob(40))")
+    c.close()
+    assert project.run("snapshot", "app").code == 0
+    st.put(first, b"XXXX" + st.get(first)[4:], overwrite=True)
+    packs = sorted(k for k, _ in st.list("packs/"))
+    r = project.run("prune", "app", "--keep-last", "1")
+    assert r.code == 4 and "is not a Mulligan index object" in r.err, r.err
+    assert sorted(k for k, _ in st.list("packs/")) == packs
+    v = project.run("verify")
+    assert v.code == 4
+    assert "damaged and may name it" in v.err + v.out and "prune removes it" not in v.err + v.out
+    r = project.run("restore", "app", "--latest", "--to", str(project.dir / "r.db"))  # pages it shares with the first
+    assert r.code == 4 and f"the vault's {first} is not a Mulligan index object: it may name it" in r.err, r.err
+    assert not (project.dir / "r.db").exists()
+
+
 def test_prune_defers_data_removal_while_a_snapshot_is_running(project):
     db = make_db(project.dir / "app.db")
     project.protect(db)

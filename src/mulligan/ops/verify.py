@@ -56,6 +56,7 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
     good: set[bytes] = set()
     indexed: dict[bytes, tuple] = {}
     naming: dict[bytes, list[str]] = {}  # pack id -> index objects that name it
+    damaged_index: list[str] = []
     # Objects are fetched a few at a time on an object store (Vault.get_many); None: gone.
     for key, data in vault.get_many(list(st.list("index/"))):
         if data is None:
@@ -70,6 +71,7 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
                     indexed[e[0]] = (pack_id,) + e[1:]
         except MulliganError as exc:
             res.problem(key, exc.message)
+            damaged_index.append(key)
     packs = list(st.list("packs/"))
     indexed_packs = {v[0] for v in indexed.values()}
     vanished = set()
@@ -86,7 +88,11 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
             res.problem(key, exc.message)
             continue
         pack_id = bytes.fromhex(key.rsplit("/", 1)[-1])
-        if pack_id not in indexed_packs:
+        if pack_id not in indexed_packs and damaged_index:
+            # The damaged object may be the one naming it: prune stops at a damaged index object.
+            res.notes.append(f"{key} is not in any index that can be read ({damaged_index[0]} is damaged and may "
+                             "name it); prune leaves it while that object is damaged")
+        elif pack_id not in indexed_packs:
             res.notes.append(f"{key} is not in any index (left by an interrupted write); prune removes it")
         blocks: dict[int, list] = {}
         for e in entries:
