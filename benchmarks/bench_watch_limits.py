@@ -60,30 +60,43 @@ def observe_ms(work: Path, tables: int) -> float:
     return statistics.median(took) * 1000
 
 
-def watch_peak_mb(work: Path, chunks: int) -> float:
-    from mulligan.vault.packs import ID_LEN, encode_index
-
-    proj = work / f"v{chunks}"
+def _project(proj: Path, rows_sql: str, snapshot: bool = False) -> dict:
+    """A project at ``proj`` with a protected database "app" filled by ``rows_sql`` (and a
+    snapshot of it): the environment to run Mulligan in."""
     proj.mkdir()
     env = dict(os.environ)
     env.pop("MULLIGAN_CONFIG", None)
     subprocess.run(MULLIGAN + ["init"], cwd=proj, check=True, capture_output=True, env=env)
     db = apsw.Connection(str(proj / "app.db"))
     db.execute("PRAGMA journal_mode=WAL").fetchall()
-    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('x')")
+    with db:
+        db.execute(rows_sql)
     db.close()
-    subprocess.run(MULLIGAN + ["protect", "app.db", "--name", "app", "--env", "production"], cwd=proj, check=True,
-                   capture_output=True, env=env)
-    per_pack, per_object = 2000, 1_000_000
+    cmds = [["protect", "app.db", "--name", "app", "--env", "production"]] + ([["snapshot", "app"]] if snapshot else [])
+    for cmd in cmds:
+        subprocess.run(MULLIGAN + cmd, cwd=proj, check=True, capture_output=True, env=env)
+    return env
+
+
+def _name_chunks(proj: Path, chunks: int) -> None:
+    """Index objects of a million entries each naming ``chunks`` pages no pack holds."""
+    from mulligan.vault.packs import ID_LEN, encode_index
+
     index = proj / ".mulligan" / "vault" / "index"
     index.mkdir(exist_ok=True)
     left = chunks
     while left:
-        n = min(per_object, left)
-        packs = [(os.urandom(ID_LEN), [(os.urandom(ID_LEN), 0, i * 1000, 900, 4096, 0) for i in range(per_pack)])
-                 for _ in range(max(1, n // per_pack))]
+        n = min(1_000_000, left)
+        packs = [(os.urandom(ID_LEN), [(os.urandom(ID_LEN), 0, i * 1000, 900, 4096, 0) for i in range(2000)])
+                 for _ in range(max(1, n // 2000))]
         (index / os.urandom(16).hex()).write_bytes(encode_index(packs))
         left -= n
+
+
+def watch_peak_mb(work: Path, chunks: int) -> list[tuple[float, float]]:
+    proj = work / f"v{chunks}"
+    env = _project(proj, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('x')")
+    _name_chunks(proj, chunks)
     out = []
     for run in ("first", "again"):  # again: over the state the first captured (looked up in the index)
         log = proj / f"watch-{run}.log"
@@ -124,30 +137,11 @@ def restore_over_index(work: Path, chunks: int, rounds: int = 4) -> dict[str, li
     """A 40 MB database snapshotted into a vault whose index objects also name ``chunks`` chunks
     no pack holds, restored into a new file with the index loaded whole and read in part, in
     turns: [(seconds, peak MB)] each."""
-    from mulligan.vault.packs import ID_LEN, encode_index
-
     proj = work / f"r{chunks}"
-    proj.mkdir()
-    env = dict(os.environ)
-    env.pop("MULLIGAN_CONFIG", None)
-    subprocess.run(MULLIGAN + ["init"], cwd=proj, check=True, capture_output=True, env=env)
-    db = apsw.Connection(str(proj / "app.db"))
-    db.execute("PRAGMA journal_mode=WAL").fetchall()
-    with db:
-        db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        db.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120000) "
-                   "INSERT INTO t(v) SELECT randomblob(300) FROM n")
-    db.close()
-    for cmd in (["protect", "app.db", "--name", "app", "--env", "production"], ["snapshot", "app"]):
-        subprocess.run(MULLIGAN + cmd, cwd=proj, check=True, capture_output=True, env=env)
-    index = proj / ".mulligan" / "vault" / "index"
-    left = chunks
-    while left:
-        n = min(1_000_000, left)
-        packs = [(os.urandom(ID_LEN), [(os.urandom(ID_LEN), 0, i * 1000, 900, 4096, 0) for i in range(2000)])
-                 for _ in range(max(1, n // 2000))]
-        (index / os.urandom(16).hex()).write_bytes(encode_index(packs))
-        left -= n
+    env = _project(proj, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); "
+                         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120000) "
+                         "INSERT INTO t(v) SELECT randomblob(300) FROM n", snapshot=True)
+    _name_chunks(proj, chunks)
     script = proj / "restore.py"
     script.write_text(RESTORE)
     out: dict[str, list[tuple[float, float]]] = {"whole": [], "lean": []}
