@@ -215,7 +215,7 @@ class Vault:
         deleted (a reader that listed them a moment ago skips the ones gone and finds the
         merged one when it looks again). Called with a writer lease held, so no prune is
         rewriting indexes meanwhile. Returns how many objects were merged."""
-        if len(self._loaded_index_keys) <= INDEX_OBJECTS_MAX:
+        if len(self._loaded_index_keys) <= INDEX_OBJECTS_MAX and not self.lean:
             return 0  # what this process loaded and wrote: no listing on every write to find out
         listing = list(self.storage.list("index/"))
         small = [key for key, size in listing if size < INDEX_SMALL]
