@@ -411,6 +411,12 @@ def test_watchs_index_objects_stay_few_over_a_long_history(monkeypatch):
     assert all(reader.load_chunk(cid) == data for cid, data in stored.items())
 
 
+# A capture the test steps itself: nothing happens on a timer (flush, status, sample, generation,
+# base, repack) unless the test calls it.
+STEPPED_BY_HAND = dict(flush_interval=3600, status_interval=3600, sample_interval=3600, generation_interval=3600,
+                       base_interval=3600, repack_after=0)
+
+
 def test_a_watchers_cached_index_does_not_grow_with_its_bases_and_older_bases_still_read(project):
     """Each base stores the tree nodes its pages changed; a watcher kept every one in its cached
     index, so its memory grew with every base for as long as it ran (a base every 10 minutes,
@@ -418,8 +424,7 @@ def test_a_watchers_cached_index_does_not_grow_with_its_bases_and_older_bases_st
     with (4 here); an older base is read from the vault's index objects."""
     from test_watch_kit import capture_in_process
 
-    cap, db, _ = capture_in_process(project, flush_interval=3600, status_interval=3600, sample_interval=3600,
-                                    generation_interval=3600, base_interval=3600, repack_after=0)
+    cap, db, _ = capture_in_process(project, **STEPPED_BY_HAND)
     cap.det.matcher.limit = 4
     conn = apsw.Connection(db)
     with conn:
@@ -441,7 +446,9 @@ def test_a_watchers_cached_index_does_not_grow_with_its_bases_and_older_bases_st
     first = bases[0]
     assert len(cap.det.matcher.ids(first)) == first.page_count
     cap.stop()
-    assert restore_ids(cap.ws, first) == cap.vault.page_ids(first)
+    from mulligan.vault import Vault
+
+    assert Vault.open(cap.ws.config.vault_url).page_ids(first) == cap.vault.page_ids(first)  # a fresh reader agrees
 
 
 def test_a_watcher_restarted_over_its_history_looks_its_pages_up_and_stores_none_again(project):
@@ -454,8 +461,7 @@ def test_a_watcher_restarted_over_its_history_looks_its_pages_up_and_stores_none
     from mulligan.ops.capture import TargetCapture
     from mulligan.vault.packs import decode_index
 
-    cap, db, _ = capture_in_process(project, flush_interval=3600, status_interval=3600, sample_interval=3600,
-                                    generation_interval=3600, base_interval=3600, repack_after=0)
+    cap, db, _ = capture_in_process(project, **STEPPED_BY_HAND)
     conn = apsw.Connection(db)
     with conn:
         conn.executemany("INSERT INTO notes(id, body) VALUES (?, ?)", [(i, "x" * 300) for i in range(20000)])
@@ -498,8 +504,7 @@ def test_a_restore_over_a_large_index_gives_the_same_states(project, monkeypatch
 
     from mulligan.vault import vault as vault_mod
 
-    cap, db, _ = capture_in_process(project, flush_interval=3600, status_interval=3600, sample_interval=3600,
-                                    generation_interval=3600, base_interval=3600, repack_after=0)
+    cap, db, _ = capture_in_process(project, **STEPPED_BY_HAND)
     conn = apsw.Connection(db)
     seen = []
     for i in range(6):
@@ -530,8 +535,7 @@ def test_a_damaged_index_object_does_not_stop_capture(project):
 
     from mulligan.ops.capture import TargetCapture
 
-    cap, db, log = capture_in_process(project, flush_interval=3600, status_interval=3600, sample_interval=3600,
-                                    generation_interval=3600, base_interval=3600, repack_after=0)
+    cap, db, log = capture_in_process(project, **STEPPED_BY_HAND)
     cap.stop()
     st = project.ws.vault.storage
     keys = [k for k, _ in st.list("index/")]
@@ -552,12 +556,6 @@ def test_a_damaged_index_object_does_not_stop_capture(project):
     assert r.code == 0, r.err
     assert "passed over" in r.err
     assert ids_in(str(project.dir / "r.db")) == ids_in(db)
-
-
-def restore_ids(ws, m):
-    from mulligan.vault import Vault
-
-    return Vault.open(ws.config.vault_url).page_ids(m)
 
 
 @pytest.mark.parametrize("failing", ["packs/", "index/", "capture/"])
