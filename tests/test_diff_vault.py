@@ -67,3 +67,21 @@ def test_a_snapshot_is_compared_page_by_page_with_a_live_database_whose_writes_s
         assert {t.name: t.method for t in res.diff.tables}["users"] in ("ranges", "full")
     finally:
         conn.close()
+
+
+def test_two_vault_states_over_a_large_index_give_the_same_diff(project, monkeypatch):
+    """Past LEAN_READ_INDEX_BYTES the index is read in part (one pass for the pages of both
+    states, not one for each read SQLite makes): the same differences."""
+    from mulligan.vault import vault as vault_mod
+
+    ws, target, db, first, second = snapshots(project, wal=True)
+    whole = project.call("--json", "diff", "app", first.id, second.id)
+    monkeypatch.setattr(vault_mod, "LEAN_READ_INDEX_BYTES", 0)
+    calls = []
+    real = vault_mod.Vault._scan_index
+    monkeypatch.setattr(vault_mod.Vault, "_scan_index", lambda self, *a: calls.append(1) or real(self, *a))
+    lean = project.call("--json", "diff", "app", first.id, second.id)
+    assert whole.code == lean.code == 0, lean.err
+    assert lean.json["tables"] == whole.json["tables"] and lean.json["tables"]
+    assert len(calls) == 2, len(calls)  # every tree node, then the pages of both states: not a pass per read
+

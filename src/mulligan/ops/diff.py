@@ -69,21 +69,34 @@ def resolve_pair(ws: Workspace | None, target: Target | None, from_spec: str, to
     return refs  # type: ignore[return-value]
 
 
-def vault_image(vault: Vault, m: Manifest, cache: ChunkCache | None = None) -> VirtualImage:
+def vault_image(vault: Vault, m: Manifest, cache: ChunkCache | None = None,
+                ids: list[bytes] | None = None) -> VirtualImage:
     """A vault state readable by the diff without restoring it."""
     if m.engine != "sqlite":
         raise UsageError(f"restore point {m.id} is a {m.engine} state; diff reads SQLite states")
     cache = cache or ChunkCache(lambda cids: vault.iter_chunks(cids))
-    return VirtualImage(f"restore point {m.id}", m.page_size, m.page_count, vault.page_ids(m), cache,
-                        vault.codec.chunk_id)
+    return VirtualImage(f"restore point {m.id}", m.page_size, m.page_count, vault.page_ids(m) if ids is None else ids,
+                        cache, vault.codec.chunk_id)
 
 
 @contextmanager
 def open_states(ws: Workspace | None, target: Target | None, from_spec: str, to_spec: str):
-    """Yield ((FROM ref, TO ref), (FROM state, TO state)): file paths, or vault images read in place."""
+    """Yield ((FROM ref, TO ref), (FROM state, TO state)): file paths, or vault images read in place.
+    Over a large chunk index the vault is read in part (Vault.lean_if_large): the pages of both
+    states are located in one pass first, since SQLite asks for them a few at a time."""
+    if ws is not None:
+        ws.vault.lean_if_large()
     refs = resolve_pair(ws, target, from_spec, to_spec)
-    cache = ChunkCache(lambda cids: ws.vault.iter_chunks(cids)) if ws is not None else None
-    yield refs, tuple(vault_image(ws.vault, r.manifest, cache) if r.manifest is not None else r.path for r in refs)
+    if ws is None:
+        yield refs, tuple(r.path for r in refs)
+        return
+    vault = ws.vault
+    cache = ChunkCache(lambda cids: vault.iter_chunks(cids))
+    ids = {r.manifest.id: vault.page_ids(r.manifest) for r in refs if r.manifest is not None}
+    if vault.lean and ids:
+        vault.remember_where({c for page_ids in ids.values() for c in page_ids})
+    yield refs, tuple(vault_image(vault, r.manifest, cache, ids[r.manifest.id]) if r.manifest is not None else r.path
+                      for r in refs)
 
 
 def diff(ws: Workspace | None, target: Target | None, from_spec: str, to_spec: str, *,

@@ -287,6 +287,11 @@ class Vault:
             del data  # not held while the next object is read
         return {cid: entry for cid, (_rank, entry) in best.items()}
 
+    def remember_where(self, cids: Iterable[bytes]) -> None:
+        """A lean reader about to read these chunks a few at a time (a diff: SQLite asks for
+        pages as it goes): their places looked up in one pass and kept, not a pass per read."""
+        self.index().update(self._scan_index(set(cids), None))
+
     def know_present(self, cids: Iterable[bytes]) -> int:
         """Tell a lean vault's index which of these chunks the vault holds (one pass over its
         index objects), for a writer to deduplicate against. Returns how many it holds."""
