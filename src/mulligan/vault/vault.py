@@ -273,11 +273,29 @@ class Vault:
 
     def _scan_index(self, wanted: set[bytes] | None, only_type: int | None) -> dict[bytes, tuple]:
         """{id: entry} of the wanted chunks (every chunk of ``only_type`` when None) over every
-        index object, one object held at a time, each from the copy ``pack_rank`` puts first."""
+        index object, one object held at a time, each from the copy ``pack_rank`` puts first.
+        An object gone between the listing and its read was replaced (watch merges its small
+        ones every half minute, prune rewrites them) by one written first but maybe not listed:
+        the chunks still missing are then looked for in a new listing's objects."""
+        out: dict[bytes, tuple] = {}
+        seen: set[str] = set()
+        for _ in range(4):
+            got, replaced = self._scan_objects(wanted if wanted is None else wanted - out.keys(), only_type, seen)
+            out.update(got)
+            if not replaced or (wanted is not None and out.keys() >= wanted):
+                break
+        return out
+
+    def _scan_objects(self, wanted: set[bytes] | None, only_type: int | None,
+                      seen: set[str]) -> tuple[dict[bytes, tuple], bool]:
         best: dict[bytes, tuple[tuple, tuple]] = {}
-        for key, data in self.get_many(list(self.storage.list("index/"))):
+        replaced = False
+        listed = [(key, size) for key, size in self.storage.list("index/") if key not in seen]
+        for key, data in self.get_many(listed):
+            seen.add(key)
             if data is None:
-                continue  # replaced since the listing: its replacement is in it (written first)
+                replaced = True
+                continue
             try:
                 for cid, rank, entry in find_in_index(data, key, wanted, only_type):
                     if cid not in best or best[cid][0] < rank:
@@ -285,7 +303,7 @@ class Vault:
             except IntegrityError as exc:  # raised before any entry of it is taken
                 self._skip_damaged(key, exc)
             del data  # not held while the next object is read
-        return {cid: entry for cid, (_rank, entry) in best.items()}
+        return {cid: entry for cid, (_rank, entry) in best.items()}, replaced
 
     def remember_where(self, cids: Iterable[bytes]) -> None:
         """A lean reader about to read these chunks a few at a time (a diff: SQLite asks for
