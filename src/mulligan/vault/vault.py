@@ -278,6 +278,8 @@ class Vault:
         ones every half minute, prune rewrites them) by one written first but maybe not listed:
         the chunks still missing are then looked for in a new listing's objects."""
         out: dict[bytes, tuple] = {}
+        if wanted is not None and not wanted:
+            return out
         seen: set[str] = set()
         for _ in range(4):
             got, replaced = self._scan_objects(wanted if wanted is None else wanted - out.keys(), only_type, seen)
