@@ -120,6 +120,24 @@ def test_confirm_with_the_name_restores_keeps_the_identity_and_leaves_an_undo_po
     assert state_before != app.state_at_snapshot
 
 
+def test_an_in_place_restore_over_a_large_index_keeps_an_undo_point_of_only_what_changed(app, monkeypatch):
+    """Past LEAN_READ_INDEX_BYTES the index is read in part, in place too; the undo point
+    deduplicates against the pages of the newest restore point (told to the vault in one pass),
+    not against nothing, and the restore and its undo give back the exact contents."""
+    from mulligan.vault import vault as vault_mod
+
+    assert app.call("snapshot", "app").code == 0  # the state the undo point will hold, already in the vault
+    state_before = dump(app.db)
+    monkeypatch.setattr(vault_mod, "LEAN_READ_INDEX_BYTES", 0)
+    r = app.call("--json", "restore", "app", "--snapshot", app.snapshot_id, "--in-place", "--confirm", "app")
+    assert r.code == 0, r.err
+    assert dump(app.db) == app.state_at_snapshot
+    (undo,) = undo_points(app)
+    assert undo.new_chunks <= 2, undo.new_chunks  # its pages were all in the vault (a tree node at most)
+    assert app.call("undo", "app", "--confirm", "app").code == 0
+    assert dump(app.db) == state_before
+
+
 def test_undo_right_after_a_restore_gives_back_the_exact_previous_content(app):
     before = dump(app.db)
     assert app.run("restore", "app", "--latest", "--in-place", "--confirm", "app").code == 0

@@ -47,6 +47,7 @@ def restore(ctx: Ctx, name, snapshot_id, at, latest, to, in_place, confirm_name,
     target = ws.target(name)
     ctx.audit_target = target
     tune_gc()  # a one-shot process allocating a few objects per page (runtime.py)
+    ws.vault.lean_if_large()  # a restore over a long history holds no more than one index object
     if in_place:
         try:
             point = resolve_point(ws.vault, target, snapshot=snapshot_id, at=at, latest=latest,
@@ -56,7 +57,6 @@ def restore(ctx: Ctx, name, snapshot_id, at, latest, to, in_place, confirm_name,
             raise
         return run_inplace(ctx, target, point, action="restore", confirm_name=confirm_name, yes=yes,
                            force_live=force_live, allow_cross_target=allow_cross_target)
-    ws.vault.lean_if_large()  # a restore over a long history holds no more than one index object
     point = resolve_point(ws.vault, target, snapshot=snapshot_id, at=at, latest=latest,
                           allow_cross_target=allow_cross_target)
     with ctx.progress(f"restore {point.id}", point.page_count) as advance:
