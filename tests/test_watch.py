@@ -219,7 +219,7 @@ def test_while_the_vault_fails_no_heartbeat_is_tried(project):
 
     import apsw
 
-    from mulligan.ops.capture import status_key
+    from mulligan.ops.capture_store import status_key
     from mulligan.storage.faulty import FaultyStorage
     from test_watch_kit import watcher_in_thread
 

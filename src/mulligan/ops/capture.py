@@ -156,9 +156,7 @@ class TargetCapture(FilesUnderCapture):
                 self.log("warning", f"{self.target.name}: the last captured state cannot be read ({exc.message}); "
                                     "capture starts from the database as it is. Run 'mulligan verify'")
                 prev = None
-            self._dedup_against(prev["ids"] if prev is not None else [])
-            count, ids, nbytes = self._read_all()
-            self._report_index_problems()
+            count, ids, nbytes = self._read_all(prev["ids"] if prev is not None else [])
             self.stats.bytes_stored += nbytes
             self.ids = ids
             self.wal_pages = dict(t.overlay_frames)
@@ -392,11 +390,15 @@ class TargetCapture(FilesUnderCapture):
             self._note_commit(c, point, ids)
 
     # ---- reading everything, our own writes --------------------------------------------------
-    def _read_all(self) -> tuple[int, list[bytes], int]:
-        """The whole state, stored batch by batch: (page count, chunk ids, bytes newly stored)."""
+    def _read_all(self, known: list[bytes]) -> tuple[int, list[bytes], int]:
+        """The whole state, stored batch by batch: (page count, chunk ids, bytes newly stored).
+        ``known``: the page ids of the state last captured, which the vault is asked about first
+        (one pass over its index objects) so that the pages it holds are not stored again."""
+        self._dedup_against(known)
         store = cs.PageStore(self.vault)
         count, _h = self.tailer.full_state(store.add, store.reset)
         nbytes = store.close()
+        self._report_index_problems()
         return count, store.ids, nbytes
 
     def _own_write(self, by: str) -> None:
@@ -424,9 +426,7 @@ class TargetCapture(FilesUnderCapture):
         if self._swapped is None:
             self._catch_up()
             self.flush()
-            self._dedup_against(self.ids)  # a prune may have removed some: looked up again
-            count, ids, nbytes = self._read_all()
-            self._report_index_problems()
+            count, ids, nbytes = self._read_all(self.ids)  # a prune may have removed some: looked up again
             self.stats.bytes_stored += nbytes
             self.ids, self.wal_pages = ids, dict(self.tailer.overlay_frames)
         self._new_base(gap=None, reason="the watcher's lease lapsed: pages stored again where missing")
@@ -496,7 +496,7 @@ class TargetCapture(FilesUnderCapture):
                                hint="the database is read again and stored once the vault accepts writes")
         self._rebase_wait = min(60.0, self._rebase_wait * 2) if self._rebase_wait else 1.0
         self._rebase_next = now + self._rebase_wait
-        count, ids, nbytes = self._read_all()  # raises while the vault still refuses writes
+        count, ids, nbytes = self._read_all(self.ids)  # raises while the vault still refuses writes
         self._rebase_wait, self._rebase_next = 0.0, 0.0
         self.stats.bytes_stored += nbytes
         self.ids, self.wal_pages = ids, dict(self.tailer.overlay_frames)
@@ -653,9 +653,6 @@ class TargetCapture(FilesUnderCapture):
         st = self.status()
         st["running"] = not stopping
         try:
-            self.vault.put_json(status_key(self.target.id), st)
+            self.vault.put_json(cs.status_key(self.target.id), st)
         except MulliganError:
             pass
-
-
-status_key = cs.status_key  # where the watcher's heartbeat for a target is kept

@@ -254,7 +254,7 @@ class FilesUnderCapture:
                 except MulliganError as exc:  # the incident says so below; capture goes on
                     not_raised = exc.message
                     self.log("warning", f"{self.target.name}: counters not raised: {exc.message}")
-        count, ids, nbytes = self._read_all()
+        count, ids, nbytes = self._read_all(self.ids)
         self.stats.bytes_stored += nbytes
         self.ids, self.wal_pages = ids, dict(self.tailer.overlay_frames)
         self._new_base(gap=None, reason="switched to the file now at the path")
@@ -288,7 +288,7 @@ class FilesUnderCapture:
     def reconcile(self, why: str) -> None:
         """Read the whole state again; if it is not the captured one, start a new base and check it."""
         t = self.tailer
-        count, ids, nbytes = self._read_all()
+        count, ids, nbytes = self._read_all(self.ids)
         self.stats.bytes_stored += nbytes
         self.wal_pages = dict(t.overlay_frames)
         if ids == self.ids:

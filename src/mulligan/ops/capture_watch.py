@@ -25,7 +25,8 @@ from ..runtime import hostname
 from ..timeparse import human_age, iso
 from ..vault.locks import Lease, live_leases, writer_lease
 from .alerts import Alerter, Log
-from .capture import CaptureOptions, TargetCapture, status_key
+from .capture import CaptureOptions, TargetCapture
+from .capture_store import status_key
 from .targets import open_incident_count
 from .workspace import Workspace
 

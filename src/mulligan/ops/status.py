@@ -15,7 +15,6 @@ from ..timeparse import from_iso, human_age
 from ..units import human_size
 from . import capture_store as cs
 from . import incidents as inc_mod
-from .capture import status_key
 from .workspace import Workspace
 
 STALE_AFTER = 60.0
@@ -25,7 +24,7 @@ def target_status(ws: Workspace, target: Target, stale_after: float = STALE_AFTE
     vault = ws.vault
     now = time.time()
     try:
-        hb = vault.get_json(status_key(target.id))
+        hb = vault.get_json(cs.status_key(target.id))
     except (ObjectMissing, MulliganError, ValueError):
         hb = None
     cov = cs.coverage(vault, target)
@@ -44,7 +43,7 @@ def target_status(ws: Workspace, target: Target, stale_after: float = STALE_AFTE
         problems.append(f"watch is running but capturing nothing since {hb.get('last_ok')}: {hb.get('error')}")
     elif hb and hb.get("error"):
         problems.append(f"last capture error: {hb['error']}")
-    room = vault.storage.room() if hasattr(vault.storage, "room") else None
+    room = vault.storage.room()
     if room is not None and room[1] and room[0] < 2 * room[1]:
         problems.append(f"the disk holding the vault has {human_size(room[0])} free; snapshots and captures stop "
                         f"storing at {human_size(room[1])} ([vault] min_free): prune old restore points or free space")

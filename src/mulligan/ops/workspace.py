@@ -29,6 +29,5 @@ class Workspace:
     @classmethod
     def open(cls, config: Config) -> "Workspace":
         vault = Vault.open(config.vault_url)
-        if hasattr(vault.storage, "min_free"):  # a local vault: room it leaves on its disk
-            vault.storage.min_free = config.vault_min_free
+        vault.storage.min_free = config.vault_min_free  # what a local vault leaves free on its disk
         return cls(config, vault)

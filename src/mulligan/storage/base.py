@@ -35,6 +35,8 @@ class Storage(ABC):
     # How many ranged reads a restore keeps in flight: one ahead of the work on a local disk;
     # an object store answers each request after a round trip, which several hide.
     read_ahead: int = 1
+    # Bytes a local vault leaves free on its disk ([vault] min_free; None: the default, 0: none).
+    min_free: int | None = None
 
     @abstractmethod
     def get(self, key: str) -> bytes: ...
@@ -54,6 +56,11 @@ class Storage(ABC):
     @abstractmethod
     def stat(self, key: str) -> int | None:
         """Size of the object, or None when it does not exist."""
+
+    def room(self) -> tuple[int, int] | None:
+        """(bytes free on the vault's disk, bytes kept free there); None where there is no disk
+        of ours to fill (an object store) or it cannot be told."""
+        return None
 
     def check_room(self, nbytes: int) -> None:
         """Raise StorageError when storing ``nbytes`` more of data would eat into the room kept

@@ -47,6 +47,9 @@ class FaultyStorage(Storage):
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         return self.inner.list(prefix)
 
+    def room(self) -> tuple[int, int] | None:
+        return self.inner.room()
+
     def check_room(self, nbytes: int) -> None:
         self.inner.check_room(nbytes)
 

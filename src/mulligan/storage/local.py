@@ -32,11 +32,8 @@ class LocalStorage(Storage):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.url = str(self.root)
-        # Bytes to leave free on the vault's disk ([vault] min_free; None: the default, 0: none).
-        self.min_free: int | None = None
 
     def room(self) -> tuple[int, int] | None:
-        """(bytes free on the vault's disk, bytes kept free there), or None if it cannot be told."""
         return fsio.room(str(self.root), self.min_free)
 
     def check_room(self, nbytes: int) -> None:

@@ -251,7 +251,8 @@ class ChunkIndex:
 
     def add_present(self, cids) -> None:
         """Chunks known to be in the vault, without where: a writer deduplicates against them
-        (``in``); a read of one finds it with ``Vault.locate``. About 100 bytes a chunk."""
+        (``in``); a read of one finds it with ``Vault.locate``. About 42 bytes a chunk beside its
+        id's own 49 (measured with tracemalloc over a million)."""
         where = self._where
         for cid in cids:
             if cid not in where:
