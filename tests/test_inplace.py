@@ -121,9 +121,10 @@ def test_confirm_with_the_name_restores_keeps_the_identity_and_leaves_an_undo_po
 
 
 def test_an_in_place_restore_over_a_large_index_keeps_an_undo_point_of_only_what_changed(app, monkeypatch):
-    """Past LEAN_READ_INDEX_BYTES the index is read in part, in place too; the undo point
-    deduplicates against the pages of the newest restore point (told to the vault in one pass),
-    not against nothing, and the restore and its undo give back the exact contents."""
+    """Past LEAN_READ_INDEX_BYTES the index is read in part, in place and by undo too (no index
+    object loaded whole); each undo point deduplicates against the pages of the newest restore
+    point and of the point last put in place (told to the vault in one pass), not against
+    nothing, and the restore and its undos give back the exact contents."""
     from mulligan.vault import vault as vault_mod
 
     assert app.call("snapshot", "app").code == 0  # the state the undo point will hold, already in the vault
@@ -134,8 +135,18 @@ def test_an_in_place_restore_over_a_large_index_keeps_an_undo_point_of_only_what
     assert dump(app.db) == app.state_at_snapshot
     (undo,) = undo_points(app)
     assert undo.new_chunks <= 2, undo.new_chunks  # its pages were all in the vault (a tree node at most)
+    loaded = []  # index objects loaded whole: none, in undo too
+    real_add = vault_mod.Vault._add_index
+    monkeypatch.setattr(vault_mod.Vault, "_add_index", lambda self, key, data: (loaded.append(key), real_add(self, key, data)))
     assert app.call("undo", "app", "--confirm", "app").code == 0
     assert dump(app.db) == state_before
+    assert loaded == []
+    second = undo_points(app)[-1]  # the state undo replaced, the restore point just restored
+    # only what the in-place restore changed itself (the header and the identity stamp) and a tree
+    # node, as with the whole index loaded (3); 7 when only the newest restore point was told
+    assert second.new_chunks <= 3, second.new_chunks
+    assert app.call("undo", "app", "--confirm", "app").code == 0
+    assert dump(app.db) == app.state_at_snapshot
 
 
 def test_undo_right_after_a_restore_gives_back_the_exact_previous_content(app):

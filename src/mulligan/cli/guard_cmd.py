@@ -12,6 +12,7 @@ from ..errors import EXIT_INTEGRITY, MulliganError
 from ..ops import audit as audit_ops
 from ..ops import guards, inplace
 from ..report.tables import env_label, table
+from ..runtime import tune_gc
 from .context import Ctx, pass_ctx
 from .restore_cmd import live_window, run_inplace
 
@@ -27,6 +28,8 @@ def undo(ctx: Ctx, name, confirm_name, yes, force_live):
     ws = ctx.ws
     target = ws.target(name)
     ctx.audit_target = target
+    tune_gc()  # a one-shot process allocating a few objects per page (runtime.py)
+    ws.vault.lean_if_large()  # as restore --in-place: over a long history, one index object at a time
     point = inplace.last_undo_point(ws, target)
     run_inplace(ctx, target, point, action="undo", confirm_name=confirm_name, yes=yes, force_live=force_live)
 

@@ -169,7 +169,7 @@ def same_commit(known: dict | None, marker: dict) -> bool:
     return known == marker
 
 
-def _own_record(vault: Vault | None, target_id: str | None) -> dict | None:
+def own_record(vault: Vault | None, target_id: str | None) -> dict | None:
     if vault is None or not target_id:
         return None
     try:
@@ -250,7 +250,7 @@ def recent_foreign_commit(path: str, vault: Vault | None, target_id: str | None,
     now = time.time()
     if now - wrote_at > window:
         return None
-    own = _own_record(vault, target_id)
+    own = own_record(vault, target_id)
     if own and same_commit(own.get("marker"), sqlite_replace.commit_marker(path)):
         return None
     codec = vault.codec if vault is not None else PlainCodec()
