@@ -13,7 +13,8 @@
 3. A restore over the same index: a 40 MB database snapshotted into a vault whose index also
    names ``--chunks`` chunks, restored into a new file (`restore --latest --to`) with the
    index loaded whole and read an object at a time (Vault.lean_if_large, forced each way), in
-   turns, 4 times each: seconds and peak memory.
+   turns, 4 times each: seconds and peak memory. Then `snapshot` of the same database, 300
+   random rows updated before each, the same way.
 """
 
 from __future__ import annotations
@@ -128,15 +129,16 @@ if sys.argv[1] == "whole":
 elif sys.argv[1] == "lean":
     vault.LEAN_READ_INDEX_BYTES = 0
 from mulligan.cli.main import run
-sys.argv = ["mulligan", "-q", "restore", "app", "--latest", "--to", sys.argv[2]]
+sys.argv = ["mulligan", "-q", *sys.argv[2:]]
 run()
 """
 
 
-def restore_over_index(work: Path, chunks: int, rounds: int = 4) -> dict[str, list[tuple[float, float]]]:
+def commands_over_index(work: Path, chunks: int, rounds: int = 4) -> dict[str, list[tuple[float, float]]]:
     """A 40 MB database snapshotted into a vault whose index objects also name ``chunks`` chunks
     no pack holds, restored into a new file with the index loaded whole and read in part, in
-    turns: [(seconds, peak MB)] each."""
+    turns, then snapshotted again the same way (300 random rows updated before each):
+    {command and way: [(seconds, peak MB)]}."""
     proj = work / f"r{chunks}"
     env = _project(proj, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); "
                          "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120000) "
@@ -144,17 +146,28 @@ def restore_over_index(work: Path, chunks: int, rounds: int = 4) -> dict[str, li
     _name_chunks(proj, chunks)
     script = proj / "restore.py"
     script.write_text(RESTORE)
-    out: dict[str, list[tuple[float, float]]] = {"whole": [], "lean": []}
-    for k in range(rounds):
+    out: dict[str, list[tuple[float, float]]] = {}
+    for k in range(rounds * 2):
         for how in (("whole", "lean") if k % 2 == 0 else ("lean", "whole")):
-            target = proj / f"{how}-{k}.db"
+            if k < rounds:
+                target = proj / f"{how}-{k}.db"
+                cmd, key = ["restore", "app", "--latest", "--to", str(target)], f"restore --to, index {how}"
+            else:
+                target, key = None, f"snapshot, index {how}"
+                cmd = ["snapshot", "app"]
+                db = apsw.Connection(str(proj / "app.db"))
+                with db:
+                    db.execute("UPDATE t SET v = randomblob(300) WHERE id IN "
+                               "(SELECT abs(random()) % 120000 + 1 FROM t LIMIT 300)")
+                db.close()
             t0 = time.monotonic()
-            p = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, str(script), how, str(target)], cwd=proj,
+            p = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, str(script), how, *cmd], cwd=proj,
                                capture_output=True, text=True, env=env)
             took = time.monotonic() - t0
             assert p.returncode == 0, p.stderr
-            out[how].append((took, int(p.stderr.strip().splitlines()[-1]) / 1024))
-            target.unlink()
+            out.setdefault(key, []).append((took, int(p.stderr.strip().splitlines()[-1]) / 1024))
+            if target is not None:
+                target.unlink()
     return out
 
 
@@ -182,10 +195,10 @@ def main() -> None:
                 print(f"| {n:,} | {run} | {mb:.0f} MB{per} | {secs:.2f} |")
         if os.path.exists("/usr/bin/time"):
             print()
-            print("| chunks named by the vault's index | restore --to, index | seconds: median (each) | peak MB |")
+            print("| chunks named by the vault's index | command, index | seconds: median (each) | peak MB |")
             print("|---|---|---|---|")
             for n in (0, a.chunks):
-                for how, runs in restore_over_index(work, n).items():
+                for how, runs in commands_over_index(work, n).items():
                     each = ", ".join(f"{t:.2f}" for t, _ in runs)
                     print(f"| {n:,} | {how} | {statistics.median(t for t, _ in runs):.2f} ({each}) "
                           f"| {max(m for _, m in runs):.0f} |")

@@ -1,5 +1,6 @@
 """Consistent snapshots of a database that another process keeps writing."""
 
+import os
 import subprocess
 import sys
 import time
@@ -124,3 +125,39 @@ def test_a_restored_copy_is_stamped_as_a_copy_and_never_passes_for_the_original(
     assert ident.kind == "restored" and ident.env == "restored"
     assert ident.target_id != original.target_id and ident.source_target_id == original.target_id
     assert "personal data" in r.err
+
+
+def test_a_snapshot_over_a_large_index_holds_none_of_it_and_stores_only_what_changed(project, monkeypatch):
+    """Past LEAN_READ_INDEX_BYTES a snapshot loads no index object whole (memory would grow with
+    the history): it deduplicates against the pages of the target's newest restore point, looked
+    up once its writer lease is held (a prune may run until then), and restores exactly."""
+    from conftest import dump, make_db
+
+    from mulligan.ops import snapshot as snapshot_mod
+    from mulligan.vault import vault as vault_mod
+    from mulligan.vault.locks import live_leases
+
+    db = make_db(project.dir / "app.db", rows=1500)
+    project.protect(db, env="production")
+    assert project.call("snapshot", "app").code == 0
+    make_db(db, rows=3)  # a few more rows: most pages are the same
+    target = project.ws.target("app")
+    os.unlink(project.ws.cache_file(target, "blocks"))  # no block digests to reuse: every page is looked up
+    monkeypatch.setattr(vault_mod, "LEAN_READ_INDEX_BYTES", 0)
+    loaded, leases = [], []
+    real_add, real_likely = vault_mod.Vault._add_index, snapshot_mod.likely_pages
+    monkeypatch.setattr(vault_mod.Vault, "_add_index", lambda self, key, data: (loaded.append(key), real_add(self, key, data)))
+
+    def likely(ws, t):
+        leases.append(len(live_leases(ws.vault.storage, "writer")))
+        return real_likely(ws, t)
+
+    monkeypatch.setattr(snapshot_mod, "likely_pages", likely)
+    r = project.call("--json", "snapshot", "app")
+    assert r.code == 0, r.err
+    assert loaded == [] and leases == [1]
+    m = project.ws.vault.manifest(target.id, r.json["id"])
+    assert m.page_count > 60
+    assert m.new_chunks <= 8, (m.new_chunks, m.page_count)  # the pages the rows changed, the header, tree nodes
+    assert project.call("restore", "app", "--snapshot", m.id, "--to", "copy.db").code == 0
+    assert dump(str(project.dir / "copy.db")) == dump(db)

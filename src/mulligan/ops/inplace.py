@@ -255,32 +255,6 @@ def apply(ws: Workspace, plan: Plan, *, confirmed_by: str) -> InplaceResult:
     return InplaceResult(plan, undo, replaced.identity_after, confirmed_by, time.monotonic() - started)
 
 
-def _know_likely_pages(ws: Workspace, t: Target) -> None:
-    """The pages the database about to be snapshotted most likely holds, told to a lean vault in
-    one pass, so the undo point stores only what changed since, as it would with the whole index
-    loaded: those of the target's newest restore point (its last captured commit, or its last
-    snapshot), and of the point Mulligan last put in place (an undo right after a restore)."""
-    from .points import resolve_point
-
-    points = []
-    try:
-        points.append(resolve_point(ws.vault, t, snapshot=None, at=None, latest=True))
-    except MulliganError:
-        pass
-    put = ((liveuse.own_record(ws.vault, t.id) or {}).get("detail") or {}).get("point")
-    if put and not any(m.id == put for m in points):
-        try:
-            points.append(ws.vault.resolve(put))
-        except MulliganError:
-            pass  # pruned since, or no longer readable
-    if not points:
-        return  # nothing to go by: the undo point stores every page, which is only slower
-    try:
-        ws.vault.know_present({cid for ids in ws.vault.page_ids_many(points).values() for cid in ids})
-    except MulliganError:
-        pass  # unreadable: the same
-
-
 @contextmanager
 def _one_at_a_time(ws: Workspace, t: Target) -> Iterator[None]:
     """Two in-place changes of one target at once would each keep an undo point of half the story.
@@ -301,8 +275,6 @@ def _one_at_a_time(ws: Workspace, t: Target) -> Iterator[None]:
 
 def _take_undo_point(ws: Workspace, t: Target) -> Manifest:
     """Snapshot the target as it is; make sure no commit slipped in while it was read."""
-    if ws.vault.lean:  # the index is read in part (a long history): the snapshot deduplicates against
-        _know_likely_pages(ws, t)  # what it is told the vault holds
     for _ in range(3):
         before = sqlite_replace.commit_marker(t.path)
         undo = take_snapshot(ws, t, tag=UNDO_TAG, kind=KIND_UNDO)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..engines.sqlite.reader import StateMoved
-from ..errors import GuardRefused
+from ..errors import GuardRefused, MulliganError
 from ..model import Target
 from ..timeparse import iso, utc_now
 from ..vault import KIND_SNAPSHOT, Manifest, blocks
@@ -39,6 +39,9 @@ def take_snapshot(
     check_stamp: bool = True,
 ) -> Manifest:
     stamp = check_identity(ws, target) if check_stamp else {}
+    # Over a long history the chunk index is not loaded (memory would grow with it): the snapshot
+    # then deduplicates against the pages of the points the database most likely still shares.
+    likely = (lambda: likely_pages(ws, target)) if ws.vault.lean_if_large() else None
     eng = ws.engine(target)
     cache = ws.cache_file(target, "blocks")
     previous = blocks.load(cache)
@@ -61,9 +64,36 @@ def take_snapshot(
                     meta=meta,
                     progress=cb,
                     previous=previous,
+                    likely=likely,
                 )
             except StateMoved:
                 continue
             blocks.save(cache, m.block_digests)  # best effort: without it the next snapshot hashes every page
             return m
     raise StateMoved(f"the WAL of {target.path} kept restarting during the snapshot", hint="run the command again")
+
+
+def likely_pages(ws: Workspace, target: Target) -> set[bytes]:
+    """The page ids a snapshot of the target most likely shares with stored points: those of its
+    newest restore point (its last captured commit, or its last snapshot) and of the point
+    Mulligan last put in place (an undo snapshot right after a restore in place)."""
+    from . import liveuse
+    from .points import resolve_point
+
+    points = []
+    try:
+        points.append(resolve_point(ws.vault, target, snapshot=None, at=None, latest=True))
+    except MulliganError:
+        pass
+    put = ((liveuse.own_record(ws.vault, target.id) or {}).get("detail") or {}).get("point")
+    if put and not any(m.id == put for m in points):
+        try:
+            points.append(ws.vault.resolve(put))
+        except MulliganError:
+            pass  # pruned since, or no longer readable
+    if not points:
+        return set()  # nothing to go by: every page is stored, which is only slower
+    try:
+        return {cid for ids in ws.vault.page_ids_many(points).values() for cid in ids}
+    except MulliganError:
+        return set()

@@ -312,6 +312,15 @@ class Vault:
         pages as it goes): their places looked up in one pass and kept, not a pass per read."""
         self.index().update(self._scan_index(set(cids), None))
 
+    def _present_now(self, likely: Callable[[], Iterable[bytes]] | None) -> ChunkIndex:
+        """For a lean writer holding its lease: the chunks of ``likely()`` the vault holds now."""
+        if likely is None:
+            return ChunkIndex()
+        try:
+            return self.locate(set(likely()))
+        except (IntegrityError, ObjectMissing):
+            return ChunkIndex()  # unreadable: every page is stored, which is only slower
+
     def know_present(self, cids: Iterable[bytes]) -> int:
         """Tell a lean vault's index which of these chunks the vault holds (one pass over its
         index objects), for a writer to deduplicate against. Returns how many it holds."""
@@ -460,6 +469,7 @@ class Vault:
         progress: Progress | None = None,
         snapshot_id: str | None = None,
         previous: BlockDigests | None = None,
+        likely: Callable[[], Iterable[bytes]] | None = None,
     ) -> Manifest:
         """Store a state given as page batches in page order; return its manifest.
 
@@ -467,10 +477,14 @@ class Vault:
         (indexes of pages not taken from ``raw``): whole blocks are then hashed
         without copying. ``previous`` (vault/blocks.py) lets unchanged blocks take
         their page ids from an earlier snapshot; the returned manifest carries the
-        new snapshot's digests as ``block_digests``."""
+        new snapshot's digests as ``block_digests``.
+
+        A lean vault (``lean_if_large``) deduplicates only against the chunks ``likely`` names
+        (the pages the state most likely shares with stored ones), looked up once the lease is
+        held: what it learned before may name a pack a prune deleted in between."""
         with writer_lease(self.storage, f"{kind} of {target_name}"):
             self.revalidate_index()
-            idx = self.index()
+            idx = self._present_now(likely) if self.lean else self.index()
             writer = PackWriter(self.storage, codec=self.codec)
             ids = bytearray()
             digests: dict[int, bytes] = {}
