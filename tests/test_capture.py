@@ -247,6 +247,40 @@ def test_prune_keeps_the_capture_chain_and_verify_checks_it(app_env):
     assert v.code == 0 and v.json["ok"], v.out
 
 
+def test_verify_names_the_capture_segment_whose_pages_a_damaged_pack_held(app_env):
+    """A flush's pack damaged: verify names the segment that needs its pages (it asked only
+    whether an index named them, and passed it), and holds no index object whole doing so."""
+    from mulligan.ops import capture_store as cs
+    from mulligan.vault import vault as vault_mod
+    from mulligan.vault.packs import pack_key
+
+    env, db = app_env
+    app = App(db, env.dir / "app.log", rate=100)
+    w = Watch(env, "app")
+    time.sleep(1.5)
+    assert w.term() == 0
+    app.stop()
+    vault = env.ws.vault
+    (keys,) = cs.all_segment_bases(vault).values()
+    seg_key = keys[-1]
+    cid = bytes.fromhex(cs.load_segment(vault, seg_key)["chunks"][0])
+    entry = vault.index().get(cid)
+    path = env.dir / ".mulligan" / "vault" / pack_key(entry.pack)
+    data = bytearray(path.read_bytes())
+    data[entry.offset + entry.stored_len // 2] ^= 0x55  # inside the block holding that page
+    path.write_bytes(bytes(data))
+    loaded = []
+    real_add = vault_mod.Vault._add_index
+    vault_mod.Vault._add_index = lambda self, key, data: (loaded.append(key), real_add(self, key, data))
+    try:
+        v = env.call("--json", "verify", "app")
+    finally:
+        vault_mod.Vault._add_index = real_add
+    assert v.code == 4, v.out
+    assert any(p["object"] == seg_key and "capture segment needs" in p["problem"] for p in v.json["problems"]), v.json
+    assert loaded == []
+
+
 def test_one_watch_captures_every_target(project):
     a = make_app_db(project.dir / "a.db")
     b = make_app_db(project.dir / "b.db")

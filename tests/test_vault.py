@@ -122,6 +122,11 @@ def test_reachable_over_many_trees_is_the_union_of_each_trees_nodes_and_leaves(f
     assert tree.reachable(trees, load_many, batch=batch, counts=counts) == expected
     assert len(reads) == len(set(reads)), "each node read once"
     assert all(counts[t] == len(s) for t, s in zip(trees, states)), "each tree's number of leaves"
+    # verify's walk: the leaves handed over a batch at a time, the result only the nodes
+    handed: set[bytes] = set()
+    nodes_only = tree.reachable(trees, load_many, batch=batch, leaves=handed.update)
+    assert handed == set().union(*states)
+    assert nodes_only == set().union(*(tree.node_ids(root, depth, nodes.__getitem__) for root, depth in trees))
 
 
 @settings(max_examples=40, deadline=None)

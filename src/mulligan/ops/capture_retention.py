@@ -46,9 +46,9 @@ def pins(ws: Workspace, target, keep_within=None) -> dict[str, str]:
     return out
 
 
-def check(ws: Workspace, res, target_id: str | None) -> None:
+def check(ws: Workspace, res, target_id: str | None, good: set[bytes]) -> None:
+    """Every chunk a capture segment names must be among the sound ones verify read (``good``)."""
     vault = ws.vault
-    idx = vault.index()
     # From the keys, not the bodies: a damaged manifest is verify's own finding, not a reason to stop.
     existing = {tuple(k.split("/")[1:3]) for k, _ in vault.storage.list("snapshots/") if k.count("/") == 2}
     for (tid, base_id), keys in cs.all_segment_bases(vault).items():
@@ -62,9 +62,9 @@ def check(ws: Workspace, res, target_id: str | None) -> None:
             except MulliganError as exc:
                 res.problem(key, exc.message)
                 continue
-            missing = [c for c in seg["chunks"] if bytes.fromhex(c) not in idx]
+            missing = [c for c in seg["chunks"] if bytes.fromhex(c) not in good]
             if missing:
-                res.problem(key, f"capture segment needs {len(missing)} chunks that are not in the vault "
+                res.problem(key, f"capture segment needs {len(missing)} chunks that are missing or damaged "
                                  f"(first: {missing[0]})")
 
 

@@ -61,7 +61,8 @@ def node_ids(root: bytes, depth: int, load: Callable[[bytes], bytes]) -> list[by
 
 def reachable(trees: Iterable[tuple[bytes, int]],
               load_many: Callable[[list[bytes]], Iterator[tuple[bytes, bytes]]],
-              batch: int = 1 << 14, counts: dict | None = None) -> set[bytes]:
+              batch: int = 1 << 14, counts: dict | None = None,
+              leaves: Callable[[list[bytes]], None] | None = None) -> set[bytes]:
     """Every chunk id of the given (root, depth) trees: nodes and leaves.
 
     Trees of one database share most of their nodes (a snapshot rewrites only the nodes over
@@ -70,7 +71,9 @@ def reachable(trees: Iterable[tuple[bytes, int]],
     is identified with the depth below it, so the same bytes read at two depths are both
     followed. ``load_many`` yields (id, content) for the ids asked, ``batch`` at a time.
     ``counts``, when given, receives each tree's number of leaves, keyed by (root, depth)
-    (inner nodes are kept for that; nodes over leaves, 64 times as many, only as a count)."""
+    (inner nodes are kept for that; nodes over leaves, 64 times as many, only as a count).
+    ``leaves``, when given, is handed each node's leaves instead (they are then not in the
+    result: a check of a whole vault holds no second set of every page id)."""
     trees = set(trees)
     out: set[bytes] = set()
     todo: dict[int, set[bytes]] = {}
@@ -85,7 +88,10 @@ def reachable(trees: Iterable[tuple[bytes, int]],
         ids = sorted(level)
         for i in range(0, len(ids), batch):
             for cid, data in load_many(ids[i : i + batch]):
-                below.update(data[j : j + ID_LEN] for j in range(0, len(data), ID_LEN))
+                if d == 1 and leaves is not None:
+                    leaves([data[j : j + ID_LEN] for j in range(0, len(data), ID_LEN)])
+                else:
+                    below.update(data[j : j + ID_LEN] for j in range(0, len(data), ID_LEN))
                 if counts is not None:
                     if d > 1:
                         inner[(cid, d)] = bytes(data)
