@@ -1,4 +1,4 @@
-"""`mulligan verify` over a vault of many chunks: seconds and peak memory.
+"""`mulligan verify` and `prune` over a vault of many chunks: seconds and peak memory.
 
     python benchmarks/bench_verify.py [--rows 200000] [--snapshots 6] [--rounds 3]
 
@@ -6,7 +6,8 @@ A database of 512-byte pages (--rows rows of 200 random bytes), every row rewrit
 each of --snapshots snapshots, so that nearly every page of every snapshot is a chunk of its
 own (600,000 chunks at the defaults, 270 MiB of packs). Then `verify`, --rounds times, each
 its own process: seconds and peak resident memory (VmHWM), and the bytes each chunk costs
-beyond an empty vault's verify. The anchor is `sha256sum` of every vault object: reading and
+beyond an empty vault's verify; the same for `prune --keep-last` keeping every point (it
+still walks every tree and reads every index object). The anchor is `sha256sum` of every vault object: reading and
 hashing everything once, what any check that reads everything costs at least.
 """
 
@@ -61,16 +62,16 @@ def make_vault(proj: Path, rows: int, snapshots: int) -> None:
         subprocess.run(MULLIGAN + ["snapshot", "app"], cwd=proj, check=True, capture_output=True, env=env)
 
 
-def verify(proj: Path) -> tuple[float, float, int]:
-    """(seconds, peak MB, chunks verified)."""
+def timed(proj: Path, *cmd: str) -> tuple[float, float, dict]:
+    """(seconds, peak MB, the command's JSON)."""
+    import json
+
     t0 = time.monotonic()
-    p = subprocess.run(["/usr/bin/time", "-f", "%M", *MULLIGAN, "--json", "verify"], cwd=proj, capture_output=True,
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", *MULLIGAN, "--json", *cmd], cwd=proj, capture_output=True,
                        text=True, env=_env())
     took = time.monotonic() - t0
     assert p.returncode == 0, p.stderr
-    import json
-
-    return took, int(p.stderr.strip().splitlines()[-1]) / 1024, json.loads(p.stdout)["chunks"]
+    return took, int(p.stderr.strip().splitlines()[-1]) / 1024, json.loads(p.stdout)
 
 
 def read_all(proj: Path) -> float:
@@ -94,18 +95,20 @@ def main() -> None:
         empty, full = work / "empty", work / "full"
         make_vault(empty, 0, 1)
         make_vault(full, a.rows, a.snapshots)
-        base = [verify(empty) for _ in range(a.rounds)]
-        runs = [verify(full) for _ in range(a.rounds)]
-        cat = [read_all(full) for _ in range(a.rounds)]
-        chunks = runs[0][2]
-        mb0, mb = statistics.median(m for _, m, _ in base), statistics.median(m for _, m, _ in runs)
-        secs = statistics.median(t for t, _, _ in runs)
-        print("| vault | chunks | verify: seconds, median (each) | peak MB | bytes a chunk | sha256sum of every object |")
-        print("|---|---|---|---|---|---|")
-        print(f"| empty | {base[0][2]:,} | {statistics.median(t for t, _, _ in base):.2f} | {mb0:.0f} | | |")
-        print(f"| {a.snapshots} snapshots | {chunks:,} | {secs:.2f} ({', '.join(f'{t:.2f}' for t, _, _ in runs)}) "
-              f"| {mb:.0f} | {(mb - mb0) * 1048576 / max(chunks, 1):.0f} | {statistics.median(cat):.2f} s "
-              f"({secs / statistics.median(cat):.1f}x) |")
+        cat = statistics.median(read_all(full) for _ in range(a.rounds))
+        print("| command | vault | chunks | seconds: median (each) | peak MB | bytes a chunk | "
+              "sha256sum of every object |")
+        print("|---|---|---|---|---|---|---|")
+        for cmd in (["verify"], ["prune", "app", "--keep-last", str(a.snapshots + 1)]):
+            base = [timed(empty, *cmd) for _ in range(a.rounds)]
+            runs = [timed(full, *cmd) for _ in range(a.rounds)]
+            chunks = timed(full, "verify")[2]["chunks"]
+            mb0, mb = statistics.median(m for _, m, _ in base), statistics.median(m for _, m, _ in runs)
+            secs = statistics.median(t for t, _, _ in runs)
+            print(f"| {cmd[0]} | empty | | {statistics.median(t for t, _, _ in base):.2f} | {mb0:.0f} | | |")
+            print(f"| {cmd[0]} | {a.snapshots} snapshots | {chunks:,} | {secs:.2f} "
+                  f"({', '.join(f'{t:.2f}' for t, _, _ in runs)}) | {mb:.0f} | "
+                  f"{(mb - mb0) * 1048576 / max(chunks, 1):.0f} | {cat:.2f} s ({secs / cat:.1f}x) |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -212,3 +212,40 @@ def test_only_the_leases_of_dead_processes_are_removed():
         assert [w["key"] for w in live_leases(st, "writer")] == [live.key]
     finally:
         live.release()
+
+
+def test_prune_holds_no_index_whole_and_rewrites_an_index_object_naming_live_and_dead_packs(project, monkeypatch):
+    """Prune looks the trees' nodes up an index object at a time (memory: the referenced ids, not
+    the whole index as well) and holds only which packs each index object names: an object
+    naming packs that stay and packs that go is read again and rewritten with the first alone."""
+    import apsw
+    from conftest import dump
+
+    from mulligan.vault import vault as vault_mod
+
+    monkeypatch.setattr(vault_mod, "INDEX_OBJECTS_MAX", 1)  # every snapshot's index merged into one
+    db = make_db(project.dir / "app.db", rows=500)
+    project.protect(db)
+    for _ in range(3):
+        c = apsw.Connection(db)
+        with c:
+            c.execute("UPDATE posts SET body = hex(randomblob(40))")
+        c.close()
+        assert project.call("snapshot", "app").code == 0
+    index = project.dir / ".mulligan" / "vault" / "index"
+    assert len(list(index.iterdir())) == 1
+    packs_before = len([p for p in (project.dir / ".mulligan" / "vault" / "packs").rglob("*") if p.is_file()])
+    loaded = []
+    real_add = vault_mod.Vault._add_index
+    monkeypatch.setattr(vault_mod.Vault, "_add_index", lambda self, key, data: (loaded.append(key), real_add(self, key, data)))
+    r = project.call("--json", "prune", "app", "--keep-last", "1")
+    assert r.code == 0, r.err
+    assert r.json["data_removal"] == "done" and r.json["packs_removed"] > 0
+    assert loaded == []
+    assert len(list(index.iterdir())) == 1  # rewritten, naming the packs that stay
+    packs_after = len([p for p in (project.dir / ".mulligan" / "vault" / "packs").rglob("*") if p.is_file()])
+    assert packs_after == packs_before - r.json["packs_removed"] > 0
+    monkeypatch.setattr(vault_mod.Vault, "_add_index", real_add)
+    assert project.call("verify").code == 0
+    assert project.call("restore", "app", "--latest", "--to", "copy.db").code == 0
+    assert dump(str(project.dir / "copy.db")) == dump(db)

@@ -5,7 +5,7 @@ snapshot was removed are removed with it; the base whose chain reaches into
 ``--keep-within``'s window is kept (every commit of the window stays
 restorable), and so is the base the newest chain grows from.
 verify: every segment decodes, names a base that exists, and every chunk it
-names is in the vault's index.
+names is among the sound chunks verify read.
 """
 
 from __future__ import annotations

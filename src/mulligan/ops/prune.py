@@ -103,9 +103,11 @@ def choose(manifests: list[Manifest], *, keep_within=None, keep_last=None, keep_
 
 def referenced_chunks(ws: Workspace) -> set[bytes]:
     vault = ws.vault
-    refs: set[bytes] = set()
+    # The chunk index is not held (Vault.lean): tree nodes are looked up an index object at a
+    # time, so memory is the referenced ids (~100 bytes each), not the index as well (~195 more).
+    vault.lean_if_large(limit=0)
     trees = {(bytes.fromhex(m.root), m.depth) for m in vault.manifests(direct=True)}
-    refs.update(tree.reachable(trees, vault.iter_chunks))  # shared subtrees read once
+    refs = tree.reachable(trees, lambda ids: (c for batch in vault.iter_chunk_batches(ids, tree=True) for c in batch))
     for extra in EXTRA_REFERENCES:
         refs |= extra(ws)
     return refs
@@ -158,17 +160,18 @@ def prune(ws: Workspace, target: Target, *, keep_within: timedelta | None = None
 def _collect(ws: Workspace, refs: set[bytes], res: PruneResult) -> None:
     st = ws.vault.storage
     dead_packs: set[bytes] = set()
-    indexes = {}
+    named: dict[str, set[bytes]] = {}  # index object -> the packs it names (its entries are not held)
     for key, data in ws.vault.get_many(list(st.list("index/"))):  # several at once on an object store
         if data is None:  # its packs would look unindexed, hence dead: stop rather than guess
             raise ObjectMissing(f"index object {key} vanished while prune read it",
                                 unchanged="no data was removed", hint="run the prune again")
         packs = decode_index(data, key)
-        indexes[key] = packs
+        named[key] = set(packs)
         for pack_id, entries in packs.items():
             if not any(e[0] in refs for e in entries):
                 dead_packs.add(pack_id)
-    indexed = {p for packs in indexes.values() for p in packs}
+        del packs, data
+    indexed = set().union(*named.values())
     sizes = {}
     for key, size in st.list("packs/"):  # packs left by interrupted writes, never indexed
         pid = bytes.fromhex(key.rsplit("/", 1)[-1])
@@ -178,8 +181,13 @@ def _collect(ws: Workspace, refs: set[bytes], res: PruneResult) -> None:
     if not dead_packs:
         return
     # New indexes first, then old indexes, then the packs: a crash leaves only garbage.
-    for key, packs in indexes.items():
-        if any(p in dead_packs for p in packs):
+    for key, pack_ids in named.items():
+        if pack_ids & dead_packs:
+            try:  # read again (no writer rewrites index objects while prune holds its lease)
+                packs = decode_index(st.get(key), key)
+            except ObjectMissing:
+                raise ObjectMissing(f"index object {key} vanished while prune rewrote the indexes",
+                                    unchanged="no pack was removed", hint="run the prune again") from None
             remaining = [(p, e) for p, e in packs.items() if p not in dead_packs]
             if remaining:
                 st.put(index_key(os.urandom(16)), encode_index(remaining))
