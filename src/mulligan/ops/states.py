@@ -71,7 +71,10 @@ def resolve_state(spec: str, vault: Vault | None, target: Target | None) -> Stat
 
 @contextmanager
 def materialize(vault: Vault | None, target: Target | None, spec: str | StateRef) -> Iterator[str]:
-    """Yield a SQLite file path holding the state."""
+    """Yield a SQLite file path holding the state. Over a large chunk index the vault is read in
+    part (Vault.lean_if_large), as a restore reads it."""
+    if vault is not None:
+        vault.lean_if_large()
     ref = spec if isinstance(spec, StateRef) else resolve_state(spec, vault, target)
     if ref.path is not None:
         yield ref.path
