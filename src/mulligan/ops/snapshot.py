@@ -8,7 +8,7 @@ from ..engines.sqlite.reader import StateMoved
 from ..errors import GuardRefused, MulliganError
 from ..model import Target
 from ..timeparse import iso, utc_now
-from ..vault import KIND_SNAPSHOT, Manifest, blocks
+from ..vault import KIND_SNAPSHOT, Manifest, blocks, tree
 from .workspace import Workspace
 
 Progress = Callable[[int, int], None]  # (pages done in this step, total pages)
@@ -74,9 +74,10 @@ def take_snapshot(
 
 
 def likely_pages(ws: Workspace, target: Target) -> set[bytes]:
-    """The page ids a snapshot of the target most likely shares with stored points: those of its
-    newest restore point (its last captured commit, or its last snapshot) and of the point
-    Mulligan last put in place (an undo snapshot right after a restore in place)."""
+    """The chunk ids a snapshot of the target most likely shares with stored points: the pages
+    (and tree nodes) of its newest restore point (its last captured commit, or its last
+    snapshot) and of the point Mulligan last put in place (an undo snapshot right after a
+    restore in place). Only an economy: the caller keeps those the vault holds now."""
     from . import liveuse
     from .points import resolve_point
 
@@ -91,9 +92,16 @@ def likely_pages(ws: Workspace, target: Target) -> set[bytes]:
             points.append(ws.vault.resolve(put))
         except MulliganError:
             pass  # pruned since, or no longer readable
-    if not points:
-        return set()  # nothing to go by: every page is stored, which is only slower
+    vault, out, trees = ws.vault, set(), set()
+    for m in points:
+        resolved = getattr(m, "resolved_ids", None)  # a captured commit: its pages, no tree of its own
+        if resolved is not None:
+            out.update(resolved)
+        else:
+            trees.add((bytes.fromhex(m.root), m.depth))
     try:
-        return {cid for ids in ws.vault.page_ids_many(points).values() for cid in ids}
-    except MulliganError:
-        return set()
+        if trees:  # nodes and pages, a tree level at a time for all of them
+            out |= tree.reachable(trees, lambda ids: (c for b in vault.iter_chunk_batches(ids, tree=True) for c in b))
+    except (MulliganError, ValueError):
+        pass  # unreadable: what is left is only stored again
+    return out
