@@ -1327,3 +1327,31 @@ def test_a_restore_past_the_last_capture_says_how_old_it_is(app_env, monkeypatch
     assert r.code == 0, r.err
     assert any("after the last moment capture is known to have run" in w for w in r.json["warnings"]), r.json
     assert 52 not in ids_in(str(env.dir / "old.db"))
+
+
+def test_a_snapshot_over_a_large_index_after_capture_stores_only_what_changed(project, monkeypatch):
+    """The target's newest restore point is a captured commit (no tree of its own): a snapshot
+    reading the index in part deduplicates against its pages and against the tree nodes of the
+    base it grows from, so it stores what changed, not every tree node again."""
+    from conftest import dump, make_db
+
+    from mulligan.vault import vault as vault_mod
+
+    db = make_db(project.dir / "app.db", rows=30000)
+    project.protect(db)
+    w = Watch(project, "app")
+    make_db(db, rows=3)  # captured commits after the base
+    time.sleep(1.0)
+    assert w.term() == 0
+    target = project.ws.target("app")
+    assert project.ws.vault.latest(target.id).meta.get("capture")  # the newest stored tree is the base
+    monkeypatch.setattr(vault_mod, "LEAN_READ_INDEX_BYTES", 0)
+    r = project.call("--json", "snapshot", "app")
+    assert r.code == 0, r.err
+    m = project.ws.vault.manifest(target.id, r.json["id"])
+    assert m.page_count > 64 * 16
+    # a few pages and the nodes over them (4 here); 20 when only the captured commit's pages
+    # were looked up (every tree node stored again)
+    assert m.new_chunks <= 8, (m.new_chunks, m.page_count)
+    assert project.call("restore", "app", "--snapshot", m.id, "--to", "copy.db").code == 0
+    assert dump(str(project.dir / "copy.db")) == dump(db)

@@ -76,8 +76,9 @@ def take_snapshot(
 def likely_pages(ws: Workspace, target: Target) -> set[bytes]:
     """The chunk ids a snapshot of the target most likely shares with stored points: the pages
     (and tree nodes) of its newest restore point (its last captured commit, or its last
-    snapshot) and of the point Mulligan last put in place (an undo snapshot right after a
-    restore in place). Only an economy: the caller keeps those the vault holds now."""
+    snapshot), of its newest stored tree, and of the point Mulligan last put in place (an undo
+    snapshot right after a restore in place). Only an economy: the caller keeps those the vault
+    holds now."""
     from . import liveuse
     from .points import resolve_point
 
@@ -86,6 +87,12 @@ def likely_pages(ws: Workspace, target: Target) -> set[bytes]:
         points.append(resolve_point(ws.vault, target, snapshot=None, at=None, latest=True))
     except MulliganError:
         pass
+    try:  # the newest stored tree (a snapshot, or watch's base): a captured commit has none of its own
+        newest = ws.vault.latest(target.id)
+    except MulliganError:
+        newest = None
+    if newest is not None and not any(m.id == newest.id for m in points):
+        points.append(newest)
     put = ((liveuse.own_record(ws.vault, target.id) or {}).get("detail") or {}).get("point")
     if put and not any(m.id == put for m in points):
         try:
