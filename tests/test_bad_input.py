@@ -147,6 +147,7 @@ def test_a_missing_pack_makes_verify_exit_4(project):
     r = project.run("--json", "verify")
     assert r.code == 4
     assert any("missing" in p["problem"] for p in r.json["problems"])
+    assert any(p["object"].startswith("snapshots/") for p in r.json["problems"]), r.json["problems"]  # who needs it
 
 
 def test_restore_refuses_a_non_empty_path_and_leaves_it_byte_identical(project):

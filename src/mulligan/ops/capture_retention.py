@@ -5,7 +5,7 @@ snapshot was removed are removed with it; the base whose chain reaches into
 ``--keep-within``'s window is kept (every commit of the window stays
 restorable), and so is the base the newest chain grows from.
 verify: every segment decodes, names a base that exists, and every chunk it
-names is among the sound chunks verify read.
+names is sound (read by verify, or in a pack written since it listed them).
 """
 
 from __future__ import annotations
@@ -46,11 +46,12 @@ def pins(ws: Workspace, target, keep_within=None) -> dict[str, str]:
     return out
 
 
-def check(ws: Workspace, res, target_id: str | None, good: set[bytes]) -> None:
-    """Every chunk a capture segment names must be among the sound ones verify read (``good``)."""
+def check(ws: Workspace, res, target_id: str | None, sound) -> None:
+    """Every chunk a capture segment names must be sound (``sound``: what verify read)."""
     vault = ws.vault
     # From the keys, not the bodies: a damaged manifest is verify's own finding, not a reason to stop.
     existing = {tuple(k.split("/")[1:3]) for k, _ in vault.storage.list("snapshots/") if k.count("/") == 2}
+    unread: dict[str, list[bytes]] = {}  # segment -> its chunks verify did not find sound
     for (tid, base_id), keys in cs.all_segment_bases(vault).items():
         if target_id and tid != target_id:
             continue
@@ -62,10 +63,15 @@ def check(ws: Workspace, res, target_id: str | None, good: set[bytes]) -> None:
             except MulliganError as exc:
                 res.problem(key, exc.message)
                 continue
-            missing = [c for c in seg["chunks"] if bytes.fromhex(c) not in good]
-            if missing:
-                res.problem(key, f"capture segment needs {len(missing)} chunks that are missing or damaged "
-                                 f"(first: {missing[0]})")
+            ids = [c for c in map(bytes.fromhex, seg["chunks"]) if c not in sound.good]
+            if ids:
+                unread[key] = ids
+    bad = set(sound.unsound(c for ids in unread.values() for c in ids))  # one look-up for them all
+    for key, ids in unread.items():
+        missing = [c for c in ids if c in bad]
+        if missing:
+            res.problem(key, f"capture segment needs {len(missing)} chunks that are missing or damaged "
+                             f"(first: {missing[0].hex()})")
 
 
 def register() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from ..errors import IntegrityError, MulliganError
 from ..storage import ObjectMissing
@@ -13,11 +14,11 @@ from ..vault.packs import decode_index, decode_pack_trailer, pack_key
 from .workspace import Workspace
 
 # Other record kinds (audit log, capture segments) add checks here: check(ws, res, target_id,
-# good), ``good`` the ids of every chunk found sound.
+# sound), ``sound`` a :class:`Sound` (which chunks verify found sound).
 EXTRA_CHECKS: list = []
 
 
-def _audit_chain(ws: Workspace, res: "VerifyResult", target_id, good: set[bytes]) -> None:
+def _audit_chain(ws: Workspace, res: "VerifyResult", target_id, sound: "Sound") -> None:
     """The audit log is vault-wide: its hash chain is checked whatever the target."""
     from .audit import PREFIX, read
 
@@ -26,6 +27,34 @@ def _audit_chain(ws: Workspace, res: "VerifyResult", target_id, good: set[bytes]
 
 
 EXTRA_CHECKS.append(_audit_chain)
+
+
+@dataclass
+class Sound:
+    """What verify read: the ids of the chunks it found sound, and the packs it read."""
+
+    vault: object
+    good: set[bytes]
+    read: set[str]
+    gone: set[str] = field(default_factory=set)  # packs an index names that are missing
+    later: set[str] = field(default_factory=set)  # packs written since verify listed them
+
+    def unsound(self, cids: Iterable[bytes]) -> list[bytes]:
+        """Of these chunk ids, those missing from the vault or damaged. A chunk in a pack written
+        since verify listed the packs (a running watch stores one every half second) is neither:
+        that pack goes into ``later``, noted unread."""
+        rest = [c for c in dict.fromkeys(cids) if c not in self.good]
+        if not rest:
+            return []
+        found = self.vault.locate(rest)  # one pass over the index objects, only for these
+        out = []
+        for c in rest:
+            e = found.get(c)
+            if e is None or pack_key(e.pack) in self.read or pack_key(e.pack) in self.gone:
+                out.append(c)
+            else:
+                self.later.add(pack_key(e.pack))
+        return out
 
 
 @dataclass
@@ -116,6 +145,7 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
         if progress:
             progress(1, len(packs))
     read = {key for key, _ in packs} - vanished
+    sound = Sound(vault, good, read)
     for pack_id in indexed_packs:
         # A pack read above is there; any other may have been written since the listing or
         # removed since: a stat says (one request for those only, not for every pack).
@@ -125,17 +155,21 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
                 res.notes.append(f"{pack_key(pack_id)} was removed with its index while verify ran (prune)")
                 continue
             res.problem(pack_key(pack_id), "pack named by an index is missing")
+            sound.gone.add(pack_key(pack_id))
     target_id = ws.target(target_name).id if target_name else None
     seen: dict[str, object] = {}
     for m in _manifests(ws, target_id, res):
         seen[m.key] = m
         res.manifests += 1
-    if not _all_trees_whole(vault, seen.values(), good):
+    if not _all_trees_whole(vault, seen.values(), sound):
         for m in seen.values():  # one at a time, to name each restore point that is damaged
-            _check_tree(vault, m, good, res)
+            _check_tree(vault, m, sound, res)
     _catalogs(ws, target_id, seen, res)
     for check in EXTRA_CHECKS:
-        check(ws, res, target_id, good)
+        check(ws, res, target_id, sound)
+    if sound.later:
+        res.notes.append(f"{len(sound.later)} packs written since verify listed the packs (a running watch "
+                         "stores some every second) were not read; run verify again to check them")
     if restore_test:
         res.restore_test = _restore_test(ws, target_name)
         if not res.restore_test.get("ok"):
@@ -143,17 +177,17 @@ def verify(ws: Workspace, target_name: str | None = None, restore_test: bool = F
     return res
 
 
-def _all_trees_whole(vault, manifests, good: set[bytes]) -> bool:
+def _all_trees_whole(vault, manifests, sound: Sound) -> bool:
     """All trees walked at once, each shared node read once (tree.reachable): true when every
     chunk they need is among the sound ones and each lists as many pages as its manifest
     says. Anything else is looked at restore point by restore point."""
     ms = list(manifests)
     counts: dict = {}
-    unsound = []  # leaves (pages) not among the sound chunks, checked as the walk reaches them
+    good = sound.good
+    unread = []  # leaves (pages) not among the sound chunks, gathered as the walk reaches them
 
     def check_leaves(ids: list[bytes]) -> None:
-        if not unsound:
-            unsound.extend(c for c in ids if c not in good)
+        unread.extend(c for c in ids if c not in good)
 
     try:
         nodes = tree.reachable({(bytes.fromhex(m.root), m.depth) for m in ms},
@@ -161,11 +195,12 @@ def _all_trees_whole(vault, manifests, good: set[bytes]) -> bool:
                                counts=counts, leaves=check_leaves)
     except (MulliganError, ValueError, TypeError, KeyError):  # a root that is not hex, a depth not a number
         return False
-    return (not unsound and nodes <= good
-            and all(counts[(bytes.fromhex(m.root), m.depth)] == m.page_count for m in ms))
+    if not all(counts[(bytes.fromhex(m.root), m.depth)] == m.page_count for m in ms):
+        return False
+    return not sound.unsound(unread + [c for c in nodes if c not in good])
 
 
-def _check_tree(vault, m, good: set[bytes], res: VerifyResult) -> None:
+def _check_tree(vault, m, sound: Sound, res: VerifyResult) -> None:
     try:
         nodes = tree.node_ids(bytes.fromhex(m.root), m.depth, vault.load_chunk)
         leaves = vault.page_ids(m)
@@ -175,7 +210,7 @@ def _check_tree(vault, m, good: set[bytes], res: VerifyResult) -> None:
     except (ValueError, TypeError):
         res.problem(m.key, f"restore point {m.id} names a tree root or depth that cannot be: the manifest is damaged")
         return
-    missing = [c for c in set(nodes) | set(leaves) if c not in good]
+    missing = sound.unsound(set(nodes) | set(leaves))
     if missing:
         res.problem(m.key, f"restore point {m.id} needs {len(missing)} chunks that are missing or damaged "
                            f"(first: {missing[0].hex()})")
