@@ -45,7 +45,9 @@ def test_prune_without_rules_is_a_usage_error(project):
     assert project.run("prune", "app").code == 2
 
 
-def test_prune_removes_old_points_and_their_data_and_dry_run_changes_nothing(project):
+def three_snapshots_of_rewritten_rows(project) -> str:
+    """Target 'app' and three snapshots, every post rewritten before each: the older two hold
+    data the newest does not need. Returns the database's path."""
     import apsw
 
     db = make_db(project.dir / "app.db", rows=500)
@@ -55,7 +57,12 @@ def test_prune_removes_old_points_and_their_data_and_dry_run_changes_nothing(pro
         with c:
             c.execute("UPDATE posts SET body = hex(randomblob(40))")
         c.close()
-        assert project.run("snapshot", "app").code == 0
+        assert project.call("snapshot", "app").code == 0
+    return db
+
+
+def test_prune_removes_old_points_and_their_data_and_dry_run_changes_nothing(project):
+    three_snapshots_of_rewritten_rows(project)
     dry = project.run("--json", "prune", "app", "--keep-last", "1", "--dry-run").json
     assert len(dry["removed"]) == 2
     assert len(project.run("--json", "snapshots", "app").json["snapshots"]) == 3
@@ -218,20 +225,12 @@ def test_prune_holds_no_index_whole_and_rewrites_an_index_object_naming_live_and
     """Prune looks the trees' nodes up an index object at a time (memory: the referenced ids, not
     the whole index as well) and holds only which packs each index object names: an object
     naming packs that stay and packs that go is read again and rewritten with the first alone."""
-    import apsw
     from conftest import dump
 
     from mulligan.vault import vault as vault_mod
 
     monkeypatch.setattr(vault_mod, "INDEX_OBJECTS_MAX", 1)  # every snapshot's index merged into one
-    db = make_db(project.dir / "app.db", rows=500)
-    project.protect(db)
-    for _ in range(3):
-        c = apsw.Connection(db)
-        with c:
-            c.execute("UPDATE posts SET body = hex(randomblob(40))")
-        c.close()
-        assert project.call("snapshot", "app").code == 0
+    db = three_snapshots_of_rewritten_rows(project)
     index = project.dir / ".mulligan" / "vault" / "index"
     assert len(list(index.iterdir())) == 1
     packs_before = len([p for p in (project.dir / ".mulligan" / "vault" / "packs").rglob("*") if p.is_file()])
