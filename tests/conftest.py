@@ -122,6 +122,18 @@ def project(tmp_path: Path) -> Env:
     return Env(tmp_path)
 
 
+@pytest.fixture
+def whole_index_loads(monkeypatch) -> list[str]:
+    """The keys of the index objects any vault of this process loads whole from now on
+    (Vault.index); a command that reads a large index in part (Vault.lean) adds none."""
+    from mulligan.vault import vault as vault_mod
+
+    loaded: list[str] = []
+    real = vault_mod.Vault._add_index
+    monkeypatch.setattr(vault_mod.Vault, "_add_index", lambda self, key, data: (loaded.append(key), real(self, key, data)))
+    return loaded
+
+
 # ---- an S3 endpoint on 127.0.0.1 ------------------------------------------------------------
 @dataclass
 class S3Endpoint:

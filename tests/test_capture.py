@@ -248,12 +248,11 @@ def test_prune_keeps_the_capture_chain_and_verify_checks_it(app_env):
 
 
 @pytest.mark.parametrize("how", ["damaged", "deleted"])
-def test_verify_names_the_capture_segment_whose_pages_a_damaged_pack_held(app_env, how):
+def test_verify_names_the_capture_segment_whose_pages_a_damaged_pack_held(app_env, how, whole_index_loads):
     """A flush's pack damaged or deleted: verify names the segment that needs its pages (it
     asked only whether an index named them, and passed a damaged one; a deleted one is not
     taken for one written since verify listed the packs), and holds no index object whole."""
     from mulligan.ops import capture_store as cs
-    from mulligan.vault import vault as vault_mod
     from mulligan.vault.packs import pack_key
 
     env, db = app_env
@@ -274,16 +273,11 @@ def test_verify_names_the_capture_segment_whose_pages_a_damaged_pack_held(app_en
         data = bytearray(path.read_bytes())
         data[entry.offset + entry.stored_len // 2] ^= 0x55  # inside the block holding that page
         path.write_bytes(bytes(data))
-    loaded = []
-    real_add = vault_mod.Vault._add_index
-    vault_mod.Vault._add_index = lambda self, key, data: (loaded.append(key), real_add(self, key, data))
-    try:
-        v = env.call("--json", "verify", "app")
-    finally:
-        vault_mod.Vault._add_index = real_add
+    whole_index_loads.clear()
+    v = env.call("--json", "verify", "app")
     assert v.code == 4, v.out
     assert any(p["object"] == seg_key and "capture segment needs" in p["problem"] for p in v.json["problems"]), v.json
-    assert loaded == []
+    assert whole_index_loads == []
 
 
 def test_one_watch_captures_every_target(project):

@@ -120,7 +120,8 @@ def test_confirm_with_the_name_restores_keeps_the_identity_and_leaves_an_undo_po
     assert state_before != app.state_at_snapshot
 
 
-def test_an_in_place_restore_over_a_large_index_keeps_an_undo_point_of_only_what_changed(app, monkeypatch):
+def test_an_in_place_restore_over_a_large_index_keeps_an_undo_point_of_only_what_changed(app, monkeypatch,
+                                                                                        whole_index_loads):
     """Past LEAN_READ_INDEX_BYTES the index is read in part, in place and by undo too (no index
     object loaded whole); each undo point deduplicates against the pages of the newest restore
     point and of the point last put in place (told to the vault in one pass), not against
@@ -135,12 +136,10 @@ def test_an_in_place_restore_over_a_large_index_keeps_an_undo_point_of_only_what
     assert dump(app.db) == app.state_at_snapshot
     (undo,) = undo_points(app)
     assert undo.new_chunks <= 2, undo.new_chunks  # its pages were all in the vault (a tree node at most)
-    loaded = []  # index objects loaded whole: none, in undo too
-    real_add = vault_mod.Vault._add_index
-    monkeypatch.setattr(vault_mod.Vault, "_add_index", lambda self, key, data: (loaded.append(key), real_add(self, key, data)))
+    whole_index_loads.clear()  # none from here on, in undo too
     assert app.call("undo", "app", "--confirm", "app").code == 0
     assert dump(app.db) == state_before
-    assert loaded == []
+    assert whole_index_loads == []
     second = undo_points(app)[-1]  # the state undo replaced, the restore point just restored
     # only what the in-place restore changed itself (the header and the identity stamp) and a tree
     # node, as with the whole index loaded (3); 7 when only the newest restore point was told

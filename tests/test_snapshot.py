@@ -127,7 +127,8 @@ def test_a_restored_copy_is_stamped_as_a_copy_and_never_passes_for_the_original(
     assert "personal data" in r.err
 
 
-def test_a_snapshot_over_a_large_index_holds_none_of_it_and_stores_only_what_changed(project, monkeypatch):
+def test_a_snapshot_over_a_large_index_holds_none_of_it_and_stores_only_what_changed(project, monkeypatch,
+                                                                                   whole_index_loads):
     """Past LEAN_READ_INDEX_BYTES a snapshot loads no index object whole (memory would grow with
     the history): it deduplicates against the pages of the target's newest restore point, looked
     up once its writer lease is held (a prune may run until then), and restores exactly."""
@@ -144,9 +145,9 @@ def test_a_snapshot_over_a_large_index_holds_none_of_it_and_stores_only_what_cha
     target = project.ws.target("app")
     os.unlink(project.ws.cache_file(target, "blocks"))  # no block digests to reuse: every page is looked up
     monkeypatch.setattr(vault_mod, "LEAN_READ_INDEX_BYTES", 0)
-    loaded, leases = [], []
-    real_add, real_likely = vault_mod.Vault._add_index, snapshot_mod.likely_pages
-    monkeypatch.setattr(vault_mod.Vault, "_add_index", lambda self, key, data: (loaded.append(key), real_add(self, key, data)))
+    leases = []
+    real_likely = snapshot_mod.likely_pages
+    whole_index_loads.clear()
 
     def likely(ws, t):
         leases.append(len(live_leases(ws.vault.storage, "writer")))
@@ -155,7 +156,7 @@ def test_a_snapshot_over_a_large_index_holds_none_of_it_and_stores_only_what_cha
     monkeypatch.setattr(snapshot_mod, "likely_pages", likely)
     r = project.call("--json", "snapshot", "app")
     assert r.code == 0, r.err
-    assert loaded == [] and leases == [1]
+    assert whole_index_loads == [] and leases == [1]
     m = project.ws.vault.manifest(target.id, r.json["id"])
     assert m.page_count > 64 * 16  # tree nodes over more than 16 blocks of pages: most unchanged
     # the pages the rows changed, the header, the tree nodes over them: 9 here; 25 when the
