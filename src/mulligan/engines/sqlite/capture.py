@@ -95,6 +95,8 @@ class Poll:
 # What one poll reads at most: a commit larger than this (a migration, a VACUUM) is read in
 # pieces, so the watcher's memory does not grow with the largest transaction.
 POLL_MAX_BYTES = 16 << 20
+# observe() reads every table's largest key again at least this often, whatever the pages say.
+OBSERVE_ALL_EVERY = 5.0
 
 
 @dataclass
@@ -145,7 +147,15 @@ class Tailer:
         self._own_frame = 0
         self.last_own: tuple | None = None
         self.overlay_frames: dict[int, int] = {}  # pgno -> WAL frame, of the last full_state()
-        self._schema: tuple[int, list[tuple[list[str], str]], set[str]] | None = None
+        self._schema: tuple[int, list[str], set[str], dict[str, int]] | None = None
+        # observe(): each table's largest key as last read, and the pages from its b-tree's root
+        # to its rightmost leaf (None: not known, the key is read every time); the pages written
+        # by the commits captured since (a table none of whose path pages were written kept its
+        # largest key). None: read every table.
+        self._maxrow: dict[str, int] = {}
+        self._paths: dict[str, frozenset[int] | None] | None = None
+        self._touched: set[int] = set()
+        self._all_read_at = 0.0
         self.inodes: dict[str, tuple[int, int]] = {}
         self._turned_at: tuple | None = None  # the WAL (salts, mxFrame, nBackfill) at the last turn
         # Inside a commit read in pieces: the last frame read and the frame of each page so far.
@@ -265,7 +275,7 @@ class Tailer:
             frames: dict[int, int] = {}
             count = 0
             nb = min(h.n_backfill, h.mx_frame)
-            self.page_frames = {}
+            self.page_frames, self._paths = {}, None
             if h.mx_frame > nb:
                 # Frames up to nBackfill are in the main file already (and after a file was copied
                 # over the main file, SQLite's readers no longer apply them either). The pages past
@@ -327,11 +337,11 @@ class Tailer:
             # Normal only when every frame of the old WAL was both captured and backfilled.
             res.continuous = prev is not None and self.frame == prev.mx_frame and prev.n_backfill >= prev.mx_frame \
                 and h.mx_frame >= 0
-            self.salts, self.frame, self.page_frames = h.salts, 0, {}
+            self.salts, self.frame, self.page_frames, self._paths = h.salts, 0, {}, None
             res.part_dropped |= self.forget_part()
         if h.mx_frame < self.frame:  # cannot happen without a restart; treat it as one
             res.restarted, res.continuous = True, False
-            self.frame, self.page_frames = 0, {}
+            self.frame, self.page_frames, self._paths = 0, {}, None
             res.part_dropped |= self.forget_part()
         if h.mx_frame > self.frame:
             where: dict[int, int] = {}
@@ -343,6 +353,8 @@ class Tailer:
             now = time.time()
             for f, size, pages in fr.commits:
                 res.commits.append(Commit(f, size, pages, now, self.own.pop((h.salts, f), "app")))
+            self._touched.update(where)  # pages the captured commits wrote (observe)
+            self._touched.update(fr.part_at)
             if fr.part is not None:
                 res.part = fr.part
                 self._part_end = fr.part_end
@@ -475,38 +487,95 @@ class Tailer:
 
     # ---- observing ------------------------------------------------------------------
     def observe(self) -> Observation:
-        """Identity, generation and counters as the held read sees them."""
+        """Identity, generation and counters as the held read sees them.
+
+        The largest key of a table is read again only when a page on the path from its b-tree's
+        root to its rightmost leaf was written since it was last read (if none was, the same
+        leaf ends the table, unchanged), and of every table when the read is not exactly at the
+        last captured commit, after the schema changed, and every OBSERVE_ALL_EVERY seconds."""
         c = self.reader
         ident = ident_mod.read(c)
         schema_version = c.execute("PRAGMA schema_version").fetchone()[0]
         if self._schema is None or self._schema[0] != schema_version:
-            tables, autoinc = [], set()
-            for name, sql in c.execute("SELECT name, sql FROM sqlite_master WHERE type='table'"):
+            tables, autoinc, roots = [], set(), {}
+            for name, sql, root in c.execute("SELECT name, sql, rootpage FROM sqlite_master WHERE type='table'"):
                 if name.startswith("sqlite_") or ident_mod.is_internal(name) or not sql:
                     continue
                 upper = sql.upper()
                 if "WITHOUT ROWID" in upper or upper.startswith("CREATE VIRTUAL"):
                     continue
                 tables.append(name)
+                roots[name] = int(root or 0)
                 if "AUTOINCREMENT" in upper:
                     autoinc.add(name)
-            # The largest key of every table in one statement per 400 tables (SQLite allows 500
-            # terms in a compound SELECT): one statement each cost 45 % more at 100 tables.
-            quoted = ['"' + t.replace('"', '""') + '"' for t in tables]
-            queries = [(tables[i:i + 400], " UNION ALL ".join(f"SELECT (SELECT max(rowid) FROM {q})"
-                                                              for q in quoted[i:i + 400]))
-                       for i in range(0, len(tables), 400)]
-            self._schema = (schema_version, queries, autoinc)
-        _, queries, autoinc = self._schema
+            self._schema = (schema_version, tables, autoinc, roots)
+            self._paths = None
+        _, tables, autoinc, roots = self._schema
         seq: dict[str, int] = {}
         if c.execute("SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'").fetchall():
             seq = {n: int(s) for n, s in c.execute("SELECT name, seq FROM sqlite_sequence") if s is not None}
-        maxrow = {}
-        for names, sql in queries:
-            for t, (v,) in zip(names, c.execute(sql)):
-                maxrow[t] = int(v or 0)
+        touched, self._touched = self._touched, set()
+        now = time.monotonic()
+        # The pages can be read as this read sees them (the main file overlaid by the captured
+        # frames) only when it is exactly at the last captured commit.
+        at = self._turned_at
+        aligned = at is not None and at[0] == self.salts and at[1] == self.frame
+        if aligned:
+            h = self.header()
+            aligned = h.salts == self.salts and h.mx_frame == self.frame
+        paths = self._paths if aligned and now - self._all_read_at < OBSERVE_ALL_EVERY else None
+        if paths is None:
+            todo, maxrow = tables, {}
+        else:
+            todo = [t for t in tables if (p := paths.get(t)) is None or not p.isdisjoint(touched)]
+            maxrow = dict(self._maxrow)
+        maxrow.update(self._largest_keys(c, todo))
+        self._maxrow = maxrow
+        if aligned:
+            paths = dict(paths) if paths is not None else {}
+            for t in todo:
+                paths[t] = self._rightmost_path(roots.get(t, 0))
+            if self._paths is None or todo is tables:
+                self._all_read_at = now
+            self._paths = paths
+        else:
+            self._paths = None
         return Observation(ident.target_id if ident else None, ident.generation if ident else None,
-                           seq, maxrow, set(autoinc), time.time())
+                           seq, dict(maxrow), set(autoinc), time.time())
+
+    @staticmethod
+    def _largest_keys(c: apsw.Connection, tables: list[str]) -> dict[str, int]:
+        """{table: its largest rowid} in one statement per 400 tables (SQLite allows 500 terms in
+        a compound SELECT): one statement each cost 45 % more at 100 tables."""
+        out = {}
+        for i in range(0, len(tables), 400):
+            names = tables[i : i + 400]
+            sql = " UNION ALL ".join('SELECT (SELECT max(rowid) FROM "' + t.replace('"', '""') + '")' for t in names)
+            for t, (v,) in zip(names, c.execute(sql)):
+                out[t] = int(v or 0)
+        return out
+
+    def _rightmost_path(self, root: int) -> frozenset[int] | None:
+        """The pages from a table b-tree's root to its rightmost leaf, read as the held read sees
+        them (only when it is at the last captured commit); None when they do not look like one."""
+        ps, path, pgno = self.page_size or (self.last.page_size if self.last else 0), [], root
+        for _ in range(40):
+            if pgno < 1 or not ps:
+                return None
+            f = self.page_frames.get(pgno)
+            data = wal.read_frame_page(self.wal_fd, f, ps) if f is not None else \
+                os.pread(self.db_fd, ps, (pgno - 1) * ps)
+            off = 100 if pgno == 1 else 0
+            if len(data) < off + 12:
+                return None
+            path.append(pgno)
+            kind = data[off]
+            if kind == 0x0D:  # a table b-tree's leaf: the rightmost one
+                return frozenset(path)
+            if kind != 0x05:  # not an interior table page
+                return None
+            pgno = int.from_bytes(data[off + 8 : off + 12], "big")  # its right-most child
+        return None
 
     # ---- what changed on disk --------------------------------------------------------
     def replaced(self) -> list[str]:
