@@ -2,9 +2,10 @@
 
     python benchmarks/bench_watch_limits.py [--tables 3,100,1000] [--chunks 2000000]
 
-1. The rollback detector reads the largest key of every rowid table after each poll that
-   found commits. For each table count: a database of that many tables, the watcher's
-   tailer, a commit into one table, a poll, then the observation timed (median of 30).
+1. After each poll that found commits the rollback detector reads the largest key of the
+   rowid tables a commit may have moved (every table now and then), and looks at every
+   table's path. For each table count: a database of that many tables, the watcher's tailer,
+   a commit into one table, a poll, then the observation timed (median of 30).
 2. The chunk index grows with the vault's history. `mulligan watch` is started on a small
    database over an empty vault and over one whose index objects name ``--chunks`` chunks
    (written directly: entries no pack holds), twice each (the second start looks the state
