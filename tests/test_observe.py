@@ -52,6 +52,19 @@ def _apply(app: apsw.Connection, table: int, what: str, n: int) -> None:
         app.execute("VACUUM")
 
 
+def tables_db(path: str, n: int, fill: str | None = None) -> apsw.Connection:
+    """A WAL database of tables t0..t{n-1} (each given a row by ``fill``, formatted with i), and
+    the application's connection to it."""
+    app = apsw.Connection(path)
+    app.execute("PRAGMA journal_mode=WAL").fetchall()
+    with app:
+        for i in range(n):
+            app.execute(f"CREATE TABLE t{i}(id INTEGER PRIMARY KEY AUTOINCREMENT, v BLOB)")
+            if fill:
+                app.execute(fill.format(i=i))
+    return app
+
+
 def _truth(path: str) -> dict[str, int]:
     c = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
     try:
@@ -95,12 +108,7 @@ def test_a_commit_into_one_table_reads_that_table_alone(tmp_path, monkeypatch):
     """With 300 tables, a commit into one: its largest key is read again, not all 300 (each read
     is the table's rightmost leaf, fetched again after every commit)."""
     path = str(tmp_path / "many.db")
-    app = apsw.Connection(path)
-    app.execute("PRAGMA journal_mode=WAL").fetchall()
-    with app:
-        for i in range(300):
-            app.execute(f"CREATE TABLE t{i}(id INTEGER PRIMARY KEY, v BLOB)")
-            app.execute(f"INSERT INTO t{i}(v) VALUES (randomblob(3000))")
+    app = tables_db(path, 300, "INSERT INTO t{i}(v) VALUES (randomblob(3000))")
     asked: list[list[str]] = []
     real = Tailer._largest_keys
     monkeypatch.setattr(Tailer, "_largest_keys", staticmethod(lambda c, tables: asked.append(list(tables)) or real(c, tables)))
@@ -157,12 +165,7 @@ def test_under_a_writer_process_every_observation_is_what_its_read_sees(tmp_path
     import sys
 
     path = str(tmp_path / "app.db")
-    app = apsw.Connection(path)
-    app.execute("PRAGMA journal_mode=WAL").fetchall()
-    with app:
-        for i in range(20):
-            app.execute(f"CREATE TABLE t{i}(id INTEGER PRIMARY KEY AUTOINCREMENT, v BLOB)")
-    app.close()
+    tables_db(path, 20).close()
     t = Tailer(path)
     t.open()
     w = subprocess.Popen([sys.executable, "-c", WRITER, path, "4"])
