@@ -107,7 +107,7 @@ def referenced_chunks(ws: Workspace) -> set[bytes]:
     # time, so memory is the referenced ids (~100 bytes each), not the index as well (~195 more).
     vault.lean_if_large(limit=0)
     trees = {(bytes.fromhex(m.root), m.depth) for m in vault.manifests(direct=True)}
-    refs = tree.reachable(trees, lambda ids: (c for batch in vault.iter_chunk_batches(ids, tree=True) for c in batch))
+    refs = tree.reachable(trees, lambda ids: vault.iter_chunks(ids, tree=True))
     for extra in EXTRA_REFERENCES:
         refs |= extra(ws)
     return refs

@@ -108,7 +108,7 @@ def likely_pages(ws: Workspace, target: Target) -> set[bytes]:
             trees.add((bytes.fromhex(m.root), m.depth))
     try:
         if trees:  # nodes and pages, a tree level at a time for all of them
-            out |= tree.reachable(trees, lambda ids: (c for b in vault.iter_chunk_batches(ids, tree=True) for c in b))
+            out |= tree.reachable(trees, lambda ids: vault.iter_chunks(ids, tree=True))
     except (MulliganError, ValueError):
         pass  # unreadable: what is left is only stored again
     return out

@@ -191,7 +191,7 @@ def _all_trees_whole(vault, manifests, sound: Sound) -> bool:
 
     try:
         nodes = tree.reachable({(bytes.fromhex(m.root), m.depth) for m in ms},
-                               lambda ids: (c for batch in vault.iter_chunk_batches(ids, tree=True) for c in batch),
+                               lambda ids: vault.iter_chunks(ids, tree=True),
                                counts=counts, leaves=check_leaves)
     except (MulliganError, ValueError, TypeError, KeyError):  # a root that is not hex, a depth not a number
         return False

@@ -355,9 +355,10 @@ class Vault:
         block = self.codec.decompress(blob, f"in {key}")
         return self.codec.check(block[e.inner : e.inner + e.length], cid, e.length)
 
-    def iter_chunks(self, wanted: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
-        """Yield (id, data) for each wanted chunk, reading each pack once, verified."""
-        for batch in self.iter_chunk_batches(wanted):
+    def iter_chunks(self, wanted: Iterable[bytes], *, tree: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """Yield (id, data) for each wanted chunk, reading each pack once, verified (``tree``: the
+        wanted chunks are tree nodes, see ``locate``)."""
+        for batch in self.iter_chunk_batches(wanted, tree=tree):
             yield from batch
 
     def iter_chunk_batches(self, wanted: Iterable[bytes], *, tree: bool = False) -> Iterator[list[tuple[bytes, bytes]]]:
