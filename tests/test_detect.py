@@ -145,6 +145,44 @@ def test_copy_over_the_file_and_removed_wal_and_shm_while_the_app_is_stopped(sce
     assert seq_of(db, "posts") >= lost_max
 
 
+def test_a_database_deleted_then_replaced_by_an_old_copy_is_one_incident(scene):
+    """``rm app.db*`` while the application is stopped, then ``cp old.db app.db``: one loss, seen
+    twice (the file goes, then capture starts on the file that came). It was two incidents with
+    the same last good commit; the first said the application still wrote into a file nobody
+    held, and named no state rolled back to (``recover --incident`` had no BASE)."""
+    env, db, hook = scene
+    app = App(db, env.dir / "app.log", rate=100)
+    w = Watch(env, "app")
+    snap, old, _ = old_copy(env, db, app)
+    time.sleep(0.8)
+    app.stop()
+    lost_max = max(i for i, _ in app.log())
+    time.sleep(1.3)
+    wait_checkpointed(db)
+    for f in (db, db + "-wal", db + "-shm"):
+        os.unlink(f)
+    deleted = hook.wait("rollback", 6)
+    assert deleted is not None, w.text()
+    assert "no process holds it open" in deleted[1]["text"] and "still writes" not in deleted[1]["text"]
+    t0 = time.time()
+    shutil.copyfile(old, db)
+    end = time.time() + 6
+    while len([b for _, b in hook.received if b.get("kind") == "rollback"]) < 2 and time.time() < end:
+        time.sleep(0.02)
+    again = [(t, b) for t, b in hook.received if b.get("kind") == "rollback"][1:]
+    assert again, w.text()
+    assert again[0][0] - t0 < 2.0, f"alert after {again[0][0] - t0:.2f} s"
+    assert w.term() == 0
+    assert "the same last good commit" in again[0][1]["text"]
+    incs = env.run("incidents", "--json").json["incidents"]
+    assert len(incs) == 1, incs
+    assert again[0][1]["incident"]["id"] == deleted[1]["incident"]["id"] == incs[0]["id"]
+    check_incident(env, again[0][1], snap, lost_max, t0)
+    assert seq_of(db, "posts") >= lost_max
+    plan = env.run("recover", "app", "--incident", incs[0]["id"], "--json")  # BASE and LOST from the record
+    assert plan.code == 0, plan.err
+
+
 def test_copy_while_watch_and_app_were_both_stopped_is_found_at_start(scene):
     env, db, hook = scene
     app = App(db, env.dir / "app.log", rate=100)
@@ -397,6 +435,49 @@ def test_a_database_deleted_from_its_path_is_said_to_be_deleted_not_rolled_back(
     finally:
         app.stop()
         cap.stop()
+
+
+def test_a_file_put_at_the_path_just_after_the_database_was_deleted_is_compared(project):
+    """``rm app.db && cp old.db app.db``, the copy landing between the watcher seeing the file gone
+    and moving on to the path: the file there was captured as a new base and never compared
+    (no rollback found, no counters raised, the incident naming no state rolled back to)."""
+
+    from mulligan.ops import incidents as inc_mod
+    from test_watch_kit import capture_in_process
+
+    cap, db, out = capture_in_process(project)
+    ws, target = cap.ws, cap.target
+    first_base = cap.base.id
+    old = str(project.dir / "old.db")
+    shutil.copy(db, old)  # the state the watcher started from (the WAL checkpointed at creation)
+    conn = apsw.Connection(db)
+    with conn:
+        for _ in range(20):
+            conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'lost')")
+    lost_max = conn.execute("SELECT max(id) FROM posts").fetchone()[0]
+    conn.close()
+    try:
+        cap.step(time.monotonic())
+        seen = cap._on_swap
+
+        def and_then_the_copy():
+            seen()
+            shutil.copy(old, db)  # before capture moves to the path
+
+        cap._on_swap = and_then_the_copy
+        for f in (db, db + "-wal", db + "-shm"):
+            os.unlink(f)
+        cap.step(time.monotonic())
+        incs = inc_mod.list_incidents(ws.vault, target.id)
+        assert len(incs) == 1, [i["title"] for i in incs]
+        inc = incs[0]
+        assert "was deleted from its path, and no process holds it open" in inc["title"]
+        assert (inc["rolled_back_to"] or {}).get("snapshot_id") == first_base, out.getvalue()
+        assert any(e["event"].startswith("rollback detected again") for e in inc["timeline"])
+        assert inc["counters"]["raised"].get("posts", 0) >= lost_max
+    finally:
+        cap.stop()
+    assert seq_of(db, "posts") >= lost_max
 
 
 @pytest.mark.parametrize("cache_ids", [0, 700, 10**9])

@@ -123,8 +123,13 @@ class RollbackDetector:
         rb = detect.Rollback(signals=signals, detected_at=now, last_good_point=lkg[0] if lkg else None,
                              last_good_time=lkg[1] if lkg else None, rolled_back_to=rolled_to, match=score,
                              chain_base=chain_base, detail=where)
-        inc = detect.open_rollback(cap.vault, cap.target, rb)
-        cap.stats.incidents_opened += 1
+        inc = detect.same_loss(cap.vault, cap.target, rb)
+        earlier = inc is not None and {"opened_at": inc["opened_at"], "counters": inc.get("counters") or {}}
+        if inc is not None:
+            detect.continue_rollback(cap.vault, cap.target, inc, rb)
+        else:
+            inc = detect.open_rollback(cap.vault, cap.target, rb)
+            cap.stats.incidents_opened += 1
         raised, no_counter, detail = {}, [], {}
         lost = self.obs
         if lost is not None and raise_now:
@@ -138,9 +143,14 @@ class RollbackDetector:
                 if isinstance(exc, OwnWriteFailed):
                     cap._apply_poll_quiet(exc.tail)  # the commits read before it are captured all the same
                 inc_mod.add_event(cap.vault, inc, "counters not raised", exc.message)
-        inc["counters"] = {"raised": raised, "no_counter": no_counter, "no_counter_detail": detail,
-                           **({"deferred": "raised when the application reopens the file at the path"} if not raise_now else {})}
-        text = detect.describe(cap.target, rb) + f". Incident {inc['id']}."
+        if not (earlier and not raise_now):  # seen again with nothing to raise yet: the counters stand
+            kept = (earlier["counters"].get("raised") or {}) if earlier else {}
+            inc["counters"] = {"raised": {**kept, **raised},
+                               "no_counter": no_counter, "no_counter_detail": detail,
+                               **({"deferred": "raised when the application reopens the file at the path"}
+                                  if not raise_now else {})}
+        text = detect.describe(cap.target, rb) + f". Incident {inc['id']}"
+        text += f" (opened {earlier['opened_at']}: the same last good commit)." if earlier else "."
         if raised:
             text += " Counters raised: " + ", ".join(f"{t}→{v}" for t, v in raised.items()) + "."
         if no_counter:

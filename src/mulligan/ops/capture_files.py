@@ -139,12 +139,16 @@ class FilesUnderCapture:
                                f"captured state: no rollback{held}")
             self._swapped = {"incident": None, "at": now, "lost": self.det.obs, "point": self.last_point}
             return
+        held = self.tailer.others_attached()
         if deleted:
-            self.log("error", f"{self.target.name}: {path} was deleted; "
-                              "still capturing what the application writes into the file it holds open")
+            self.log("error", f"{self.target.name}: {path} was deleted; " + (
+                "still capturing what the application writes into the file it holds open" if held else
+                "no process holds it open: every commit up to its last is stored, and capture starts again "
+                "on the database that appears at the path"))
         else:
-            self.log("error", f"{self.target.name}: {path} now names another file; "
-                              "still capturing what the application writes into the one it holds open")
+            self.log("error", f"{self.target.name}: {path} now names another file; " + (
+                "still capturing what the application writes into the one it holds open" if held else
+                "no process holds the one captured until now"))
         m, score = None, 0.0
         if ids:
             try:
@@ -157,8 +161,9 @@ class FilesUnderCapture:
                   else f"the file at {path} is no longer the file being captured (inode changed)")
         inc = self.det.respond(self.det.obs or self.tailer.observe(), [signal],
                                lkg, m if score >= detect.MATCH_MIN else None, score,
-                               detect.DELETED if deleted else "file moved over the path", raise_now=False)
-        self._swapped = {"incident": inc["id"], "at": now, "lost": self.det.obs}
+                               (detect.DELETED if held else detect.DELETED_UNHELD) if deleted
+                               else "file moved over the path", raise_now=False)
+        self._swapped = {"incident": inc["id"], "at": now, "lost": self.det.obs, "deleted": deleted}
 
     def _same_rows(self, ids: list[bytes]) -> bool:
         """Does the file now at the path hold the captured state's rows? The same pages, or (up
@@ -241,6 +246,22 @@ class FilesUnderCapture:
         # the path before that shares the old file's -wal and -shm (docs/capture.md).
         self.log("notice", f"{self.target.name}: no process holds the replaced file any more; "
                            f"capturing the file now at {self.target.path}")
+        if info.get("deleted"):
+            # Nothing was at the path to compare when the captured file went: what is there now
+            # (an old copy put back, a new empty database) is compared as a start compares it,
+            # and a rollback goes into the incident the deletion opened (same last good commit).
+            self.det.obs = lost if lost is not None else self.det.obs
+            self.reconcile("a database appeared at the path after the captured one was deleted")
+            self._catch_up()
+            try:
+                inc = inc_mod.get(self.vault, info["incident"])  # as reconcile left it
+                inc["counters"].pop("deferred", None)  # raised by reconcile if it found a rollback
+                inc_mod.add_event(self.vault, inc, "capture switched to the file at the path",
+                                  "compared with the last captured state")
+            except MulliganError:
+                pass
+            self.det.obs = self.tailer.observe()
+            return
         raised, no_counter, not_raised = {}, [], None
         if lost is not None:
             # Before the whole state is read: what the application commits meanwhile, and the

@@ -179,12 +179,17 @@ class Rollback:
 
 
 DELETED = "file deleted from the path"
+DELETED_UNHELD = "file deleted from the path, held open by no process"
 
 
 def describe(target: Target, rb: Rollback) -> str:
     if rb.detail == DELETED:
         what = (f"{target.env} database {target.name!r} ({target.path}) was deleted from its path; the application "
                 "still writes into the file it holds open, and watch still captures it")
+    elif rb.detail == DELETED_UNHELD:
+        what = (f"{target.env} database {target.name!r} ({target.path}) was deleted from its path, and no process "
+                "holds it open: every commit up to the last good one is in the vault, and watch captures the "
+                "database that appears at the path next")
     else:
         what = f"{target.env} database {target.name!r} ({target.path}) went back in time"
     if rb.rolled_back_to is not None:
@@ -210,6 +215,38 @@ def open_rollback(vault: Vault, target: Target, rb: Rollback) -> dict:
     }
     inc = inc_mod.open_incident(vault, target, kind="rollback", title=describe(target, rb), **fields)
     record(vault, target, "rollback detected", {"incident": inc["id"], "signals": rb.signals})
+    return inc
+
+
+def same_loss(vault: Vault, target: Target, rb: Rollback) -> dict | None:
+    """The open rollback incident of ``target`` that names the same last good point as ``rb``:
+    the same loss seen again, not a new one. The database deleted, then a file put at its path
+    (``rm`` and ``cp``), shows twice: once when the file goes (nothing to compare yet), once
+    when capture starts on the file that came (it went back in time). A second incident for it
+    split one event in two, and the first named no state rolled back to (``recover
+    --incident`` had no BASE)."""
+    if not rb.last_good_point:
+        return None
+    for inc in reversed(inc_mod.list_incidents(vault, target.id)):
+        if (inc.get("status") == "open" and inc.get("kind") == "rollback"
+                and (inc.get("last_good") or {}).get("point") == rb.last_good_point):
+            return inc
+    return None
+
+
+def continue_rollback(vault: Vault, target: Target, inc: dict, rb: Rollback) -> dict:
+    """Add this detection of the same loss to ``inc`` (same_loss): what it found, and the state
+    rolled back to when the incident named none."""
+    rt = rb.rolled_back_to
+    if rt is not None and not inc.get("rolled_back_to"):
+        inc["rolled_back_to"] = {"snapshot_id": rt.id, "time": rt.time,
+                                 "age_seconds": round(rb.detected_at - _ts(rt), 3), "match": round(rb.match, 3)}
+        inc["base"] = rt.id
+        inc["snapshot_refs"] = list(dict.fromkeys([*inc.get("snapshot_refs", []), rt.id]))
+    inc["timeline"].append({"time": iso(rb.detected_at), "event": "rollback detected again, same last good commit",
+                            "detail": "; ".join(rb.signals)})
+    inc_mod.save(vault, inc)
+    record(vault, target, "rollback detected", {"incident": inc["id"], "signals": rb.signals, "same_loss": True})
     return inc
 
 
