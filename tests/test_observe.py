@@ -19,7 +19,8 @@ TABLES = 6
 # (table, what, n): what the application does between two polls
 OP = st.tuples(st.integers(0, TABLES - 1),
                st.sampled_from(["insert", "insert_many", "insert_far", "delete_last", "delete_all", "delete_some",
-                                "update", "checkpoint", "truncate", "create_drop", "vacuum"]),
+                                "update", "checkpoint", "truncate", "create_drop", "vacuum",
+                                "incremental_vacuum"]),
                st.integers(1, 400))
 
 
@@ -50,6 +51,8 @@ def _apply(app: apsw.Connection, table: int, what: str, n: int) -> None:
         app.execute(f"INSERT INTO x{table}(v) VALUES (1)")
     elif what == "vacuum" and n < 40:  # rarely: every page moves
         app.execute("VACUUM")
+    elif what == "incremental_vacuum":  # with auto_vacuum=INCREMENTAL: pages at the end move into freed ones
+        app.execute(f"PRAGMA incremental_vacuum({n})").fetchall()
 
 
 def tables_db(path: str, n: int, fill: str | None = None) -> apsw.Connection:
@@ -76,12 +79,16 @@ def _truth(path: str) -> dict[str, int]:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.lists(OP, min_size=1, max_size=4), min_size=1, max_size=25), st.booleans())
-def test_the_observation_equals_reading_every_table(rounds, small_pages):
+@given(st.lists(st.lists(OP, min_size=1, max_size=4), min_size=1, max_size=25), st.booleans(),
+       st.sampled_from(["NONE", "FULL", "INCREMENTAL"]))
+def test_the_observation_equals_reading_every_table(rounds, small_pages, auto_vacuum):
+    """auto_vacuum FULL and INCREMENTAL move b-tree pages (the last pages into freed ones,
+    their parents rewritten) at commits that touch no row of the table moved."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "app.db")
         app = apsw.Connection(path)
         app.execute(f"PRAGMA page_size={512 if small_pages else 4096}")
+        app.execute(f"PRAGMA auto_vacuum={auto_vacuum}")
         app.execute("PRAGMA journal_mode=WAL").fetchall()
         app.execute("PRAGMA wal_autocheckpoint=0").fetchall()
         for i in range(TABLES):
