@@ -1380,3 +1380,42 @@ def test_verify_while_watch_captures_reports_no_damage(app_env, monkeypatch):
         app.stop()
     assert v.code == 0 and v.json["ok"], v.json["problems"]
     assert any("written since verify listed" in n for n in v.json["notes"]), v.json["notes"]
+
+
+def test_a_checkpoint_of_the_new_wal_before_its_commits_are_applied_is_not_a_changed_main_file(project):
+    """The WAL starts over; the poll that sees it reads the new WAL's commits and moves the held
+    read forward, and an application's checkpoint may then copy those commits into the main file
+    before the restart check compares sampled main-file pages with the captured state (the new
+    commits are applied after it). Those pages were taken for a main file changed outside
+    SQLite: a whole read, a new base, a gap in the history, a rollback check, under nothing but
+    load (seen at 1,000 tx/s with a slowed watcher)."""
+    from test_watch_kit import capture_in_process
+
+    cap, db, out = capture_in_process(project, sample_pages=64)
+    app = apsw.Connection(db)
+    try:
+        with app:
+            for i in range(40):
+                app.execute("INSERT INTO notes(body) VALUES (?)", ("before " * 30,))
+        cap.step(time.monotonic())
+        app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # every frame backfilled
+        cap.step(time.monotonic())  # the held read moves past the backfill: the WAL may start over
+        with app:
+            app.execute("UPDATE notes SET body = 'after the restart' WHERE id % 2 = 0")
+            app.execute("UPDATE posts SET body = 'after the restart'")
+        turn = cap.tailer._turn
+
+        def turn_then_checkpoint():
+            turn()
+            app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+        cap.tailer._turn = turn_then_checkpoint
+        res_seen = []
+        apply = cap._apply_poll
+        cap._apply_poll = lambda res: (res_seen.append(res.restarted), apply(res))
+        cap.step(time.monotonic())
+        assert res_seen and res_seen[0], "the WAL did not start over: the scene did not happen"
+        assert "not the captured state" not in out.getvalue() and "new base" not in out.getvalue(), out.getvalue()
+    finally:
+        cap.stop()
+        app.close()

@@ -600,6 +600,20 @@ class Tailer:
             return True
         return struct.unpack("hhqqi", got)[0] != fcntl.F_UNLCK
 
+    def copied_since_restart(self) -> set[int] | None:
+        """Pages a checkpoint has copied into the main file from the WAL as it is now (its frames
+        up to nBackfill): what the main file holds of them came after the restart. None when the
+        WAL started over again since the last poll (the next poll looks again)."""
+        h = self.header()
+        if h.salts != self.salts:
+            return None
+        if not h.n_backfill:
+            return set()
+        fr = wal.scan_commits(self.wal_fd, 0, h.n_backfill, self.page_size, h.salts)
+        if fr.bad:
+            return None
+        return {p for _f, _size, pages in fr.commits for p in pages}
+
     def main_file_pages(self, pgnos: list[int]) -> dict[int, bytes]:
         out = {}
         for p in pgnos:
