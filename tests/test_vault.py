@@ -884,3 +884,33 @@ def test_small_packs_read_together_are_asked_for_at_once_from_an_object_store():
     slow.most, slow.gather = 0, 5
     assert read_back(fresh, m) == pages
     assert slow.most > 4, "the packs of one part were read one after another"
+
+
+def test_merging_many_index_objects_holds_one_of_them_at_a_time(tmp_path):
+    """A watcher merges its small index objects (up to 64 of up to 1 MiB) every so often. It held
+    every one read, every section copied out of them and the merged object at once (three times
+    their size: a step of ~40 MB in a busy watcher's resident memory that stayed); now the merged
+    object and the object being read."""
+    import tracemalloc
+
+    from mulligan.vault import vault as vault_mod
+    from mulligan.vault.packs import decode_index, encode_index, index_key
+
+    v = Vault.create(str(tmp_path / "vault"))
+    expected = {}
+    for _ in range(vault_mod.INDEX_OBJECTS_MAX + 1):
+        sections = [(os.urandom(16), [(os.urandom(16), 0, i * 10, 10, 4096, 0) for i in range(2500)])
+                    for _ in range(8)]  # ~0.7 MB an object: "small"
+        expected.update(sections)
+        v.storage.put(index_key(os.urandom(16)), encode_index(sections))
+    total = sum(size for _, size in v.storage.list("index/"))
+    v.lean = True  # as a watcher's: it lists the vault's index objects to find the small ones
+    tracemalloc.start()
+    try:
+        assert v.compact_indexes() == vault_mod.INDEX_OBJECTS_MAX + 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.6 * total, f"{peak / total:.2f} times the objects merged"
+    (key, _), = v.storage.list("index/")
+    assert decode_index(v.storage.get(key)) == expected

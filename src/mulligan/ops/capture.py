@@ -558,6 +558,7 @@ class TargetCapture(FilesUnderCapture):
             self.log("debug", f"{self.target.name}: repacked {done.pages} pages ({done.bytes / 1048576:.1f} MiB) in"
                               f" page order ({done.skipped} changed since seen, left as they were); a new base starts")
             self._new_base(gap=None, reason="repacked")
+            release_free_memory()  # the pass read and compressed the database's moved pages: give them back
 
     def _own_write_result(self, failed: OwnWriteFailed | None) -> None:
         """A write of ours into the database (a checkpoint, the identity's generation) failed or

@@ -32,6 +32,7 @@ import zstandard
 
 from ..errors import IntegrityError, NotFound, StorageError
 from ..model import Target
+from ..runtime import release_free_memory
 from ..storage import ObjectMissing
 from ..timeparse import from_iso, iso
 from ..vault import KIND_UNDO, Manifest, Vault, tree
@@ -269,7 +270,8 @@ class SegmentWriter:
         # twice a second), and every restore lists and loads them all: past INDEX_OBJECTS_MAX the
         # small ones are merged again, as a snapshot's writer does (under watch's writer lease).
         try:
-            self.vault.compact_indexes()
+            if self.vault.compact_indexes():
+                release_free_memory()  # the objects merged (up to 64 MiB) are gone: give their pages back
         except StorageError:
             pass  # a tidy-up: the next merge tries again
 

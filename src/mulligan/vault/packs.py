@@ -98,17 +98,21 @@ def _pack_spans(data: bytes, key: str) -> list[tuple[bytes, int, int]]:
     return spans
 
 
-def merge_indexes(objects: Iterable[tuple[str, bytes]]) -> bytes:
+def merge_indexes(objects: Iterable[tuple[str, bytes]]) -> bytearray:
     """One index object holding every pack section of the given index objects (each pack
     once: an object merged earlier and one it was merged from may both still exist, and
-    every object lists the whole of each pack it names). Sections are copied as bytes."""
-    out, seen = [INDEX_MAGIC], set()
+    every object lists the whole of each pack it names). Sections are copied into one buffer,
+    returned as it is (no copy of the whole): given the objects one at a time (a generator),
+    memory is the merged object and the object being read."""
+    out, seen = bytearray(INDEX_MAGIC), set()
     for key, data in objects:
+        view = memoryview(data)
         for pack_id, pos, end in _pack_spans(data, key):
             if pack_id not in seen:
                 seen.add(pack_id)
-                out.append(data[pos - _PACK_HDR.size : end])
-    return b"".join(out)
+                out += view[pos - _PACK_HDR.size : end]
+        view.release()
+    return out
 
 
 def decode_index(data: bytes, key: str = "index") -> dict[bytes, list[tuple[bytes, int, int, int, int]]]:

@@ -221,24 +221,30 @@ class Vault:
         small = [key for key, size in listing if size < INDEX_SMALL]
         if len(listing) <= INDEX_OBJECTS_MAX or len(small) < 2:
             return 0
-        objects = []
-        for key in small:
-            try:
-                objects.append((key, self.storage.get(key)))
-            except ObjectMissing:
-                continue  # merged or rewritten by another process since the listing
+        read: list[str] = []
+
+        def objects():  # one at a time: up to INDEX_OBJECTS_MAX objects of up to INDEX_SMALL each
+            for key in small:
+                try:
+                    data = self.storage.get(key)
+                except ObjectMissing:
+                    continue  # merged or rewritten by another process since the listing
+                read.append(key)
+                yield key, data
+
         try:
-            merged = merge_indexes(objects)
+            merged = merge_indexes(objects())
         except IntegrityError:
             return 0  # a damaged index object: left as it is for verify to report
         key = index_key(os.urandom(ID_LEN))
         self.storage.put(key, merged)
-        for old, _ in objects:
+        del merged
+        for old in read:
             self.storage.delete(old)
         if self._index is not None:  # same entries, now under one key
-            self._loaded_index_keys -= {old for old, _ in objects}
+            self._loaded_index_keys -= set(read)
             self._loaded_index_keys.add(key)
-        return len(objects)
+        return len(read)
 
     def _add_index(self, key: str, data: bytes) -> None:
         assert self._index is not None
