@@ -20,7 +20,7 @@ TABLES = 6
 OP = st.tuples(st.integers(0, TABLES - 1),
                st.sampled_from(["insert", "insert_many", "insert_far", "delete_last", "delete_all", "delete_some",
                                 "update", "checkpoint", "truncate", "create_drop", "vacuum",
-                                "incremental_vacuum"]),
+                                "incremental_vacuum", "own_checkpoint"]),
                st.integers(1, 400))
 
 
@@ -101,7 +101,12 @@ def test_the_observation_equals_reading_every_table(rounds, small_pages, auto_va
             assert t.observe().maxrow == _truth(path)
             for ops in rounds:
                 for table, what, n in ops:
-                    _apply(app, table, what, n)
+                    if what == "own_checkpoint":  # the watcher's: its read taken again under the write lock
+                        while t.poll().more:
+                            pass
+                        t.checkpoint()
+                    else:
+                        _apply(app, table, what, n)
                 while t.poll().more:
                     pass
                 got = t.observe().maxrow
@@ -133,6 +138,12 @@ def test_a_commit_into_one_table_reads_that_table_alone(tmp_path, monkeypatch):
             t.poll()
             assert t.observe().maxrow[f"t{k * 7}"] == 2
             assert asked[-1] == [f"t{k * 7}"], asked[-1]
+        # A checkpoint of the watcher's own takes its read again, at the last captured commit:
+        # still only the table a commit moved (it was every table after each one)
+        app.execute("INSERT INTO t100(v) VALUES (x'00')")
+        t.poll()
+        t.checkpoint()
+        assert t.observe().maxrow["t100"] == 2 and asked[-1] == ["t100"], asked[-1]
         monkeypatch.setattr(capture_mod, "OBSERVE_ALL_EVERY", 0.0)  # and every table now and then
         app.execute("INSERT INTO t1(v) VALUES (x'00')")
         t.poll()

@@ -446,8 +446,12 @@ class Tailer:
             # Take a read again before the write lock goes: fully backfilled means read mark 0,
             # which lets the next writer restart the WAL but blocks any backfill past us.
             self._begin(self.reader)
-            self._turned_at = None
-            self.last = self.header()
+            self.last = h = self.header()
+            # Taken under the write lock, after the tail was read whole: exactly at the last
+            # captured commit, as a turn at this mark leaves it (observe reads only the tables
+            # the commits since moved; it read every table after each checkpoint of ours).
+            self._turned_at = (h.salts, h.mx_frame, h.n_backfill) if (h.salts, h.mx_frame) == (self.salts, self.frame) \
+                else None
         return {"tail": tail, "busy": busy, "log": log, "checkpointed": done, "failed": failed}
 
     def truncate_wal(self) -> bool:
