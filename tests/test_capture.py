@@ -1358,7 +1358,8 @@ def test_a_snapshot_over_a_large_index_after_capture_stores_only_what_changed(pr
 
 def test_verify_while_watch_captures_reports_no_damage(app_env, monkeypatch):
     """Segments, packs and bases written after verify listed the packs are not damage: their
-    chunks are in packs verify has not read (it notes them), not missing."""
+    chunks are in packs verify had not read when it listed them (it reads them at the end), not
+    missing."""
     from mulligan.ops import verify as verify_mod
 
     env, db = app_env
