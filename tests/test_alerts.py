@@ -151,3 +151,30 @@ def test_drain_on_shutdown_waits_for_a_delivery_in_flight():
         assert a.sent == 1 and len(got) == 1
     finally:
         srv.shutdown()
+
+
+def test_status_check_and_alert_notice_a_watcher_that_died(project):
+    """The watcher alerts when it cannot capture, but not when it is killed (the OOM killer, a
+    host crash) or hangs: a timer running ``status --alert`` does. Exit 1 when stale, 0 when a
+    watch captures; the alert goes through the configured webhook."""
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    hook = Hook().start()
+    configure(project, hook, capture={"status_interval": "0.5s"}, alerts={"stale_after": "2s"})
+    try:
+        w = Watch(project, "app")
+        ok = project.run("status", "--check")
+        assert ok.code == 0, ok.err
+        w.proc.kill()  # no last heartbeat: it still says "running", and grows old
+        w.proc.wait()
+        time.sleep(2.5)
+        checked = project.run("status", "--check")
+        assert checked.code == 1 and "capture is stale for 1 of 1 targets: app" in checked.err, checked.err
+        assert not hook.received  # --check alone sends nothing
+        alerted = project.run("--json", "status", "--alert")
+        assert alerted.code == 1 and alerted.json["targets"][0]["stale"]
+        got = hook.wait("stale-capture", 2)
+        assert got is not None, alerted.err
+        assert "'app'" in got[1]["text"] and "heartbeat" in got[1]["text"] and got[1]["target"] == "app"
+    finally:
+        hook.stop()

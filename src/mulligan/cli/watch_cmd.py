@@ -7,11 +7,12 @@ import signal
 
 import click
 
-from ..errors import ConfigError, StorageError, UsageError
+from ..errors import EXIT_ERROR, ConfigError, MulliganError, StorageError, UsageError
 from ..ops import incidents as inc_mod
 from ..ops.alerts import Alerter, Log
 from ..ops.capture import CaptureOptions
 from ..ops.capture_watch import Watcher
+from ..ops.status import alert_stale
 from ..ops.status import status as status_op
 from ..report.tables import env_label, table
 from ..timeparse import human_age, parse_duration
@@ -84,15 +85,32 @@ def _seconds(text: str) -> float:
 
 @click.command()
 @click.argument("name", required=False)
-@click.option("--stale-after", metavar="DURATION", default="60s", show_default=True,
-              help="A capture older than this (or no running watch) is reported stale.")
+@click.option("--stale-after", metavar="DURATION",
+              help="A watcher whose heartbeat is older than this is reported stale (default: [alerts] stale_after, "
+                   "else 60s).")
+@click.option("--check", is_flag=True,
+              help="Exit 1 when a target's capture is stale (no running watch, or one capturing nothing): for cron "
+                   "or a monitoring system.")
+@click.option("--alert", "send_alert", is_flag=True,
+              help="Also send a stale-capture alert for each stale target through [alerts] (webhook, email), as watch "
+                   "does: a timer running this notices a watcher that died or hung. Implies --check.")
 @click.pass_context
-def status(cctx: click.Context, name, stale_after):
+def status(cctx: click.Context, name, stale_after, check, send_alert):
     """Health: last capture, lag, coverage, stale captures, open incidents."""
     ctx: Ctx = cctx.obj
-    rows = status_op(ctx.ws, name, parse_duration(stale_after).total_seconds())
+    section = ctx.ws.config.section("alerts")
+    after = parse_duration(stale_after or str(section.get("stale_after", "60s"))).total_seconds()
+    rows = status_op(ctx.ws, name, after)
+    stale = [r["name"] for r in rows if r["stale"]]
+    if send_alert and stale:
+        alerter = Alerter(section, Log(verbosity=ctx.verbosity))
+        alert_stale(rows, alerter)
+        alerter.drain(40.0)  # the retries of a delivery take up to 31.5 s
     if ctx.json:
-        return ctx.emit_json({"targets": rows})
+        ctx.emit_json({"targets": rows})
+        if (check or send_alert) and stale:
+            cctx.exit(EXIT_ERROR)
+        return
     t = table("name", "env", "watch", "last capture", "age", "lag", "coverage", "gaps", "open incidents")
     for r in rows:
         cov = r["coverage"]
@@ -108,6 +126,10 @@ def status(cctx: click.Context, name, stale_after):
     for r in rows:
         for p in r["problems"]:
             ctx.warn(f"{r['name']}: {p}")
+    if (check or send_alert) and stale:
+        raise MulliganError(f"capture is stale for {len(stale)} of {len(rows)} targets: {', '.join(stale)}",
+                            unchanged="nothing was changed", hint="start 'mulligan watch' (or see why it captures "
+                                                                  "nothing in its log)")
 
 
 def incident_row(i: dict) -> dict:

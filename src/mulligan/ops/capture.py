@@ -641,6 +641,7 @@ class TargetCapture(FilesUnderCapture):
         return {
             "target": self.target.name, "target_id": self.target.id, "pid": os.getpid(), "host": hostname(),
             "started": iso(s.started), "heartbeat": iso(time.time()), "heartbeat_ts": time.time(),
+            "heartbeat_every": self.o.status_interval,
             "last_commit": iso(s.last_commit) if s.last_commit else None,
             "last_flush": iso(s.last_flush) if s.last_flush else None,
             "last_ok": iso(s.last_ok) if s.last_ok else None,

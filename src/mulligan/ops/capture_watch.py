@@ -320,7 +320,8 @@ class Watcher:
         try:
             self.ws.vault.put_json(status_key(t.id), {
                 "target": t.name, "target_id": t.id, "pid": os.getpid(), "host": hostname(),
-                "heartbeat": iso(wall), "heartbeat_ts": wall, "running": running, "capturing": False,
+                "heartbeat": iso(wall), "heartbeat_ts": wall, "heartbeat_every": self.options.status_interval,
+                "running": running, "capturing": False,
                 "error": slot.error, "last_ok": iso(slot.last_ok)})
         except MulliganError:
             pass  # the vault is what fails: status says the heartbeat is old

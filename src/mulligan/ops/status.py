@@ -31,7 +31,11 @@ def target_status(ws: Workspace, target: Target, stale_after: float = STALE_AFTE
     last = vault.latest(target.id)
     last_capture = cov["to"] or (last.time if last else None)
     age = now - from_iso(last_capture).timestamp() if last_capture else None
-    running = bool(hb and hb.get("running") and now - hb.get("heartbeat_ts", 0) < max(stale_after, 10))
+    # A heartbeat is written every heartbeat_every seconds (5 s by default): one missed is not yet
+    # a watcher gone. A heartbeat from before it was recorded gets the old 10 s.
+    every = hb.get("heartbeat_every") if hb else None
+    floor = 2 * float(every) + 1 if isinstance(every, (int, float)) else 10
+    running = bool(hb and hb.get("running") and now - hb.get("heartbeat_ts", 0) < max(stale_after, floor))
     capturing = None if hb is None else running and hb.get("capturing", True)
     problems = []
     if hb is None:
@@ -70,3 +74,22 @@ def target_status(ws: Workspace, target: Target, stale_after: float = STALE_AFTE
 def status(ws: Workspace, name: str | None = None, stale_after: float = STALE_AFTER) -> list[dict]:
     targets = [ws.target(name)] if name else list(ws.config.targets.values())
     return [target_status(ws, t, stale_after) for t in targets]
+
+
+def alert_stale(rows: list[dict], alerter) -> list[str]:
+    """A stale-capture alert through the configured channels for each stale target of ``rows``
+    (``status``): for a timer that watches the watcher, which cannot say it died or hung. The
+    names alerted."""
+    out = []
+    for r in rows:
+        if not r["stale"]:
+            continue
+        age = r["last_capture_age_seconds"]
+        text = (f"capture of {r['env']} database {r['name']!r} ({r['path']}) is stale: "
+                + "; ".join(r["problems"] or ["no running watch captures it"])
+                + (f"; last capture {r['last_capture']} ({human_age(age)} ago)" if age is not None else "; never captured"))
+        alerter.alert("stale-capture", text, {"target": r["name"], "last_capture": r["last_capture"],
+                                              "problems": r["problems"], "found_by": "mulligan status --alert"})
+        out.append(r["name"])
+    return out
+
