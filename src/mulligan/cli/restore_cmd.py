@@ -18,7 +18,7 @@ from .context import Ctx, pass_ctx
 @click.command()
 @click.argument("name")
 @click.option("--snapshot", "snapshot_id", metavar="ID", help="A snapshot id or a unique prefix of one.")
-@click.option("--at", "at", metavar="TIME", help="ISO 8601 or relative (-90m): the newest point at or before it.")
+@click.option("--at", "at", metavar="TIME", help="ISO 8601, a time of today (09:40, local) or relative (-90m, '10 minutes ago'): the newest point at or before it.")
 @click.option("--latest", is_flag=True, help="The newest restore point of the target's own history.")
 @click.option("--to", "to", metavar="PATH", help="Write a NEW database at PATH.")
 @click.option("--in-place", "in_place", is_flag=True, help="Replace the target's own database (guarded; an undo point is taken first).")
