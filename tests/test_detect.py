@@ -100,8 +100,10 @@ def wait_checkpointed(db: str, timeout: float = 10.0) -> None:
     raise AssertionError(f"the WAL of {db} was not checkpointed within {timeout:.0f} s")
 
 
-def test_copy_over_the_file_while_the_app_is_stopped(scene):
-    env, db, hook = scene
+def stopped_after_an_old_copy(env, db) -> tuple[Watch, str, str, int]:
+    """The app writing under watch; an old copy (old_copy); more writes; the app stopped and its
+    idle WAL checkpointed by the watcher (later when the machine is busy): (the watch, the
+    snapshot id and the byte copy of the old state, the last id the app wrote)."""
     app = App(db, env.dir / "app.log", rate=100)
     w = Watch(env, "app")
     snap, old, _ = old_copy(env, db, app)
@@ -109,7 +111,13 @@ def test_copy_over_the_file_while_the_app_is_stopped(scene):
     app.stop()
     lost_max = max(i for i, _ in app.log())
     time.sleep(1.3)
-    wait_checkpointed(db)  # the watcher checkpoints the idle WAL (later when the machine is busy)
+    wait_checkpointed(db)
+    return w, snap, old, lost_max
+
+
+def test_copy_over_the_file_while_the_app_is_stopped(scene):
+    env, db, hook = scene
+    w, snap, old, lost_max = stopped_after_an_old_copy(env, db)
     assert os.path.exists(db + "-wal") and os.path.exists(db + "-shm")  # stale ones stay beside it
     t0 = time.time()
     shutil.copyfile(old, db)
@@ -125,14 +133,7 @@ def test_copy_over_the_file_while_the_app_is_stopped(scene):
 
 def test_copy_over_the_file_and_removed_wal_and_shm_while_the_app_is_stopped(scene):
     env, db, hook = scene
-    app = App(db, env.dir / "app.log", rate=100)
-    w = Watch(env, "app")
-    snap, old, _ = old_copy(env, db, app)
-    time.sleep(0.8)
-    app.stop()
-    lost_max = max(i for i, _ in app.log())
-    time.sleep(1.3)
-    wait_checkpointed(db)
+    w, snap, old, lost_max = stopped_after_an_old_copy(env, db)
     t0 = time.time()
     os.unlink(db + "-wal")
     os.unlink(db + "-shm")
@@ -151,14 +152,7 @@ def test_a_database_deleted_then_replaced_by_an_old_copy_is_one_incident(scene):
     the same last good commit; the first said the application still wrote into a file nobody
     held, and named no state rolled back to (``recover --incident`` had no BASE)."""
     env, db, hook = scene
-    app = App(db, env.dir / "app.log", rate=100)
-    w = Watch(env, "app")
-    snap, old, _ = old_copy(env, db, app)
-    time.sleep(0.8)
-    app.stop()
-    lost_max = max(i for i, _ in app.log())
-    time.sleep(1.3)
-    wait_checkpointed(db)
+    w, snap, old, lost_max = stopped_after_an_old_copy(env, db)
     for f in (db, db + "-wal", db + "-shm"):
         os.unlink(f)
     deleted = hook.wait("rollback", 6)
