@@ -141,11 +141,11 @@ class FilesUnderCapture:
             # A copy of the current state, or the application's own compaction (VACUUM INTO,
             # then a rename): nothing went back in time. What would be lost is a commit into the
             # file we hold from now on: _late_commit opens the incident then.
-            held = ("" if not self.tailer.others_attached() else
-                    ". Its commits are captured once the application lets go of the file it holds; a commit into "
-                    "that one meanwhile would be lost, and is an alert")
+            later = ("" if not self.tailer.others_attached() else
+                     ". Its commits are captured once the application lets go of the file it holds; a commit into "
+                     "that one meanwhile would be lost, and is an alert")
             self.log("notice", f"{self.target.name}: {path} now names another file, holding the same rows as the "
-                               f"captured state: no rollback{held}")
+                               f"captured state: no rollback{later}")
             self._swapped = {"incident": None, "at": now, "lost": self.det.obs, "point": self.last_point}
             return
         held = self.tailer.others_attached()

@@ -92,4 +92,3 @@ def alert_stale(rows: list[dict], alerter) -> list[str]:
                                               "problems": r["problems"], "found_by": "mulligan status --alert"})
         out.append(r["name"])
     return out
-
