@@ -160,14 +160,14 @@ def test_status_check_and_alert_notice_a_watcher_that_died(project):
     db = make_app_db(project.dir / "app.db")
     project.protect(db)
     hook = Hook().start()
-    configure(project, hook, capture={"status_interval": "0.5s"}, alerts={"stale_after": "2s"})
+    configure(project, hook, capture={"status_interval": "0.5s"}, alerts={"stale_after": "4s"})
     try:
         w = Watch(project, "app")
         ok = project.run("status", "--check")
         assert ok.code == 0, ok.err
         w.proc.kill()  # no last heartbeat: it still says "running", and grows old
         w.proc.wait()
-        time.sleep(2.5)
+        time.sleep(4.5)
         checked = project.run("status", "--check")
         assert checked.code == 1 and "capture is stale for 1 of 1 targets: app" in checked.err, checked.err
         assert not hook.received  # --check alone sends nothing

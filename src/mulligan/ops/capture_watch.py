@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..errors import GuardRefused, MulliganError, StorageError, UsageError
+from ..errors import GuardRefused, MulliganError, NotFound, StorageError, UsageError
 from ..model import Target
 from ..runtime import hostname
 from ..timeparse import human_age, iso
@@ -57,6 +57,7 @@ class Slot:
     stale: bool = False
     heartbeat_at: float = float("-inf")  # monotonic: the last heartbeat written while capture fails
     vault_failing: bool = False  # the failure is the vault's: no heartbeat is tried meanwhile
+    missing: bool = False  # the failure is that no database is at the path
 
 
 class Watcher:
@@ -271,7 +272,11 @@ class Watcher:
         now = time.monotonic()
         try:
             if slot.capture is None:
-                if now - slot.last_try < self.retry_every:
+                # A database that was missing is tried again as soon as one is at the path (a
+                # stat each poll): a file copied there after a deletion is compared, and a
+                # rollback alerted, within the poll, not the next retry.
+                appeared = slot.missing and os.path.exists(slot.target.path)
+                if now - slot.last_try < self.retry_every and not appeared:
                     self._failing_heartbeat(slot, now)
                     self._check_stale(slot, now)
                     return False
@@ -279,6 +284,7 @@ class Watcher:
                 cap = TargetCapture(self.ws, slot.target, self.options, self.alerter, self.log)
                 cap.start()
                 slot.capture = cap
+                slot.missing = False
             more = slot.capture.step(now)
             slot.last_ok, slot.ok_at = time.time(), time.monotonic()
             if more:
@@ -291,6 +297,7 @@ class Watcher:
             slot.stale = False
         except MulliganError as exc:
             self._failed(slot, exc.one_line(retrying=True), vault=isinstance(exc, StorageError))
+            slot.missing = isinstance(exc, NotFound) and not os.path.exists(slot.target.path)
         except OSError as exc:
             self._failed(slot, f"{exc.__class__.__name__}: {exc}", reopen=True)
         except Exception as exc:  # noqa: BLE001 - one target's bug must not stop the others' capture
