@@ -476,6 +476,51 @@ def test_a_file_put_at_the_path_just_after_the_database_was_deleted_is_compared(
     assert seq_of(db, "posts") >= lost_max
 
 
+def test_a_file_moved_over_the_path_and_replaced_again_before_capture_moves_is_compared(project):
+    """A copy of the current state moved over the path (no rollback: same rows), then an old
+    copy moved over that before capture moved to the path: the old copy was captured as a new
+    base, never compared (a silent rollback: no incident, no counters raised)."""
+
+    from mulligan.ops import incidents as inc_mod
+    from test_watch_kit import capture_in_process
+
+    cap, db, out = capture_in_process(project)
+    ws, target = cap.ws, cap.target
+    first_base = cap.base.id
+    old = str(project.dir / "old.db")
+    shutil.copy(db, old)  # the state the watcher started from
+    conn = apsw.Connection(db)
+    with conn:
+        for _ in range(20):
+            conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'lost')")
+    lost_max = conn.execute("SELECT max(id) FROM posts").fetchone()[0]
+    conn.close()
+    same = str(project.dir / "same.db")
+    try:
+        cap.step(time.monotonic())
+        copy = apsw.Connection(same)
+        with copy.backup("main", apsw.Connection(db), "main") as b:  # the current state, as a copy
+            b.step(-1)
+        copy.close()
+        seen = cap._on_swap
+
+        def and_then_the_old_copy():
+            seen()
+            os.replace(old, db)  # before capture moves to the path
+
+        cap._on_swap = and_then_the_old_copy
+        os.replace(same, db)
+        cap.step(time.monotonic())
+        assert "holding the same rows" in out.getvalue(), out.getvalue()
+        incs = inc_mod.list_incidents(ws.vault, target.id)
+        assert len(incs) == 1, out.getvalue()
+        assert (incs[0]["rolled_back_to"] or {}).get("snapshot_id") == first_base
+        assert incs[0]["counters"]["raised"].get("posts", 0) >= lost_max
+    finally:
+        cap.stop()
+    assert seq_of(db, "posts") >= lost_max
+
+
 @pytest.mark.parametrize("cache_ids", [0, 700, 10**9])
 def test_the_snapshot_matcher_finds_the_same_point_whatever_page_lists_it_may_keep(monkeypatch, cache_ids):
     """The matcher compares a state with up to 40 recent points; it kept every one's page list,

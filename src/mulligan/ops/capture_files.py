@@ -128,7 +128,12 @@ class FilesUnderCapture:
         self._catch_up()  # the old file's last commits first: they are what the new one is compared with
         now = time.time()
         path = self.target.path
-        deleted = not os.path.exists(path)
+        try:
+            st = os.stat(path)  # before it is read: the file compared now is this one
+            seen: tuple | None = (st.st_dev, st.st_ino)
+        except OSError:
+            seen = None
+        deleted = seen is None
         ids: list[bytes] = []
         try:
             if not deleted:
@@ -146,7 +151,7 @@ class FilesUnderCapture:
                      "that one meanwhile would be lost, and is an alert")
             self.log("notice", f"{self.target.name}: {path} now names another file, holding the same rows as the "
                                f"captured state: no rollback{later}")
-            self._swapped = {"incident": None, "at": now, "lost": self.det.obs, "point": self.last_point}
+            self._swapped = {"incident": None, "at": now, "lost": self.det.obs, "point": self.last_point, "seen": seen}
             return
         held = self.tailer.others_attached()
         if deleted:
@@ -172,7 +177,7 @@ class FilesUnderCapture:
                                lkg, m if score >= detect.MATCH_MIN else None, score,
                                (detect.DELETED if held else detect.DELETED_UNHELD) if deleted
                                else "file moved over the path", raise_now=False)
-        self._swapped = {"incident": inc["id"], "at": now, "lost": self.det.obs, "deleted": deleted}
+        self._swapped = {"incident": inc["id"], "at": now, "lost": self.det.obs, "deleted": deleted, "seen": seen}
 
     def _same_rows(self, ids: list[bytes]) -> bool:
         """Does the file now at the path hold the captured state's rows? The same pages, or (up
@@ -255,20 +260,26 @@ class FilesUnderCapture:
         # the path before that shares the old file's -wal and -shm (docs/capture.md).
         self.log("notice", f"{self.target.name}: no process holds the replaced file any more; "
                            f"capturing the file now at {self.target.path}")
-        if info.get("deleted"):
-            # Nothing was at the path to compare when the captured file went: what is there now
-            # (an old copy put back, a new empty database) is compared as a start compares it,
-            # and a rollback goes into the incident the deletion opened (same last good commit).
+        st = os.fstat(self.tailer.db_fd)
+        again = not info.get("deleted") and info.get("seen") not in (None, (st.st_dev, st.st_ino))
+        if info.get("deleted") or again:
+            # Nothing was at the path to compare when the captured file went, or the file there
+            # now is not the one compared when it was moved over the path (replaced again since):
+            # what is there now (an old copy put back, a new empty database) is compared as a
+            # start compares it; a rollback after a deletion goes into the incident the deletion
+            # opened (same last good commit).
             self.det.obs = lost if lost is not None else self.det.obs
-            self.reconcile("a database appeared at the path after the captured one was deleted")
+            self.reconcile("a database appeared at the path after the captured one was deleted" if not again else
+                           "the file at the path was replaced again before capture moved to it")
             self._catch_up()
-            try:
-                inc = inc_mod.get(self.vault, info["incident"])  # as reconcile left it
-                inc["counters"].pop("deferred", None)  # raised by reconcile if it found a rollback
-                inc_mod.add_event(self.vault, inc, "capture switched to the file at the path",
-                                  "compared with the last captured state")
-            except MulliganError:
-                pass
+            if info["incident"] is not None:
+                try:
+                    inc = inc_mod.get(self.vault, info["incident"])  # as reconcile left it
+                    inc["counters"].pop("deferred", None)  # raised by reconcile if it found a rollback
+                    inc_mod.add_event(self.vault, inc, "capture switched to the file at the path",
+                                      "compared with the last captured state")
+                except MulliganError:
+                    pass
             self.det.obs = self.tailer.observe()
             return
         raised, no_counter, not_raised = {}, [], None
