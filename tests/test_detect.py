@@ -433,25 +433,44 @@ def test_a_database_deleted_from_its_path_is_said_to_be_deleted_not_rolled_back(
         cap.stop()
 
 
-def test_a_file_put_at_the_path_just_after_the_database_was_deleted_is_compared(project):
-    """``rm app.db && cp old.db app.db``, the copy landing between the watcher seeing the file gone
-    and moving on to the path: the file there was captured as a new base and never compared
-    (no rollback found, no counters raised, the incident naming no state rolled back to)."""
-
-    from mulligan.ops import incidents as inc_mod
+def captured_past_an_old_copy(project):
+    """An in-process capture (capture_in_process), a byte copy of the state it started from
+    (the WAL checkpointed at creation), then 20 more rows it has not polled yet: (capture,
+    database, log, the old copy, the last id written)."""
     from test_watch_kit import capture_in_process
 
     cap, db, out = capture_in_process(project)
-    ws, target = cap.ws, cap.target
-    first_base = cap.base.id
     old = str(project.dir / "old.db")
-    shutil.copy(db, old)  # the state the watcher started from (the WAL checkpointed at creation)
+    shutil.copy(db, old)
     conn = apsw.Connection(db)
     with conn:
         for _ in range(20):
             conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'lost')")
     lost_max = conn.execute("SELECT max(id) FROM posts").fetchone()[0]
     conn.close()
+    return cap, db, out, old, lost_max
+
+
+def one_rollback_to_the_start(cap, out, lost_max: int) -> dict:
+    """The target's one incident: rolled back to the base the capture started from (the
+    old copy's state), the counters raised past every id the lost rows used."""
+    from mulligan.ops import capture_store as cs
+    from mulligan.ops import incidents as inc_mod
+
+    incs = inc_mod.list_incidents(cap.ws.vault, cap.target.id)
+    assert len(incs) == 1, ([i["title"] for i in incs], out.getvalue())
+    first_base = cs.capture_bases(cap.vault, cap.target.id)[0].id  # the watcher's start
+    assert (incs[0]["rolled_back_to"] or {}).get("snapshot_id") == first_base, out.getvalue()
+    assert incs[0]["counters"]["raised"].get("posts", 0) >= lost_max
+    return incs[0]
+
+
+def test_a_file_put_at_the_path_just_after_the_database_was_deleted_is_compared(project):
+    """``rm app.db && cp old.db app.db``, the copy landing between the watcher seeing the file gone
+    and moving on to the path: the file there was captured as a new base and never compared
+    (no rollback found, no counters raised, the incident naming no state rolled back to)."""
+
+    cap, db, out, old, lost_max = captured_past_an_old_copy(project)
     try:
         cap.step(time.monotonic())
         seen = cap._on_swap
@@ -464,13 +483,9 @@ def test_a_file_put_at_the_path_just_after_the_database_was_deleted_is_compared(
         for f in (db, db + "-wal", db + "-shm"):
             os.unlink(f)
         cap.step(time.monotonic())
-        incs = inc_mod.list_incidents(ws.vault, target.id)
-        assert len(incs) == 1, [i["title"] for i in incs]
-        inc = incs[0]
+        inc = one_rollback_to_the_start(cap, out, lost_max)
         assert "was deleted from its path, and no process holds it open" in inc["title"]
-        assert (inc["rolled_back_to"] or {}).get("snapshot_id") == first_base, out.getvalue()
         assert any(e["event"].startswith("rollback detected again") for e in inc["timeline"])
-        assert inc["counters"]["raised"].get("posts", 0) >= lost_max
     finally:
         cap.stop()
     assert seq_of(db, "posts") >= lost_max
@@ -481,20 +496,7 @@ def test_a_file_moved_over_the_path_and_replaced_again_before_capture_moves_is_c
     copy moved over that before capture moved to the path: the old copy was captured as a new
     base, never compared (a silent rollback: no incident, no counters raised)."""
 
-    from mulligan.ops import incidents as inc_mod
-    from test_watch_kit import capture_in_process
-
-    cap, db, out = capture_in_process(project)
-    ws, target = cap.ws, cap.target
-    first_base = cap.base.id
-    old = str(project.dir / "old.db")
-    shutil.copy(db, old)  # the state the watcher started from
-    conn = apsw.Connection(db)
-    with conn:
-        for _ in range(20):
-            conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'lost')")
-    lost_max = conn.execute("SELECT max(id) FROM posts").fetchone()[0]
-    conn.close()
+    cap, db, out, old, lost_max = captured_past_an_old_copy(project)
     same = str(project.dir / "same.db")
     try:
         cap.step(time.monotonic())
@@ -512,10 +514,7 @@ def test_a_file_moved_over_the_path_and_replaced_again_before_capture_moves_is_c
         os.replace(same, db)
         cap.step(time.monotonic())
         assert "holding the same rows" in out.getvalue(), out.getvalue()
-        incs = inc_mod.list_incidents(ws.vault, target.id)
-        assert len(incs) == 1, out.getvalue()
-        assert (incs[0]["rolled_back_to"] or {}).get("snapshot_id") == first_base
-        assert incs[0]["counters"]["raised"].get("posts", 0) >= lost_max
+        one_rollback_to_the_start(cap, out, lost_max)
     finally:
         cap.stop()
     assert seq_of(db, "posts") >= lost_max
