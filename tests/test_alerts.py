@@ -8,6 +8,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import threading
 
+import apsw
 import pytest
 
 from mulligan.ops.alerts import Alerter, Log
@@ -176,5 +177,22 @@ def test_status_check_and_alert_notice_a_watcher_that_died(project):
         got = hook.wait("stale-capture", 2)
         assert got is not None, alerted.err
         assert "'app'" in got[1]["text"] and "heartbeat" in got[1]["text"] and got[1]["target"] == "app"
+        # a timer runs it again: the same stale capture is not alerted twice
+        again = project.run("status", "--alert")
+        assert again.code == 1 and "went out at" in again.err, again.err
+        time.sleep(0.3)
+        assert len(hook.received) == 1
+        # captured again, then stale again: news again
+        w = Watch(project, "app")
+        with apsw.Connection(db) as conn:
+            conn.execute("INSERT INTO notes(body) VALUES ('after the restart')")
+        time.sleep(1.0)
+        assert project.run("status", "--alert").code == 0
+        w.proc.kill()
+        w.proc.wait()
+        time.sleep(4.5)
+        assert project.run("status", "--alert").code == 1
+        time.sleep(0.3)
+        assert len([b for _, b in hook.received if b.get("kind") == "stale-capture"]) == 2
     finally:
         hook.stop()

@@ -93,7 +93,8 @@ def _seconds(text: str) -> float:
                    "or a monitoring system.")
 @click.option("--alert", "send_alert", is_flag=True,
               help="Also send a stale-capture alert for each stale target through [alerts] (webhook, email), as watch "
-                   "does: a timer running this notices a watcher that died or hung. Implies --check.")
+                   "does: a timer running this notices a watcher that died or hung. Once per stale capture (again "
+                   "after it was captured again). Implies --check.")
 @click.pass_context
 def status(cctx: click.Context, name, stale_after, check, send_alert):
     """Health: last capture, lag, coverage, stale captures, open incidents."""
@@ -102,9 +103,11 @@ def status(cctx: click.Context, name, stale_after, check, send_alert):
     after = parse_duration(stale_after or str(section.get("stale_after", "60s"))).total_seconds()
     rows = status_op(ctx.ws, name, after)
     stale = [r["name"] for r in rows if r["stale"]]
-    if send_alert and stale:
+    if send_alert:
         alerter = Alerter(section, Log(verbosity=ctx.verbosity))
-        alert_stale(rows, alerter)
+        for target, when in alert_stale(ctx.ws, rows, alerter):  # also forgets the alerts of recovered ones
+            if when:
+                ctx.say(f"{target}: the stale-capture alert for this stale capture went out at {when}")
         alerter.drain(40.0)  # the retries of a delivery take up to 31.5 s
     if ctx.json:
         ctx.emit_json({"targets": rows})

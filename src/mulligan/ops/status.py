@@ -11,7 +11,7 @@ import time
 from ..errors import MulliganError
 from ..model import Target
 from ..storage import ObjectMissing
-from ..timeparse import from_iso, human_age
+from ..timeparse import from_iso, human_age, iso
 from ..units import human_size
 from . import capture_store as cs
 from . import incidents as inc_mod
@@ -76,13 +76,33 @@ def status(ws: Workspace, name: str | None = None, stale_after: float = STALE_AF
     return [target_status(ws, t, stale_after) for t in targets]
 
 
-def alert_stale(rows: list[dict], alerter) -> list[str]:
+def stale_alert_key(target_id: str) -> str:
+    """When ``status --alert`` last alerted for the target, and for which stale capture."""
+    return f"{cs.PREFIX}{target_id}/stale-alerted"
+
+
+def alert_stale(ws: Workspace, rows: list[dict], alerter) -> list[tuple[str, str | None]]:
     """A stale-capture alert through the configured channels for each stale target of ``rows``
-    (``status``): for a timer that watches the watcher, which cannot say it died or hung. The
-    names alerted."""
-    out = []
+    (``status``): for a timer that watches the watcher, which cannot say it died or hung.
+
+    Once per stale capture: a timer running every few minutes alerts when capture stops, not at
+    every run. A capture is the same stale one while its last capture does not move; once a
+    target is captured again, its next stale capture alerts again. Returns (name, None when
+    alerted now, else when it was alerted) for each stale target."""
+    vault, out = ws.vault, []
     for r in rows:
+        key = stale_alert_key(r["id"])
         if not r["stale"]:
+            if vault.storage.stat(key) is not None:
+                vault.storage.delete(key)  # working again: the next stale capture is news
+            continue
+        episode = r["last_capture"] or "never"
+        try:
+            prev = vault.get_json(key)
+        except (ObjectMissing, MulliganError, ValueError):
+            prev = None
+        if isinstance(prev, dict) and prev.get("episode") == episode:
+            out.append((r["name"], prev.get("alerted_at")))
             continue
         age = r["last_capture_age_seconds"]
         text = (f"capture of {r['env']} database {r['name']!r} ({r['path']}) is stale: "
@@ -90,5 +110,6 @@ def alert_stale(rows: list[dict], alerter) -> list[str]:
                 + (f"; last capture {r['last_capture']} ({human_age(age)} ago)" if age is not None else "; never captured"))
         alerter.alert("stale-capture", text, {"target": r["name"], "last_capture": r["last_capture"],
                                               "problems": r["problems"], "found_by": "mulligan status --alert"})
-        out.append(r["name"])
+        vault.put_json(key, {"episode": episode, "alerted_at": iso(time.time())})
+        out.append((r["name"], None))
     return out
