@@ -93,8 +93,11 @@ def alert_stale(ws: Workspace, rows: list[dict], alerter) -> list[tuple[str, str
     for r in rows:
         key = stale_alert_key(r["id"])
         if not r["stale"]:
-            if vault.storage.stat(key) is not None:
-                vault.storage.delete(key)  # working again: the next stale capture is news
+            try:
+                if vault.storage.stat(key) is not None:
+                    vault.storage.delete(key)  # working again: the next stale capture is news
+            except MulliganError:
+                pass  # a vault this machine may only read: the record stays, the check goes on
             continue
         episode = r["last_capture"] or "never"
         try:
@@ -110,6 +113,9 @@ def alert_stale(ws: Workspace, rows: list[dict], alerter) -> list[tuple[str, str
                 + (f"; last capture {r['last_capture']} ({human_age(age)} ago)" if age is not None else "; never captured"))
         alerter.alert("stale-capture", text, {"target": r["name"], "last_capture": r["last_capture"],
                                               "problems": r["problems"], "found_by": "mulligan status --alert"})
-        vault.put_json(key, {"episode": episode, "alerted_at": iso(time.time())})
+        try:
+            vault.put_json(key, {"episode": episode, "alerted_at": iso(time.time())})
+        except MulliganError:
+            pass  # not recorded (a vault this machine may only read): the next run alerts again
         out.append((r["name"], None))
     return out
