@@ -196,3 +196,24 @@ def test_status_check_and_alert_notice_a_watcher_that_died(project):
         assert len([b for _, b in hook.received if b.get("kind") == "stale-capture"]) == 2
     finally:
         hook.stop()
+
+
+def test_status_alert_from_a_machine_that_may_only_read_the_vault_still_alerts(project):
+    """The record of an alert sent cannot be written (a read-only vault): the alert goes out all
+    the same, and the next run sends it again rather than never."""
+    from mulligan.errors import StorageError
+    from mulligan.ops.status import alert_stale, status
+
+    project.protect(make_app_db(project.dir / "app.db"))
+    ws = project.ws
+
+    def refused(*a, **k):
+        raise StorageError("permission denied")
+
+    ws.vault.storage.put = refused
+    out = io.StringIO()
+    a = Alerter({}, Log(out))
+    rows = status(ws)
+    assert alert_stale(ws, rows, a) == [("app", None)]
+    assert alert_stale(ws, rows, a) == [("app", None)]
+    assert out.getvalue().count("ALERT stale-capture") == 2
