@@ -124,7 +124,7 @@ class RollbackDetector:
                              last_good_time=lkg[1] if lkg else None, rolled_back_to=rolled_to, match=score,
                              chain_base=chain_base, detail=where)
         inc = detect.same_loss(cap.vault, cap.target, rb)
-        earlier = inc is not None and {"opened_at": inc["opened_at"], "counters": inc.get("counters") or {}}
+        earlier = None if inc is None else {"opened_at": inc["opened_at"], "counters": inc.get("counters") or {}}
         if inc is not None:
             detect.continue_rollback(cap.vault, cap.target, inc, rb)
         else:
@@ -143,7 +143,7 @@ class RollbackDetector:
                 if isinstance(exc, OwnWriteFailed):
                     cap._apply_poll_quiet(exc.tail)  # the commits read before it are captured all the same
                 inc_mod.add_event(cap.vault, inc, "counters not raised", exc.message)
-        if not (earlier and not raise_now):  # seen again with nothing to raise yet: the counters stand
+        if earlier is None or raise_now:  # else seen again with nothing to raise yet: the counters stand
             kept = (earlier["counters"].get("raised") or {}) if earlier else {}
             inc["counters"] = {"raised": {**kept, **raised},
                                "no_counter": no_counter, "no_counter_detail": detail,
