@@ -724,3 +724,26 @@ def test_a_vault_out_of_inodes_says_so(tmp_path):
         assert v.code == 0, v.out
     finally:
         subprocess.run(["umount", str(small)])
+
+
+def test_a_point_taken_of_a_damaged_database_is_refused_on_restore_in_one_line(project):
+    db = make_db(project.dir / "app.db", rows=600)
+    conn = apsw.Connection(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    conn.close()
+    with open(db, "r+b") as fh:  # the last page's cells reversed: its b-tree no longer adds up
+        fh.seek(-4096 + 2000, os.SEEK_END)
+        cells = fh.read(200)
+        fh.seek(-4096 + 2000, os.SEEK_END)
+        fh.write(cells[::-1])
+    conn = apsw.Connection(db)
+    assert conn.execute("PRAGMA quick_check").fetchall() != [("ok",)]
+    conn.close()
+    project.protect(db)
+    assert project.call("snapshot", "app").code == 0
+    r = project.run("restore", "app", "--latest", "--to", "out.db")
+    assert r.code == 4
+    assert len(r.err.strip().splitlines()) == 1, r.err
+    assert "fails quick_check" in r.err and "already damaged when this restore point was taken" in r.err
+    assert not (project.dir / "out.db").exists()
+    assert [p for p in project.dir.iterdir() if p.name.startswith(".out.db")] == []
