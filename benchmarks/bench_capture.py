@@ -5,8 +5,9 @@
                                        [--history 600] [--history-rate 100] [--pit-samples 12] [--kills 5]
                                        [--restore-rounds 5] [--large-mb 0] [--out FILE]
 
-Phase 1, for each rate and each tool in turn (a fresh copy of the same seeded
-database, the same writer process): CPU of the capturing process (utime+stime
+Phase 1, for each rate and each tool in turn (Mulligan by default; storing once a second;
+polling and storing once a second, Litestream's cadence; Litestream), on a fresh copy of
+the same seeded database with the same writer process: CPU of the capturing process (utime+stime
 over the run, % of one core), its peak memory (VmHWM), the writer's longest
 commit (its stall); then --kills SIGKILLs of the capturer at random moments
 (restarted in between), each followed by a restore of the captured history into
@@ -180,6 +181,19 @@ class Mulligan1s(Mulligan):
         super().setup()
         with open(self.work / "mulligan.toml", "a") as fh:
             fh.write('\n[capture]\nflush_interval = "1s"\n')
+
+
+class MulliganPoll1s(Mulligan):
+    """The same at Litestream's own cadence: the WAL looked at once a second (its monitor
+    interval) and stored once a second (its sync interval). What a poll costs in CPU is paid
+    ten times less often; commits are seen, and lost to a SIGKILL, by the second."""
+
+    name = "mulligan-poll-1s"
+
+    def setup(self):
+        super().setup()
+        with open(self.work / "mulligan.toml", "a") as fh:
+            fh.write('\n[capture]\npoll_interval = "1s"\nflush_interval = "1s"\n')
 
 
 class Litestream(Tool):
@@ -437,7 +451,7 @@ def main() -> None:
     seed(template, a.seed_mb)
     results = {"machine": {"cpus": os.cpu_count()}, "seed_mb": a.seed_mb, "phase1": [], "phase2": [], "phase3": []}
     for rate in [float(r) for r in a.rates.split(",") if r.strip()]:
-        runs = [phase1(cls, template, rate, a.duration, a.kills) for cls in (Mulligan, Mulligan1s, Litestream)]
+        runs = [phase1(cls, template, rate, a.duration, a.kills) for cls in (Mulligan, Mulligan1s, MulliganPoll1s, Litestream)]
         times = restore_rounds([tool for _, tool in runs], a.restore_rounds)
         for r, tool in runs:
             r["restore_s"] = round(statistics.median(times[tool.name]), 3)
@@ -468,6 +482,11 @@ def main() -> None:
             print(f"ratios at {rate:.0f} tx/s: CPU {m['cpu_pct'] / max(ls['cpu_pct'], 0.01):.2f}x, "
                   f"restore {m['restore_s'] / max(ls['restore_s'], 0.001):.2f}x, memory {m['peak_mb'] / ls['peak_mb']:.2f}x, "
                   f"lost after SIGKILL {m['lost_after_sigkill']} vs {ls['lost_after_sigkill']}")
+        m1 = by.get((rate, "mulligan-poll-1s"))
+        if m1 and ls:
+            print(f"  at Litestream's cadence (poll and store once a second): CPU "
+                  f"{m1['cpu_pct'] / max(ls['cpu_pct'], 0.01):.2f}x, lost after SIGKILL {m1['lost_after_sigkill']} "
+                  f"vs {ls['lost_after_sigkill']}")
     if results.get("phase2"):
         print()
         print("| after (rate) | tool | restore latest s (median) | CPU % over the history | peak MB | stored MB "
