@@ -585,11 +585,12 @@ class Tailer:
     def replaced(self) -> list[str]:
         """Which of the database, -wal, -shm paths now name another file than ours."""
         out = []
+        where = resolved(self.path)  # once a poll: each resolution is an lstat per folder of the path
         for suffix, ino in self.inodes.items():
             try:
                 # The path itself (a link re-pointed is a file replaced); SQLite's files where
                 # they now are for it.
-                if _ino(os.stat(side_file(self.path, suffix) if suffix else self.path)) != ino:
+                if _ino(os.stat(where + suffix if suffix else self.path)) != ino:
                     out.append(suffix or "db")
             except FileNotFoundError:
                 out.append(suffix or "db")
