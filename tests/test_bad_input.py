@@ -745,5 +745,20 @@ def test_a_point_taken_of_a_damaged_database_is_refused_on_restore_in_one_line(p
     assert r.code == 4
     assert len(r.err.strip().splitlines()) == 1, r.err
     assert "fails quick_check" in r.err and "already damaged when this restore point was taken" in r.err
+    assert "--check none" in r.err
     assert not (project.dir / "out.db").exists()
     assert [p for p in project.dir.iterdir() if p.name.startswith(".out.db")] == []
+    # For salvage: written anyway, stamped as a restored copy, and said to be unchecked.
+    r = project.run("restore", "app", "--latest", "--to", "out.db", "--check", "none")
+    assert r.code == 0, r.err
+    assert "not checked (--check none)" in r.out
+    conn = apsw.Connection(str(project.dir / "out.db"))
+    assert conn.execute("PRAGMA quick_check").fetchall() != [("ok",)]  # the damaged state itself
+    conn.close()
+    from mulligan.engines.sqlite import identity
+
+    conn = apsw.Connection(str(project.dir / "out.db"))
+    assert identity.read(conn).kind == "restored"
+    conn.close()
+    r = project.run("--json", "restore", "app", "--latest", "--to", "out2.db", "--check", "none")
+    assert r.code == 0 and r.json["check"] == "none"

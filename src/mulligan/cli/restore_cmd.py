@@ -26,8 +26,9 @@ from .context import Ctx, pass_ctx
 @click.option("--yes", is_flag=True, help="With --in-place: skip the prompt (never enough for production).")
 @click.option("--force-live", is_flag=True, help="With --in-place: replace even a database in live use.")
 @click.option("--env", "env", type=click.Choice(ENVIRONMENTS + (RESTORED_ENV,)), help="With --to: environment stamped in the copy (default: restored).")
-@click.option("--check", "check", type=click.Choice(["quick", "full"]), default=None,
-              help="With --to: quick_check (default) or integrity_check on the restored database.")
+@click.option("--check", "check", type=click.Choice(["quick", "full", "none"]), default=None,
+              help="With --to: quick_check (default), integrity_check, or none (a damaged point written anyway, "
+                   "to salvage its rows; every page's hash is still checked).")
 @click.option("--allow-cross-target", is_flag=True, help="Allow a restore point of another target.")
 @pass_ctx
 def restore(ctx: Ctx, name, snapshot_id, at, latest, to, in_place, confirm_name, yes, force_live, env, check,
@@ -60,7 +61,7 @@ def restore(ctx: Ctx, name, snapshot_id, at, latest, to, in_place, confirm_name,
     point = resolve_point(ws.vault, target, snapshot=snapshot_id, at=at, latest=latest,
                           allow_cross_target=allow_cross_target)
     with ctx.progress(f"restore {point.id}", point.page_count) as advance:
-        res = restore_new(ws, point, to, env=env, full_check=check == "full", progress=advance)
+        res = restore_new(ws, point, to, env=env, check=check or "quick", progress=advance)
     if at or latest:
         gap = gap_at(ws.vault, target, parse_time(at) if at else utc_now())
         if gap:
@@ -69,8 +70,9 @@ def restore(ctx: Ctx, name, snapshot_id, at, latest, to, in_place, confirm_name,
         ctx.warn(w)
     if ctx.json:
         return ctx.emit_json(res.to_json())
+    checked = "not checked (--check none)" if res.check == "none" else f"{res.check} ok"
     click.echo(f"restored {point.id} ({point.time}) of {point.target_name} to {res.path}; "
-               f"{res.check} ok; stamped as {res.identity.env} copy {res.identity.target_id}")
+               f"{checked}; stamped as {res.identity.env} copy {res.identity.target_id}")
 
 
 def run_inplace(ctx: Ctx, target, point, *, action: str, confirm_name, yes, force_live, allow_cross_target=False):

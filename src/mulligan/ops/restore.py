@@ -16,6 +16,7 @@ from ..vault import Manifest
 from .workspace import Workspace
 
 SIDE_FILES = ("-wal", "-shm", "-journal")
+CHECKS = {"quick": "quick_check", "full": "integrity_check", "none": "none"}  # --check: what the result names
 
 
 @dataclass
@@ -67,7 +68,7 @@ def restore_new(
     to: str,
     *,
     env: str | None = None,
-    full_check: bool = False,
+    check: str = "quick",
     progress: Callable[[int, int], None] | None = None,
 ) -> RestoreResult:
     to = os.path.abspath(to)
@@ -106,8 +107,8 @@ def restore_new(
     total = point.page_count
     cb = (lambda n: progress(n, total)) if progress else None
     engine.write_new(to, point.page_size, point.page_count, ws.vault.iter_page_batches(point), progress=cb,
-                     identity=ident, full_check=full_check)
+                     identity=ident, check=check)
     warnings += [f"the vault's {why}: it was passed over, and every page was found elsewhere; run 'mulligan verify'"
                  for why in ws.vault.index_problems.values()]
-    return RestoreResult(to, point, ident, "integrity_check" if full_check else "quick_check",
+    return RestoreResult(to, point, ident, CHECKS[check],
                          os.path.getsize(to), warnings)

@@ -279,7 +279,7 @@ def _restore_test(ws: Workspace, target_name: str | None) -> dict:
         with tempfile.TemporaryDirectory(prefix="mulligan-restore-test-") as d:
             path = os.path.join(d, "restore-test.db")
             try:
-                restore_new(ws, m, path, full_check=True)
+                restore_new(ws, m, path, check="full")
                 out["points"].append({"target": name, "snapshot": m.id, "ok": True})
             except MulliganError as exc:
                 out["ok"] = False

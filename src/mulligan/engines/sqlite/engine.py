@@ -109,10 +109,10 @@ class SqliteEngine(Engine):
         pages: Iterable[list[tuple[int, bytes]]],
         progress=None,
         identity: Identity | None = None,
-        full_check: bool = False,
+        check: str = "quick",
     ) -> None:
         """Write batches of (page number, bytes) to a temporary file beside ``location``, fsync,
-        check, stamp, rename."""
+        check (``check``: ``quick``, ``full`` or ``none``), stamp, rename."""
         tune_allocator()  # pages stream through large buffers: keep them in the heap
         final = Path(location)
         tmp = final.with_name(f".{final.name}.mulligan-{os.getpid()}-{os.urandom(3).hex()}")
@@ -129,7 +129,7 @@ class SqliteEngine(Engine):
                 out.close()
                 # The check reads the file from the page cache while the fsync writes it out.
                 sync = fsio.fsync_async(fd)
-                problems = self.check_integrity(str(tmp), full=full_check)
+                problems = [] if check == "none" else self.check_integrity(str(tmp), full=check == "full")
                 sync.result()
             finally:
                 if sync is not None:
@@ -142,16 +142,24 @@ class SqliteEngine(Engine):
                                   if line.strip() and not line.startswith("*** in database"))
                 more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
                 raise IntegrityError(
-                    f"the restored database fails {'integrity_check' if full_check else 'quick_check'}: {first}{more}; "
+                    f"the restored database fails {'integrity_check' if check == 'full' else 'quick_check'}: {first}{more}; "
                     "every page matched its hash, so the database was already damaged when this restore point was taken",
                     unchanged=f"nothing was written at {location}",
-                    hint="restore an earlier point ('mulligan snapshots NAME' lists them)",
+                    hint="restore an earlier point ('mulligan snapshots NAME' lists them), or add --check none to write "
+                         "this one anyway and salvage its rows with sqlite3's .recover",
                 )
             if identity is not None:
                 conn = open_conn(str(tmp))
                 try:
                     ident_mod.write(conn, identity)
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except (apsw.CorruptError, apsw.NotADBError) as exc:
+                    raise IntegrityError(
+                        f"the restored database cannot be stamped as a copy: SQLite: {exc}; its pages matched their "
+                        "hashes, so the database was already damaged when this restore point was taken",
+                        unchanged=f"nothing was written at {location}",
+                        hint="restore an earlier point ('mulligan snapshots NAME' lists them)",
+                    ) from None
                 finally:
                     conn.close()
             _fsync_path(tmp)
