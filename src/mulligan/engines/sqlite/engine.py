@@ -89,10 +89,6 @@ class SqliteEngine(Engine):
     def check_integrity(self, location: str, full: bool = False) -> list[str]:
         conn = open_conn(location)
         try:
-            # Read through a memory map: the check of a restored copy (a file no other process
-            # has yet) reads every page once, and mapped pages skip SQLite's copy into its cache
-            # (a 94 MB copy's quick_check: 0.045 s -> 0.025 s).
-            conn.execute(f"PRAGMA mmap_size = {os.path.getsize(location)}").fetchall()
             pragma = "integrity_check" if full else "quick_check"
             rows = [r[0] for r in conn.execute(f"PRAGMA {pragma}")]
         except (apsw.CorruptError, apsw.NotADBError) as exc:
