@@ -529,6 +529,38 @@ def test_a_watcher_restarted_over_its_history_looks_its_pages_up_and_stores_none
     assert ids_in(str(out), "notes") == ids_in(db, "notes")
 
 
+def test_a_watchers_first_base_is_stored_in_blocks_of_pages_and_restores_exactly(project):
+    """The pages read whole at start go into 64 KiB blocks (16 pages of 4 KiB), as a snapshot's
+    do, not a block each: a restore then handles a block at a time, and the vault is smaller."""
+    from test_watch_kit import capture_in_process
+
+    from mulligan.vault.packs import decode_index
+
+    from mulligan.vault.packs import T_PAGE
+
+    cap, db, _ = capture_in_process(project, start=False, **STEPPED_BY_HAND)
+    conn = apsw.Connection(db)
+    with conn:
+        conn.executemany("INSERT INTO notes(id, body) VALUES (?, ?)", [(i, f"note {i} " * 40) for i in range(3000)])
+    conn.close()
+    cap.start()
+    cap.stop()
+    st = project.ws.vault.storage
+    per_block: dict = {}
+    for k, _ in st.list("index/"):
+        for pack, entries in decode_index(st.get(k), k).items():
+            for e in entries:
+                if e[1] == T_PAGE:  # not a tree node
+                    per_block.setdefault((pack, e[2]), []).append(e)
+    pages = sum(map(len, per_block.values()))
+    assert pages >= 200
+    assert max(map(len, per_block.values())) == 16
+    assert len(per_block) <= pages // 16 + 16  # blocks of 16, but for the end of each batch read
+    out = project.dir / "r.db"
+    assert project.run("restore", "app", "--latest", "--to", str(out)).code == 0
+    assert ids_in(str(out), "notes") == ids_in(db, "notes")
+
+
 def test_a_restore_over_a_large_index_gives_the_same_states(project, monkeypatch):
     """Past LEAN_READ_INDEX_BYTES of index objects a restore reads them one at a time (its
     memory would otherwise grow with the history): the latest state and a past one are the

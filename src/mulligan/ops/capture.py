@@ -398,6 +398,10 @@ class TargetCapture(FilesUnderCapture):
         store = cs.PageStore(self.vault)
         count, _h = self.tailer.full_state(store.add, store.reset)
         nbytes = store.close()
+        # Each block's compressed bytes were cut from a buffer sized for the worst case: the heap
+        # is left full of freed holes between them (on text pages, 22 MB more resident after
+        # reading a 37 MB database). Its free pages go back.
+        release_free_memory()
         self._report_index_problems()
         return count, store.ids, nbytes
 

@@ -37,7 +37,7 @@ from ..storage import ObjectMissing
 from ..timeparse import from_iso, iso
 from ..vault import KIND_UNDO, Manifest, Vault, tree
 from ..vault.manifest import new_snapshot_id
-from ..vault.packs import T_PAGE, T_TREE, PackWriter, encode_index, index_key
+from ..vault.packs import BLOCK_TARGET, T_PAGE, T_TREE, PackWriter, encode_index, index_key
 
 PREFIX = "capture/"
 KIND_COMMIT = "commit"
@@ -333,10 +333,17 @@ class PageStore:
             if cid not in self.idx and not writer.has(cid) and cid not in fresh:
                 fresh[cid] = p
         if fresh:
-            # Compressed page by page, in step with the read: the base of a large database never
-            # waits in memory (16-page blocks in the background raised watch's peak to ~160 MB).
-            for (cid, p), blob in zip(fresh.items(), vault.codec.pack_blobs(list(fresh.values()))):
-                writer.add(cid, T_PAGE, blob, len(p))
+            # Compressed here, in step with the read, in blocks of up to 16 pages (64 KiB) as a
+            # snapshot's are: the base of a large database never waits in memory (blocks handed to
+            # the background compressor raised watch's peak to ~160 MB), and a restore from it
+            # handles a block, not a page, at a time (a block a page took 0.45 s to restore the
+            # benchmark's 94 MB base, against 0.40 s).
+            ids, datas = list(fresh), list(fresh.values())
+            per = max(1, BLOCK_TARGET // max(1, len(datas[0])))
+            groups = [(ids[i : i + per], datas[i : i + per]) for i in range(0, len(ids), per)]
+            blobs = vault.codec.pack_blobs([b"".join(d) for _, d in groups])
+            for (gids, gdatas), blob in zip(groups, blobs):
+                writer.add_block(T_PAGE, gids, [len(d) for d in gdatas], blob)
 
     def close(self) -> int:
         self.writer.flush()

@@ -404,9 +404,14 @@ class PackWriter:
     def add(self, chunk_id: bytes, type_: int, blob: bytes, length: int) -> None:
         if self.has(chunk_id):
             return
+        self.add_block(type_, [chunk_id], [length], blob)
+
+    def add_block(self, type_: int, ids: list[bytes], lengths: list[int], blob) -> None:
+        """A block its caller compressed: the chunks ``ids`` (none held by this writer yet),
+        their bytes joined in that order."""
         self._drain()  # keep pack order: blocks already handed to the compressor come first
-        self._pending_ids.add(chunk_id)
-        self._blocks.append((type_, [chunk_id], [length], self._size, len(blob)))
+        self._pending_ids.update(ids)
+        self._blocks.append((type_, ids, lengths, self._size, len(blob)))
         self._parts.append(blob)
         self._size += len(blob)
         self.stored_bytes += len(blob)
