@@ -545,3 +545,46 @@ def test_the_snapshot_matcher_finds_the_same_point_whatever_page_lists_it_may_ke
         assert sum(map(len, matcher._ids.values())) <= cache_ids
     assert len(matcher._ids) == min(6, cache_ids // 300)
 
+
+
+def test_a_rollback_while_the_vault_refuses_writes_is_alerted_and_its_counters_raised(project):
+    """An old copy restored over the database while the vault cannot be written (its disk full,
+    its store unreachable). The response first stored the last commits, and the refusal ended
+    it there, poll after poll: no alert, no counters raised (new rows took the lost ids), no
+    incident. The counters and the alert no longer wait for the vault; the incident is stored
+    once the vault accepts writes."""
+    from mulligan.errors import StorageError
+    from mulligan.ops import incidents as inc_mod
+    from mulligan.storage.faulty import FaultyStorage
+
+    cap, db, out, old, lost_max = captured_past_an_old_copy(project)
+    vault = cap.ws.vault
+    try:
+        cap.step(time.monotonic())  # the 20 rows, seen and stored
+        cap.flush()
+        refusing = [True]
+        vault.storage = FaultyStorage(vault.storage, fail_put=lambda key: refusing[0])
+        conn = apsw.Connection(db)
+        with conn.backup("main", apsw.Connection(old), "main") as b:  # what sqlite3's .restore does
+            b.step(-1)
+        conn.close()
+        for _ in range(3):
+            try:
+                cap.step(time.monotonic())
+            except StorageError:
+                pass  # the flush's own refusal, reported as capture failing
+        assert "ALERT rollback" in out.getvalue(), out.getvalue()
+        assert "The vault refuses writes" in out.getvalue()
+        assert seq_of(db, "posts") >= lost_max  # raised at once: the lost ids are not taken again
+        assert inc_mod.list_incidents(vault, cap.target.id) == []
+        assert out.getvalue().count("ALERT rollback") == 1
+        refusing[0] = False
+        cap.flush()
+        incs = inc_mod.list_incidents(vault, cap.target.id)
+        assert len(incs) == 1 and incs[0]["kind"] == "rollback"
+        assert incs[0]["counters"]["raised"].get("posts", 0) >= lost_max
+        assert incs[0]["last_good"]["point"]
+        events = [e["event"] for e in incs[0]["timeline"]]
+        assert "vault refused writes" in events and "incident stored" in events
+    finally:
+        cap.stop()

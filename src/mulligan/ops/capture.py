@@ -235,6 +235,9 @@ class TargetCapture(FilesUnderCapture):
                 self.seg.merge_indexes()
             self.write_status(stopping=True)
         finally:
+            for inc in self.det.unsaved.values():
+                self.log("error", f"{self.target.name}: incident {inc['id']} was never stored (the vault refused "
+                                  f"writes): what it holds is in this log's ALERT rollback line")
             if self.tailer is not None:
                 self.tailer.close()
                 self.tailer = None
@@ -454,6 +457,8 @@ class TargetCapture(FilesUnderCapture):
                 self._bound_backlog()
             raise
         self._flush_failed, self._flush_wait = None, 0.0
+        if self.det.unsaved:
+            self.det.store_unsaved()  # incidents opened while the vault refused writes
         if large:
             release_free_memory()  # a large commit's pieces and packs are gone: give their pages back
         self.repack.flushed += self.seg.page_bytes - before_p

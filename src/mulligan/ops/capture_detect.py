@@ -30,6 +30,7 @@ class RollbackDetector:
         self.pre: dict = {}  # page -> chunk id at the last good point, for pages written since
         self.pre_len = 0
         self.matcher = detect.SnapshotMatcher(cap.vault)
+        self.unsaved: dict[str, dict] = {}  # incidents the vault refused to store, by id (store_unsaved)
 
     def check(self, obs: Observation, *, mass: bool, where: str, lkg: tuple | None = None,
               discontinuity: bool = False, final: bool = False, states: list | None = None,
@@ -81,6 +82,45 @@ class RollbackDetector:
             self.respond(obs, sig.strong + sig.weak, lkg, rolled_to, score, where)
         self.clean(obs)
 
+    def _same_loss(self, rb: detect.Rollback) -> dict | None:
+        """The open incident of the same loss (detect.same_loss): one not stored yet first, then
+        the vault's (a vault that cannot be read has none to give)."""
+        for inc in self.unsaved.values():
+            if inc.get("status") == "open" and (inc.get("last_good") or {}).get("point") == rb.last_good_point \
+                    and rb.last_good_point:
+                return inc
+        try:
+            return detect.same_loss(self.cap.vault, self.cap.target, rb)
+        except MulliganError:
+            return None
+
+    def _store(self, inc: dict, refused: str | None = None) -> bool:
+        """Store the incident; one the vault refuses is kept to store after a later flush."""
+        cap = self.cap
+        if refused is None:
+            try:
+                inc_mod.save(cap.vault, inc)
+                self.unsaved.pop(inc["id"], None)
+                return True
+            except MulliganError as exc:
+                refused = exc.message
+        if inc["id"] not in self.unsaved:
+            cap.log("error", f"{cap.target.name}: incident {inc['id']} could not be stored in the vault ({refused}): "
+                             "it is kept in memory and stored once the vault accepts writes")
+        self.unsaved[inc["id"]] = inc
+        return False
+
+    def store_unsaved(self) -> None:
+        """After a flush the vault accepted: the incidents it refused before."""
+        for inc in list(self.unsaved.values()):
+            inc["timeline"].append({"time": iso(time.time()), "event": "incident stored",
+                                    "detail": "the vault accepts writes again"})
+            if self._store(inc):
+                self.cap.log("notice", f"{self.cap.target.name}: incident {inc['id']} stored in the vault")
+            else:
+                inc["timeline"].pop()
+                return
+
     def clean(self, obs: Observation) -> None:
         cap = self.cap
         self.obs = obs
@@ -114,7 +154,16 @@ class RollbackDetector:
         """Incident, counters raised above what the lost state used, alert, audit entries."""
         cap = self.cap
         now = time.time()
-        cap.flush()  # the last good commit must be stored before the incident names it
+        # The last good commit is stored before the incident names it. A vault that refuses the
+        # write (its disk full, its store unreachable) holds up nothing below: the counters and
+        # the alert need only the database and the log, and the incident is stored once the
+        # vault accepts writes again (store_unsaved, after each flush). Before, the refusal ended
+        # the response there, poll after poll: no alert, and new rows took the lost ids.
+        refused = None
+        try:
+            cap.flush()
+        except MulliganError as exc:
+            refused = exc.message
         chain_base = None
         if lkg and lkg[0] and cs.is_commit_id(lkg[0]):
             chain_base = lkg[0].split(".")[0]
@@ -123,12 +172,12 @@ class RollbackDetector:
         rb = detect.Rollback(signals=signals, detected_at=now, last_good_point=lkg[0] if lkg else None,
                              last_good_time=lkg[1] if lkg else None, rolled_back_to=rolled_to, match=score,
                              chain_base=chain_base, detail=where)
-        inc = detect.same_loss(cap.vault, cap.target, rb)
+        inc = self._same_loss(rb)
         earlier = None if inc is None else {"opened_at": inc["opened_at"], "counters": inc.get("counters") or {}}
         if inc is not None:
-            detect.continue_rollback(cap.vault, cap.target, inc, rb)
+            detect.continue_rollback(cap.vault, cap.target, inc, rb, store=False)
         else:
-            inc = detect.open_rollback(cap.vault, cap.target, rb)
+            inc = detect.open_rollback(cap.vault, cap.target, rb, store=False)
             cap.stats.incidents_opened += 1
         raised, no_counter, detail = {}, [], {}
         lost = self.obs
@@ -142,7 +191,7 @@ class RollbackDetector:
             except MulliganError as exc:
                 if isinstance(exc, OwnWriteFailed):
                     cap._apply_poll_quiet(exc.tail)  # the commits read before it are captured all the same
-                inc_mod.add_event(cap.vault, inc, "counters not raised", exc.message)
+                inc["timeline"].append({"time": iso(time.time()), "event": "counters not raised", "detail": exc.message})
         if earlier is None or raise_now:  # else seen again with nothing to raise yet: the counters stand
             kept = (earlier["counters"].get("raised") or {}) if earlier else {}
             inc["counters"] = {"raised": {**kept, **raised},
@@ -155,13 +204,17 @@ class RollbackDetector:
             text += " Counters raised: " + ", ".join(f"{t}→{v}" for t, v in raised.items()) + "."
         if no_counter:
             text += " No counter to raise (ids will be reused): " + ", ".join(no_counter) + "."
+        if refused:
+            text += (f" The vault refuses writes ({refused}): the incident is stored there once it accepts them; "
+                     "the commits seen meanwhile wait in the watcher's memory.")
+            inc["timeline"].append({"time": iso(now), "event": "vault refused writes", "detail": refused})
         payload = {"incident": {k: inc.get(k) for k in ("id", "target_name", "kind", "opened_at", "last_good",
                                                          "rolled_back_to", "counters")}}
         inc.setdefault("alerts", []).append(cap.alerter.alert("rollback", text, payload))
         inc["timeline"].append({"time": iso(now), "event": "alert sent", "detail": text})
         if raised:
             inc["timeline"].append({"time": iso(time.time()), "event": "counters raised", "detail": raised})
-        inc_mod.save(cap.vault, inc)
+        self._store(inc, refused)
         detect.record(cap.vault, cap.target, "counters raised" if raised else "rollback alert",
                       {"incident": inc["id"], "raised": raised, "no_counter": no_counter})
         return inc

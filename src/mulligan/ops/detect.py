@@ -201,7 +201,7 @@ def describe(target: Target, rb: Rollback) -> str:
     return what
 
 
-def open_rollback(vault: Vault, target: Target, rb: Rollback) -> dict:
+def open_rollback(vault: Vault, target: Target, rb: Rollback, store: bool = True) -> dict:
     rt = rb.rolled_back_to
     fields = {
         "detection": {"signals": rb.signals, "detected_at": iso(rb.detected_at), "detail": rb.detail},
@@ -213,7 +213,7 @@ def open_rollback(vault: Vault, target: Target, rb: Rollback) -> dict:
         "counters": {"raised": {}, "no_counter": []},
         "snapshot_refs": [x for x in (rt.id if rt else None, rb.chain_base) if x],
     }
-    inc = inc_mod.open_incident(vault, target, kind="rollback", title=describe(target, rb), **fields)
+    inc = inc_mod.open_incident(vault, target, kind="rollback", title=describe(target, rb), store=store, **fields)
     record(vault, target, "rollback detected", {"incident": inc["id"], "signals": rb.signals})
     return inc
 
@@ -234,7 +234,7 @@ def same_loss(vault: Vault, target: Target, rb: Rollback) -> dict | None:
     return None
 
 
-def continue_rollback(vault: Vault, target: Target, inc: dict, rb: Rollback) -> dict:
+def continue_rollback(vault: Vault, target: Target, inc: dict, rb: Rollback, store: bool = True) -> dict:
     """Add this detection of the same loss to ``inc`` (same_loss): what it found, and the state
     rolled back to when the incident named none."""
     rt = rb.rolled_back_to
@@ -245,7 +245,8 @@ def continue_rollback(vault: Vault, target: Target, inc: dict, rb: Rollback) -> 
         inc["snapshot_refs"] = list(dict.fromkeys([*inc.get("snapshot_refs", []), rt.id]))
     inc["timeline"].append({"time": iso(rb.detected_at), "event": "rollback detected again, same last good commit",
                             "detail": "; ".join(rb.signals)})
-    inc_mod.save(vault, inc)
+    if store:
+        inc_mod.save(vault, inc)
     record(vault, target, "rollback detected", {"incident": inc["id"], "signals": rb.signals, "same_loss": True})
     return inc
 

@@ -31,7 +31,7 @@ def _key(target_id: str, inc_id: str) -> str:
     return f"incidents/{target_id}/{inc_id}"
 
 
-def open_incident(vault: Vault, target: Target, *, kind: str, title: str, **fields) -> dict:
+def open_incident(vault: Vault, target: Target, *, kind: str, title: str, store: bool = True, **fields) -> dict:
     now = iso(utc_now())
     inc = {
         "id": "inc-" + os.urandom(4).hex(),
@@ -50,7 +50,8 @@ def open_incident(vault: Vault, target: Target, *, kind: str, title: str, **fiel
         "recovery": None,
     }
     inc.update(fields)
-    save(vault, inc)
+    if store:
+        save(vault, inc)
     return inc
 
 
