@@ -547,7 +547,8 @@ def test_the_snapshot_matcher_finds_the_same_point_whatever_page_lists_it_may_ke
 
 
 
-def test_a_rollback_while_the_vault_refuses_writes_is_alerted_and_its_counters_raised(project):
+@pytest.mark.parametrize("failing_before", [False, True])
+def test_a_rollback_while_the_vault_refuses_writes_is_alerted_and_its_counters_raised(project, failing_before):
     """An old copy restored over the database while the vault cannot be written (its disk full,
     its store unreachable). The response first stored the last commits, and the refusal ended
     it there, poll after poll: no alert, no counters raised (new rows took the lost ids), no
@@ -562,19 +563,34 @@ def test_a_rollback_while_the_vault_refuses_writes_is_alerted_and_its_counters_r
     try:
         cap.step(time.monotonic())  # the 20 rows, seen and stored
         cap.flush()
-        refusing = [True]
-        vault.storage = FaultyStorage(vault.storage, fail_put=lambda key: refusing[0])
+        refusing, restored, alerted_at_put = [True], [False], []
+
+        def refuse(key):
+            if restored[0]:  # what the log held at each vault write after the old copy came
+                alerted_at_put.append("ALERT rollback" in out.getvalue())
+            return refusing[0]
+
+        vault.storage = FaultyStorage(vault.storage, fail_put=refuse)
+        if failing_before:  # a flush refused already: the alert says so
+            conn = apsw.Connection(db)
+            conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'seen, not stored')")
+            conn.close()
+            with pytest.raises(StorageError):
+                cap.step(time.monotonic() + 10)
         conn = apsw.Connection(db)
         with conn.backup("main", apsw.Connection(old), "main") as b:  # what sqlite3's .restore does
             b.step(-1)
         conn.close()
+        restored[0] = True
         for _ in range(3):
             try:
                 cap.step(time.monotonic())
             except StorageError:
                 pass  # the flush's own refusal, reported as capture failing
         assert "ALERT rollback" in out.getvalue(), out.getvalue()
-        assert "The vault refuses writes" in out.getvalue()
+        assert alerted_at_put and all(alerted_at_put)  # no wait on the vault (a store slow to answer) first
+        assert "could not be stored in the vault" in out.getvalue()
+        assert ("The vault refuses writes" in out.getvalue()) == failing_before
         assert seq_of(db, "posts") >= lost_max  # raised at once: the lost ids are not taken again
         assert inc_mod.list_incidents(vault, cap.target.id) == []
         assert out.getvalue().count("ALERT rollback") == 1

@@ -89,6 +89,8 @@ class RollbackDetector:
             if inc.get("status") == "open" and (inc.get("last_good") or {}).get("point") == rb.last_good_point \
                     and rb.last_good_point:
                 return inc
+        if self.cap._flush_failed is not None:
+            return None  # the vault is failing: no wait on it before the alert
         try:
             return detect.same_loss(self.cap.vault, self.cap.target, rb)
         except MulliganError:
@@ -154,16 +156,13 @@ class RollbackDetector:
         """Incident, counters raised above what the lost state used, alert, audit entries."""
         cap = self.cap
         now = time.time()
-        # The last good commit is stored before the incident names it. A vault that refuses the
-        # write (its disk full, its store unreachable) holds up nothing below: the counters and
-        # the alert need only the database and the log, and the incident is stored once the
-        # vault accepts writes again (store_unsaved, after each flush). Before, the refusal ended
-        # the response there, poll after poll: no alert, and new rows took the lost ids.
-        refused = None
-        try:
-            cap.flush()
-        except MulliganError as exc:
-            refused = exc.message
+        # The counters and the alert need only the database and the log: they come first. The
+        # last good commit is then stored, before the incident that names it. A vault that
+        # refuses writes (its disk full, its store unreachable) holds up neither, and one that
+        # answers slowly does not delay them; the incident is stored once the vault accepts
+        # writes (store_unsaved, after each flush). Before, the response began with the flush,
+        # and a refusal ended it there, poll after poll: no alert, and new rows took the lost ids.
+        refused = cap._flush_failed.message if cap._flush_failed is not None else None
         chain_base = None
         if lkg and lkg[0] and cs.is_commit_id(lkg[0]):
             chain_base = lkg[0].split(".")[0]
@@ -175,9 +174,9 @@ class RollbackDetector:
         inc = self._same_loss(rb)
         earlier = None if inc is None else {"opened_at": inc["opened_at"], "counters": inc.get("counters") or {}}
         if inc is not None:
-            detect.continue_rollback(cap.vault, cap.target, inc, rb, store=False)
+            detect.continue_rollback(inc, rb)
         else:
-            inc = detect.open_rollback(cap.vault, cap.target, rb, store=False)
+            inc = detect.open_rollback(cap.vault, cap.target, rb)
             cap.stats.incidents_opened += 1
         raised, no_counter, detail = {}, [], {}
         lost = self.obs
@@ -186,7 +185,6 @@ class RollbackDetector:
             try:
                 if plan:
                     before, raised = cap.tailer.write("counters", lambda c: detect.apply_counters(c, plan))
-                    cap._own_write("counters raised")
                     cap._apply_poll_quiet(before)
             except MulliganError as exc:
                 if isinstance(exc, OwnWriteFailed):
@@ -207,13 +205,22 @@ class RollbackDetector:
         if refused:
             text += (f" The vault refuses writes ({refused}): the incident is stored there once it accepts them; "
                      "the commits seen meanwhile wait in the watcher's memory.")
-            inc["timeline"].append({"time": iso(now), "event": "vault refused writes", "detail": refused})
         payload = {"incident": {k: inc.get(k) for k in ("id", "target_name", "kind", "opened_at", "last_good",
                                                          "rolled_back_to", "counters")}}
         inc.setdefault("alerts", []).append(cap.alerter.alert("rollback", text, payload))
         inc["timeline"].append({"time": iso(now), "event": "alert sent", "detail": text})
+        # What goes to the vault comes after the alert: a store slow to answer delays none of it.
+        detect.record(cap.vault, cap.target, "rollback detected",
+                      {"incident": inc["id"], "signals": rb.signals, **({"same_loss": True} if earlier else {})})
         if raised:
+            cap._own_write("counters raised")  # the live-use guard's record of our own commit
             inc["timeline"].append({"time": iso(time.time()), "event": "counters raised", "detail": raised})
+        try:
+            cap.flush()  # the last good commit, stored before the incident that names it
+        except MulliganError as exc:
+            refused = exc.message
+        if refused:
+            inc["timeline"].append({"time": iso(time.time()), "event": "vault refused writes", "detail": refused})
         self._store(inc, refused)
         detect.record(cap.vault, cap.target, "counters raised" if raised else "rollback alert",
                       {"incident": inc["id"], "raised": raised, "no_counter": no_counter})

@@ -201,7 +201,9 @@ def describe(target: Target, rb: Rollback) -> str:
     return what
 
 
-def open_rollback(vault: Vault, target: Target, rb: Rollback, store: bool = True) -> dict:
+def open_rollback(vault: Vault, target: Target, rb: Rollback) -> dict:
+    """The incident record of a rollback, not stored yet: the watcher alerts first, then stores
+    it (capture_detect.py), so a vault slow to answer or refusing writes delays no alert."""
     rt = rb.rolled_back_to
     fields = {
         "detection": {"signals": rb.signals, "detected_at": iso(rb.detected_at), "detail": rb.detail},
@@ -213,9 +215,7 @@ def open_rollback(vault: Vault, target: Target, rb: Rollback, store: bool = True
         "counters": {"raised": {}, "no_counter": []},
         "snapshot_refs": [x for x in (rt.id if rt else None, rb.chain_base) if x],
     }
-    inc = inc_mod.open_incident(vault, target, kind="rollback", title=describe(target, rb), store=store, **fields)
-    record(vault, target, "rollback detected", {"incident": inc["id"], "signals": rb.signals})
-    return inc
+    return inc_mod.open_incident(vault, target, kind="rollback", title=describe(target, rb), store=False, **fields)
 
 
 def same_loss(vault: Vault, target: Target, rb: Rollback) -> dict | None:
@@ -234,9 +234,9 @@ def same_loss(vault: Vault, target: Target, rb: Rollback) -> dict | None:
     return None
 
 
-def continue_rollback(vault: Vault, target: Target, inc: dict, rb: Rollback, store: bool = True) -> dict:
+def continue_rollback(inc: dict, rb: Rollback) -> dict:
     """Add this detection of the same loss to ``inc`` (same_loss): what it found, and the state
-    rolled back to when the incident named none."""
+    rolled back to when the incident named none. Not stored here (open_rollback)."""
     rt = rb.rolled_back_to
     if rt is not None and not inc.get("rolled_back_to"):
         inc["rolled_back_to"] = {"snapshot_id": rt.id, "time": rt.time,
@@ -245,9 +245,6 @@ def continue_rollback(vault: Vault, target: Target, inc: dict, rb: Rollback, sto
         inc["snapshot_refs"] = list(dict.fromkeys([*inc.get("snapshot_refs", []), rt.id]))
     inc["timeline"].append({"time": iso(rb.detected_at), "event": "rollback detected again, same last good commit",
                             "detail": "; ".join(rb.signals)})
-    if store:
-        inc_mod.save(vault, inc)
-    record(vault, target, "rollback detected", {"incident": inc["id"], "signals": rb.signals, "same_loss": True})
     return inc
 
 
