@@ -563,11 +563,12 @@ def test_a_rollback_while_the_vault_refuses_writes_is_alerted_and_its_counters_r
     try:
         cap.step(time.monotonic())  # the 20 rows, seen and stored
         cap.flush()
-        refusing, restored, alerted_at_put = [True], [False], []
+        refusing, restored, alerted_at_put, keys = [True], [False], [], []
 
         def refuse(key):
             if restored[0]:  # what the log held at each vault write after the old copy came
                 alerted_at_put.append("ALERT rollback" in out.getvalue())
+                keys.append(key)
             return refusing[0]
 
         vault.storage = FaultyStorage(vault.storage, fail_put=refuse)
@@ -589,6 +590,7 @@ def test_a_rollback_while_the_vault_refuses_writes_is_alerted_and_its_counters_r
                 pass  # the flush's own refusal, reported as capture failing
         assert "ALERT rollback" in out.getvalue(), out.getvalue()
         assert alerted_at_put and all(alerted_at_put)  # no wait on the vault (a store slow to answer) first
+        assert keys[0].startswith("packs/"), keys  # then the commits only the watcher's memory holds
         assert "could not be stored in the vault" in out.getvalue()
         assert ("The vault refuses writes" in out.getvalue()) == failing_before
         assert seq_of(db, "posts") >= lost_max  # raised at once: the lost ids are not taken again

@@ -210,16 +210,19 @@ class RollbackDetector:
                                                          "rolled_back_to", "counters")}}
         inc.setdefault("alerts", []).append(cap.alerter.alert("rollback", text, payload))
         inc["timeline"].append({"time": iso(now), "event": "alert sent", "detail": text})
-        # What goes to the vault comes after the alert: a store slow to answer delays none of it.
-        detect.record(cap.vault, cap.target, "rollback detected",
-                      {"incident": inc["id"], "signals": rb.signals, **({"same_loss": True} if earlier else {})})
         if raised:
-            cap._own_write("counters raised")  # the live-use guard's record of our own commit
             inc["timeline"].append({"time": iso(time.time()), "event": "counters raised", "detail": raised})
+        # What goes to the vault comes after the alert: a store slow to answer delays none of it.
+        # First the commits not stored yet: after a rollback the database no longer holds the
+        # last of them (the ones the incident is about), only the watcher's memory does.
         try:
             cap.flush()  # the last good commit, stored before the incident that names it
         except MulliganError as exc:
             refused = exc.message
+        detect.record(cap.vault, cap.target, "rollback detected",
+                      {"incident": inc["id"], "signals": rb.signals, **({"same_loss": True} if earlier else {})})
+        if raised:
+            cap._own_write("counters raised")  # the live-use guard's record of our own commit
         if refused:
             inc["timeline"].append({"time": iso(time.time()), "event": "vault refused writes", "detail": refused})
         self._store(inc, refused)
