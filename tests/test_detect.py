@@ -606,3 +606,69 @@ def test_a_rollback_while_the_vault_refuses_writes_is_alerted_and_its_counters_r
         assert "vault refused writes" in events and "incident stored" in events
     finally:
         cap.stop()
+
+
+def test_a_rollback_while_the_vault_disk_is_read_only_alerts_within_2s_and_stores_the_incident_later(tmp_path):
+    """The whole scene through the CLI: the app writing, the vault's disk made read-only (as a
+    full one refuses), an old copy restored over the database with sqlite3's .restore. The
+    webhook hears of it within 2 s, the counters are raised, the metrics count the incident;
+    once the disk takes writes again the incident is stored and listed."""
+    import urllib.request
+
+    from test_bad_input import _vault_on_tmpfs
+    from test_watch_kit import free_port
+
+    small, proj, env = _vault_on_tmpfs(tmp_path, "64m")
+    hook = Hook().start()
+    app = None
+    w = None
+    try:
+        db = make_app_db(proj / "app.db")
+        assert env.run("protect", db, "--name", "app", "--env", "production").code == 0
+        configure(env, hook, capture={"flush_interval": "0.5s"})
+        port = free_port()
+        w = Watch(env, "app", "--metrics-port", str(port))
+        app = App(db, proj / "app.log", rate=50)
+        time.sleep(1.0)
+        app.pause()
+        time.sleep(0.3)
+        old = str(proj / "old.db")
+        conn = apsw.Connection(old)
+        with conn.backup("main", apsw.Connection(db), "main") as b:
+            b.step(-1)
+        conn.close()
+        app.resume()
+        time.sleep(1.5)  # rows the old copy lacks, captured and stored
+        app.pause()
+        time.sleep(0.3)
+        lost_max = max(ids_in(db))
+        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+        conn = apsw.Connection(db)
+        with conn.backup("main", apsw.Connection(old), "main") as b:
+            b.step(-1)
+        conn.close()
+        t_event = time.time()
+        app.resume()
+        got = hook.wait("rollback", timeout=6.0)
+        assert got is not None, w.text()
+        assert got[0] - t_event < 2.0, got[0] - t_event
+        time.sleep(0.5)
+        assert seq_of(db, "posts") >= lost_max
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'mulligan_incidents_open{target="app"} 1' in body, body
+        assert "could not be stored in the vault" in w.text()
+        subprocess.run(["mount", "-o", "remount,rw", str(small)], check=True)
+        assert w.wait_for("stored in the vault", timeout=20), w.text()
+        app.stop()
+        assert w.term() == 0, w.text()
+        listed = env.run("incidents", "--json").json["incidents"]
+        assert len(listed) == 1 and listed[0]["kind"] == "rollback"
+        assert max(ids_in(db)) > lost_max  # rows written since the counters were raised: past every lost id
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small)], capture_output=True)
+        if app is not None:
+            app.stop()
+        if w is not None and w.proc.poll() is None:
+            w.kill()
+        hook.stop()
+        subprocess.run(["umount", str(small)], capture_output=True)

@@ -385,11 +385,13 @@ class Watcher:
             "counter", [(n, c.stats.repacks if c else 0) for n, c in caps])
         open_inc = []
         for s in self.slots:
+            unsaved = len(s.capture.det.unsaved) if s.capture else 0  # opened while the vault refused writes
             try:
-                open_inc.append((s.target.name, open_incident_count(self.ws, s.target.id)))
+                open_inc.append((s.target.name, open_incident_count(self.ws, s.target.id) + unsaved))
             except MulliganError:
-                open_inc.append((s.target.name, "NaN"))
-        add("mulligan_incidents_open", "Open incidents.", "gauge", open_inc)
+                open_inc.append((s.target.name, unsaved or "NaN"))
+        add("mulligan_incidents_open", "Open incidents (those not yet stored in the vault included).", "gauge",
+            open_inc)
         add("mulligan_alerts_failed_total", "Alerts that could not be delivered.", "counter",
             [(s.target.name, self.alerter.failed) for s in self.slots])
         return "\n".join(lines) + "\n"
