@@ -36,7 +36,7 @@ import apsw
 from ...errors import DatabaseBusy, IntegrityError, MulliganError, NotADatabase, NotFound
 from . import identity as ident_mod
 from . import wal
-from .files import cannot_open, resolved, side_file
+from .files import cannot_open, resolved
 from .locks import locked_message
 from .reader import parse_header, sniff
 
