@@ -85,15 +85,11 @@ class RollbackDetector:
     def _same_loss(self, rb: detect.Rollback) -> dict | None:
         """The open incident of the same loss (detect.same_loss): one not stored yet first, then
         the vault's (a vault that cannot be read has none to give)."""
-        if not rb.last_good_point:
-            return None
-        for inc in self.unsaved.values():
-            if inc.get("status") == "open" and (inc.get("last_good") or {}).get("point") == rb.last_good_point:
-                return inc
-        if self.cap._flush_failed is not None:
-            return None  # the vault is failing: no wait on it before the alert
+        inc = detect.same_loss(reversed(self.unsaved.values()), rb)
+        if inc is not None or self.cap._flush_failed is not None:
+            return inc  # the vault is failing: no wait on it before the alert
         try:
-            return detect.same_loss(self.cap.vault, self.cap.target, rb)
+            return detect.same_loss(reversed(inc_mod.list_incidents(self.cap.vault, self.cap.target.id)), rb)
         except MulliganError:
             return None
 

@@ -20,6 +20,7 @@ in-place restore (it advances the generation): recorded, not an alarm.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..engines.sqlite.capture import Observation
@@ -218,16 +219,16 @@ def open_rollback(vault: Vault, target: Target, rb: Rollback) -> dict:
     return inc_mod.open_incident(vault, target, kind="rollback", title=describe(target, rb), store=False, **fields)
 
 
-def same_loss(vault: Vault, target: Target, rb: Rollback) -> dict | None:
-    """The open rollback incident of ``target`` that names the same last good point as ``rb``:
-    the same loss seen again, not a new one. The database deleted, then a file put at its path
-    (``rm`` and ``cp``), shows twice: once when the file goes (nothing to compare yet), once
-    when capture starts on the file that came (it went back in time). A second incident for it
-    split one event in two, and the first named no state rolled back to (``recover
-    --incident`` had no BASE)."""
+def same_loss(incidents: Iterable[dict], rb: Rollback) -> dict | None:
+    """Of ``incidents`` (the target's, newest first), the open rollback incident that names the
+    same last good point as ``rb``: the same loss seen again, not a new one. The database
+    deleted, then a file put at its path (``rm`` and ``cp``), shows twice: once when the file
+    goes (nothing to compare yet), once when capture starts on the file that came (it went back
+    in time). A second incident for it split one event in two, and the first named no state
+    rolled back to (``recover --incident`` had no BASE)."""
     if not rb.last_good_point:
         return None
-    for inc in reversed(inc_mod.list_incidents(vault, target.id)):
+    for inc in incidents:
         if (inc.get("status") == "open" and inc.get("kind") == "rollback"
                 and (inc.get("last_good") or {}).get("point") == rb.last_good_point):
             return inc
