@@ -169,6 +169,7 @@ class ChunkIndex:
     __slots__ = ("_where", "_segments", "_ranks", "_written", "_pending", "_upto", "_singles")
 
     SINGLES = 16  # lookups of one chunk each before every pending entry is settled
+    SETTLE_SHARE = 4  # a lookup of more than a quarter of the pending entries settles them all
 
     def __init__(self) -> None:
         self._where: dict[bytes, int] = {}
@@ -299,7 +300,10 @@ class ChunkIndex:
         and the ids this index does not know. One pass, no Entry built: a restore asks this
         for every page of a database."""
         if self._pending:
-            self._look_up(wanted)
+            if len(wanted) * self.SETTLE_SHARE >= sum(len(ids) for _seg, _pos, ids in self._pending):
+                self._settle()  # most of the index is wanted (a restore of a recent snapshot): no search is cheaper
+            else:
+                self._look_up(wanted)
         by_pack: dict[bytes, dict[int, tuple[int, list]]] = {}
         missing = []
         where, segments, written, unpack = self._where, self._segments, self._written, _ENTRY.unpack_from
