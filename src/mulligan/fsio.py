@@ -75,6 +75,14 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 _sync_pool: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    global _sync_pool
+    _sync_pool = None  # a forked child (parallel.py) has not the parent's thread: it makes its own
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _pool() -> ThreadPoolExecutor:
     global _sync_pool
     if _sync_pool is None:

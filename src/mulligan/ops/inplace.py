@@ -36,6 +36,7 @@ from ..timeparse import from_iso, iso, utc_now
 from ..vault import KIND_UNDO, Manifest
 from ..vault.locks import Lease, live_leases
 from . import guards, liveuse
+from .restore import point_pages
 from .snapshot import take_snapshot
 from .workspace import Workspace
 
@@ -115,7 +116,8 @@ def last_undo_point(ws: Workspace, target: Target) -> Manifest:
 
 @contextmanager
 def prepare(ws: Workspace, target: Target, point: Manifest, *, action: str = "restore", force_live: bool = False,
-            allow_cross_target: bool = False, window: float = liveuse.LIVE_WINDOW) -> Iterator[Plan]:
+            allow_cross_target: bool = False, window: float = liveuse.LIVE_WINDOW,
+            jobs: int | None = None) -> Iterator[Plan]:
     """Yield the plan with the point written to a scratch file beside the target; refuse with the plan as evidence."""
     path = target.path
     file_format = sqlite_replace.journal_mode_and_page_size(path)  # raises NotFound / NotADatabase first
@@ -125,7 +127,7 @@ def prepare(ws: Workspace, target: Target, point: Manifest, *, action: str = "re
     scratch_dir = tempfile.mkdtemp(prefix=".mulligan-inplace-", dir=os.path.dirname(path))
     try:
         scratch = os.path.join(scratch_dir, "point.db")
-        ws.engine(target).write_new(scratch, point.page_size, point.page_count, ws.vault.iter_page_batches(point))
+        ws.engine(target).write_new(scratch, point.page_size, point.page_count, point_pages(ws.vault, point, jobs))
         history = ws.vault.manifests(target.id)
         newer = sum(1 for m in history if m.kind != KIND_UNDO and m.time > point.time)
         plan = Plan(action, target, hostname(), point, identity,

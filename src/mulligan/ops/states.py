@@ -80,13 +80,14 @@ def materialize(vault: Vault | None, target: Target | None, spec: str | StateRef
         yield ref.path
         return
     from ..engines.base import engine_for
+    from .restore import point_pages
 
     assert vault is not None and ref.manifest is not None
     m = ref.manifest
     d = tempfile.mkdtemp(prefix="mulligan-state-")
     try:
         path = os.path.join(d, f"{m.id}.db")
-        engine_for(m.engine).write_new(path, m.page_size, m.page_count, vault.iter_page_batches(m))
+        engine_for(m.engine).write_new(path, m.page_size, m.page_count, point_pages(vault, m))
         yield path
     finally:
         shutil.rmtree(d, ignore_errors=True)

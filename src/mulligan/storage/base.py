@@ -35,6 +35,9 @@ class Storage(ABC):
     # How many ranged reads a restore keeps in flight: one ahead of the work on a local disk;
     # an object store answers each request after a round trip, which several hide.
     read_ahead: int = 1
+    # Whether a forked child may read through this same object (parallel.py): true of files on
+    # a disk; an object store's client holds threads and connections a child does not get.
+    fork_safe: bool = False
     # Bytes a local vault leaves free on its disk ([vault] min_free; None: the default, 0: none).
     min_free: int | None = None
 

@@ -23,6 +23,7 @@ class FaultyStorage(Storage):
         self.inner = inner
         self.url = inner.url
         self.read_ahead = inner.read_ahead
+        self.fork_safe = inner.fork_safe
         self.fail_put = fail_put or (lambda key: False)
         self.corrupt_get = corrupt_get or (lambda key: False)
         self.lose_answer = lose_answer or (lambda key: False)

@@ -29,6 +29,8 @@ def _out_of_inodes(root: Path) -> bool:
 
 
 class LocalStorage(Storage):
+    fork_safe = True
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.url = str(self.root)

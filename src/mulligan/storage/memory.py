@@ -11,6 +11,8 @@ _SHARED: dict[str, dict[str, bytes]] = {}
 
 
 class MemoryStorage(Storage):
+    fork_safe = True  # a child reads the parent's objects as they were at the fork
+
     def __init__(self, name: str = ""):
         self.url = f"memory://{name}"
         self._objects = _SHARED.setdefault(name, {}) if name else {}

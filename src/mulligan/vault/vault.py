@@ -378,6 +378,12 @@ class Vault:
         (block, [(inner, length, id, tag), ...]): a part at a time (up to 256 blocks of one
         pack, or up to PART_BLOCKS blocks of several small ones), the next part read and
         decompressed in a worker thread meanwhile."""
+        return self._read_parts(self._plan_reads(wanted, tree=tree))
+
+    def _plan_reads(self, wanted: dict, tree: bool = False, part_blocks: int = 0) -> list[list]:
+        """Where the wanted chunks are, cut into parts to read: each part a list of
+        (pack id, {block offset: (stored length, chunks)}, [block offsets]), of up to
+        ``part_blocks`` blocks if given."""
         idx = self.index()
         by_pack, missing = idx.group(wanted)
         if missing and not self.lean:  # written since the index was loaded: a read that misses refreshes it
@@ -391,20 +397,22 @@ class Vault:
             _merge_groups(by_pack, more)
         if missing:
             raise self._chunk_missing(missing[0])
-        # Work for the reading thread in parts: a large pack is cut every 256 blocks, small
-        # packs (a captured history's flushes hold a few blocks each) are read together up to
-        # PART_BLOCKS blocks and PART_BYTES read (from a pack's first wanted block to its last),
-        # so the thread is handed one call per part, not one per pack, and memory stays where
-        # one pack a call kept it.
+        # Work for the reading thread in parts: a large pack is cut every GROUP_BLOCKS blocks,
+        # small packs (a captured history's flushes hold a few blocks each) are read together
+        # up to PART_BLOCKS blocks and PART_BYTES read (from a pack's first wanted block to its
+        # last), so the thread is handed one call per part, not one per pack, and memory stays
+        # where one pack a call kept it.
+        group_blocks = min(GROUP_BLOCKS, part_blocks or GROUP_BLOCKS)
+        most = min(PART_BLOCKS, part_blocks or PART_BLOCKS)
         parts: list[list[tuple[bytes, dict, list[int]]]] = []
         part: list[tuple[bytes, dict, list[int]]] = []
         count = nbytes = 0
         for pack_id, blocks in by_pack.items():
             offsets = sorted(blocks)
-            for start in range(0, len(offsets), GROUP_BLOCKS):
-                group = offsets[start : start + GROUP_BLOCKS]
+            for start in range(0, len(offsets), group_blocks):
+                group = offsets[start : start + group_blocks]
                 span = group[-1] + blocks[group[-1]][0] - group[0]
-                if part and (count + len(group) > PART_BLOCKS or nbytes + span > PART_BYTES):
+                if part and (count + len(group) > most or nbytes + span > PART_BYTES):
                     parts.append(part)
                     part, count, nbytes = [], 0, 0
                 part.append((pack_id, blocks, group))
@@ -412,6 +420,9 @@ class Vault:
                 nbytes += span
         if part:
             parts.append(part)
+        return parts
+
+    def _read_parts(self, parts: list[list]) -> Iterator[list[tuple[memoryview, list]]]:
         # One part is read ahead of the caller's work (several on an object store, whose requests
         # each wait a round trip: Storage.read_ahead); parts are handed over in order.
         ahead = max(1, self.storage.read_ahead)
@@ -645,6 +656,14 @@ class Vault:
     def iter_page_batches(self, m: Manifest) -> Iterator[list[tuple[int, bytes]]]:
         """Lists of (page number starting at 1, page bytes) covering every page once, verified;
         pages come in the order the vault holds them, a few MiB at a time."""
+        yield from self.page_batch_shards(m, 1)[0]
+
+    def page_batch_shards(self, m: Manifest, n: int) -> list[Iterator[list[tuple[int, bytes]]]]:
+        """The pages of ``m`` as ``n`` iterators of batches like :meth:`iter_page_batches`', each
+        page in exactly one of them, of about as many pages each. Where every page is, is
+        looked up here, once (a missing one raises here); the pages are read, decompressed and
+        checked as each iterator is consumed, which may be in a process of its own
+        (engines/sqlite/engine.py, ``parallel.fan_out``)."""
         ids = self.page_ids(m)
         where = dict(zip(ids, range(1, len(ids) + 1)))  # id -> the last page holding it
         also: dict[bytes, list[int]] = {}  # id -> the other pages with the same content
@@ -652,8 +671,22 @@ class Vault:
             for pgno, cid in enumerate(ids, 1):
                 if where[cid] != pgno:
                     also.setdefault(cid, []).append(pgno)
+        if n <= 1:
+            return [self._page_batches(m, self._plan_reads(where), also)]
+        # Parts small enough to share out evenly (a base stored whole is a few large packs):
+        # some 16 parts a share, if its pages are in blocks of 16.
+        parts = self._plan_reads(where, part_blocks=max(1, len(where) // (16 * 16 * n)))
+        shares: list[list] = [[] for _ in range(n)]
+        load = [0] * n
+        for part in parts:  # each to the share with the fewest pages so far
+            k = load.index(min(load))
+            shares[k].append(part)
+            load[k] += sum(len(in_pack[o][1]) for _pack, in_pack, group in part for o in group)
+        return [self._page_batches(m, share, also) for share in shares]
+
+    def _page_batches(self, m: Manifest, parts: list[list], also: dict) -> Iterator[list[tuple[int, bytes]]]:
         ps, check = m.page_size, self.codec.check
-        for part in self._read_blocks(where):
+        for part in self._read_parts(parts):
             out = []
             for block, chunks in part:
                 for inner, n, cid, pgno in chunks:

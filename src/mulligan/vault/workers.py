@@ -3,11 +3,22 @@ for each kind, or a few for reads from an object store."""
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 _POOLS: dict[str, ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
+
+
+def _forget_pools() -> None:
+    """In a forked child (parallel.py): the parent's threads are not there; new pools are made."""
+    global _LOCK
+    _POOLS.clear()
+    _LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 REQUESTS_PER_READ_AHEAD = 4

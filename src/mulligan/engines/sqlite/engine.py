@@ -7,11 +7,12 @@ import os
 from concurrent.futures import wait
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import apsw
 
 from ... import fsio
+from ...parallel import fan_out
 from ...runtime import tune_allocator
 from ...errors import DatabaseBusy, IntegrityError, NotADatabase, StorageError
 from ...model import Identity
@@ -102,13 +103,15 @@ class SqliteEngine(Engine):
         location: str,
         page_size: int,
         page_count: int,
-        pages: Iterable[list[tuple[int, bytes]]],
+        shards: Sequence[Iterable[list[tuple[int, bytes]]]],
         progress=None,
         identity: Identity | None = None,
         check: str = "quick",
     ) -> None:
         """Write batches of (page number, bytes) to a temporary file beside ``location``, fsync,
-        check (``check``: ``quick``, ``full`` or ``none``), stamp, rename."""
+        check (``check``: ``quick``, ``full`` or ``none``), stamp, rename. The batches come in
+        ``shards``, each page in one: the first is written by this process, each other one by
+        a child process of its own at the same time (parallel.py)."""
         tune_allocator()  # pages stream through large buffers: keep them in the heap
         final = Path(location)
         tmp = final.with_name(f".{final.name}.mulligan-{os.getpid()}-{os.urandom(3).hex()}")
@@ -117,12 +120,18 @@ class SqliteEngine(Engine):
             sync = None
             try:
                 fsio.reserve(fd, page_count * page_size)  # a full disk shows here, before any page is written
-                out = fsio.RunWriter(fd, page_size)
-                for batch in pages:
-                    out.add_many(batch)
-                    if progress:
-                        progress(len(batch))
-                out.close()
+
+
+                def write(batches):
+                    def job(report):
+                        out = fsio.RunWriter(fd, page_size)
+                        for batch in batches:
+                            out.add_many(batch)
+                            report(len(batch))
+                        out.close()
+                    return job
+
+                fan_out([write(batches) for batches in shards], progress)
                 # The check reads the file from the page cache while the fsync writes it out.
                 sync = fsio.fsync_async(fd)
                 problems = [] if check == "none" else self.check_integrity(str(tmp), full=check == "full")
