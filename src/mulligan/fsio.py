@@ -117,7 +117,9 @@ class RunWriter:
     start writing back what is done, so the final fsync has little left to do.
     """
 
-    def __init__(self, fd: int, page_size: int, window: int = 4096):
+    WINDOW = 4096
+
+    def __init__(self, fd: int, page_size: int, window: int = WINDOW):
         self.fd, self.page_size, self.window = fd, page_size, window
         self._pending: list[tuple[int, object]] = []
         self._since_writeback = 0

@@ -31,8 +31,8 @@ from .context import Ctx, pass_ctx
                    "to salvage its rows; every page's hash is still checked).")
 @click.option("--allow-cross-target", is_flag=True, help="Allow a restore point of another target.")
 @click.option("--jobs", "jobs", type=click.IntRange(min=1), metavar="N",
-              help="Processes checking and writing pages at once (default: one per CPU, up to 4; 1 on an object "
-                   "store or a database under 16 MiB).")
+              help="Processes checking and writing pages at once (default: 2 where there are 2 CPUs; 1 on an "
+                   "object store or for a database under 16 MiB). Each further process holds ~35 MB.")
 @pass_ctx
 def restore(ctx: Ctx, name, snapshot_id, at, latest, to, in_place, confirm_name, yes, force_live, env, check,
             allow_cross_target, jobs):

@@ -65,7 +65,7 @@ def check_new_path(path: str) -> None:
 
 
 PARALLEL_MIN_PAGES = 4096  # under 16 MiB of 4 KiB pages a second process costs about what it saves
-MAX_JOBS = 4
+MAX_JOBS = 2  # each further process holds ~35 MB of its own buffers: more is asked for with --jobs
 
 
 def point_pages(vault: Vault, point: Manifest, jobs: int | None = None) -> list:

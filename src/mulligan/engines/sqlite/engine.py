@@ -122,9 +122,12 @@ class SqliteEngine(Engine):
                 fsio.reserve(fd, page_count * page_size)  # a full disk shows here, before any page is written
 
 
+                # The pages each process holds to write in order: together what one would hold.
+                window = max(256, fsio.RunWriter.WINDOW // len(shards))
+
                 def write(batches):
                     def job(report):
-                        out = fsio.RunWriter(fd, page_size)
+                        out = fsio.RunWriter(fd, page_size, window)
                         for batch in batches:
                             out.add_many(batch)
                             report(len(batch))
