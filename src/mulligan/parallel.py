@@ -61,15 +61,23 @@ def fan_out(jobs: list[Job], progress: Callable[[int], None] | None = None) -> N
             job(progress or _ignore)
         return
     children: list[_Child] = []
+    here = [jobs[0]]
+    parent = os.getpid()
     try:
         for job in jobs[1:]:
             r, w = os.pipe()
-            with warnings.catch_warnings():  # Python 3.12+ warns of any thread alive: see the rules above
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
+            try:
+                with warnings.catch_warnings():  # Python 3.12+ warns of any thread alive: see the rules above
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    pid = os.fork()
+            except OSError:  # no process to be had (a limit, no memory): this one does the work
+                os.close(r)
+                os.close(w)
+                here.append(job)
+                continue
             if pid == 0:
                 os.close(r)
-                _run_child(job, w)  # never returns
+                _run_child(job, w, parent)  # never returns
             os.close(w)
             children.append(_Child(pid, r))
 
@@ -78,7 +86,8 @@ def fan_out(jobs: list[Job], progress: Callable[[int], None] | None = None) -> N
                 progress(n)
             _listen(children, progress, wait=False)
 
-        jobs[0](report)
+        for job in here:
+            job(report)
         while any(c.outcome is None for c in children):
             _listen(children, progress, wait=True)
     except BaseException:
@@ -122,11 +131,11 @@ def _ignore(n: int) -> None:
     pass
 
 
-def _run_child(job: Job, w: int) -> None:
+def _run_child(job: Job, w: int, parent: int) -> None:
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the parent's to handle: it stops the children
-        _die_with_parent()
+        _die_with_parent(parent)
         unsent = [0]
 
         def report(n: int) -> None:
@@ -153,14 +162,14 @@ def _send(w: int, data: bytes) -> None:
         data = data[os.write(w, data):]
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
-    if os.getppid() == 1:  # the parent was gone before the request took effect
+    if os.getppid() != parent:  # the parent was gone before the request took effect
         os._exit(3)
 
 

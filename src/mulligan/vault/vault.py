@@ -659,8 +659,9 @@ class Vault:
         yield from self.page_batch_shards(m, 1)[0]
 
     def page_batch_shards(self, m: Manifest, n: int) -> list[Iterator[list[tuple[int, bytes]]]]:
-        """The pages of ``m`` as ``n`` iterators of batches like :meth:`iter_page_batches`', each
-        page in exactly one of them, of about as many pages each. Where every page is, is
+        """The pages of ``m`` as up to ``n`` iterators of batches like :meth:`iter_page_batches`',
+        each page in exactly one of them, of about as many pages each (fewer iterators when
+        there are fewer parts to share out). Where every page is, is
         looked up here, once (a missing one raises here); the pages are read, decompressed and
         checked as each iterator is consumed, which may be in a process of its own
         (engines/sqlite/engine.py, ``parallel.fan_out``)."""
@@ -682,7 +683,7 @@ class Vault:
             k = load.index(min(load))
             shares[k].append(part)
             load[k] += sum(len(in_pack[o][1]) for _pack, in_pack, group in part for o in group)
-        return [self._page_batches(m, share, also) for share in shares]
+        return [self._page_batches(m, share, also) for share in shares if share] or [iter(())]
 
     def _page_batches(self, m: Manifest, parts: list[list], also: dict) -> Iterator[list[tuple[int, bytes]]]:
         ps, check = m.page_size, self.codec.check
