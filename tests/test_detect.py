@@ -682,3 +682,78 @@ def test_a_rollback_while_the_vault_disk_is_read_only_alerts_within_2s_and_store
             w.kill()
         hook.stop()
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_a_rollback_during_a_vault_outage_longer_than_the_lease_is_still_alerted(project, monkeypatch):
+    """The vault refuses writes long enough for the watcher's lease to go overdue (90 s;
+    shortened here). Capture paused then, and the watch for a rollback with it: an old copy
+    restored during a long outage of the vault (its disk filled by that very copy) went
+    unnoticed. Both go on now, pages stored whole until the lease is renewed; then the
+    incident is stored and the latest state restores exactly."""
+    from mulligan.ops import incidents as inc_mod
+    from mulligan.ops.capture_store import latest_point
+    from mulligan.ops.restore import restore_new
+    from mulligan.storage.faulty import FaultyStorage
+    from conftest import dump
+    from mulligan.vault import locks
+    from test_watch_kit import watcher_in_thread
+
+    monkeypatch.setattr(locks, "HEARTBEAT", 0.05)
+    monkeypatch.setattr(locks, "LAPSE_AFTER", 0.4)
+    db = make_app_db(project.dir / "app.db")
+    project.protect(db)
+    old = str(project.dir / "old.db")
+    shutil.copy(db, old)  # checkpointed at creation: the file is the whole state
+    ws = project.ws
+    refusing = [False]
+    ws.vault.storage = FaultyStorage(ws.vault.storage, fail_put=lambda key: refusing[0])
+    w, th = watcher_in_thread(ws, ws.target("app"), flush_interval=0.1)
+    out = w.log.stream
+    try:
+        conn = apsw.Connection(db)
+        conn.set_busy_timeout(5000)
+        with conn:
+            for _ in range(20):
+                conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'lost')")
+        lost_max = conn.execute("SELECT max(id) FROM posts").fetchone()[0]
+        conn.close()
+        time.sleep(0.6)  # captured and stored
+        refusing[0] = True
+        deadline = time.monotonic() + 10
+        while not w._overdue and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert w._overdue and "lease in the vault is overdue" in out.getvalue(), out.getvalue()
+        time.sleep(0.3)
+        conn = apsw.Connection(db)
+        conn.set_busy_timeout(5000)
+        with conn.backup("main", apsw.Connection(old), "main") as b:
+            b.step(-1)
+        conn.close()
+        t0 = time.monotonic()
+        while "ALERT rollback" not in out.getvalue() and time.monotonic() - t0 < 5:
+            time.sleep(0.05)
+        assert "ALERT rollback" in out.getvalue(), out.getvalue()
+        assert time.monotonic() - t0 < 2.0
+        assert seq_of(db, "posts") >= lost_max
+        conn = apsw.Connection(db)
+        conn.set_busy_timeout(5000)
+        with conn:
+            conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'after')")
+        conn.close()
+        refusing[0] = False  # the lease lands again: the database is read again, the incident stored
+        deadline = time.monotonic() + 10
+        while "incident stored" not in out.getvalue() and "stored in the vault" not in out.getvalue() \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while w._overdue and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not w._overdue, out.getvalue()
+        time.sleep(0.5)
+    finally:
+        w.stop()
+        th.join(30)
+    incs = inc_mod.list_incidents(ws.vault, ws.target("app").id)
+    assert len(incs) == 1 and incs[0]["kind"] == "rollback", out.getvalue()
+    restore_new(project.ws, latest_point(project.ws.vault, project.ws.target("app")), str(project.dir / "r.db"))
+    assert dump(str(project.dir / "r.db")) == dump(db)

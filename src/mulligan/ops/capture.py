@@ -555,6 +555,8 @@ class TargetCapture(FilesUnderCapture):
     def _repack_step(self) -> None:
         """A step of a repack pass (capture_repack.py), started once flushes stored enough."""
         r = self.repack
+        if not self.vault.dedup_known:
+            return  # the watcher's lease is overdue: a pass waits until it is renewed (and starts over then)
         if not r.running:
             if not r.due(len(self.ids) * self.tailer.page_size):
                 return

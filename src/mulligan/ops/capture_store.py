@@ -129,6 +129,8 @@ class SegmentWriter:
         idx = vault._index if vault._index is not None else vault.index()
         ids: dict[int, bytes] = {}
         fresh, part_fresh, recent, w = self.fresh, self.part_fresh, self.recent, self.writer
+        if not vault.dedup_known:  # the watcher's lease is overdue: store every page this segment has not
+            idx, recent = {}, {}
         chunk_id = vault.codec.chunk_id
         for pgno, data in pages.items():
             cid = chunk_id(data)
@@ -317,7 +319,7 @@ class PageStore:
 
     def __init__(self, vault: Vault):
         self.vault = vault
-        self.idx = vault.index()
+        self.idx = vault.index() if vault.dedup_known else {}
         self.writer = PackWriter(vault.storage, target_size=4 << 20)  # bounded memory while reading
         self.ids: list[bytes] = []
 

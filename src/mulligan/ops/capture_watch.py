@@ -111,9 +111,8 @@ class Watcher:
                 t0 = time.monotonic()
                 # Not partway through a large commit: a prune waits (as it would for the commit's
                 # read), and the lease is looked at once it is whole.
-                if not busy and self._lease_lapsed():
-                    self._stop.wait(self.options.poll_interval)
-                    continue
+                if not busy:
+                    self._mind_lease()
                 if not busy and t0 - self._prune_checked >= PRUNE_CHECK_EVERY:
                     self._prune_checked = t0
                     try:
@@ -243,29 +242,32 @@ class Watcher:
                         pass
                     slot.capture = None
 
-    def _lease_lapsed(self) -> bool:
+    def _mind_lease(self) -> None:
         """Our lease could not be renewed for a while (vault unreachable, process paused): a prune
         may take it for dead and remove data our cached index still names. While it is overdue,
-        capture nothing (deduplicating now could name a chunk being deleted); once it lands
-        again, wait out any prune, forget every cached index entry and read each database again,
-        storing every page that is no longer in the vault."""
+        capture goes on (and so does the watch for a rollback: an outage of the vault is no time
+        to stop it), deduplicating only against what this watcher stores from then on
+        (``Vault.dedup_known``), with no repack; once the lease lands again, wait out any prune,
+        forget every cached index entry and read each database again, storing every page that is
+        no longer in the vault."""
         lease = self.lease
         if lease is None:
-            return False
+            return
+        vault = self.ws.vault
         if lease.lapsed():
             if not self._overdue:
                 self._overdue = True
+                vault.dedup_known = False
                 self.log("warning", "the watcher's lease in the vault is overdue (the vault cannot be written?): "
-                                    "capture pauses until it is renewed")
-            return True
+                                    "pages are stored whole until it is renewed; rollbacks are still watched for")
+            return
         if lease.lapses == self._lapses_seen:
-            return False
-        storage = self.ws.vault.storage
-        while live_leases(storage, "prune") and not self._stop.is_set():
+            return
+        while live_leases(vault.storage, "prune") and not self._stop.is_set():
             time.sleep(0.2)
         self._lapses_seen, self._overdue = lease.lapses, False
+        vault.dedup_known = True
         self._reread("the watcher's lease was overdue, so a prune may have removed data")
-        return False
 
     def _step(self, slot: Slot) -> bool:
         """One step of a target; True when it is partway through a large commit."""

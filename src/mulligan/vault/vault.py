@@ -85,6 +85,10 @@ class Vault:
         # read are kept, and a writer tells it which chunks to deduplicate against
         # (know_present).
         self.lean = False
+        # False while what this process knows of the vault's chunks may be out of date in a way
+        # that matters (a watcher whose lease is overdue: a prune may be removing chunks its
+        # index names). Writers then deduplicate only against what they store themselves.
+        self.dedup_known = True
         self.index_problems: dict[str, str] = {}  # damaged index objects passed over: key -> why
         self._known: dict[str, Manifest] = {}  # manifest key -> manifest (they never change)
         self._catalogs: dict[str, set[str]] = {}  # target id -> manifest keys its catalog holds
