@@ -1,4 +1,4 @@
-"""Work shared out between processes: a restore's pages checked and written on every core.
+"""Work shared out between processes: a restore's pages checked and written on more than one core.
 
 A restore spends its time in Python, a few microseconds a page (find the page in its block,
 hash it, compare, hand it to the writer): one thread holds the interpreter for all of it, and
@@ -15,10 +15,10 @@ The rules that keep that safe:
 - A child reports over a pipe: pages done, then done or the error it met (a
   :class:`MulliganError` goes across whole, as its class name and fields). It ends with
   ``os._exit``: nothing of the parent's (buffers, ``atexit``, open databases) runs twice.
-- A child dies with its parent (``PR_SET_PDEATHSIG``); a parent whose own job fails, or that is
-  interrupted, kills its children before it cleans up.
+- A child dies with its parent (``PR_SET_PDEATHSIG``) and leaves ^C to it; a parent whose own
+  job fails, or that is interrupted, kills its children before it cleans up.
 - A child that dies without saying why (the OOM killer) is an error: its pages were not
-  written.
+  written. A fork that fails (a process limit) leaves that job to the parent.
 """
 
 from __future__ import annotations
