@@ -169,3 +169,42 @@ def test_without_a_process_to_be_had_the_work_is_done_here(monkeypatch):
     ran = []
     parallel.fan_out(_jobs(lambda report: ran.append("a"), lambda report: ran.append("b")))
     assert ran == ["a", "b"]
+
+
+@needs_fork
+def test_a_restore_killed_mid_way_takes_its_children_with_it_and_leaves_nothing_at_the_path(project, tmp_path):
+    import subprocess
+    import sys
+
+    _big_db(tmp_path / "app.db", mb=60)
+    assert project.run("protect", str(tmp_path / "app.db"), "--name", "app", "--env", "staging").code == 0
+    assert project.run("snapshot", "app").code == 0
+    out = tmp_path / "out.db"
+    p = subprocess.Popen([sys.executable, "-m", "mulligan", "-q", "restore", "app", "--latest", "--to", str(out),
+                          "--jobs", "2"], cwd=project.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    deadline = time.monotonic() + 30
+    while not children and p.poll() is None and time.monotonic() < deadline:
+        for task in os.listdir(f"/proc/{p.pid}/task"):
+            try:
+                with open(f"/proc/{p.pid}/task/{task}/children") as fh:
+                    children += [int(c) for c in fh.read().split()]
+            except OSError:
+                pass
+        time.sleep(0.001)
+    assert children, "the restore forked no child before it ended"
+    p.kill()
+    p.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{c}") and _alive(c) for c in children):
+        time.sleep(0.02)
+    assert not any(os.path.exists(f"/proc/{c}") and _alive(c) for c in children), "a child outlived its parent"
+    assert not out.exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
