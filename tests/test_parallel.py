@@ -113,21 +113,37 @@ def test_children_report_their_progress_and_finish(tmp_path):
 
 
 @needs_fork
-@pytest.mark.parametrize("how", ["error", "crash", "killed"])
-def test_what_a_child_met_is_raised_in_the_parent(how):
+@pytest.mark.parametrize("how", ["error", "disk full", "crash", "killed"])
+def test_what_a_child_met_is_raised_in_the_parent(how, tmp_path):
     def child(report):
         if how == "error":
             raise IntegrityError("chunk 00 does not match its hash", hint="run 'mulligan verify'")
+        if how == "disk full":  # a real one: a write past the room of a 1 MiB tmpfs
+            import subprocess
+            small = tmp_path / "small"
+            small.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+            try:
+                fd = os.open(small / "f", os.O_WRONLY | os.O_CREAT)
+                written = 0
+                while True:  # a short write first, then ENOSPC
+                    written += os.pwrite(fd, bytes(1 << 20), written)
+            finally:
+                subprocess.run(["umount", "-l", str(small)], check=True)
         if how == "crash":
             raise ValueError("a bug")
         os.kill(os.getpid(), signal.SIGKILL)  # the OOM killer
 
-    expected = {"error": (IntegrityError, "does not match its hash"), "crash": (RuntimeError, "ValueError: a bug"),
-                "killed": (StorageError, "killed by SIGKILL")}[how]
+    expected = {"error": (IntegrityError, "does not match its hash"), "disk full": (OSError, "No space left"),
+                "crash": (RuntimeError, "ValueError: a bug"), "killed": (StorageError, "killed by SIGKILL")}[how]
+    if how == "disk full" and os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
     with pytest.raises(expected[0], match=expected[1]) as info:
         parallel.fan_out(_jobs(lambda report: time.sleep(0.2), child))
     if how == "error":
         assert info.value.hint == "run 'mulligan verify'"
+    if how == "disk full":
+        assert info.value.errno == 28  # ENOSPC: the caller reports it as a full disk
 
 
 @needs_fork

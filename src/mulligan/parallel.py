@@ -13,7 +13,8 @@ The rules that keep that safe:
 - Thread pools made before the fork are forgotten in the child (``os.register_at_fork`` in
   vault/workers.py and fsio.py): a child makes its own.
 - A child reports over a pipe: pages done, then done or the error it met (a
-  :class:`MulliganError` goes across whole, as its class name and fields). It ends with
+  :class:`MulliganError` goes across whole, as its class name and fields; an ``OSError`` as
+  its errno and text, for the caller to report as it would its own). It ends with
   ``os._exit``: nothing of the parent's (buffers, ``atexit``, open databases) runs twice.
 - A child dies with its parent (``PR_SET_PDEATHSIG``) and leaves ^C to it; a parent whose own
   job fails, or that is interrupted, kills its children before it cleans up.
@@ -150,6 +151,9 @@ def _run_child(job: Job, w: int, parent: int) -> None:
         fields = {"class": type(exc).__name__, "message": exc.message, "unchanged": exc.unchanged, "hint": exc.hint}
         _send(w, b"E " + json.dumps(fields).encode() + b"\n")
         code = 1
+    except OSError as exc:  # a full disk, an I/O error: the parent turns it into its one-line error, as its own
+        _send(w, b"O " + json.dumps([exc.errno, exc.strerror]).encode() + b"\n")
+        code = 1
     except BaseException:  # noqa: BLE001 - the parent reports it
         _send(w, b"X " + json.dumps(traceback.format_exc().strip().splitlines()[-1]).encode() + b"\n")
         code = 2
@@ -200,6 +204,9 @@ def _listen(children: list[_Child], progress: Callable[[int], None] | None, wait
                 if not (isinstance(cls, type) and issubclass(cls, MulliganError)):
                     cls = MulliganError
                 c.outcome = cls(fields["message"], unchanged=fields["unchanged"], hint=fields["hint"])
+                raise c.outcome
+            elif kind == b"O":
+                c.outcome = OSError(*json.loads(rest))
                 raise c.outcome
             elif kind == b"X":
                 c.outcome = RuntimeError(f"a process doing part of the work failed: {json.loads(rest)}")
