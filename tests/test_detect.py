@@ -757,3 +757,53 @@ def test_a_rollback_during_a_vault_outage_longer_than_the_lease_is_still_alerted
     assert len(incs) == 1 and incs[0]["kind"] == "rollback", out.getvalue()
     restore_new(project.ws, latest_point(project.ws.vault, project.ws.target("app")), str(project.dir / "r.db"))
     assert dump(str(project.dir / "r.db")) == dump(db)
+
+
+def test_a_watch_started_while_the_vault_cannot_be_written_alerts_waits_and_then_finds_the_rollback(tmp_path):
+    """The vault's disk is read-only (as a full one refuses) when watch starts: say so, alert, and
+    wait for it, instead of exiting (a service manager restarting it in a loop gives up after a
+    few tries, and the watcher is then down once the disk works again). An old copy restored
+    while watch was down is found as soon as the vault takes writes."""
+    from test_bad_input import _vault_on_tmpfs
+
+    small, proj, env = _vault_on_tmpfs(tmp_path, "64m")
+    hook = Hook().start()
+    w = None
+    try:
+        db = make_app_db(proj / "app.db")
+        old = str(proj / "old.db")
+        shutil.copy(db, old)  # checkpointed at creation: the file is the whole state
+        assert env.run("protect", db, "--name", "app", "--env", "production").code == 0
+        configure(env, hook)
+        w = Watch(env, "app")
+        conn = apsw.Connection(db)
+        conn.set_busy_timeout(5000)
+        with conn:
+            for _ in range(20):
+                conn.execute("INSERT INTO posts(user_id, body) VALUES (1, 'lost')")
+        conn.close()
+        lost_max = max(ids_in(db))
+        time.sleep(1.0)  # the rows captured and stored
+        assert w.term() == 0, w.text()
+        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+        conn = apsw.Connection(db)
+        with conn.backup("main", apsw.Connection(old), "main") as b:
+            b.step(-1)
+        conn.close()
+        w = Watch(env, "app", ready="watch cannot start")
+        got = hook.wait("stale-capture", timeout=6.0)
+        assert got is not None and "cannot start" in got[1]["text"], (hook.received, w.text())
+        time.sleep(1.0)
+        assert w.proc.poll() is None, w.text()
+        subprocess.run(["mount", "-o", "remount,rw", str(small)], check=True)
+        assert w.wait_for("the vault takes writes again", 15), w.text()
+        assert w.wait_for("ALERT rollback", 10), w.text()
+        assert seq_of(db, "posts") >= lost_max
+        assert w.term() == 0, w.text()
+        assert w.text().count("ALERT stale-capture") == 1, w.text()
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small)], capture_output=True)
+        if w is not None and w.proc.poll() is None:
+            w.kill()
+        hook.stop()
+        subprocess.run(["umount", str(small)], capture_output=True)

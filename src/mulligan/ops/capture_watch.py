@@ -31,6 +31,8 @@ from .targets import open_incident_count
 from .workspace import Workspace
 
 WATCH_PURPOSE = "watch"
+# How often a watcher that cannot store its lease (the vault cannot be written) tries again.
+START_RETRY = 5.0
 # How often the loop looks for a prune lease (a listing and a read): prune waits up to
 # YIELD_WAIT (10 s) for writers to step aside, so once a second is ample.
 PRUNE_CHECK_EVERY = 1.0
@@ -85,7 +87,12 @@ class Watcher:
         if live_leases(storage, "prune"):
             self.log("notice", "a prune is removing data from the vault: capture starts when it is done")
         # Like any writer, wait for a prune that is removing data before loading the chunk index.
-        self.lease = writer_lease(storage, f"{WATCH_PURPOSE} {names}", stop=self._stop)
+        self.lease = self._take_lease(f"{WATCH_PURPOSE} {names}")
+        if self.lease is None:  # stopped while waiting for the vault: nothing was started
+            self.alerter.drain(3.0)
+            self._stop_metrics()
+            self.log("info", "watch stopped")
+            return
         rival = self._rival()
         if rival is not None:
             self.lease.release()
@@ -157,10 +164,13 @@ class Watcher:
                 except MulliganError as exc:
                     self._vault_trouble(exc)
             self.lease.release()
-            if self.metrics_server is not None:
-                self.metrics_server.shutdown()
-                self.metrics_server.server_close()  # free the port, not only stop serving
+            self._stop_metrics()
             self.log("info", "watch stopped")
+
+    def _stop_metrics(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()  # free the port, not only stop serving
 
     def _rival(self) -> dict | None:
         """Another live watch process on this host capturing one of our targets, if any: two
@@ -222,6 +232,39 @@ class Watcher:
             return True
         self._reread("the prune is over")
         return True
+
+    def _take_lease(self, purpose: str) -> Lease | None:
+        """The writer lease, taken when the vault accepts it. A vault that cannot be written (its
+        disk full: perhaps with the very copy restored over a database; its store unreachable)
+        does not end the watcher, which a service manager would restart until it gave up, and
+        would then be down once the vault works again: it says so, alerts once for each target
+        (stale-capture: nothing is captured and no rollback is watched for meanwhile), and tries
+        again every START_RETRY seconds. None: stopped while waiting."""
+        failing: str | None = None
+        while True:
+            try:
+                lease = writer_lease(self.ws.vault.storage, purpose, stop=self._stop)
+            except StorageError as exc:
+                if self._stop.is_set():
+                    raise
+                if failing != _gist(exc.one_line()):
+                    self.log("error", f"watch cannot start: {exc.one_line(retrying=True)}")
+                    if failing is None:
+                        for slot in self.slots:
+                            t = slot.target
+                            self.alerter.alert(
+                                "stale-capture",
+                                f"capture of {t.env} database {t.name!r} ({t.path}) cannot start: "
+                                f"{exc.message}; nothing is captured and no rollback is watched for until the "
+                                f"vault takes writes (watch tries again every {START_RETRY:g} s)",
+                                {"target": t.name, "last_ok": None, "error": exc.message})
+                    failing = _gist(exc.one_line())
+                if self._stop.wait(START_RETRY):
+                    return None
+                continue
+            if failing is not None:
+                self.log("notice", "the vault takes writes again: watch starts")
+            return lease
 
     def _reread(self, why: str) -> None:
         vault = self.ws.vault
