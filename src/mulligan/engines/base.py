@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from ..model import Identity
 
@@ -33,10 +33,12 @@ class Engine(ABC):
 
     @abstractmethod
     def write_new(
-        self, location: str, page_size: int, page_count: int, pages: Iterable[list[tuple[int, bytes]]], progress=None
+        self, location: str, page_size: int, page_count: int, shards: Sequence[Iterable[list[tuple[int, bytes]]]],
+        progress=None,
     ) -> None:
         """Write batches of (page number from 1, page bytes) into a new database at ``location``
-        (which must not exist)."""
+        (which must not exist). The batches come in ``shards``, each page in one, which may be
+        written at the same time by processes of their own (``Vault.page_batch_shards``)."""
 
     @abstractmethod
     def check_integrity(self, location: str, full: bool = False) -> list[str]:

@@ -129,7 +129,7 @@ class SegmentWriter:
         idx = vault._index if vault._index is not None else vault.index()
         ids: dict[int, bytes] = {}
         fresh, part_fresh, recent, w = self.fresh, self.part_fresh, self.recent, self.writer
-        if not vault.dedup_known:  # the watcher's lease is overdue: store every page this segment has not
+        if not vault.dedup_known:  # the watcher's lease is overdue: every page not already in this segment is stored
             idx, recent = {}, {}
         chunk_id = vault.codec.chunk_id
         for pgno, data in pages.items():

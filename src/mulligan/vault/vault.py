@@ -665,10 +665,10 @@ class Vault:
     def page_batch_shards(self, m: Manifest, n: int) -> list[Iterator[list[tuple[int, bytes]]]]:
         """The pages of ``m`` as up to ``n`` iterators of batches like :meth:`iter_page_batches`',
         each page in exactly one of them, of about as many pages each (fewer iterators when
-        there are fewer parts to share out). Where every page is, is
-        looked up here, once (a missing one raises here); the pages are read, decompressed and
-        checked as each iterator is consumed, which may be in a process of its own
-        (engines/sqlite/engine.py, ``parallel.fan_out``)."""
+        there are fewer parts to share out). Where every page is, is looked up here, once (a
+        missing one raises here); the pages are read, decompressed and checked as each
+        iterator is consumed, which may be in a process of its own (engines/sqlite/engine.py,
+        ``parallel.fan_out``)."""
         ids = self.page_ids(m)
         where = dict(zip(ids, range(1, len(ids) + 1)))  # id -> the last page holding it
         also: dict[bytes, list[int]] = {}  # id -> the other pages with the same content

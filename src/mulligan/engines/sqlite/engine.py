@@ -120,8 +120,6 @@ class SqliteEngine(Engine):
             sync = None
             try:
                 fsio.reserve(fd, page_count * page_size)  # a full disk shows here, before any page is written
-
-
                 # The pages each process holds to write in order: together what one would hold.
                 window = max(256, fsio.RunWriter.WINDOW // len(shards))
 
